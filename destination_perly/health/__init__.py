@@ -1,0 +1,1 @@
+"""The pure billing-health engine (PERLY_CONTRACT.md)."""
