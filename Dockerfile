@@ -1,0 +1,45 @@
+# One Dockerfile, one image per connector:
+#   podman build --target source      -t local/source-perly-stripe:0.1.0 .
+#   podman build --target destination -t local/destination-perly:0.1.0 .
+# Both start from Airbyte's Python connector base image and run as its non-root user `airbyte`.
+ARG BASE_IMAGE=docker.io/airbyte/python-connector-base:4.0.0
+
+FROM ${BASE_IMAGE} AS install
+USER root
+# A virtualenv keeps the install independent of how the base image's Python is packaged.
+RUN python3 -m venv /opt/perly
+ENV PATH=/opt/perly/bin:$PATH PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /airbyte/integration_code
+# Dependencies first, against empty packages, so code edits do not re-download them.
+COPY pyproject.toml README.md ./
+RUN mkdir -p source_perly_stripe destination_perly \
+    && touch source_perly_stripe/__init__.py destination_perly/__init__.py \
+    && pip install -q . \
+    && pip uninstall -q -y perly-stripe
+COPY source_perly_stripe ./source_perly_stripe
+COPY destination_perly ./destination_perly
+RUN pip install -q --no-deps . && rm -rf build *.egg-info
+
+FROM ${BASE_IMAGE} AS runtime
+ARG VERSION=0.1.0
+COPY --from=install /opt/perly /opt/perly
+ENV PATH=/opt/perly/bin:$PATH
+WORKDIR /airbyte/integration_code
+
+FROM runtime AS source
+ARG VERSION=0.1.0
+ENV AIRBYTE_ENTRYPOINT="/opt/perly/bin/source-perly-stripe"
+LABEL io.airbyte.name=local/source-perly-stripe io.airbyte.version=${VERSION}
+USER airbyte
+ENTRYPOINT ["/opt/perly/bin/source-perly-stripe"]
+
+FROM runtime AS destination
+ARG VERSION=0.1.0
+USER root
+# The SQLite store lives on a volume (Airbyte OSS mounts its local root at /local).
+RUN mkdir -p /local && chown airbyte:airbyte /local
+VOLUME /local
+ENV AIRBYTE_ENTRYPOINT="/opt/perly/bin/destination-perly"
+LABEL io.airbyte.name=local/destination-perly io.airbyte.version=${VERSION}
+USER airbyte
+ENTRYPOINT ["/opt/perly/bin/destination-perly"]

@@ -1,0 +1,199 @@
+"""Destination throughput and memory: the emulator's default book piped through the writer into SQLite.
+
+    python benchmarks/bench_destination.py [--customers 2000] [--scales 1,10]
+
+Each scale runs in its own process (so peak RSS is that run's): the book's records are serialised
+as Airbyte RECORD lines (a STATE line every 500 records of a stream, as a source pages), parsed the
+way the CDK parses stdin, written by `DestinationPerly.write` into a fresh SQLite file, and health is
+recomputed for every customer at the end (the real engine). Scale N replays the book N times with
+ids suffixed, so the store really holds N times the objects and customers. Prints records/s and
+peak memory; the target is >= 20,000 records/s with memory flat in N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+STREAMS = ("products", "prices", "coupons", "customers", "subscriptions", "invoices", "charges", "events")
+PER_ACCOUNT = {"products", "prices", "coupons"}  # one account: not copied per replay
+STATE_EVERY = 500
+
+
+def load_book(customers: int) -> tuple[int, dict[str, list[dict[str, Any]]]]:
+    from integration_tests.stripe_emulator import Emulator
+
+    emulator = Emulator(customers=customers)
+    return emulator.now, {s: emulator.objects(s) for s in STREAMS}
+
+
+def suffixed(obj: dict[str, Any], copy: int) -> dict[str, Any]:
+    """The object as if it belonged to another customer of the same account (copy 0 is unchanged)."""
+    if copy == 0:
+        return obj
+    out = dict(obj)
+    out["id"] = f"{obj['id']}_{copy}"
+    if isinstance(obj.get("customer"), str):
+        out["customer"] = f"{obj['customer']}_{copy}"
+    data = obj.get("data")
+    if obj.get("object") == "event" and isinstance(data, dict) and isinstance(data.get("object"), dict):
+        inner = dict(data["object"])
+        inner["id"] = f"{inner.get('id')}_{copy}"
+        if isinstance(inner.get("customer"), str):
+            inner["customer"] = f"{inner['customer']}_{copy}"
+        out["data"] = {**data, "object": inner}
+    return out
+
+
+def lines(now: int, book: dict[str, list[dict[str, Any]]], scale: int) -> Iterator[bytes]:
+    """Airbyte RECORD/STATE lines, generated lazily so the input itself holds no memory."""
+    for copy in range(scale):
+        for stream in STREAMS:
+            if copy and stream in PER_ACCOUNT:
+                continue
+            for n, obj in enumerate(book[stream], start=1):
+                data = suffixed(obj, copy)
+                data["updated"] = data.get("created", now) if stream == "events" else now
+                yield orjson.dumps(
+                    {"type": "RECORD", "record": {"stream": stream, "data": data, "emitted_at": 0}}
+                )
+                if n % STATE_EVERY == 0:
+                    state = {"stream_descriptor": {"name": stream}, "stream_state": {"copy": copy, "n": n}}
+                    yield orjson.dumps({"type": "STATE", "state": {"type": "STREAM", "stream": state}})
+
+
+def catalog() -> Any:
+    from airbyte_cdk.models import ConfiguredAirbyteCatalogSerializer
+
+    streams = [
+        {
+            "stream": {"name": s, "json_schema": {"type": "object"}, "supported_sync_modes": ["incremental"]},
+            "sync_mode": "incremental",
+            "destination_sync_mode": "append_dedup",
+            "cursor_field": ["updated"],
+            "primary_key": [["id"]],
+        }
+        for s in STREAMS
+    ]
+    return ConfiguredAirbyteCatalogSerializer.load({"streams": streams})
+
+
+def json_speed(book: dict[str, list[dict[str, Any]]]) -> float:
+    """This machine's orjson parse speed on the book's invoices: a yardstick for the figures."""
+    blob = orjson.dumps(book["invoices"][:2000])
+    started = time.perf_counter()
+    for _ in range(3):
+        orjson.loads(blob)
+    return round(3 * len(blob) / 1e6 / (time.perf_counter() - started), 1)
+
+
+def run_one(customers: int, scale: int, trace: bool) -> dict[str, Any]:
+    from airbyte_cdk.models import AirbyteMessageSerializer, Type
+
+    from destination_perly.destination import DestinationPerly
+
+    now, book = load_book(customers)
+    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    counts = {"records": 0}
+
+    def messages() -> Iterator[Any]:
+        for line in lines(now, book, scale):
+            message = AirbyteMessageSerializer.load(orjson.loads(line))
+            if message.type == Type.RECORD:
+                counts["records"] += 1
+            yield message
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = {"store": {"store_type": "sqlite", "path": f"{tmp}/perly.db"}, "as_of": now}
+        if trace:
+            tracemalloc.start()
+        destination = DestinationPerly()
+        started = time.perf_counter()
+        states = 0
+        for out in destination.write(config, catalog(), messages()):
+            if out.type == Type.STATE:
+                states += 1
+        elapsed = time.perf_counter() - started
+        assert destination.last_writer is not None
+        stats = destination.last_writer.stats
+        traced_peak = tracemalloc.get_traced_memory()[1] if trace else None
+        db_mb = Path(f"{tmp}/perly.db").stat().st_size / 1e6
+    return {
+        "scale": scale,
+        "records": counts["records"],
+        "states": states,
+        "seconds": round(elapsed, 2),
+        "records_per_s": round(counts["records"] / elapsed),
+        "health_seconds": round(stats.refresh_seconds, 2),
+        "customers_recomputed": stats.refreshed,
+        "write_only_records_per_s": round(counts["records"] / (elapsed - stats.refresh_seconds)),
+        "json_parse_mb_per_s": json_speed(book),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_before_write_mb": round(baseline_rss / 1024, 1),
+        "traced_peak_mb": round(traced_peak / 1e6, 1) if traced_peak is not None else None,
+        "db_mb": round(db_mb, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=2000)
+    parser.add_argument("--scales", default="1,10")
+    parser.add_argument("--tracemalloc", action="store_true", help="also report Python heap peak (slower)")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one is not None:
+        print(json.dumps(run_one(args.customers, args.one, args.tracemalloc)))
+        return
+    print(f"destination benchmark: emulator book of {args.customers} customers, SQLite, health included")
+    header = (
+        "scale",
+        "records",
+        "seconds",
+        "records/s",
+        "health s",
+        "write-only rec/s",
+        "peak RSS MB",
+        "RSS pre",
+    )
+    print(" ".join(f"{h:>{max(len(h), 8)}}" for h in header))
+    for scale in (int(s) for s in args.scales.split(",")):
+        command = [sys.executable, __file__, "--customers", str(args.customers), "--one", str(scale)]
+        if args.tracemalloc:
+            command.append("--tracemalloc")
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        values = (
+            r["scale"],
+            r["records"],
+            r["seconds"],
+            r["records_per_s"],
+            r["health_seconds"],
+            r["write_only_records_per_s"],
+            r["peak_rss_mb"],
+            r["rss_before_write_mb"],
+        )
+        print(" ".join(f"{v:>{max(len(h), 8)}}" for h, v in zip(header, values, strict=True)))
+        print(
+            f"      {r['customers_recomputed']} customers recomputed; SQLite file {r['db_mb']} MB; "
+            f"this machine parses JSON at {r['json_parse_mb_per_s']} MB/s"
+            + (f"; traced heap peak {r['traced_peak_mb']} MB" if r["traced_peak_mb"] is not None else "")
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Benchmark of the source against the local Stripe emulator (a subprocess). Prints figures; asserts nothing.
+
+1. Zero latency, no server rate limit: records/s of a full backfill of every stream, and peak memory.
+2. 100 ms latency and Stripe's live limit (100 requests/s): a full backfill with a live key: requests/s
+   against the ceiling, how full the list pages were, failed requests.
+3. After the emulator's clock moves a day: an incremental sync: requests used vs objects changed.
+
+    python benchmarks/bench_source.py                    # the 50,000-customer book
+    python benchmarks/bench_source.py --customers 2000   # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from airbyte_cdk.entrypoint import AirbyteEntrypoint  # noqa: E402
+from airbyte_cdk.models import SyncMode, Type  # type: ignore[attr-defined]  # noqa: E402
+from airbyte_cdk.test.catalog_builder import CatalogBuilder, ConfiguredAirbyteStreamBuilder  # noqa: E402
+
+from source_perly_stripe.client import StripeClient  # noqa: E402
+from source_perly_stripe.source import SourcePerlyStripe, make_client  # noqa: E402
+from source_perly_stripe.streams import ALL_STREAMS  # noqa: E402
+
+LIVE_KEY = "sk_live_perly_demo"
+STRIPE_LIVE_LIMIT = 100.0
+
+
+class CountingClient:
+    """Wraps the real client to see every response: list pages and how full they were."""
+
+    def __init__(self, inner: StripeClient) -> None:
+        self.inner = inner
+        self.lock = threading.Lock()
+        self.pages: Counter[str] = Counter()
+        self.page_records = 0
+        self.full_page_slots = 0
+        self.other = 0
+
+    def get(self, path: str, params: Any = ()) -> dict[str, Any]:
+        body = self.inner.get(path, params)
+        is_window = any(name == "created[gte]" for name, _ in params)
+        with self.lock:
+            if is_window:
+                self.pages["window"] += 1
+                self.page_records += len(body.get("data") or [])
+                # A window's last page is partial by nature; count slots only of pages that had more.
+                if body.get("has_more"):
+                    self.full_page_slots += 1
+            else:
+                self.other += 1
+        return body
+
+    def server_now(self) -> int:
+        return self.inner.server_now()
+
+
+@contextmanager
+def emulator(customers: int, latency_ms: int, rate_limit: str | None) -> Iterator[str]:
+    command = [sys.executable, "-m", "integration_tests.stripe_emulator", "--port", "0"]
+    command += ["--customers", str(customers), "--latency-ms", str(latency_ms)]
+    if rate_limit:
+        command += ["--rate-limit", rate_limit]
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+    try:
+        assert process.stdout is not None
+        first_line = process.stdout.readline()
+        url = json.loads(first_line)["url"]
+        print(f"  emulator up at {url} in {time.monotonic() - started:.1f}s ({customers} customers)")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def catalog() -> Any:
+    builder = CatalogBuilder()
+    for stream in ALL_STREAMS:
+        builder.with_stream(
+            ConfiguredAirbyteStreamBuilder().with_name(stream.name).with_sync_mode(SyncMode.incremental)
+        )
+    return builder.build()
+
+
+def run_sync(config: Mapping[str, Any], state: list[Any] | None = None) -> dict[str, Any]:
+    clients: list[CountingClient] = []
+
+    def factory(cfg: Mapping[str, Any]) -> CountingClient:
+        client = CountingClient(make_client(cfg))
+        clients.append(client)
+        return client
+
+    source = SourcePerlyStripe(client_factory=factory)
+    records: Counter[str] = Counter()
+    states: dict[str, Any] = {}
+    errors = []
+    started = time.monotonic()
+    cpu_started = time.process_time()
+    for message in source.read(logging.getLogger("bench"), config, catalog(), state):
+        AirbyteEntrypoint.airbyte_message_to_string(message)  # the serialisation a real run pays for
+        if message.type == Type.RECORD:
+            records[message.record.stream] += 1
+        elif message.type == Type.STATE:
+            states[message.state.stream.stream_descriptor.name] = message.state
+        elif message.type == Type.TRACE and message.trace.error is not None:
+            errors.append(message.trace.error.message)
+    elapsed = time.monotonic() - started
+    client = clients[0]
+    return {
+        "elapsed": elapsed,
+        "cpu": time.process_time() - cpu_started,
+        "records": records,
+        "state": list(states.values()),
+        "errors": errors,
+        "client": client,
+        "stats": client.inner.stats.snapshot(),
+    }
+
+
+def report(title: str, result: dict[str, Any], ceiling: float | None = None) -> None:
+    stats = result["stats"]
+    client: CountingClient = result["client"]
+    total_records = sum(result["records"].values())
+    requests_made = stats.get("requests", 0)
+    rate = requests_made / result["elapsed"]
+    print(f"\n== {title}")
+    per_second = total_records / result["elapsed"]
+    print(f"  time {result['elapsed']:.1f}s, records {total_records:,} ({per_second:,.0f}/s)")
+    print(f"  per stream: {dict(result['records'])}")
+    per_cpu_second = total_records / max(result["cpu"], 0.001)
+    print(f"  source CPU time {result['cpu']:.1f}s ({per_cpu_second:,.0f} records per CPU-second)")
+    line = f"  requests {requests_made:,} ({rate:.1f}/s)"
+    if ceiling:
+        line += f" = {100 * rate / ceiling:.0f}% of the {ceiling:.0f}/s ceiling"
+    print(line)
+    window_pages = client.pages["window"]
+    if window_pages:
+        full = client.full_page_slots
+        print(
+            f"  list pages {window_pages:,}: {full:,} full pages (has_more) + "
+            f"{window_pages - full:,} window ends; mean fill {client.page_records / (100 * window_pages):.0%}"
+        )
+    print(f"  other requests (probe, retrieves, sublists): {client.other:,}")
+    print(f"  HTTP statuses: {stats.get('by_status', stats)}; retries {stats.get('retries', 0)}")
+    print(f"  errors left: {len(result['errors'])} {result['errors'][:3]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--customers", type=int, default=50_000)
+    parser.add_argument("--latency-ms", type=int, default=100)
+    parser.add_argument("--budget", type=float, default=95.0, help="max_requests_per_second for phase 2")
+    parser.add_argument("--concurrency", type=int, default=24)
+    parser.add_argument("--skip-zero-latency", action="store_true")
+    args = parser.parse_args()
+
+    if not args.skip_zero_latency:
+        with emulator(args.customers, 0, None) as url:
+            config = {"api_key": LIVE_KEY, "base_url": url, "max_requests_per_second": 10_000}
+            config["concurrency"] = args.concurrency
+            result = run_sync(config)
+            report("1. full backfill, zero latency, no rate limit", result)
+            peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(f"  peak memory (RSS of the source process): {peak_mb:.0f} MB")
+
+    with emulator(args.customers, args.latency_ms, "on") as url:
+        config = {"api_key": LIVE_KEY, "base_url": url, "max_requests_per_second": args.budget}
+        config["concurrency"] = args.concurrency
+        first = run_sync(config)
+        report(
+            f"2. full backfill, {args.latency_ms} ms latency, live limit {STRIPE_LIVE_LIMIT:.0f}/s, "
+            f"budget {args.budget}/s",
+            first,
+            ceiling=STRIPE_LIVE_LIMIT,
+        )
+        advanced = requests.post(f"{url}/_emulator/advance", params={"days": 1}, timeout=600)
+        print(f"\n  emulator advanced one day: {advanced.text[:300]}")
+        second = run_sync(config, first["state"])
+        report("3. incremental sync after one day", second, ceiling=STRIPE_LIVE_LIMIT)
+        changed = sum(n for name, n in second["records"].items() if name != "events")
+        backfill_requests = first["stats"].get("requests", 0)
+        print(
+            f"  changed objects emitted: {changed:,}; events: {second['records'].get('events', 0):,}; "
+            f"requests: {second['stats'].get('requests', 0):,} (the full backfill took {backfill_requests:,})"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""spec / check / write for the Perly destination."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from airbyte_cdk.destinations import Destination
+from airbyte_cdk.models import (  # type: ignore[attr-defined,unused-ignore]
+    AirbyteConnectionStatus,
+    AirbyteMessage,
+    ConfiguredAirbyteCatalog,
+    ConnectorSpecification,
+    DestinationSyncMode,
+    FailureType,
+    Status,
+)
+from airbyte_cdk.utils.traced_exception import AirbyteTracedException
+
+from destination_perly.config import (
+    DOCKER_SQLITE_PATH,
+    SSL_MODES,
+    ConfigError,
+    DestinationConfig,
+    SqliteSettings,
+    open_store,
+    parse_config,
+)
+from destination_perly.health.model import RiskPolicy
+from destination_perly.ingest import Evaluate, Ingestor
+from destination_perly.store.base import Store, StoreError
+from destination_perly.writer import Writer, WriterLimits, plans_from_catalog
+
+POLICY_HELP = {
+    "delinquent_churn_days": "Days past due after which a past_due subscription stops counting toward MRR.",
+    "failed_payments_flag_count": "Failed charges within the window that raise the payment-failures flag.",
+    "failed_payments_window_days": "Window for counting failed charges.",
+    "downgrade_window_days": "A move to a lower-ranked plan within this many days raises the downgrade flag.",
+    "invoice_aging_flag_days": "An open invoice this many days past due raises the invoice-aging flag.",
+    "trial_expiring_days": "A trial ending within this many days without a payment method raises the flag.",
+    "mrr_contraction_window_days": "MRR is compared with its value this many days ago.",
+    "uncollectible_window_days": "Days an uncollectible invoice keeps payment risk critical.",
+    "movement_grouping_seconds": "Changes within this many seconds count as one MRR movement.",
+}
+
+
+def _risk_policy_schema() -> dict[str, Any]:
+    """Built from `RiskPolicy` so the spec's defaults are always the engine's."""
+    properties = {}
+    for field in dataclasses.fields(RiskPolicy):
+        properties[field.name] = {
+            "type": "integer",
+            "minimum": 0,
+            "default": field.default,
+            "title": field.name.replace("_", " ").capitalize(),
+            "description": POLICY_HELP.get(field.name, ""),
+        }
+    return {
+        "type": "object",
+        "title": "Risk policy",
+        "description": "Thresholds of the billing-health rules; leave empty for the contract's defaults.",
+        "properties": properties,
+        "additionalProperties": False,
+        "order": 2,
+    }
+
+
+def connection_specification() -> dict[str, Any]:
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "title": "Perly Destination Spec",
+        "type": "object",
+        "required": ["store"],
+        "additionalProperties": True,
+        "properties": {
+            "store": {
+                "title": "Store",
+                "description": "Where Perly keeps Stripe data and the computed health.",
+                "type": "object",
+                "order": 0,
+                "oneOf": [
+                    {
+                        "title": "SQLite",
+                        "required": ["store_type"],
+                        "properties": {
+                            "store_type": {"type": "string", "const": "sqlite", "default": "sqlite"},
+                            "path": {
+                                "type": "string",
+                                "title": "Database file",
+                                "description": "Path of the SQLite file. /local is the directory Airbyte "
+                                "mounts into containers; with no path, var/perly.db is used outside Docker.",
+                                "default": DOCKER_SQLITE_PATH,
+                                "examples": [DOCKER_SQLITE_PATH, "var/perly.db"],
+                            },
+                        },
+                    },
+                    {
+                        "title": "PostgreSQL",
+                        "required": ["store_type", "host", "database", "username"],
+                        "properties": {
+                            "store_type": {"type": "string", "const": "postgres", "default": "postgres"},
+                            "host": {"type": "string", "title": "Host", "order": 0},
+                            "port": {
+                                "type": "integer",
+                                "title": "Port",
+                                "default": 5432,
+                                "minimum": 1,
+                                "maximum": 65535,
+                                "order": 1,
+                            },
+                            "database": {"type": "string", "title": "Database", "order": 2},
+                            "schema": {
+                                "type": "string",
+                                "title": "Schema",
+                                "default": "perly",
+                                "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,62}$",
+                                "order": 3,
+                            },
+                            "username": {"type": "string", "title": "User", "order": 4},
+                            "password": {
+                                "type": "string",
+                                "title": "Password",
+                                "airbyte_secret": True,
+                                "order": 5,
+                            },
+                            "ssl_mode": {
+                                "type": "string",
+                                "title": "SSL mode",
+                                "enum": list(SSL_MODES),
+                                "default": "prefer",
+                                "order": 6,
+                            },
+                        },
+                    },
+                ],
+            },
+            "plan_tiers": {
+                "title": "Plan tiers",
+                "description": "Map a price id, plan id, product id or lookup key to a tier name and rank "
+                "(a higher rank is a better plan). Unmapped prices use the product name, ranked by price.",
+                "type": "array",
+                "order": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["match", "tier"],
+                    "properties": {
+                        "match": {"type": "string", "title": "Price, plan, product or lookup key"},
+                        "tier": {"type": "string", "title": "Tier name"},
+                        "rank": {"type": "number", "title": "Rank", "default": 0},
+                    },
+                },
+            },
+            "risk_policy": _risk_policy_schema(),
+            "as_of": {
+                "type": "string",
+                "title": "Compute health as of",
+                "description": "Fixed evaluation time (ISO-8601 UTC) for demos and tests; empty means now.",
+                "airbyte_hidden": True,
+                "format": "date-time",
+            },
+        },
+    }
+
+
+def _config_error(message: str) -> AirbyteTracedException:
+    return AirbyteTracedException(
+        message=message, internal_message=message, failure_type=FailureType.config_error
+    )
+
+
+class DestinationPerly(Destination):
+    def __init__(
+        self,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        evaluate: Evaluate | None = None,
+        limits: WriterLimits | None = None,
+        store_factory: Callable[[DestinationConfig], Store] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.evaluate = evaluate
+        self.limits = limits
+        self.store_factory = store_factory
+        self.last_writer: Writer | None = None
+
+    def spec(self, logger: logging.Logger) -> ConnectorSpecification:
+        return ConnectorSpecification(
+            documentationUrl="https://github.com/perly/perly-stripe",
+            connectionSpecification=connection_specification(),
+            supportsIncremental=True,
+            supported_destination_sync_modes=[
+                DestinationSyncMode.append,
+                DestinationSyncMode.overwrite,
+                DestinationSyncMode.append_dedup,
+            ],
+        )
+
+    def _open(self, config: DestinationConfig) -> Store:
+        if self.store_factory is not None:
+            return self.store_factory(config)
+        from destination_perly.ingest import customer_ids_of
+
+        return open_store(config.store, customer_ids_of=customer_ids_of)
+
+    def check(self, logger: logging.Logger, config: Mapping[str, Any]) -> AirbyteConnectionStatus:
+        try:
+            parsed = parse_config(config)
+        except ConfigError as exc:
+            return AirbyteConnectionStatus(status=Status.FAILED, message=f"Invalid configuration: {exc}")
+        try:
+            store = self._open(parsed)
+            try:
+                store.probe_writable()
+            finally:
+                store.close()
+        except StoreError as exc:
+            return AirbyteConnectionStatus(status=Status.FAILED, message=str(exc))
+        except Exception as exc:  # e.g. a read-only file or a permission the user lacks
+            where = parsed.store.path if isinstance(parsed.store, SqliteSettings) else "the PostgreSQL schema"
+            detail = str(exc)
+            password = getattr(parsed.store, "password", None)
+            if password:
+                detail = detail.replace(password, "***")
+            return AirbyteConnectionStatus(status=Status.FAILED, message=f"Cannot write to {where}: {detail}")
+        return AirbyteConnectionStatus(status=Status.SUCCEEDED)
+
+    def write(
+        self,
+        config: Mapping[str, Any],
+        configured_catalog: ConfiguredAirbyteCatalog,
+        input_messages: Iterable[AirbyteMessage],
+    ) -> Iterator[AirbyteMessage]:
+        try:
+            parsed = parse_config(config)
+        except ConfigError as exc:
+            raise _config_error(f"Invalid configuration: {exc}") from None
+        try:
+            store = self._open(parsed)
+        except StoreError as exc:
+            raise _config_error(str(exc)) from None
+        fixed = parsed.as_of
+        ingestor = Ingestor(store, parsed.health, evaluate=self.evaluate)
+        writer = Writer(
+            ingestor,
+            plans_from_catalog(configured_catalog),
+            as_of=(lambda: fixed) if fixed else self.clock,
+            limits=self.limits,
+        )
+        self.last_writer = writer  # for benchmarks and diagnostics
+        try:
+            yield from writer.write(input_messages)
+        finally:
+            store.close()

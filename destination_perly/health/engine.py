@@ -1,0 +1,232 @@
+"""`evaluate_customer`: one customer's bundle -> health row, movements, plan changes, snapshot."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from destination_perly.health import history as history_rules
+from destination_perly.health.counting import (
+    counts_now,
+    is_ended,
+    set_to_cancel,
+    subscription_health,
+)
+from destination_perly.health.model import (
+    CustomerBundle,
+    CustomerEvaluation,
+    CustomerHealth,
+    HealthConfig,
+    MrrSnapshot,
+)
+from destination_perly.health.mrr import (
+    Catalog,
+    ItemAmount,
+    active_discounts,
+    coupon_ids,
+    known_discounts,
+    subscription_amount,
+    subscription_discounts,
+)
+from destination_perly.health.payments import payment_facts, payment_risk
+from destination_perly.health.score import risk_score
+from destination_perly.health.tiers import tier_of
+from destination_perly.health.values import (
+    StripeObject,
+    as_dict,
+    as_list,
+    currency_of,
+    format_money,
+    to_time,
+    whole_days,
+)
+
+
+def _live(objects: list[StripeObject]) -> list[StripeObject]:
+    """Well-formed, not deleted objects, in a stable order (by id) so output never depends on input order."""
+    listed = objects if isinstance(objects, list) else []
+    kept = [obj for obj in listed if isinstance(obj, dict) and obj.get("deleted") is not True]
+    return sorted(kept, key=lambda obj: str(obj.get("id")))
+
+
+def _main_currency(*candidates: dict[str, int]) -> str | None:
+    for mrr in candidates:
+        positive = {currency: amount for currency, amount in mrr.items() if amount > 0}
+        if positive:
+            return sorted(positive, key=lambda currency: (-positive[currency], currency))[0]
+    return None
+
+
+def _has_payment_method(subscription: StripeObject, customer: StripeObject | None) -> bool:
+    customer = customer or {}
+    return bool(
+        subscription.get("default_payment_method")
+        or subscription.get("default_source")
+        or as_dict(customer.get("invoice_settings")).get("default_payment_method")
+        or customer.get("default_source")
+    )
+
+
+def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datetime) -> CustomerEvaluation:
+    policy = config.policy
+    raw_customer = bundle.customer if isinstance(bundle.customer, dict) else None
+    deleted = raw_customer is not None and raw_customer.get("deleted") is True
+    customer = None if deleted else raw_customer
+    subscriptions = _live(bundle.subscriptions)
+    event_objects = [as_dict(as_dict(event).get("data")).get("object") for event in bundle.events]
+    catalog = Catalog(
+        prices=bundle.prices,
+        coupons=bundle.coupons,
+        products=bundle.products,
+        discounts=known_discounts(*event_objects, customer, *subscriptions),
+    )
+    invoices = _live(bundle.invoices)
+    charges = _live(bundle.charges)
+
+    # MRR now.
+    mrr_by_currency: dict[str, int] = {}
+    counting_items: list[tuple[ItemAmount, str]] = []
+    for sub in subscriptions:
+        if not counts_now(sub, invoices, policy, as_of):
+            continue
+        amount = subscription_amount(sub, customer, catalog, as_of)
+        if amount.currency is None:
+            continue
+        mrr_by_currency[amount.currency] = mrr_by_currency.get(amount.currency, 0) + amount.mrr
+        counting_items.extend((item, amount.currency) for item in amount.items)
+    mrr_by_currency = {currency: amount for currency, amount in sorted(mrr_by_currency.items()) if amount > 0}
+
+    history = history_rules.build_history(
+        bundle.customer_id,
+        customer,
+        subscriptions,
+        invoices,
+        bundle.events,
+        bundle.snapshots,
+        catalog,
+        config,
+        as_of,
+        mrr_by_currency,
+    )
+    window_start = as_of - timedelta(days=policy.mrr_contraction_window_days)
+    currency = (
+        _main_currency(mrr_by_currency, history.mrr_by_currency_at(window_start))
+        or currency_of(as_dict(customer).get("currency"))
+        or next((c for sub in subscriptions if (c := currency_of(sub.get("currency")))), None)
+    )
+    mrr = mrr_by_currency.get(currency or "", 0)
+    mrr_30d_ago = history.mrr_by_currency_at(window_start).get(currency or "", 0)
+
+    # Plan: the largest counting item (ties broken by price id); a trialing item when nothing counts.
+    plan_item: ItemAmount | None = None
+    candidates = [item for item, item_currency in counting_items if item_currency == currency]
+    if not candidates:
+        for sub in subscriptions:
+            if sub.get("status") == "trialing" and not is_ended(sub, as_of):
+                candidates.extend(subscription_amount(sub, customer, catalog, as_of).items)
+    if candidates:
+        plan_item = sorted(candidates, key=lambda item: (-item.gross, item.price_id or ""))[0]
+    plan_tier = tier_of(plan_item, config.tier_rules, catalog).name if plan_item else None
+
+    facts = payment_facts(invoices, charges, policy, as_of)
+    live_subs = [sub for sub in subscriptions if not is_ended(sub, as_of)]
+    trials = sorted(
+        (end, sub)
+        for sub in live_subs
+        if sub.get("status") == "trialing" and (end := to_time(sub.get("trial_end"))) is not None
+    )
+    expiring = [
+        (end, sub)
+        for end, sub in trials
+        if as_of <= end <= as_of + timedelta(days=policy.trial_expiring_days)
+        and not _has_payment_method(sub, customer)
+    ]
+    downgrades = [
+        change
+        for change in history.plan_changes
+        if change.kind == "downgrade"
+        and as_of - timedelta(days=policy.downgrade_window_days) <= change.at <= as_of
+    ]
+    aged_late = [
+        (invoice_id, days) for invoice_id, days in facts.aged_days if days >= policy.invoice_aging_flag_days
+    ]
+    flags = {
+        "flag_payment_failures": facts.failed_30d >= policy.failed_payments_flag_count,
+        "flag_downgrade": bool(downgrades),
+        "flag_invoice_aging": bool(aged_late),
+        "flag_trial_expiring": bool(expiring),
+        "flag_mrr_contraction": mrr < mrr_30d_ago,
+    }
+    past_due_amount = facts.past_due_amount_by_currency.get(currency or "", 0)
+    reasons: list[str] = []
+    if flags["flag_payment_failures"]:
+        reasons.append(
+            f"{facts.failed_30d} failed payments in the last {policy.failed_payments_window_days} days"
+        )
+    if flags["flag_invoice_aging"]:
+        oldest = max(days for _, days in aged_late)
+        reasons.append(
+            f"{len(aged_late)} open invoice(s) past due, oldest {oldest} days, "
+            f"{format_money(past_due_amount, currency)} outstanding"
+        )
+    if flags["flag_mrr_contraction"]:
+        reasons.append(
+            f"MRR fell from {format_money(mrr_30d_ago, currency)} to {format_money(mrr, currency)} "
+            f"in the last {policy.mrr_contraction_window_days} days"
+        )
+    if flags["flag_downgrade"]:
+        last = max(downgrades, key=lambda change: (change.at, change.subscription_id))
+        reasons.append(
+            f"Downgraded from {last.from_tier or last.from_plan} to {last.to_tier or last.to_plan} "
+            f"on {last.at.date().isoformat()}"
+        )
+    if flags["flag_trial_expiring"]:
+        end, sub = expiring[0]
+        reasons.append(
+            f"Trial of {sub.get('id')} ends {end.strftime('%Y-%m-%d %H:%M')} UTC with no payment method"
+        )
+
+    discounts: list[StripeObject] = []
+    ignored: list[str] = []
+    for sub in live_subs:
+        discounts.extend(subscription_discounts(sub, customer, as_of, ignored, catalog))
+        for raw in as_list(sub.get("items")):
+            discounts.extend(active_discounts(as_dict(raw).get("discounts"), as_of, ignored, catalog))
+    if customer is not None:
+        discounts.extend(active_discounts(customer.get("discount"), as_of, ignored, catalog))
+
+    created_at = to_time(as_dict(customer).get("created"))
+    name = as_dict(customer).get("name")
+    email = as_dict(customer).get("email")
+    health = CustomerHealth(
+        customer_id=bundle.customer_id,
+        email=email if isinstance(email, str) else None,
+        name=name if isinstance(name, str) else None,
+        created_at=created_at,
+        tenure_days=whole_days(created_at, as_of) if created_at else None,
+        currency=currency,
+        mrr=mrr,
+        mrr_by_currency=mrr_by_currency,
+        mrr_30d_ago=mrr_30d_ago,
+        mrr_change_30d=mrr - mrr_30d_ago,
+        plan_id=(plan_item.price_id or plan_item.plan_id) if plan_item else None,
+        plan_tier=plan_tier,
+        subscription_health=subscription_health(subscriptions, invoices, policy, as_of, history.ever_counted),
+        payment_risk=payment_risk(facts),
+        failed_payments_30d=facts.failed_30d,
+        failed_payments_90d=facts.failed_90d,
+        past_due_amount=past_due_amount,
+        max_days_past_due=max([days for _, days in facts.aged_days if days > 0], default=0),
+        trial_end=trials[0][0] if trials else None,
+        trial_converted_at=history.trial_converted_at,
+        cancel_at_period_end=any(set_to_cancel(sub, as_of) for sub in live_subs),
+        active_coupon_ids=sorted(set(coupon_ids(discounts, catalog))),
+        risk_score=risk_score(flags),
+        risk_reasons=reasons,
+        as_of=as_of,
+        deleted=deleted,
+        **flags,
+    )
+    snapshot = MrrSnapshot(at=as_of, mrr_by_currency=dict(mrr_by_currency), cause="as_of")
+    return CustomerEvaluation(
+        health=health, movements=history.movements, plan_changes=history.plan_changes, snapshot=snapshot
+    )

@@ -1,0 +1,602 @@
+"""MRR history, movements and plan changes (contract section 7).
+
+Each subscription's past is rebuilt as a list of versions, each valid from a moment on:
+
+1. its Stripe events: the version after each event is `data.object`; the version just before the
+   oldest event is that object with `previous_attributes` laid over it (a `created` event means
+   the subscription did not exist before);
+2. before the events (or with none), the subscription periods on its paid/open invoices: each
+   non-proration subscription invoice gives the items (price, quantity) billed for its period; the
+   latest invoice period is left to the subscription itself, so a change seen only in the current
+   object is placed at the start of the current period;
+3. the current object, which is the truth at `as_of` and, lacking the above, for all earlier time.
+
+A version also implies moments: its start, trial end, end, discount start/end and the day its
+oldest open invoice became delinquent. The customer's MRR is evaluated at every such moment with
+the same rules as now. Snapshots the pipeline stored earlier override the rebuilt values between
+the first and last snapshot (they are what was actually observed); a change between two
+snapshots is dated by the latest rebuilt change in between when there is one.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from destination_perly.health.counting import counted_at, ended_at, in_trial, is_delinquent
+from destination_perly.health.model import HealthConfig, MrrMovement, MrrSnapshot, PlanChange
+from destination_perly.health.mrr import Catalog, ItemAmount, SubscriptionAmount, subscription_amount
+from destination_perly.health.payments import aging_reference, invoice_subscription_id
+from destination_perly.health.tiers import Tier, tier_of
+from destination_perly.health.values import StripeObject, as_dict, as_list, ref_id, text, to_time
+
+INVOLUNTARY_REASONS = frozenset({"payment_failed", "payment_disputed"})
+
+
+@dataclass(frozen=True)
+class Version:
+    """One version of a subscription, valid from `start` (None: since always) until the next one."""
+
+    start: datetime | None
+    state: StripeObject | None  # None: the subscription did not exist
+    cause: str
+
+
+@dataclass(frozen=True)
+class Change:
+    """The customer's MRR right after a moment where it changed."""
+
+    at: datetime
+    mrr: dict[str, int]
+    cause: str
+    churn_hint: str | None  # involuntary / voluntary when a subscription stopped counting for that reason
+    risers: tuple[str, ...]  # subscriptions that went from 0 to counting
+
+
+@dataclass
+class History:
+    movements: list[MrrMovement] = field(default_factory=list)
+    plan_changes: list[PlanChange] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    trial_converted_at: datetime | None = None
+
+    def mrr_by_currency_at(self, at: datetime) -> dict[str, int]:
+        """The timeline's MRR per currency at a moment (empty before any change)."""
+        index = bisect.bisect_right([change.at for change in self.changes], at)
+        return dict(self.changes[index - 1].mrr) if index else {}
+
+    @property
+    def ever_counted(self) -> bool:
+        return any(amount > 0 for change in self.changes for amount in change.mrr.values())
+
+
+def _overlay(after: StripeObject, previous: StripeObject) -> StripeObject:
+    """The object before an update: `previous_attributes` laid over the object after it."""
+    before = dict(after)
+    for key, value in previous.items():
+        if isinstance(value, dict) and isinstance(after.get(key), dict):
+            before[key] = _overlay(after[key], value)
+        else:
+            before[key] = value
+    return before
+
+
+def _subscription_events(events: list[StripeObject], as_of: datetime) -> dict[str, list[StripeObject]]:
+    by_subscription: dict[str, list[StripeObject]] = {}
+    for event in events:
+        if not isinstance(event, dict) or not str(event.get("type", "")).startswith("customer.subscription."):
+            continue
+        obj = as_dict(as_dict(event.get("data")).get("object"))
+        created = to_time(event.get("created"))
+        sub_id = ref_id(obj.get("id"))
+        if (
+            sub_id is None
+            or created is None
+            or created > as_of
+            or obj.get("object") not in (None, "subscription")
+        ):
+            continue
+        by_subscription.setdefault(sub_id, []).append(event)
+    for found in by_subscription.values():
+        found.sort(key=lambda event: (event.get("created"), str(event.get("id"))))
+    return by_subscription
+
+
+def _line_price(line: StripeObject) -> Any:
+    details = as_dict(as_dict(line.get("pricing")).get("price_details"))
+    return details.get("price") or line.get("price") or ref_id(line.get("plan"))
+
+
+def _interval_of_days(days: int) -> dict[str, Any]:
+    if days >= 360:
+        return {"interval": "year", "interval_count": max(1, round(days / 365))}
+    if days >= 28:
+        return {"interval": "month", "interval_count": max(1, round(days / 30.4))}
+    if days >= 7:
+        return {"interval": "week", "interval_count": max(1, round(days / 7))}
+    return {"interval": "day", "interval_count": max(1, days)}
+
+
+def _invoice_items(
+    invoice: StripeObject, catalog: Catalog
+) -> tuple[datetime, datetime, list[StripeObject]] | None:
+    """The subscription items one invoice billed for a full period: (period start, end, items)."""
+    if as_dict(invoice.get("lines")).get("has_more") is True:
+        return None  # an incomplete list of lines would understate the MRR of its period
+    items: list[StripeObject] = []
+    start: datetime | None = None
+    end: datetime | None = None
+    total = 0
+    for line in as_list(invoice.get("lines")):
+        line = as_dict(line)
+        parent = as_dict(line.get("parent"))
+        details = as_dict(parent.get("subscription_item_details"))
+        if parent.get("type") not in (None, "subscription_item_details") or not details:
+            continue
+        if details.get("proration") is True:
+            continue
+        period = as_dict(line.get("period"))
+        line_start, line_end = to_time(period.get("start")), to_time(period.get("end"))
+        if line_start is None or line_end is None or line_end <= line_start:
+            continue
+        start, end = min(start or line_start, line_start), max(end or line_end, line_end)
+        quantity = line.get("quantity")
+        quantity = quantity if isinstance(quantity, int) and quantity > 0 else 1
+        amount = line.get("amount")
+        total += amount if isinstance(amount, int) else 0
+        price = _line_price(line)
+        if ref_id(price) is None or (isinstance(price, str) and price not in catalog.prices):
+            if not isinstance(amount, int):
+                continue
+            # Unknown price: take the billed amount for the period at face value.
+            price = {
+                "recurring": {**_interval_of_days((line_end - line_start).days), "usage_type": "licensed"},
+                "unit_amount_decimal": str(amount / quantity)
+                if amount % quantity
+                else str(amount // quantity),
+                "type": "recurring",
+            }
+        items.append({"id": ref_id(details.get("subscription_item")), "price": price, "quantity": quantity})
+    if not items or start is None or end is None or total <= 0:
+        return None  # nothing billed (e.g. a trial's zero invoice): not evidence of MRR
+    return start, end, items
+
+
+def _versions(
+    sub_id: str,
+    current: StripeObject | None,
+    events: list[StripeObject],
+    invoices: list[StripeObject],
+    catalog: Catalog,
+    as_of: datetime,
+) -> list[Version]:
+    after_states = [as_dict(as_dict(event.get("data")).get("object")) for event in events]
+    if events:
+        first = events[0]
+        previous = as_dict(first.get("data")).get("previous_attributes")
+        if first.get("type") == "customer.subscription.created":
+            base: StripeObject | None = None
+        elif isinstance(previous, dict):
+            base = _overlay(after_states[0], previous)
+        else:
+            base = after_states[0]
+    else:
+        base = current
+    versions = [Version(None, base, sub_id)]
+    first_event_at = to_time(events[0].get("created")) if events else None
+    if base is not None:
+        versions.extend(_invoice_versions(sub_id, base, invoices, catalog, first_event_at or as_of))
+    for event, state in zip(events, after_states, strict=True):
+        created = to_time(event.get("created"))
+        versions.append(Version(created, state, str(event.get("id"))))
+    if current is not None and events:
+        last = versions[-1]
+        versions[-1] = Version(last.start, current, last.cause)
+    return versions
+
+
+def _invoice_versions(
+    sub_id: str, base: StripeObject, invoices: list[StripeObject], catalog: Catalog, before: datetime
+) -> list[Version]:
+    periods = []
+    for invoice in invoices:
+        if invoice.get("status") not in ("paid", "open") or invoice_subscription_id(invoice) != sub_id:
+            continue
+        billed = _invoice_items(invoice, catalog)
+        if billed is not None and billed[0] < before:
+            periods.append((billed[0], billed[1], str(invoice.get("id")), billed[2]))
+    periods.sort(key=lambda period: (period[0], period[2]))
+    if not periods:
+        return []
+    cutoff = periods[-1][0]  # the latest period belongs to the subscription object itself
+    versions: list[Version] = []
+    last_signature: Any = None
+    for start, end, invoice_id, items in periods[:-1]:
+        signature = tuple((ref_id(item["price"]) or str(item["price"]), item["quantity"]) for item in items)
+        if signature != last_signature:
+            state = {
+                **base,
+                "items": {"data": items},
+                "status": "active",
+                "ended_at": None,
+                "canceled_at": None,
+                "cancel_at": None,
+                "pause_collection": None,
+                "trial_end": None,
+                "trial_start": None,
+            }
+            versions.append(Version(start, state, invoice_id))
+            last_signature = signature
+        if end < cutoff and not any(other[0] == end for other in periods):
+            versions.append(Version(end, base, sub_id))  # a gap between billed periods
+            last_signature = None
+    versions.append(Version(cutoff, base, sub_id))
+    return versions
+
+
+def _moments(
+    state: StripeObject, sub_id: str, invoices: list[StripeObject], delinquent_days: int
+) -> list[datetime]:
+    found = [
+        to_time(state.get(key)) for key in ("start_date", "created", "trial_start", "trial_end", "cancel_at")
+    ]
+    found.append(ended_at(state))
+    discounts = as_list(state.get("discounts")) + [
+        discount
+        for item in as_list(state.get("items"))
+        for discount in as_list(as_dict(item).get("discounts"))
+    ]
+    for discount in discounts:
+        found.extend([to_time(as_dict(discount).get("start")), to_time(as_dict(discount).get("end"))])
+    if state.get("status") == "past_due":
+        for invoice in invoices:
+            reference = aging_reference(invoice)
+            if reference is not None and invoice_subscription_id(invoice) == sub_id:
+                found.append(reference + timedelta(days=delinquent_days + 1))
+    return [moment for moment in found if moment is not None]
+
+
+def _churn_hint(
+    state: StripeObject | None, invoices: list[StripeObject], config: HealthConfig, at: datetime
+) -> str:
+    if state is None:
+        return "unknown"
+    reason = text(as_dict(state.get("cancellation_details")).get("reason"))
+    if state.get("status") == "unpaid" or reason in INVOLUNTARY_REASONS:
+        return "involuntary"
+    if is_delinquent(state, invoices, config.policy, at):
+        return "involuntary"
+    if reason == "cancellation_requested":
+        return "voluntary"
+    return "unknown"
+
+
+@dataclass
+class _Point:
+    """One subscription at one moment."""
+
+    value: int
+    currency: str | None
+    counting: bool
+    trialing: bool
+    ended: bool
+    plan: ItemAmount | None
+    state: StripeObject | None
+    cause: str
+
+
+def build_history(
+    customer_id: str,
+    customer: StripeObject | None,
+    subscriptions: list[StripeObject],
+    invoices: list[StripeObject],
+    events: list[StripeObject],
+    snapshots: list[MrrSnapshot],
+    catalog: Catalog,
+    config: HealthConfig,
+    as_of: datetime,
+    mrr_now: dict[str, int],
+) -> History:
+    policy = config.policy
+    by_sub_events = _subscription_events(events, as_of)
+    current_by_id = {str(sub.get("id")): sub for sub in subscriptions}
+    all_versions: dict[str, list[Version]] = {}
+    moments: set[datetime] = set()
+    for sub_id in sorted(set(current_by_id) | set(by_sub_events)):
+        versions = _versions(
+            sub_id, current_by_id.get(sub_id), by_sub_events.get(sub_id, []), invoices, catalog, as_of
+        )
+        all_versions[sub_id] = versions
+        for version in versions:
+            if version.start is not None:
+                moments.add(version.start)
+            if version.state is not None:
+                moments.update(_moments(version.state, sub_id, invoices, policy.delinquent_churn_days))
+    times = sorted(moment for moment in moments if moment < as_of)
+
+    amounts: dict[tuple[int, tuple[bool, ...]], SubscriptionAmount] = {}
+
+    def point(sub_id: str, at: datetime) -> _Point:
+        versions = all_versions[sub_id]
+        index = bisect.bisect_right(
+            [version.start or datetime.min.replace(tzinfo=at.tzinfo) for version in versions], at
+        )
+        version = versions[max(index - 1, 0)]
+        state = version.state
+        if state is None:
+            return _Point(0, None, False, False, False, None, None, version.cause)
+        counting = counted_at(state, invoices, policy, at)
+        end = ended_at(state)
+        trialing = not counting and (state.get("status") == "trialing" or in_trial(state, at))
+        amount = _amount(state, at) if counting or trialing else None
+        plan = (
+            max(amount.items, key=lambda item: (item.gross, item.price_id or ""), default=None)
+            if amount
+            else None
+        )
+        return _Point(
+            value=amount.mrr if amount and counting else 0,
+            currency=amount.currency if amount else None,
+            counting=counting,
+            trialing=trialing and (end is None or at < end),
+            ended=end is not None and end <= at,
+            plan=plan,
+            state=state,
+            cause=version.cause,
+        )
+
+    def _amount(state: StripeObject, at: datetime) -> SubscriptionAmount:
+        # Cache per version and per which of its discounts are active: MRR depends on nothing else.
+        key = (id(state), _discount_key(state, customer, at, catalog))
+        if key not in amounts:
+            amounts[key] = subscription_amount(state, customer, catalog, at)
+        return amounts[key]
+
+    history = History()
+    previous_points: dict[str, _Point] = {}
+    previous_mrr: dict[str, int] = {}
+    rebuilt: list[Change] = []
+    for at in times:
+        points = {sub_id: point(sub_id, at) for sub_id in all_versions}
+        mrr = _sum(points.values())
+        _plan_changes(history, customer_id, previous_points, points, at, config, catalog)
+        if mrr != previous_mrr:
+            hint = _group_hint(previous_points, points, invoices, config, at)
+            risers = tuple(
+                sub_id
+                for sub_id, now in points.items()
+                if now.value > 0 and previous_points.get(sub_id, now).value == 0 and sub_id in previous_points
+            )
+            cause = next(
+                (
+                    now.cause
+                    for sub_id, now in points.items()
+                    if previous_points.get(sub_id) is None or previous_points[sub_id].value != now.value
+                ),
+                customer_id,
+            )
+            rebuilt.append(Change(at, mrr, cause, hint, risers))
+        previous_points, previous_mrr = points, mrr
+    final_points = {sub_id: point(sub_id, as_of) for sub_id in all_versions}
+    _plan_changes(history, customer_id, previous_points, final_points, as_of, config, catalog)
+    if mrr_now != previous_mrr:
+        hint = _group_hint(previous_points, final_points, invoices, config, as_of)
+        risers = tuple(
+            sub_id
+            for sub_id, now in final_points.items()
+            if now.value > 0 and sub_id in previous_points and previous_points[sub_id].value == 0
+        )
+        rebuilt.append(Change(as_of, dict(mrr_now), "as_of", hint, risers))
+
+    history.changes = _merge_snapshots(rebuilt, snapshots, as_of, mrr_now)
+    history.movements = _movements(customer_id, history.changes, config)
+    for movement in history.movements:
+        if movement.kind == "reactivation":
+            _reactivation_changes(history, customer_id, movement, final_points)
+    history.plan_changes = sorted(
+        set(history.plan_changes), key=lambda change: (change.at, change.subscription_id, change.kind)
+    )
+    conversions = [change.at for change in history.plan_changes if change.kind == "trial_conversion"]
+    history.trial_converted_at = max(conversions, default=None)
+    return history
+
+
+def _discount_key(
+    state: StripeObject, customer: StripeObject | None, at: datetime, catalog: Catalog
+) -> tuple[bool, ...]:
+    discounts = as_list(state.get("discounts")) + [
+        discount
+        for item in as_list(state.get("items"))
+        for discount in as_list(as_dict(item).get("discounts"))
+    ]
+    if customer is not None:
+        discounts.append(customer.get("discount"))
+    key = []
+    for raw in discounts:
+        discount = as_dict(catalog.discounts.get(raw) if isinstance(raw, str) else raw)
+        start = to_time(discount.get("start"))
+        end = to_time(discount.get("end"))
+        key.append((start is None or start <= at) and (end is None or at < end))
+    return tuple(key)
+
+
+def _sum(points: Any) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for found in points:
+        if found.value > 0 and found.currency:
+            total[found.currency] = total.get(found.currency, 0) + found.value
+    return dict(sorted(total.items()))
+
+
+def _group_hint(
+    before: dict[str, _Point],
+    after: dict[str, _Point],
+    invoices: list[StripeObject],
+    config: HealthConfig,
+    at: datetime,
+) -> str | None:
+    hints = [
+        _churn_hint(now.state, invoices, config, at)
+        for sub_id, now in after.items()
+        if now.value == 0 and before.get(sub_id) is not None and before[sub_id].value > 0
+    ]
+    for kind in ("involuntary", "voluntary"):
+        if kind in hints:
+            return kind
+    return "unknown" if hints else None
+
+
+def _plan_changes(
+    history: History,
+    customer_id: str,
+    before: dict[str, _Point],
+    after: dict[str, _Point],
+    at: datetime,
+    config: HealthConfig,
+    catalog: Catalog,
+) -> None:
+    """Plan changes of each subscription between two consecutive moments."""
+    for sub_id, now in after.items():
+        was = before.get(sub_id)
+        if was is None:
+            continue
+        kind: str | None = None
+        if was.trialing and now.counting:
+            kind = "trial_conversion"
+        elif (was.counting or was.trialing) and now.ended:
+            kind = "cancellation"
+        elif (
+            was.counting and now.counting and was.plan and now.plan and was.plan.price_id != now.plan.price_id
+        ):
+            kind = _direction(
+                tier_of(was.plan, config.tier_rules, catalog), tier_of(now.plan, config.tier_rules, catalog)
+            )
+        if kind is None:
+            continue
+        new_plan = None if kind == "cancellation" else now.plan
+        old_tier = tier_of(was.plan, config.tier_rules, catalog) if was.plan else None
+        new_tier = tier_of(new_plan, config.tier_rules, catalog) if new_plan else None
+        history.plan_changes.append(
+            PlanChange(
+                customer_id=customer_id,
+                subscription_id=sub_id,
+                at=at,
+                kind=kind,
+                from_plan=was.plan.price_id if was.plan else None,
+                to_plan=new_plan.price_id if new_plan else None,
+                from_tier=old_tier.name if old_tier else None,
+                to_tier=new_tier.name if new_tier else None,
+                cause=now.cause,
+            )
+        )
+
+
+def _direction(old: Tier, new: Tier) -> str | None:
+    """Upgrade or downgrade by rank; the same tier (e.g. the same product on another interval) is neither."""
+    if old.name == new.name or old.rank == new.rank:
+        return None
+    return "upgrade" if new.rank > old.rank else "downgrade"
+
+
+def _reactivation_changes(
+    history: History, customer_id: str, movement: MrrMovement, final_points: dict[str, _Point]
+) -> None:
+    for change in history.changes:
+        if change.at == movement.at:
+            for sub_id in change.risers:
+                plan = final_points[sub_id].plan if sub_id in final_points else None
+                history.plan_changes.append(
+                    PlanChange(
+                        customer_id,
+                        sub_id,
+                        movement.at,
+                        "reactivation",
+                        None,
+                        plan.price_id if plan else None,
+                        None,
+                        None,
+                        movement.cause,
+                    )
+                )
+
+
+def _merge_snapshots(
+    rebuilt: list[Change], snapshots: list[MrrSnapshot], as_of: datetime, mrr_now: dict[str, int]
+) -> list[Change]:
+    observed = sorted((snap for snap in snapshots if snap.at <= as_of), key=lambda snap: snap.at)
+    if not observed:
+        return rebuilt
+    first, last = observed[0].at, observed[-1].at
+    merged = [change for change in rebuilt if change.at < first]
+    value = merged[-1].mrr if merged else {}
+    previous_at = merged[-1].at if merged else None
+    for snap in observed:
+        mrr = {currency: amount for currency, amount in sorted(snap.mrr_by_currency.items()) if amount > 0}
+        if mrr != value:
+            between = [
+                change
+                for change in rebuilt
+                if (previous_at is None or change.at > previous_at) and change.at <= snap.at
+            ]
+            if between:
+                dated = between[-1]
+                merged.append(Change(dated.at, mrr, dated.cause, dated.churn_hint, dated.risers))
+            else:
+                merged.append(Change(snap.at, mrr, snap.cause, None, ()))
+            value = mrr
+        previous_at = snap.at
+    for change in rebuilt:
+        if change.at > last and change.mrr != value:
+            merged.append(change)
+            value = change.mrr
+    now = dict(mrr_now)
+    if value != now:
+        # Changed since the last observation with nothing rebuilt to date it: date it now.
+        merged.append(Change(as_of, now, "as_of", None, ()))
+    return merged
+
+
+def _movements(customer_id: str, changes: list[Change], config: HealthConfig) -> list[MrrMovement]:
+    """Group changes within the policy's window and classify each currency's net change."""
+    window = timedelta(seconds=config.policy.movement_grouping_seconds)
+    groups: list[list[Change]] = []
+    for change in changes:
+        if groups and change.at - groups[-1][0].at <= window:
+            groups[-1].append(change)
+        else:
+            groups.append([change])
+    movements: list[MrrMovement] = []
+    before: dict[str, int] = {}
+    paid_before = False
+    for group in groups:
+        after = group[-1].mrr
+        hints = [change.churn_hint for change in group if change.churn_hint]
+        churn_type = next((kind for kind in ("involuntary", "voluntary") if kind in hints), "unknown")
+        for currency in sorted(set(before) | set(after)):
+            old, new = before.get(currency, 0), after.get(currency, 0)
+            if old == new:
+                continue
+            if old == 0:
+                kind = "reactivation" if paid_before else "new"
+            elif new == 0:
+                kind = "churn"
+            else:
+                kind = "expansion" if new > old else "contraction"
+            movements.append(
+                MrrMovement(
+                    customer_id=customer_id,
+                    at=group[0].at,
+                    kind=kind,
+                    churn_type=churn_type if kind == "churn" else None,
+                    currency=currency,
+                    mrr_before=old,
+                    mrr_after=new,
+                    delta=new - old,
+                    cause=group[-1].cause,
+                )
+            )
+        paid_before = paid_before or any(amount > 0 for change in group for amount in change.mrr.values())
+        before = after
+    return movements

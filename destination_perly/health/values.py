@@ -1,0 +1,109 @@
+"""Small pure helpers shared by the rules: reading Stripe fields defensively, time and exact money.
+
+Money is carried as `Fraction` (exact rational arithmetic) until the one half-up rounding; Stripe's
+decimal strings and float percentages go through `Decimal(str(...))` so no binary float error leaks in.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from typing import Any
+
+StripeObject = dict[str, Any]
+
+DAY = timedelta(days=1)
+
+# Currencies whose minor unit is the whole unit (Stripe's zero-decimal list); only used for display.
+ZERO_DECIMAL_CURRENCIES = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
+
+
+def as_dict(value: Any) -> StripeObject:
+    """The value when it is a JSON object, else an empty one (missing or malformed sub-objects)."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    """A JSON list, or the `data` of a Stripe list object, else empty."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("data"), list):
+        return list(value["data"])
+    return []
+
+
+def ref_id(value: Any) -> str | None:
+    """The id of a reference that may be an id string or an expanded object."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, dict):
+        inner = value.get("id")
+        return inner if isinstance(inner, str) and inner else None
+    return None
+
+
+def to_time(value: Any) -> datetime | None:
+    """Stripe unix seconds (int, float or digit string) or a datetime -> aware UTC datetime."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, str):
+        if not value.strip().lstrip("-").isdigit():
+            return None
+        value = int(value)
+    if isinstance(value, int | float):
+        try:
+            return datetime.fromtimestamp(value, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
+
+
+def whole_days(start: datetime, end: datetime) -> int:
+    """Whole days from start to end, rounded down (negative when end is before start)."""
+    return int((end - start) // DAY)
+
+
+def exact(value: Any) -> Fraction | None:
+    """A JSON number or decimal string as an exact Fraction; None when absent or malformed."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return Fraction(value)
+    try:
+        return Fraction(Decimal(str(value)))
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def round_half_up(value: Fraction) -> int:
+    """Round to a whole minor unit, halves away from zero."""
+    sign = -1 if value < 0 else 1
+    magnitude = abs(value)
+    whole, remainder = divmod(magnitude.numerator, magnitude.denominator)
+    if 2 * remainder >= magnitude.denominator:
+        whole += 1
+    return sign * whole
+
+
+def format_money(amount: int, currency: str | None) -> str:
+    """Minor units as a readable amount: 1234 usd -> '12.34 USD', 1234 jpy -> '1234 JPY'."""
+    code = (currency or "").upper()
+    if (currency or "").lower() in ZERO_DECIMAL_CURRENCIES:
+        text = f"{amount}"
+    else:
+        sign = "-" if amount < 0 else ""
+        whole, cents = divmod(abs(amount), 100)
+        text = f"{sign}{whole}.{cents:02d}"
+    return f"{text} {code}".strip()
+
+
+def text(value: Any) -> str | None:
+    """A string field, or None when absent or of another type (malformed input)."""
+    return value if isinstance(value, str) else None
+
+
+def currency_of(value: Any) -> str | None:
+    return value.lower() if isinstance(value, str) and value else None

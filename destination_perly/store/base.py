@@ -1,0 +1,581 @@
+"""The Perly store: one interface, SQL shared by the SQLite and PostgreSQL backends.
+
+No Airbyte protocol here. Records are raw Stripe dicts; the store keeps the latest version per id
+(newer `updated` wins, equal `updated` keeps the later arrival), tombstones mark rows deleted.
+All SQL is written with `?` placeholders; the PostgreSQL backend converts them.
+
+Column types are chosen so both backends return the same Python values: datetimes are ISO-8601
+UTC text (`2026-11-01T00:00:00Z`), booleans are integers 0/1, lists and maps are JSON text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import orjson
+
+from destination_perly.health.model import (
+    CustomerBundle,
+    CustomerEvaluation,
+    CustomerHealth,
+    MrrMovement,
+    MrrSnapshot,
+    PlanChange,
+)
+
+Record = dict[str, Any]
+CustomerIdsOf = Callable[[str, Record], Iterable[str]]
+
+HEALTH_TABLE = "perly_customer_health"
+MOVEMENTS_TABLE = "perly_mrr_movements"
+PLAN_CHANGES_TABLE = "perly_plan_changes"
+SNAPSHOTS_TABLE = "perly_mrr_snapshots"
+DIRTY_TABLE = "perly_dirty_customers"
+PROBE_TABLE = "perly_check_probe"
+
+# Streams whose rows belong to one customer and are handed to the health engine as lists.
+CUSTOMER_LIST_STREAMS = ("subscriptions", "invoices", "charges", "events")
+# Account-wide lookups handed to the engine whole, by id.
+LOOKUP_STREAMS = ("coupons", "prices", "products")
+# Keeps IN (...) lists well under every backend's parameter limit.
+IN_CHUNK = 500
+
+
+class StoreError(Exception):
+    """A store problem worth showing to the user as is (never contains secrets)."""
+
+
+class Row(NamedTuple):
+    """One record as stored: the columns the health code and readers need, plus the raw JSON."""
+
+    id: str
+    updated: int
+    deleted: int
+    customer_id: str | None
+    created: int | None
+    status: str | None
+    data: str
+    generation_id: int | None
+
+
+ROW_COLUMNS = Row._fields
+
+
+def table_for_stream(stream: str) -> str:
+    """`stripe_<safe name>`; a name that had to be changed gets a hash so two streams never collide."""
+    safe = re.sub(r"[^a-z0-9_]", "_", stream.lower())[:40]
+    if safe != stream:
+        safe = f"{safe}_{hashlib.sha1(stream.encode()).hexdigest()[:8]}"  # noqa: S324 - a name, not security
+    return f"stripe_{safe}"
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def record_version(record: Record) -> int:
+    """The record's place in the order of versions: `updated`, else `created` (events), else 0."""
+    for key in ("updated", "created"):
+        value = _as_int(record.get(key))
+        if value is not None:
+            return value
+    return 0
+
+
+def fallback_customer_id(stream: str, record: Record) -> str | None:
+    """The record's customer when the mapping gives none: the `customer` field (id or expanded)."""
+    customer = record.get("customer")
+    if isinstance(customer, dict):
+        customer = customer.get("id")
+    if isinstance(customer, str):
+        return customer
+    if stream == "customers" and isinstance(record.get("id"), str):
+        return str(record["id"])
+    return None
+
+
+def make_row(stream: str, record: Record, customer_id: str | None, generation_id: int | None) -> Row:
+    status = record.get("status")
+    return Row(
+        id=str(record["id"]),
+        updated=record_version(record),
+        deleted=1 if record.get("deleted") is True else 0,
+        customer_id=customer_id,
+        created=_as_int(record.get("created")),
+        status=status if isinstance(status, str) else None,
+        data=orjson.dumps(record).decode(),
+        generation_id=generation_id,
+    )
+
+
+def latest_per_id(rows: Iterable[Row]) -> list[Row]:
+    """Collapses a batch to one row per id (newer `updated`; tie: later arrival), keeping order."""
+    best: dict[str, Row] = {}
+    for row in rows:
+        kept = best.get(row.id)
+        if kept is None or row.updated >= kept.updated:
+            best[row.id] = row
+    return list(best.values())
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _column_type(annotation: Any, int_type: str) -> str:
+    text = str(annotation)
+    if "datetime" in text or "str" in text or "list" in text or "dict" in text:
+        return "TEXT"
+    if "bool" in text or "int" in text:
+        return int_type
+    return "TEXT"
+
+
+def _db_value(value: Any) -> Any:
+    """A dataclass field as stored: see the module docstring."""
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, bool):
+        return 1 if value else 0
+    if isinstance(value, list | dict | tuple):
+        return orjson.dumps(value).decode()
+    return value
+
+
+def _chunks(items: Sequence[str], size: int = IN_CHUNK) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Store(ABC):
+    """The interface the Ingestor, the writer, the report and the webhook receiver use."""
+
+    int_type = "INTEGER"
+
+    def __init__(self, customer_ids_of: CustomerIdsOf | None = None) -> None:
+        self._customer_ids_of = customer_ids_of
+        self._tx_depth = 0
+        self._tables: set[str] | None = None
+
+    # --- backend primitives -------------------------------------------------------------------
+    @abstractmethod
+    def _begin(self) -> None: ...
+
+    @abstractmethod
+    def _commit(self) -> None: ...
+
+    @abstractmethod
+    def _rollback(self) -> None: ...
+
+    @abstractmethod
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
+
+    @abstractmethod
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    @abstractmethod
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def _list_tables(self) -> set[str]: ...
+
+    @abstractmethod
+    def _list_columns(self, table: str) -> set[str]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def _lock_schema(self) -> None:  # noqa: B027 - a hook: only PostgreSQL needs it
+        """Serialises schema changes between processes (PostgreSQL); SQLite's write lock does it."""
+
+    # --- transactions -------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """A unit of work: committed on exit (then, and only then, may state be acknowledged)."""
+        if self._tx_depth:
+            self._tx_depth += 1
+            try:
+                yield
+            finally:
+                self._tx_depth -= 1
+            return
+        self._begin()
+        self._tx_depth = 1
+        try:
+            yield
+            self._commit()
+        except BaseException:
+            self._tables = None  # DDL may have been rolled back
+            try:
+                self._rollback()
+            finally:
+                self._tx_depth = 0
+            raise
+        self._tx_depth = 0
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one statement (for parts keeping their own tables); `?` placeholders on both backends."""
+        with self.transaction():
+            self._execute(sql, params)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Read rows as dicts; `?` placeholders on both backends."""
+        return self._fetch(sql, params)
+
+    # --- schema -------------------------------------------------------------------------------
+    def tables(self) -> set[str]:
+        if self._tables is None:
+            self._tables = self._list_tables()
+        return self._tables
+
+    def ensure_schema(self) -> None:
+        """Creates the Perly tables (and adds columns the health model gained since)."""
+        with self.transaction():
+            self._lock_schema()
+            self._create_from_dataclass(HEALTH_TABLE, CustomerHealth, primary_key="customer_id")
+            self._create_from_dataclass(MOVEMENTS_TABLE, MrrMovement)
+            self._create_from_dataclass(PLAN_CHANGES_TABLE, PlanChange)
+            self._execute(
+                f"CREATE TABLE IF NOT EXISTS {SNAPSHOTS_TABLE} (customer_id TEXT NOT NULL, at TEXT NOT NULL,"
+                " mrr_by_currency TEXT NOT NULL, cause TEXT)"
+            )
+            # `mark` grows with every write, so a refresh clears only the marks it has seen.
+            self._execute(
+                f"CREATE TABLE IF NOT EXISTS {DIRTY_TABLE} (customer_id TEXT PRIMARY KEY,"
+                f" mark {self.int_type} NOT NULL DEFAULT 1)"
+            )
+            for table in (MOVEMENTS_TABLE, PLAN_CHANGES_TABLE, SNAPSHOTS_TABLE):
+                self._execute(f"CREATE INDEX IF NOT EXISTS {table}_customer_idx ON {table} (customer_id)")
+        self._tables = None
+
+    def _create_from_dataclass(self, table: str, model: type, primary_key: str | None = None) -> None:
+        columns = []
+        for field in dataclasses.fields(model):
+            column = f"{field.name} {_column_type(field.type, self.int_type)}"
+            if field.name == primary_key:
+                column += " PRIMARY KEY"
+            columns.append(column)
+        self._execute(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(columns)})")
+        existing = self._list_columns(table)
+        for field in dataclasses.fields(model):
+            if field.name not in existing:
+                self._execute(
+                    f"ALTER TABLE {table} ADD COLUMN {field.name} {_column_type(field.type, self.int_type)}"
+                )
+
+    def ensure_stream_table(self, stream: str, stage: bool = False) -> str:
+        table = table_for_stream(stream) + ("_stage" if stage else "")
+        big = self.int_type
+        if table not in self.tables():
+            with self.transaction():
+                self._lock_schema()
+                self._execute(
+                    f"CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY, updated {big} NOT NULL,"
+                    f" deleted {big} NOT NULL DEFAULT 0, customer_id TEXT, created {big},"
+                    f" status TEXT, data TEXT NOT NULL, generation_id {big})"
+                )
+                self._execute(f"CREATE INDEX IF NOT EXISTS {table}_customer_idx ON {table} (customer_id)")
+            self.tables().add(table)
+        return table
+
+    def probe_writable(self) -> None:
+        """Creates, writes and drops a probe table: proves the store accepts writes."""
+        with self.transaction():
+            self._execute(f"CREATE TABLE IF NOT EXISTS {PROBE_TABLE} (id TEXT)")
+            self._execute(f"INSERT INTO {PROBE_TABLE} (id) VALUES (?)", ("probe",))
+            self._execute(f"DROP TABLE {PROBE_TABLE}")
+
+    # --- records ------------------------------------------------------------------------------
+    def customer_id_of(self, stream: str, record: Record) -> str | None:
+        if self._customer_ids_of is not None:
+            for customer_id in self._customer_ids_of(stream, record):
+                return customer_id
+        return fallback_customer_id(stream, record)
+
+    def rows_from_records(
+        self, stream: str, records: Iterable[Record], generation_id: int | None = None
+    ) -> list[Row]:
+        return [make_row(stream, r, self.customer_id_of(stream, r), generation_id) for r in records]
+
+    def upsert_records(
+        self, stream: str, records: Iterable[Record], generation_id: int | None = None, stage: bool = False
+    ) -> set[str]:
+        """Keeps the newer version per id; returns the customers of the rows written."""
+        return self.upsert_rows(stream, self.rows_from_records(stream, records, generation_id), stage)
+
+    def upsert_rows(self, stream: str, rows: Iterable[Row], stage: bool = False) -> set[str]:
+        batch = latest_per_id(rows)
+        if not batch:
+            return set()
+        table = self.ensure_stream_table(stream, stage)
+        # A tombstone keeps the last full object (readers still see what was deleted) but marks it.
+        sql = (
+            f"INSERT INTO {table} ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * len(ROW_COLUMNS))})"
+            f" ON CONFLICT (id) DO UPDATE SET updated = excluded.updated, deleted = excluded.deleted,"
+            f" customer_id = COALESCE(excluded.customer_id, {table}.customer_id),"
+            f" created = COALESCE(excluded.created, {table}.created),"
+            f" status = CASE WHEN excluded.deleted = 1 THEN {table}.status ELSE excluded.status END,"
+            f" data = CASE WHEN excluded.deleted = 1 THEN {table}.data ELSE excluded.data END,"
+            f" generation_id = excluded.generation_id"
+            f" WHERE excluded.updated >= {table}.updated"
+        )
+        with self.transaction():
+            self._executemany(sql, batch)
+        return {row.customer_id for row in batch if row.customer_id}
+
+    # --- staging (overwrite and truncate refreshes) -------------------------------------------
+    def begin_stage(self, stream: str, generation_id: int | None) -> None:
+        """Prepares `<table>_stage`. A stage left by an earlier attempt of the same generation is kept,
+        so a resumed sync does not lose what it had committed; anything else is started afresh."""
+        table = self.ensure_stream_table(stream, stage=True)
+        with self.transaction():
+            other = self._fetch(
+                f"SELECT COUNT(*) AS n FROM {table} WHERE generation_id IS NULL OR generation_id <> ?",
+                (generation_id if generation_id is not None else -1,),
+            )
+            if generation_id is None or other[0]["n"]:
+                self._execute(f"DELETE FROM {table}")
+
+    def swap_stage(self, stream: str) -> set[str]:
+        """Replaces the live table with the stage in one transaction (the live table is never seen
+        empty); returns every customer on either side, whose health may have changed."""
+        live = self.ensure_stream_table(stream)
+        stage = self.ensure_stream_table(stream, stage=True)
+        with self.transaction():
+            rows = self._fetch(
+                f"SELECT customer_id FROM {live} WHERE customer_id IS NOT NULL"
+                f" UNION SELECT customer_id FROM {stage} WHERE customer_id IS NOT NULL"
+            )
+            self._execute(f"DELETE FROM {live}")
+            columns = ", ".join(ROW_COLUMNS)
+            self._execute(f"INSERT INTO {live} ({columns}) SELECT {columns} FROM {stage}")
+            self._execute(f"DELETE FROM {stage}")
+        return {str(r["customer_id"]) for r in rows}
+
+    def discard_older_generations(self, stream: str, minimum_generation_id: int) -> set[str]:
+        """Drops rows from generations before `minimum_generation_id` (the end of a refresh)."""
+        table = self.ensure_stream_table(stream)
+        with self.transaction():
+            rows = self._fetch(
+                f"SELECT DISTINCT customer_id FROM {table} WHERE customer_id IS NOT NULL"
+                " AND (generation_id IS NULL OR generation_id < ?)",
+                (minimum_generation_id,),
+            )
+            self._execute(
+                f"DELETE FROM {table} WHERE generation_id IS NULL OR generation_id < ?",
+                (minimum_generation_id,),
+            )
+        return {str(r["customer_id"]) for r in rows}
+
+    # --- customers to recompute ---------------------------------------------------------------
+    def mark_dirty(self, customer_ids: Iterable[str]) -> None:
+        """Remembers customers whose health must be recomputed (survives a crash before refresh)."""
+        ids = sorted(set(customer_ids))
+        if ids:
+            with self.transaction():
+                self._executemany(
+                    f"INSERT INTO {DIRTY_TABLE} (customer_id, mark) VALUES (?, 1) ON CONFLICT (customer_id)"
+                    f" DO UPDATE SET mark = {DIRTY_TABLE}.mark + 1",
+                    [(c,) for c in ids],
+                )
+
+    def dirty_customers(self) -> set[str]:
+        return {str(r["customer_id"]) for r in self._fetch(f"SELECT customer_id FROM {DIRTY_TABLE}")}
+
+    def dirty_marks(self, customer_ids: Sequence[str]) -> dict[str, int]:
+        """The current mark of each of these customers that is dirty."""
+        found: dict[str, int] = {}
+        for chunk in _chunks(customer_ids):
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT customer_id, mark FROM {DIRTY_TABLE} WHERE customer_id IN ({marks})"
+            found.update((str(r["customer_id"]), int(r["mark"])) for r in self._fetch(sql, chunk))
+        return found
+
+    def clear_dirty(self, seen: Mapping[str, int]) -> None:
+        """Clears the marks a refresh has seen; a customer written since (a higher mark) stays dirty."""
+        if seen:
+            with self.transaction():
+                self._executemany(
+                    f"DELETE FROM {DIRTY_TABLE} WHERE customer_id = ? AND mark = ?", sorted(seen.items())
+                )
+
+    def time_sensitive_customers(self, as_of: datetime, lookback_days: int = 90) -> set[str]:
+        """Customers whose health can change with the clock alone: open invoices, trials, past-due or
+        unpaid subscriptions, failed charges still inside a window, and any raised flag or risk that
+        may expire."""
+        found: set[str] = set()
+        tables = self.tables()
+        queries: list[tuple[str, tuple[Any, ...]]] = []
+        invoices, subscriptions, charges = (
+            table_for_stream(s) for s in ("invoices", "subscriptions", "charges")
+        )
+        if invoices in tables:
+            queries.append(
+                (f"SELECT DISTINCT customer_id FROM {invoices} WHERE deleted = 0 AND status = ?", ("open",))
+            )
+        if subscriptions in tables:
+            queries.append(
+                (
+                    f"SELECT DISTINCT customer_id FROM {subscriptions}"
+                    " WHERE deleted = 0 AND status IN (?, ?, ?)",
+                    ("trialing", "past_due", "unpaid"),
+                )
+            )
+        if charges in tables:
+            since = int(as_of.timestamp()) - lookback_days * 86400
+            queries.append(
+                (
+                    f"SELECT DISTINCT customer_id FROM {charges}"
+                    " WHERE deleted = 0 AND status = ? AND created >= ?",
+                    ("failed", since),
+                )
+            )
+        queries.append(
+            (
+                f"SELECT customer_id FROM {HEALTH_TABLE} WHERE deleted = 0 AND (payment_risk <> ?"
+                " OR flag_payment_failures = 1 OR flag_downgrade = 1 OR flag_invoice_aging = 1"
+                " OR flag_trial_expiring = 1 OR flag_mrr_contraction = 1 OR mrr_change_30d <> 0)",
+                ("none",),
+            )
+        )
+        for sql, params in queries:
+            found.update(str(r["customer_id"]) for r in self._fetch(sql, params) if r["customer_id"])
+        return found
+
+    # --- bundles for the health engine --------------------------------------------------------
+    def load_bundle(self, customer_id: str) -> CustomerBundle:
+        return self.load_bundles([customer_id])[customer_id]
+
+    def load_lookups(self) -> dict[str, dict[str, Record]]:
+        """The account-wide coupons, prices and products by id (deleted ones flagged, still there:
+        live subscriptions may reference them)."""
+        lookups: dict[str, dict[str, Record]] = {}
+        for stream in LOOKUP_STREAMS:
+            by_id: dict[str, Record] = {}
+            table = table_for_stream(stream)
+            if table in self.tables():
+                for row in self._fetch(f"SELECT id, deleted, data FROM {table}"):
+                    obj = orjson.loads(row["data"])
+                    if row["deleted"]:
+                        obj["deleted"] = True
+                    by_id[str(row["id"])] = obj
+            lookups[stream] = by_id
+        return lookups
+
+    def load_bundles(
+        self, customer_ids: Iterable[str], lookups: dict[str, dict[str, Record]] | None = None
+    ) -> dict[str, CustomerBundle]:
+        """Bundles for many customers with a handful of queries per chunk (not per customer)."""
+        ids = sorted(set(customer_ids))
+        lookups = lookups if lookups is not None else self.load_lookups()
+        bundles = {
+            c: CustomerBundle(
+                customer_id=c,
+                customer=None,
+                subscriptions=[],
+                invoices=[],
+                charges=[],
+                events=[],
+                coupons=lookups["coupons"],
+                prices=lookups["prices"],
+                products=lookups["products"],
+            )
+            for c in ids
+        }
+        tables = self.tables()
+        for chunk in _chunks(ids):
+            marks = ", ".join("?" * len(chunk))
+            customers = table_for_stream("customers")
+            if customers in tables:
+                for row in self._fetch(
+                    f"SELECT id, deleted, data FROM {customers} WHERE id IN ({marks})", chunk
+                ):
+                    obj = orjson.loads(row["data"])
+                    if row["deleted"]:
+                        obj["deleted"] = True
+                    bundles[str(row["id"])].customer = obj
+            for stream in CUSTOMER_LIST_STREAMS:
+                table = table_for_stream(stream)
+                if table not in tables:
+                    continue
+                sql = (
+                    f"SELECT customer_id, data FROM {table} WHERE customer_id IN ({marks}) AND deleted = 0"
+                    " ORDER BY created, id"
+                )
+                for row in self._fetch(sql, chunk):
+                    getattr(bundles[str(row["customer_id"])], stream).append(orjson.loads(row["data"]))
+            sql = f"SELECT customer_id, at, mrr_by_currency, cause FROM {SNAPSHOTS_TABLE}"
+            for row in self._fetch(sql + f" WHERE customer_id IN ({marks}) ORDER BY at", chunk):
+                bundles[str(row["customer_id"])].snapshots.append(
+                    MrrSnapshot(
+                        at=parse_iso(str(row["at"])),
+                        mrr_by_currency=orjson.loads(row["mrr_by_currency"]),
+                        cause=str(row["cause"] or ""),
+                    )
+                )
+        return bundles
+
+    # --- health results -----------------------------------------------------------------------
+    def save_results(
+        self, evaluations: Sequence[CustomerEvaluation], snapshots: Sequence[tuple[str, MrrSnapshot]]
+    ) -> None:
+        """Upserts health rows, replaces each customer's movements and plan changes with the
+        recomputed set and appends snapshots, in one transaction."""
+        if not evaluations and not snapshots:
+            return
+        health_fields = [f.name for f in dataclasses.fields(CustomerHealth)]
+        updates = ", ".join(f"{name} = excluded.{name}" for name in health_fields if name != "customer_id")
+        health_sql = (
+            f"INSERT INTO {HEALTH_TABLE} ({', '.join(health_fields)})"
+            f" VALUES ({', '.join('?' * len(health_fields))})"
+            f" ON CONFLICT (customer_id) DO UPDATE SET {updates}"
+        )
+        with self.transaction():
+            if evaluations:
+                self._executemany(
+                    health_sql,
+                    [[_db_value(getattr(e.health, name)) for name in health_fields] for e in evaluations],
+                )
+                ids = sorted({e.health.customer_id for e in evaluations})
+                for chunk in _chunks(ids):
+                    marks = ", ".join("?" * len(chunk))
+                    self._execute(f"DELETE FROM {MOVEMENTS_TABLE} WHERE customer_id IN ({marks})", chunk)
+                    self._execute(f"DELETE FROM {PLAN_CHANGES_TABLE} WHERE customer_id IN ({marks})", chunk)
+                self._insert_dataclasses(
+                    MOVEMENTS_TABLE, MrrMovement, [m for e in evaluations for m in e.movements]
+                )
+                self._insert_dataclasses(
+                    PLAN_CHANGES_TABLE, PlanChange, [p for e in evaluations for p in e.plan_changes]
+                )
+            if snapshots:
+                self._executemany(
+                    f"INSERT INTO {SNAPSHOTS_TABLE} (customer_id, at, mrr_by_currency, cause)"
+                    " VALUES (?, ?, ?, ?)",
+                    [(c, iso(s.at), _db_value(s.mrr_by_currency), s.cause) for c, s in snapshots],
+                )
+
+    def _insert_dataclasses(self, table: str, model: type, items: Sequence[Any]) -> None:
+        if not items:
+            return
+        names = [f.name for f in dataclasses.fields(model)]
+        sql = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+        self._executemany(sql, [[_db_value(getattr(item, n)) for n in names] for item in items])

@@ -1,0 +1,117 @@
+"""PostgreSQL backend (psycopg 3): tables in one schema, safe with several writers at once.
+
+Upserts rely on `ON CONFLICT ... WHERE excluded.updated >= table.updated`, so two processes writing
+versions of the same object keep the newer one whatever order they commit in. Schema changes take a
+transaction-scoped advisory lock so concurrent `CREATE TABLE IF NOT EXISTS` never collide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from destination_perly.store.base import CustomerIdsOf, Store, StoreError
+
+CONNECT_TIMEOUT_S = 10
+
+
+def _pg_sql(text: str) -> str:
+    """`?` placeholders (the store's convention) to psycopg's `%s`."""
+    return text.replace("%", "%%").replace("?", "%s")
+
+
+def scrub(message: str, secret: str | None) -> str:
+    return message.replace(secret, "***") if secret else message
+
+
+class PostgresStore(Store):
+    int_type = "BIGINT"
+
+    def __init__(
+        self,
+        *,
+        schema: str = "perly",
+        dsn: str | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        database: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        ssl_mode: str | None = None,
+        customer_ids_of: CustomerIdsOf | None = None,
+    ) -> None:
+        super().__init__(customer_ids_of)
+        self.schema = schema
+        params: dict[str, Any] = {
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "application_name": "destination-perly",
+        }
+        for key, value in (
+            ("host", host),
+            ("port", port),
+            ("dbname", database),
+            ("user", username),
+            ("password", password),
+            ("sslmode", ssl_mode),
+        ):
+            if value is not None:
+                params[key] = value
+        try:
+            self._conn: psycopg.Connection[dict[str, Any]] = psycopg.connect(
+                dsn or "", autocommit=True, row_factory=dict_row, **params
+            )
+            self._conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            self._conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        except psycopg.Error as exc:
+            # libpq messages name host, port and user, never the password; scrub it anyway.
+            raise StoreError(f"cannot connect to PostgreSQL: {scrub(str(exc).strip(), password)}") from None
+        self._sql_cache: dict[str, str] = {}
+
+    def _convert(self, text: str) -> str:
+        converted = self._sql_cache.get(text)
+        if converted is None:
+            converted = self._sql_cache[text] = _pg_sql(text)
+        return converted
+
+    def _begin(self) -> None:
+        self._conn.execute("BEGIN")
+
+    def _commit(self) -> None:
+        self._conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self._conn.execute("ROLLBACK")
+
+    def _lock_schema(self) -> None:
+        self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"perly:{self.schema}",))
+
+    def _execute(self, text: str, params: Sequence[Any] = ()) -> None:
+        self._conn.execute(self._convert(text), tuple(params))
+
+    def _executemany(self, text: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self._conn.cursor() as cur:
+            cur.executemany(self._convert(text), rows)
+
+    def _fetch(self, text: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return self._conn.execute(self._convert(text), tuple(params)).fetchall()
+
+    def _list_tables(self) -> set[str]:
+        rows = self._fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = ?", (self.schema,)
+        )
+        return {str(r["table_name"]) for r in rows}
+
+    def _list_columns(self, table: str) -> set[str]:
+        rows = self._fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
+            (self.schema, table),
+        )
+        return {str(r["column_name"]) for r in rows}
+
+    def close(self) -> None:
+        self._conn.close()

@@ -1,0 +1,83 @@
+"""SQLite backend: one file, WAL mode, one writer connection per process.
+
+A webhook receiver may write to the same file from another process: write transactions start with
+`BEGIN IMMEDIATE` (the write lock is taken up front, so no transaction fails half-way on an upgrade)
+and wait on `busy_timeout`; a lock that outlasts it is retried a few times before giving up.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from destination_perly.store.base import CustomerIdsOf, Store, StoreError
+
+BUSY_TIMEOUT_MS = 30_000
+LOCK_RETRIES = 5
+
+
+class SqliteStore(Store):
+    int_type = "INTEGER"
+
+    def __init__(self, path: str | Path, customer_ids_of: CustomerIdsOf | None = None) -> None:
+        super().__init__(customer_ids_of)
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            parent = self.path.parent
+            if not parent.is_dir():
+                try:
+                    parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreError(
+                        f"cannot create the directory {parent} for the SQLite file: {exc}"
+                    ) from exc
+        try:
+            self._conn = sqlite3.connect(
+                str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+            )
+            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            # WAL + NORMAL: a commit survives a process crash; only an OS crash can lose the last ones.
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the SQLite file {path}: {exc}") from exc
+        self._conn.row_factory = sqlite3.Row
+
+    def _begin(self) -> None:
+        for attempt in range(LOCK_RETRIES):
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == LOCK_RETRIES - 1:
+                    raise
+                time.sleep(0.05 * 2**attempt)
+
+    def _commit(self) -> None:
+        self._conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._conn.execute(sql, tuple(params))
+
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._conn.executemany(sql, rows)
+
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return [dict(row) for row in self._conn.execute(sql, tuple(params)).fetchall()]
+
+    def _list_tables(self) -> set[str]:
+        rows = self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        return {str(r[0]) for r in rows}
+
+    def _list_columns(self, table: str) -> set[str]:
+        return {str(r[1]) for r in self._conn.execute(f"PRAGMA table_info({table})").fetchall()}
+
+    def close(self) -> None:
+        self._conn.close()

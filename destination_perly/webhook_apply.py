@@ -1,0 +1,371 @@
+"""Applies verified webhook events to the Perly store through the destination's write path.
+
+Two threads, each with its own store connection:
+- the writer stores an event's records and claims its id in the ledger table, in ONE transaction
+  (so a duplicate, a retry or the same event at another receiver process does nothing the second
+  time, and a crash never leaves half an event). The HTTP answer waits for this commit only.
+- the refresher recomputes health for the customers the writes touched (batched under bursts) and
+  marks their events applied. Events stored but not yet applied are found again at start-up.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+import orjson
+
+from destination_perly.store.base import Store
+from destination_perly.webhook_events import EventPlan
+
+log = logging.getLogger("perly.webhooks")
+
+LEDGER_TABLE = "perly_webhook_events"
+# Transient store failures (a lock held by a sync, a PostgreSQL deadlock) are retried this often.
+WRITE_ATTEMPTS = 5
+REFRESH_ATTEMPTS = 5
+RETRY_BASE_SECONDS = 0.05
+REFRESH_BATCH_MAX_EVENTS = 500
+# Customers refreshed per transaction: bounds how long a refresh holds SQLite's write lock.
+REFRESH_CHUNK_CUSTOMERS = 50
+
+Clock = Callable[[], datetime]
+
+
+def wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Ingestor(Protocol):
+    def upsert(self, stream: str, records: list[dict[str, Any]]) -> set[str]: ...
+
+    def refresh(self, customer_ids: Iterable[str], as_of: datetime) -> Any: ...
+
+
+class Outcome(StrEnum):
+    ACCEPTED = "accepted"  # stored now; health follows on the refresher
+    DUPLICATE = "duplicate"  # this event id was stored before: nothing done
+
+
+def _execute(store: Store, sql: str, params: tuple[Any, ...] = ()) -> None:
+    # The store exposes `query` (rows back) publicly; statements without rows (DDL, UPDATE) need its
+    # execute primitive. Prefer a public `execute` if the store gains one.
+    execute = getattr(store, "execute", None) or store._execute
+    execute(sql, params)
+
+
+class EventLedger:
+    """`perly_webhook_events`: one row per event id received, with when it was stored and applied."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def ensure(self) -> None:
+        big = self.store.int_type
+        with self.store.transaction():
+            self.store._lock_schema()
+            _execute(
+                self.store,
+                f"CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (event_id TEXT PRIMARY KEY,"
+                f" event_type TEXT NOT NULL, object_id TEXT, event_created {big} NOT NULL, customer_ids TEXT,"
+                f" received_ms {big} NOT NULL, applied_ms {big})",
+            )
+
+    def claim(self, plan: EventPlan, received_ms: int) -> bool:
+        """Inserts the event's row; False when it was there already (the caller's transaction decides)."""
+        rows = self.store.query(
+            f"INSERT INTO {LEDGER_TABLE} (event_id, event_type, object_id, event_created, received_ms)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+            (plan.event_id, plan.event_type, plan.object_id, plan.created, received_ms),
+        )
+        return bool(rows)
+
+    def set_customers(self, event_id: str, customer_ids: set[str]) -> None:
+        _execute(
+            self.store,
+            f"UPDATE {LEDGER_TABLE} SET customer_ids = ? WHERE event_id = ?",
+            (orjson.dumps(sorted(customer_ids)).decode(), event_id),
+        )
+
+    def mark_applied(self, event_ids: list[str], applied_ms: int) -> None:
+        with self.store.transaction():
+            for start in range(0, len(event_ids), 500):
+                chunk = event_ids[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                _execute(
+                    self.store,
+                    f"UPDATE {LEDGER_TABLE} SET applied_ms = ?"
+                    f" WHERE event_id IN ({marks}) AND applied_ms IS NULL",
+                    (applied_ms, *chunk),
+                )
+
+    def pending(self) -> list[tuple[str, set[str]]]:
+        """Events stored but whose health refresh never finished (a crash, or a refresh that failed)."""
+        rows = self.store.query(
+            f"SELECT event_id, customer_ids FROM {LEDGER_TABLE} WHERE applied_ms IS NULL ORDER BY received_ms"
+        )
+        return [(str(r["event_id"]), set(orjson.loads(r["customer_ids"] or "[]"))) for r in rows]
+
+    def get(self, event_id: str) -> dict[str, Any] | None:
+        rows = self.store.query(f"SELECT * FROM {LEDGER_TABLE} WHERE event_id = ?", (event_id,))
+        return rows[0] if rows else None
+
+
+def _lock_customers(store: Store, customer_ids: list[str]) -> None:
+    """PostgreSQL: one refresh per customer at a time across every process (sorted: no deadlock).
+    Without it, two receivers could load a customer, and the one that read the older state could
+    save last. SQLite needs nothing more: the refresh's transaction holds the database's write lock."""
+    schema = getattr(store, "schema", None)
+    if schema is None:
+        return
+    for customer_id in customer_ids:
+        store.query(
+            "SELECT 1 AS locked FROM pg_advisory_xact_lock(hashtext(?))", (f"perly:{schema}:{customer_id}",)
+        )
+
+
+def refresh_serialized(
+    store: Store, ingestor: Ingestor, customer_ids: Iterable[str], as_of: datetime
+) -> None:
+    """Reads, evaluates and saves each chunk of customers inside one transaction, so what is saved
+    was computed from the latest committed records (a write committed after it triggers another)."""
+    ids = sorted(set(customer_ids))
+    for start in range(0, len(ids), REFRESH_CHUNK_CUSTOMERS):
+        chunk = ids[start : start + REFRESH_CHUNK_CUSTOMERS]
+        with store.transaction():
+            _lock_customers(store, chunk)
+            ingestor.refresh(chunk, as_of)
+
+
+def _retry(what: str, attempts: int, action: Callable[[], Any]) -> Any:
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except Exception as error:
+            if attempt == attempts:
+                raise
+            delay = RETRY_BASE_SECONDS * 2 ** (attempt - 1)
+            log.warning(
+                "%s failed (attempt %d/%d, retrying in %.2fs): %s", what, attempt, attempts, delay, error
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+class WebhookProcessor:
+    """Owns the writer and refresher threads. `submit` returns a Future of the write's Outcome."""
+
+    def __init__(
+        self,
+        open_store: Callable[[], Store],
+        make_ingestor: Callable[[Store], Ingestor],
+        clock: Clock = wall_clock,
+    ) -> None:
+        self._open_store = open_store
+        self._make_ingestor = make_ingestor
+        self._clock = clock
+        self._writes: queue.Queue[tuple[EventPlan, Future[Outcome]] | None] = queue.Queue()
+        self._refreshes: queue.Queue[tuple[str, set[str]] | None] = queue.Queue()
+        self._idle = threading.Condition()
+        self._busy = 0  # events submitted or recovered whose refresh has not finished
+        self._applied: set[str] = set()
+        self.counts = {"accepted": 0, "duplicate": 0, "applied": 0, "write_failed": 0, "refresh_failed": 0}
+        self._threads: list[threading.Thread] = []
+        self._started = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self, timeout: float = 60.0) -> None:
+        """Opens both connections (creating the ledger table) before returning; raises if it cannot."""
+        ready: list[threading.Event] = []
+        errors: list[BaseException] = []
+        for name, loop in (
+            ("perly-webhook-writer", self._write_loop),
+            ("perly-webhook-refresher", self._refresh_loop),
+        ):
+            started = threading.Event()
+            thread = threading.Thread(target=loop, args=(started, errors), name=name, daemon=True)
+            thread.start()
+            ready.append(started)
+            self._threads.append(thread)
+            # The writer creates the ledger table; the refresher reads it: open them in turn.
+            if not started.wait(timeout) or errors:
+                self.stop()
+                raise errors[0] if errors else TimeoutError(f"{name} did not start in {timeout}s")
+        self._started = True
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finishes queued writes and refreshes, then closes the connections."""
+        if not self._threads:
+            return
+        self._writes.put(None)
+        self._threads[0].join(timeout)
+        self._refreshes.put(None)
+        for thread in self._threads[1:]:
+            thread.join(timeout)
+        self._threads = []
+        self._started = False
+
+    # --- API for the HTTP layer and tests -----------------------------------------------------
+    def submit(self, plan: EventPlan) -> Future[Outcome]:
+        future: Future[Outcome] = Future()
+        if not self._started:
+            future.set_exception(RuntimeError("the webhook processor is not running"))
+            return future
+        with self._idle:
+            self._busy += 1
+        self._writes.put((plan, future))
+        return future
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """True once every submitted event is stored and its customers' health refreshed."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout)
+
+    def wait_applied(self, event_id: str, timeout: float = 10.0) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: event_id in self._applied, timeout)
+
+    def stats(self) -> dict[str, int]:
+        with self._idle:
+            return {**self.counts, "in_progress": self._busy}
+
+    def _done(self, event_ids: list[str], applied: bool) -> None:
+        with self._idle:
+            self._busy -= len(event_ids)
+            if applied:
+                self._applied.update(event_ids)
+                self.counts["applied"] += len(event_ids)
+            self._idle.notify_all()
+
+    # --- writer -------------------------------------------------------------------------------
+    def _write_loop(self, started: threading.Event, errors: list[BaseException]) -> None:
+        try:
+            store = self._open_store()
+            ingestor = self._make_ingestor(store)
+            ledger = EventLedger(store)
+            _retry("creating the webhook ledger", WRITE_ATTEMPTS, ledger.ensure)
+            recovered = ledger.pending()
+        except BaseException as error:
+            errors.append(error)
+            started.set()
+            return
+        with self._idle:
+            self._busy += len(recovered)
+        for item in recovered:
+            self._refreshes.put(item)
+        if recovered:
+            log.info(
+                "refreshing health for %d stored events not applied before the last stop", len(recovered)
+            )
+        started.set()
+        try:
+            while (job := self._writes.get()) is not None:
+                plan, future = job
+                # False when the HTTP side gave up waiting (and answered 503) before the write began:
+                # the event is still stored, so Stripe's retry finds it done.
+                waited_for = future.set_running_or_notify_cancel()
+                try:
+                    outcome, customers = _retry(
+                        f"storing event {plan.event_id}",
+                        WRITE_ATTEMPTS,
+                        functools.partial(self._write, store, ingestor, ledger, plan),
+                    )
+                except Exception as error:
+                    log.error("could not store event %s (%s): %s", plan.event_id, plan.event_type, error)
+                    with self._idle:
+                        self.counts["write_failed"] += 1
+                    self._done([plan.event_id], applied=False)
+                    if waited_for:
+                        future.set_exception(error)
+                    continue
+                with self._idle:
+                    self.counts[outcome.value] += 1
+                if outcome is Outcome.ACCEPTED:
+                    self._refreshes.put((plan.event_id, customers))
+                else:
+                    self._done([plan.event_id], applied=False)
+                if waited_for:
+                    future.set_result(outcome)
+        finally:
+            store.close()
+
+    def _write(
+        self, store: Store, ingestor: Ingestor, ledger: EventLedger, plan: EventPlan
+    ) -> tuple[Outcome, set[str]]:
+        with store.transaction():
+            if not ledger.claim(plan, now_ms()):
+                return Outcome.DUPLICATE, set()
+            customers: set[str] = set()
+            for stream, records in plan.records.items():
+                customers |= ingestor.upsert(stream, records)
+            ledger.set_customers(plan.event_id, customers)
+        return Outcome.ACCEPTED, customers
+
+    # --- refresher ----------------------------------------------------------------------------
+    def _refresh_loop(self, started: threading.Event, errors: list[BaseException]) -> None:
+        try:
+            store = self._open_store()
+            ingestor = self._make_ingestor(store)
+            ledger = EventLedger(store)
+        except BaseException as error:
+            errors.append(error)
+            started.set()
+            return
+        started.set()
+        stopping = False
+        try:
+            while not stopping:
+                item = self._refreshes.get()
+                if item is None:
+                    break
+                batch = [item]
+                # Under a burst, one refresh covers every event queued meanwhile.
+                while len(batch) < REFRESH_BATCH_MAX_EVENTS:
+                    try:
+                        more = self._refreshes.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stopping = True
+                        break
+                    batch.append(more)
+                self._refresh_batch(ingestor, ledger, batch)
+        finally:
+            store.close()
+
+    def _refresh_batch(
+        self, ingestor: Ingestor, ledger: EventLedger, batch: list[tuple[str, set[str]]]
+    ) -> None:
+        event_ids = [event_id for event_id, _ in batch]
+        customers = set().union(*(ids for _, ids in batch))
+
+        def refresh() -> None:
+            # The store caches its table list per connection; the writer (or a sync in another process)
+            # may have created stream tables since, which the bundle loader would otherwise skip.
+            ledger.store._tables = None
+            if customers:
+                refresh_serialized(ledger.store, ingestor, customers, self._clock())
+            ledger.mark_applied(event_ids, now_ms())
+
+        try:
+            _retry(f"refreshing health for {len(customers)} customers", REFRESH_ATTEMPTS, refresh)
+        except Exception as error:
+            # The events stay "stored, not applied" in the ledger: the next start (or sync) refreshes them.
+            log.error("health refresh failed for events %s: %s", ", ".join(event_ids[:5]), error)
+            with self._idle:
+                self.counts["refresh_failed"] += len(event_ids)
+            self._done(event_ids, applied=False)
+            return
+        self._done(event_ids, applied=True)

@@ -1,0 +1,119 @@
+"""Stripe webhook events -> the records the destination's write path takes.
+
+Pure: no I/O. An event's object becomes a record of its stream exactly as the source would emit it
+(docs/DESIGN.md, "Source records"), with `updated` = the event's `created`, so the store's "newer
+`updated` wins" rule orders webhook and sync versions alike. The event itself goes to `events`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import stripe
+
+StripeObject = dict[str, Any]
+
+# Object type -> stream. Only what the health engine reads; any other object is acknowledged and ignored.
+OBJECT_STREAMS: dict[str, str] = {
+    "customer": "customers",
+    "subscription": "subscriptions",
+    "invoice": "invoices",
+    "charge": "charges",
+    "coupon": "coupons",
+    "price": "prices",
+    "product": "products",
+}
+
+# The Stripe API version whose shapes the store holds (docs/DESIGN.md, "Stripe API version").
+PINNED_API_VERSION: str = stripe.api_version
+
+EVENTS_STREAM = "events"
+
+
+class MalformedEvent(ValueError):
+    """A verified body that is not a Stripe event we can read (no id, type, created or object)."""
+
+
+@dataclass(frozen=True)
+class EventPlan:
+    """What one event means for the store. `records` is empty when the event is ignored."""
+
+    event_id: str
+    event_type: str
+    created: int
+    object_id: str | None
+    records: dict[str, list[StripeObject]] = field(default_factory=dict)
+    ignored_reason: str | None = None
+
+    @property
+    def ignored(self) -> bool:
+        return self.ignored_reason is not None
+
+
+def _customer_of(obj: StripeObject) -> str | None:
+    """The customer id an object points at (a string, or an expanded object)."""
+    if obj.get("object") == "customer":
+        return obj.get("id")
+    customer = obj.get("customer")
+    if isinstance(customer, dict):
+        customer = customer.get("id")
+    return customer if isinstance(customer, str) else None
+
+
+def _is_deletion(event_type: str, object_type: str) -> bool:
+    # `customer.subscription.deleted` carries the cancelled subscription (still listed by Stripe with
+    # status=canceled, and needed for churn): it is an update, not a disappearance.
+    return event_type.endswith(".deleted") and object_type != "subscription"
+
+
+def tombstone(obj: StripeObject, updated: int) -> StripeObject:
+    record: StripeObject = {"id": obj["id"], "object": obj["object"], "deleted": True, "updated": updated}
+    customer = _customer_of(obj)
+    if customer is not None:
+        record["customer"] = customer
+    return record
+
+
+def plan_event(event: Any) -> EventPlan:
+    """Read a verified event body (already parsed JSON) into the records to upsert."""
+    if not isinstance(event, dict) or event.get("object") != "event":
+        raise MalformedEvent("body is not a Stripe event object")
+    event_id, event_type, created = event.get("id"), event.get("type"), event.get("created")
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(event_id, str) or not event_id or not isinstance(event_type, str):
+        raise MalformedEvent("event without id or type")
+    if not isinstance(created, int) or isinstance(created, bool):
+        raise MalformedEvent("event without an integer created")
+    if (
+        not isinstance(obj, dict)
+        or not isinstance(obj.get("id"), str)
+        or not isinstance(obj.get("object"), str)
+    ):
+        raise MalformedEvent("event without data.object")
+
+    object_type: str = obj["object"]
+    plan = EventPlan(event_id=event_id, event_type=event_type, created=created, object_id=obj["id"])
+    stream = OBJECT_STREAMS.get(object_type)
+    if stream is None:
+        return _ignored(plan, f"object type {object_type!r} is not used by the health engine")
+    api_version = event.get("api_version")
+    if api_version is not None and api_version != PINNED_API_VERSION:
+        # Another version's shapes would overwrite good data with fields the mapping cannot read.
+        return _ignored(plan, f"api_version {api_version!r} is not the pinned {PINNED_API_VERSION!r}")
+
+    record = tombstone(obj, created) if _is_deletion(event_type, object_type) else {**obj, "updated": created}
+    # The events stream's cursor is `created`; `updated` is set too so the store orders every stream alike.
+    event_record = {**event, "updated": created}
+    return EventPlan(
+        event_id=event_id,
+        event_type=event_type,
+        created=created,
+        object_id=obj["id"],
+        records={stream: [record], EVENTS_STREAM: [event_record]},
+    )
+
+
+def _ignored(plan: EventPlan, reason: str) -> EventPlan:
+    return EventPlan(plan.event_id, plan.event_type, plan.created, plan.object_id, {}, reason)

@@ -1,0 +1,250 @@
+"""The Airbyte side of the destination: messages in, committed rows and acknowledged state out.
+
+- Records are buffered per stream, bounded by records and bytes per stream and by bytes overall;
+  a full buffer is flushed alone, in one transaction, and the other buffers are left untouched.
+- A STATE message is echoed unchanged right after the records it covers are committed: for a
+  per-stream state, that stream's buffer; for a GLOBAL or legacy state, every buffer. A failed commit
+  raises before the echo, so uncommitted data is never acknowledged.
+- `overwrite`, and refreshes that truncate (`minimum_generation_id == generation_id`), load into a
+  stage table that replaces the live one in one transaction when the stream completes: on its
+  STREAM_STATUS COMPLETE trace, or at the end of input when the input carries no stream statuses
+  (then only for streams that sent a record or a state: a silent one keeps its live table).
+- Health is recomputed at the end for every touched and time-sensitive customer, and during long
+  syncs, at a state flush, for customers touched since the last recompute.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from airbyte_cdk.models import (  # type: ignore[attr-defined,unused-ignore]
+    AirbyteLogMessage,
+    AirbyteMessage,
+    AirbyteStateType,
+    AirbyteStreamStatus,
+    ConfiguredAirbyteCatalog,
+    DestinationSyncMode,
+    Level,
+    TraceType,
+    Type,
+)
+
+from destination_perly.ingest import Ingestor
+from destination_perly.store.base import Row
+
+logger = logging.getLogger("airbyte")
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """What the catalog asks for one stream, and how we do it (`staged`: via a stage table)."""
+
+    name: str
+    sync_mode: DestinationSyncMode = DestinationSyncMode.append
+    generation_id: int | None = None
+    minimum_generation_id: int | None = None
+
+    @property
+    def staged(self) -> bool:
+        if self.sync_mode == DestinationSyncMode.overwrite:
+            return True
+        return bool(self.generation_id) and self.minimum_generation_id == self.generation_id
+
+
+@dataclass
+class StreamBuffer:
+    rows: list[Row] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class WriterLimits:
+    max_records_per_stream: int = 10_000
+    max_bytes_per_stream: int = 8 * 1024 * 1024
+    max_bytes_total: int = 32 * 1024 * 1024
+    # During a long sync, recompute touched customers at a state flush at most this often.
+    refresh_interval_s: float = 120.0
+
+
+@dataclass
+class WriteStats:
+    records: int = 0
+    malformed: int = 0
+    flushes: int = 0
+    states: int = 0
+    refreshed: int = 0
+    refresh_failures: int = 0
+    refresh_seconds: float = 0.0
+
+
+def plans_from_catalog(catalog: ConfiguredAirbyteCatalog) -> dict[str, StreamPlan]:
+    return {
+        s.stream.name: StreamPlan(
+            name=s.stream.name,
+            sync_mode=s.destination_sync_mode or DestinationSyncMode.append,
+            generation_id=s.generation_id,
+            minimum_generation_id=s.minimum_generation_id,
+        )
+        for s in catalog.streams
+    }
+
+
+def _log(level: Level, message: str) -> AirbyteMessage:
+    return AirbyteMessage(type=Type.LOG, log=AirbyteLogMessage(level=level, message=message))
+
+
+class Writer:
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        plans: dict[str, StreamPlan],
+        as_of: Callable[[], datetime],
+        limits: WriterLimits | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ingestor = ingestor
+        self.store = ingestor.store
+        self.plans = dict(plans)
+        self.as_of = as_of
+        self.limits = limits or WriterLimits()
+        self.monotonic = monotonic
+        self.buffers: dict[str, StreamBuffer] = {}
+        self.total_bytes = 0
+        self.stats = WriteStats()
+        self.saw_stream_status = False
+        self.completed: set[str] = set()
+        self.heard_from: set[str] = set()
+        self.last_refresh = monotonic()
+
+    # --- the message loop ---------------------------------------------------------------------
+    def write(self, messages: Iterable[AirbyteMessage]) -> Iterator[AirbyteMessage]:
+        self.store.ensure_schema()
+        for plan in self.plans.values():
+            if plan.staged:
+                self.store.begin_stage(plan.name, plan.generation_id)
+        for message in messages:
+            if message.type == Type.RECORD and message.record is not None:
+                self.heard_from.add(message.record.stream)
+                problem = self._add_record(message.record.stream, message.record.data)
+                if problem:
+                    yield _log(Level.ERROR, problem)
+            elif message.type == Type.STATE and message.state is not None:
+                self._note_state_streams(message)
+                self._flush_for_state(message)
+                self.stats.states += 1
+                yield message
+                if self.monotonic() - self.last_refresh >= self.limits.refresh_interval_s:
+                    self._refresh(include_time_sensitive=False)
+            elif message.type == Type.TRACE and message.trace is not None:
+                self._on_trace(message)
+        for name in list(self.buffers):
+            self._flush(name)
+        if not self.saw_stream_status:
+            # Without stream statuses, the end of input completes the streams that sent something;
+            # one that sent nothing may never have started, so its live table is kept.
+            for plan in self.plans.values():
+                if plan.staged and plan.name not in self.completed and plan.name in self.heard_from:
+                    self._complete_staged(plan)
+        self._refresh(include_time_sensitive=True)
+        yield _log(
+            Level.INFO,
+            f"destination-perly: {self.stats.records} records in {self.stats.flushes} flushes, "
+            f"{self.stats.malformed} malformed skipped, {self.stats.states} states acknowledged, "
+            f"{self.stats.refreshed} customers recomputed in {self.stats.refresh_seconds:.1f} s "
+            f"({self.stats.refresh_failures} failed)",
+        )
+
+    # --- records ------------------------------------------------------------------------------
+    def _add_record(self, stream: str, data: object) -> str | None:
+        record_id = data.get("id") if isinstance(data, dict) else None
+        if isinstance(record_id, int) and not isinstance(record_id, bool):
+            record_id = str(record_id)
+        if not isinstance(data, dict) or not isinstance(record_id, str) or not record_id:
+            self.stats.malformed += 1
+            shape = "not an object" if not isinstance(data, dict) else "no string id"
+            return f"skipped a malformed record in stream {stream!r}: {shape}"
+        plan = self.plans.get(stream)
+        if plan is None:  # a stream the catalog did not announce: kept, appended by id
+            plan = self.plans[stream] = StreamPlan(name=stream)
+        if data["id"] is not record_id:  # an integer id, kept as text like Stripe's
+            data = {**data, "id": record_id}
+        row, ids = self.ingestor.prepare(stream, data, plan.generation_id)
+        buffer = self.buffers.setdefault(stream, StreamBuffer())
+        buffer.rows.append(row)
+        buffer.touched.update(ids)
+        size = len(row.data)
+        buffer.bytes += size
+        self.total_bytes += size
+        self.stats.records += 1
+        if (
+            len(buffer.rows) >= self.limits.max_records_per_stream
+            or buffer.bytes >= self.limits.max_bytes_per_stream
+        ):
+            self._flush(stream)
+        elif self.total_bytes >= self.limits.max_bytes_total:
+            self._flush(max(self.buffers, key=lambda name: self.buffers[name].bytes))
+        return None
+
+    def _flush(self, stream: str) -> None:
+        """Commits one stream's buffer in one transaction; other buffers are not touched."""
+        buffer = self.buffers.get(stream)
+        if buffer is None or not buffer.rows:
+            return
+        plan = self.plans[stream]
+        self.ingestor.upsert_rows(stream, buffer.rows, buffer.touched, stage=plan.staged)
+        self.total_bytes -= buffer.bytes
+        del self.buffers[stream]
+        self.stats.flushes += 1
+
+    # --- state --------------------------------------------------------------------------------
+    def _note_state_streams(self, message: AirbyteMessage) -> None:
+        state = message.state
+        assert state is not None
+        if state.type == AirbyteStateType.STREAM and state.stream is not None:
+            self.heard_from.add(state.stream.stream_descriptor.name)
+
+    def _flush_for_state(self, message: AirbyteMessage) -> None:
+        state = message.state
+        assert state is not None
+        if state.type == AirbyteStateType.STREAM and state.stream is not None:
+            self._flush(state.stream.stream_descriptor.name)
+        else:  # GLOBAL or legacy: the state covers every stream
+            for name in list(self.buffers):
+                self._flush(name)
+
+    # --- stream completion --------------------------------------------------------------------
+    def _on_trace(self, message: AirbyteMessage) -> None:
+        trace = message.trace
+        assert trace is not None
+        if trace.type != TraceType.STREAM_STATUS or trace.stream_status is None:
+            return
+        self.saw_stream_status = True
+        name = trace.stream_status.stream_descriptor.name
+        plan = self.plans.get(name)
+        if trace.stream_status.status == AirbyteStreamStatus.COMPLETE and plan and plan.staged:
+            self._complete_staged(plan)
+
+    def _complete_staged(self, plan: StreamPlan) -> None:
+        self._flush(plan.name)
+        with self.store.transaction():
+            affected = self.store.swap_stage(plan.name)
+            self.store.mark_dirty(affected)
+        self.completed.add(plan.name)
+
+    # --- health -------------------------------------------------------------------------------
+    def _refresh(self, include_time_sensitive: bool) -> None:
+        started = self.monotonic()
+        as_of = self.as_of()
+        if include_time_sensitive:
+            result = self.ingestor.refresh_pending(as_of)
+        else:
+            result = self.ingestor.refresh(self.store.dirty_customers(), as_of)
+        self.stats.refreshed += result.refreshed
+        self.stats.refresh_failures += len(result.failed)
+        self.last_refresh = self.monotonic()
+        self.stats.refresh_seconds += self.last_refresh - started

@@ -1,0 +1,222 @@
+"""The scheduled runner (scripts/perly_sync.py): how it drives PyAirbyte.
+
+PyAirbyte is an optional 780 MB extra, so the first tests use a fake of the small surface the runner
+touches. The last test runs the real path (real PyAirbyte, real connectors, the emulator) when
+PERLY_PYAIRBYTE_PYTHON names a Python with `airbyte` installed: scripts/pyairbyte-check.sh sets it up.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = importlib.util.spec_from_file_location("perly_sync", ROOT / "scripts" / "perly_sync.py")
+assert SPEC is not None
+assert SPEC.loader is not None
+perly_sync = importlib.util.module_from_spec(SPEC)
+sys.modules["perly_sync"] = perly_sync  # dataclasses look their module up there
+SPEC.loader.exec_module(perly_sync)
+
+SOURCE_CONFIG = {"api_key": "sk_test_perlydemo", "base_url": "http://127.0.0.1:1"}
+DESTINATION_CONFIG = {"store": {"store_type": "sqlite", "path": "var/perly.db"}}
+
+
+class FakeAirbyte:
+    """Records what the runner asks of PyAirbyte; `write` returns a result or raises `fail`."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.calls: dict[str, Any] = {}
+        self.fail = fail
+
+    def DuckDBCache(self, **kwargs: Any) -> SimpleNamespace:  # noqa: N802 (PyAirbyte's class name)
+        self.calls["state_cache"] = kwargs
+        return SimpleNamespace(kind="state-cache", **kwargs)
+
+    def get_source(self, name: str, **kwargs: Any) -> SimpleNamespace:
+        self.calls["source"] = {"name": name, **kwargs}
+        return SimpleNamespace(kind="source")
+
+    def get_destination(self, name: str, **kwargs: Any) -> SimpleNamespace:
+        self.calls["destination"] = {"name": name, **kwargs}
+        return SimpleNamespace(kind="destination", write=self._write)
+
+    def _write(self, source: Any, **kwargs: Any) -> SimpleNamespace:
+        self.calls["write"] = {"source": source, **kwargs}
+        if self.fail:
+            raise self.fail
+        return SimpleNamespace(processed_records=42)
+
+
+@pytest.fixture
+def bin_dir(tmp_path: Path) -> Path:
+    """Stand-ins for the installed console scripts (the runner only checks they are executable)."""
+    directory = tmp_path / "bin"
+    directory.mkdir()
+    for name in ("source-perly-stripe", "destination-perly"):
+        script = directory / name
+        script.write_text("#!/bin/sh\nexit 0\n")
+        script.chmod(0o755)
+    return directory
+
+
+def settings(bin_dir: Path, tmp_path: Path, full_refresh: bool = False) -> Any:
+    return perly_sync.Settings(SOURCE_CONFIG, DESTINATION_CONFIG, bin_dir, tmp_path / "state", full_refresh)
+
+
+def test_runner_passes_records_and_state_straight_through_and_keeps_state_on_disk(
+    bin_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ab = FakeAirbyte()
+
+    assert perly_sync.sync(ab, settings(bin_dir, tmp_path)) == 0
+
+    source, destination, write = ab.calls["source"], ab.calls["destination"], ab.calls["write"]
+    assert source["local_executable"] == (bin_dir / "source-perly-stripe").resolve()
+    assert source["local_executable"].is_absolute()
+    assert destination["local_executable"] == (bin_dir / "destination-perly").resolve()
+    assert (source["config"], destination["config"]) == (SOURCE_CONFIG, DESTINATION_CONFIG)
+    assert source["streams"] == "*"
+    assert write["cache"] is False  # no local copy of the records: straight to the destination
+    assert write["state_cache"].kind == "state-cache"
+    assert write["force_full_refresh"] is False
+    assert ab.calls["state_cache"]["db_path"] == tmp_path / "state" / "state.duckdb"
+    assert "42 records written" in capsys.readouterr().out
+
+
+def test_full_refresh_flag_ignores_saved_state(bin_dir: Path, tmp_path: Path) -> None:
+    ab = FakeAirbyte()
+
+    perly_sync.sync(ab, settings(bin_dir, tmp_path, full_refresh=True))
+
+    assert ab.calls["write"]["force_full_refresh"] is True
+
+
+def test_failed_run_exits_non_zero_and_says_the_state_is_kept_without_leaking_the_key(
+    bin_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ab = FakeAirbyte(fail=RuntimeError("destination exited with 1"))
+
+    assert perly_sync.sync(ab, settings(bin_dir, tmp_path)) == 1
+
+    out = capsys.readouterr().out
+    assert "sync failed, committed state kept for the next run" in out
+    assert "sk_test_perlydemo" not in out
+
+
+def test_run_is_skipped_while_another_holds_the_lock(
+    bin_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ab = FakeAirbyte()
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    with open(state_dir / "perly-sync.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert perly_sync.sync(ab, settings(bin_dir, tmp_path)) == 0
+
+    assert "write" not in ab.calls
+    assert "another sync is still running" in capsys.readouterr().out
+
+
+def test_missing_connector_is_reported_before_anything_runs(tmp_path: Path) -> None:
+    ab = FakeAirbyte()
+
+    with pytest.raises(FileNotFoundError, match="source-perly-stripe not found"):
+        perly_sync.sync(ab, settings(tmp_path / "nowhere", tmp_path))
+    assert ab.calls == {}
+
+
+def test_pyairbyte_is_imported_in_offline_mode(tmp_path: Path) -> None:
+    # A stand-in `airbyte` package that records the environment it was imported in.
+    (tmp_path / "airbyte").mkdir()
+    (tmp_path / "airbyte" / "__init__.py").write_text(
+        "import os\nOFFLINE_AT_IMPORT = os.environ.get('AIRBYTE_OFFLINE_MODE')\n"
+    )
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.path[:0] = [{str(tmp_path)!r}, {str(ROOT / "scripts")!r}]
+        import perly_sync
+        print(perly_sync.load_airbyte().OFFLINE_AT_IMPORT)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "AIRBYTE_OFFLINE_MODE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+
+    assert out.stdout.strip() == "1"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The real path: PyAirbyte itself, the installed connectors, the emulator.
+
+PYAIRBYTE_PYTHON = os.environ.get("PERLY_PYAIRBYTE_PYTHON")
+
+
+@pytest.mark.emulator
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not PYAIRBYTE_PYTHON, reason="PERLY_PYAIRBYTE_PYTHON not set: run scripts/pyairbyte-check.sh"
+)
+def test_real_pyairbyte_runs_are_incremental_and_keep_state_between_runs(tmp_path: Path) -> None:
+    from integration_tests.demo import DEMO_KEY, emulator_source_config, iso
+    from integration_tests.stripe_emulator import Emulator
+
+    store = tmp_path / "perly.db"
+    state_dir = tmp_path / "state"
+    with Emulator(customers=60, seed=7) as emulator:
+        emulator.add_key(DEMO_KEY)
+        source_config = tmp_path / "source.json"
+        source_config.write_text(json.dumps(emulator_source_config(emulator.url)))
+        destination_config = tmp_path / "destination.json"
+
+        def run() -> str:
+            destination_config.write_text(
+                json.dumps(
+                    {"store": {"store_type": "sqlite", "path": str(store)}, "as_of": iso(emulator.now)}
+                )
+            )
+            command = [
+                str(PYAIRBYTE_PYTHON),
+                str(ROOT / "scripts" / "perly_sync.py"),
+                "--source-config",
+                str(source_config),
+                "--destination-config",
+                str(destination_config),
+                "--bin-dir",
+                str(Path(sys.executable).parent),
+                "--state-dir",
+                str(state_dir),
+            ]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+            assert DEMO_KEY not in done.stdout + done.stderr
+            return done.stdout
+
+        def written(out: str) -> int:
+            return int(out.split("sync finished: ")[1].split()[0])
+
+        first = written(run())
+        customers_first = (
+            sqlite3.connect(store).execute("SELECT count(*) FROM stripe_customers").fetchone()[0]
+        )
+        emulator.advance(days=3)
+        second = written(run())
+
+        assert customers_first == len(emulator.objects("customers"))
+        assert (state_dir / "state.duckdb").exists()
+        assert 0 < second < first  # the second run started from the saved state
+        health_as_of = (
+            sqlite3.connect(store).execute("SELECT max(as_of) FROM perly_customer_health").fetchone()[0]
+        )
+        assert health_as_of.startswith(iso(emulator.now)[:10])

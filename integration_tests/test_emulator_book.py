@@ -1,0 +1,260 @@
+"""The seeded book really holds each scenario (counted against the objects), is deterministic, and a
+clock advance produces the matching objects and events."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+import pytest
+
+from integration_tests.stripe_emulator import DEFAULT_NOW, Emulator
+
+pytestmark = pytest.mark.emulator
+
+DAY = 86_400
+REQUIRED = [
+    "trial_converting",
+    "trial_no_payment_method",
+    "dunning_recovered",
+    "dunning_unpaid",
+    "dunning_canceled",
+    "dunning_active",
+    "past_due_aging",
+    "send_invoice_past_due",
+    "uncollectible",
+    "void",
+    "downgraded",
+    "upgraded",
+    "seat_change",
+    "interval_switch",
+    "cancel_at_period_end",
+    "canceled_immediately",
+    "coupon_forever",
+    "coupon_once",
+    "coupon_repeating",
+    "jpy",
+    "eur",
+    "usd",
+    "tiered",
+    "metered",
+    "hard_decline",
+    "many_items",
+    "deleted_customer",
+]
+
+
+class View:
+    """The book as the API shows it, grouped by customer."""
+
+    def __init__(self, emu: Emulator) -> None:
+        self.customers = {c["id"]: c for c in emu.objects("customers")}
+        self.subs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for sub in emu.objects("subscriptions", variant="discounts"):
+            self.subs[sub["customer"]].append(sub)
+        self.invoices: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for invoice in emu.objects("invoices"):
+            self.invoices[invoice["customer"]].append(invoice)
+        self.charges: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for charge in emu.objects("charges"):
+            self.charges[charge["customer"]].append(charge)
+        self.events: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for event in emu.objects("events"):
+            obj = event["data"]["object"]
+            self.events[obj.get("customer") or obj["id"]].append(event)
+        self.coupons = {c["id"]: c for c in emu.objects("coupons")}
+        self.prices = {p["id"]: p for p in emu.objects("prices")}
+
+
+@pytest.fixture(scope="module")
+def view(emulator: Emulator) -> View:
+    return View(emulator)
+
+
+@pytest.fixture(scope="module")
+def labels(emulator: Emulator) -> dict[str, set[str]]:
+    return emulator.scenarios()
+
+
+def having(labels: dict[str, set[str]], label: str) -> list[str]:
+    return sorted(cid for cid, names in labels.items() if label in names)
+
+
+def test_given_the_default_test_book_then_every_scenario_is_present(labels: dict[str, set[str]]) -> None:
+    counts = Counter(name for names in labels.values() for name in names)
+    missing = [name for name in REQUIRED if counts[name] == 0]
+    assert not missing, f"scenarios missing from the book: {missing}; counts {dict(counts)}"
+
+
+def test_given_trials_then_payment_methods_and_outcomes_match(
+    view: View, labels: dict[str, set[str]]
+) -> None:
+    for cid in having(labels, "trial_no_payment_method"):
+        assert (
+            view.customers.get(cid, {"invoice_settings": {"default_payment_method": None}})[
+                "invoice_settings"
+            ]["default_payment_method"]
+            is None
+        )
+        statuses = {s["status"] for s in view.subs[cid]}
+        assert statuses <= {"trialing", "canceled"}
+    for cid in having(labels, "trial_converting"):
+        assert view.customers[cid]["invoice_settings"]["default_payment_method"]
+        sub = view.subs[cid][0]
+        assert sub["trial_end"] and sub["trial_start"]
+        paid = [i for i in view.invoices[cid] if i["status"] == "paid" and i["amount_paid"] > 0]
+        assert paid and max(i["created"] for i in paid) >= sub["trial_end"]
+    trialing_without_pm = [
+        cid for cid in having(labels, "trial_no_payment_method") if "trialing" in labels[cid]
+    ]
+    assert trialing_without_pm  # flag_trial_expiring has something to find
+
+
+def test_given_dunning_then_failed_charges_and_outcomes_match(
+    view: View, labels: dict[str, set[str]]
+) -> None:
+    for cid in having(labels, "dunning_recovered"):
+        statuses = [c["status"] for c in reversed(view.charges[cid])]  # oldest first
+        first_failure = statuses.index("failed")
+        assert "succeeded" in statuses[first_failure:]
+    for cid in having(labels, "dunning_unpaid"):
+        assert any(s["status"] == "unpaid" for s in view.subs[cid]) or cid not in view.customers
+    for cid in having(labels, "dunning_canceled"):
+        canceled = [s for s in view.subs[cid] if s["status"] == "canceled"]
+        assert any(s["cancellation_details"]["reason"] == "payment_failed" for s in canceled)
+    for cid in having(labels, "dunning_active"):
+        assert any(s["status"] == "past_due" for s in view.subs[cid])
+        assert any(i["status"] == "open" and i["attempt_count"] >= 1 for i in view.invoices[cid])
+        assert view.customers[cid]["delinquent"] is True
+    for cid in having(labels, "hard_decline"):
+        failed = [c for c in view.charges[cid] if c["status"] == "failed"]
+        assert any(c["outcome"]["advice_code"] == "do_not_try_again" for c in failed)
+        assert all(c["failure_code"] in ("card_declined", "expired_card") for c in failed)
+
+
+def test_given_send_invoice_scenarios_then_invoices_match(
+    emulator: Emulator, view: View, labels: dict[str, set[str]]
+) -> None:
+    now = emulator.now
+    for cid in having(labels, "send_invoice_past_due"):
+        overdue = [i for i in view.invoices[cid] if i["status"] == "open" and i["due_date"] < now]
+        assert overdue and all(i["collection_method"] == "send_invoice" for i in overdue)
+    for cid in having(labels, "past_due_aging"):
+        assert any(i["status"] == "open" and now - i["due_date"] > 30 * DAY for i in view.invoices[cid])
+    for cid in having(labels, "uncollectible"):
+        assert any(i["status"] == "uncollectible" for i in view.invoices[cid])
+    for cid in having(labels, "void"):
+        assert any(i["status"] == "void" and i["amount_due"] == 0 for i in view.invoices[cid])
+    ages = {
+        (now - i["due_date"]) // (30 * DAY)
+        for cid in having(labels, "send_invoice_past_due")
+        for i in view.invoices[cid]
+        if i["status"] == "open" and i["due_date"] < now
+    }
+    assert len(ages) >= 2  # past due by different ages: under 30 days and older
+
+
+def test_given_plan_changes_then_update_events_carry_previous_attributes(
+    view: View, labels: dict[str, set[str]]
+) -> None:
+    for label in ("upgraded", "downgraded", "seat_change", "interval_switch"):
+        recent = [
+            e
+            for cid in having(labels, label)
+            for e in view.events[cid]
+            if e["type"] == "customer.subscription.updated"
+            and "items" in e["data"]["previous_attributes"]
+            and e["request"]["id"]
+        ]
+        assert recent, label
+    for cid in having(labels, "cancel_at_period_end"):
+        assert any(s["cancel_at_period_end"] or s["status"] == "canceled" for s in view.subs[cid])
+    for cid in having(labels, "canceled_immediately"):
+        assert any(s["status"] == "canceled" and s["ended_at"] == s["canceled_at"] for s in view.subs[cid])
+
+
+def test_given_coupons_currencies_and_prices_then_objects_match(
+    view: View, labels: dict[str, set[str]]
+) -> None:
+    for duration in ("forever", "once", "repeating"):
+        customers = having(labels, f"coupon_{duration}")
+        assert customers
+        discounted = [
+            i
+            for cid in customers
+            for i in view.invoices[cid]
+            if i["total_discount_amounts"] and i["subtotal"]
+        ]
+        assert discounted and all(i["total"] < i["subtotal"] for i in discounted)
+    for cid in having(labels, "coupon_forever"):
+        for sub in view.subs[cid]:
+            assert all(view.coupons[d["source"]["coupon"]]["duration"] == "forever" for d in sub["discounts"])
+    for currency in ("jpy", "eur"):
+        for cid in having(labels, currency):
+            assert {i["currency"] for i in view.invoices[cid]} == {currency}
+    jpy_amounts = [i["total"] for cid in having(labels, "jpy") for i in view.invoices[cid] if i["total"]]
+    assert jpy_amounts and min(jpy_amounts) >= 1000  # zero-decimal: yen, not hundredths
+    for cid in having(labels, "tiered"):
+        prices = [item["price"] for s in view.subs[cid] for item in s["items"]["data"]]
+        assert any(p["billing_scheme"] == "tiered" for p in prices)
+    for cid in having(labels, "metered"):
+        prices = [item["price"] for s in view.subs[cid] for item in s["items"]["data"]]
+        assert any(p["recurring"]["usage_type"] == "metered" for p in prices) or any(
+            s["status"] == "canceled" or s["items"]["data"][0]["price"]["recurring"]["interval"] == "year"
+            for s in view.subs[cid]
+        )
+
+
+def test_given_events_then_snapshots_are_as_of_their_moment(view: View) -> None:
+    created = [e for evs in view.events.values() for e in evs if e["type"] == "invoice.created"]
+    assert created and all(e["data"]["object"]["status"] == "draft" for e in created)
+    paid = [e for evs in view.events.values() for e in evs if e["type"] == "invoice.paid"]
+    assert paid and all(e["data"]["object"]["status"] == "paid" for e in paid)
+
+
+def test_given_the_same_seed_then_the_same_book_and_another_seed_another(emulator: Emulator) -> None:
+    again = Emulator(customers=300, seed=42)
+    assert again.objects("invoices") == emulator.objects("invoices")
+    assert again.objects("events") == emulator.objects("events")
+    assert again.scenarios() == emulator.scenarios()
+    other = Emulator(customers=300, seed=43)
+    assert [c["id"] for c in other.objects("customers")] != [c["id"] for c in emulator.objects("customers")]
+
+
+def test_given_the_default_book_then_two_years_of_history_before_now(emulator: Emulator) -> None:
+    assert emulator.now == DEFAULT_NOW
+    created = [c["created"] for c in emulator.objects("customers")]
+    assert min(created) >= DEFAULT_NOW - 731 * DAY and max(created) < DEFAULT_NOW
+    assert min(created) < DEFAULT_NOW - 600 * DAY
+
+
+def test_given_a_clock_advance_then_matching_objects_and_events_appear(emulator_factory: Any) -> None:
+    emu: Emulator = emulator_factory(customers=200, seed=11)
+    before_now = emu.now
+    before_customers = {c["id"] for c in emu.objects("customers")}
+    summary = emu.advance(days=5)
+    assert emu.now == before_now + 5 * DAY == summary["to"]
+
+    new_events = [e for e in emu.objects("events") if e["created"] > before_now]
+    assert Counter(e["type"] for e in new_events) == Counter(summary["events"])
+    assert {e["id"] for e in new_events} == set(summary["event_ids"])
+    assert summary["changes"]["renewal"] > 0 and summary["events"]["invoice.created"] > 0
+
+    invoices = {i["id"]: i for i in emu.objects("invoices")}
+    assert summary["touched"]["invoices"] and set(summary["touched"]["invoices"]) <= set(invoices)
+    for event in new_events:
+        if event["type"] == "invoice.created":
+            assert event["data"]["object"]["id"] in invoices
+            assert before_now < invoices[event["data"]["object"]["id"]]["created"] <= emu.now
+    new_customers = {c["id"] for c in emu.objects("customers")} - before_customers
+    assert len(new_customers) == summary["changes"]["signup"] == summary["events"]["customer.created"]
+    assert all(e["created"] >= emu.now - 30 * DAY for e in emu.objects("events"))
+
+
+def test_given_a_long_advance_then_events_older_than_30_days_are_gone(emulator_factory: Any) -> None:
+    emu: Emulator = emulator_factory(customers=60, seed=3)
+    old_ids = {e["id"] for e in emu.objects("events")}
+    emu.advance(days=31)
+    remaining = emu.objects("events")
+    assert not old_ids & {e["id"] for e in remaining}
+    assert remaining and min(e["created"] for e in remaining) >= emu.now - 30 * DAY

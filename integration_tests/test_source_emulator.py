@@ -1,0 +1,159 @@
+"""The source against the local Stripe emulator: what a backfill emits is what the emulator holds,
+and after the emulator's clock moves on, an incremental sync brings the folded records (newest
+`updated` per id, as the store keeps them) back to the emulator's current objects."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from airbyte_cdk.models import AirbyteStateMessage, AirbyteStreamStatus, SyncMode  # type: ignore[attr-defined]
+from airbyte_cdk.test.catalog_builder import CatalogBuilder, ConfiguredAirbyteStreamBuilder
+from airbyte_cdk.test.entrypoint_wrapper import EntrypointOutput, read
+
+from integration_tests.stripe_emulator import Emulator
+from source_perly_stripe.source import SourcePerlyStripe
+from source_perly_stripe.streams import ALL_STREAMS, OBJECT_STREAMS, event_types_for
+
+pytestmark = pytest.mark.emulator
+
+OBJECT_NAMES = [s.name for s in OBJECT_STREAMS]
+ALL_NAMES = [s.name for s in ALL_STREAMS]
+# What each stream's comparison looks at besides the id: the fields Perly's health rules read.
+ESSENTIALS = {
+    "customers": ("email", "created"),
+    "subscriptions": ("status", "cancel_at_period_end", "customer", "created"),
+    "invoices": ("status", "amount_due", "amount_remaining", "customer", "created"),
+    "charges": ("status", "amount", "customer", "created"),
+    "coupons": ("duration", "percent_off", "amount_off"),
+    "prices": ("unit_amount", "active", "product"),
+    "products": ("name", "active"),
+}
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    with Emulator(customers=150, seed=5) as running:
+        yield running
+
+
+def sync(
+    emulator: Emulator, names: list[str], key: str = "sk_test_perly_demo", state: list[Any] | None = None
+) -> EntrypointOutput:
+    catalog = CatalogBuilder()
+    for name in names:
+        catalog.with_stream(
+            ConfiguredAirbyteStreamBuilder().with_name(name).with_sync_mode(SyncMode.incremental)
+        )
+    config = {"api_key": key, "base_url": emulator.url, "max_requests_per_second": 1000}
+    return read(SourcePerlyStripe(), config, catalog.build(), state)
+
+
+def next_state(output: EntrypointOutput, previous: list[AirbyteStateMessage] | None = None) -> list[Any]:
+    last: dict[str, Any] = {}
+    for message in [*(previous or []), *(m.state for m in output.state_messages)]:
+        last[message.stream.stream_descriptor.name] = message
+    return list(last.values())
+
+
+def fold(outputs: list[EntrypointOutput], stream: str) -> dict[str, dict[str, Any]]:
+    """Latest version per id, as the destination keeps it: newer `updated` wins, ties go to the later."""
+    folded: dict[str, dict[str, Any]] = {}
+    for output in outputs:
+        for message in output.records:
+            if message.record.stream != stream:
+                continue
+            record = message.record.data
+            known = folded.get(record["id"])
+            if known is None or record["updated"] >= known["updated"]:
+                folded[record["id"]] = record
+    return {i: r for i, r in folded.items() if not r.get("deleted")}
+
+
+def essentials(stream: str, obj: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(obj.get(name) for name in ESSENTIALS[stream])
+
+
+def emulator_view(emulator: Emulator, stream: str, *, up_to_now: bool = False) -> dict[str, tuple[Any, ...]]:
+    """The emulator's current objects. `up_to_now`: leave out objects created after the emulator's own
+    clock (its book schedules a few payments an hour ahead of `now`; real Stripe has no future objects,
+    and the source rightly reads up to the server's now; the next sync picks them up from events)."""
+    return {
+        o["id"]: essentials(stream, o)
+        for o in emulator.objects(stream)
+        if not o.get("deleted") and (not up_to_now or o["created"] <= emulator.now)
+    }
+
+
+def test_given_seeded_book_when_backfill_then_every_object_is_emitted_once(emulator: Emulator) -> None:
+    output = sync(emulator, ALL_NAMES)
+
+    assert not output.errors
+    for stream in OBJECT_NAMES:
+        emitted = [m.record.data for m in output.records if m.record.stream == stream]
+        assert len(emitted) == len({r["id"] for r in emitted}), f"{stream}: duplicates"
+        held = emulator_view(emulator, stream, up_to_now=True)
+        assert {r["id"]: essentials(stream, r) for r in emitted} == held, stream
+    billing = set(event_types_for(list(OBJECT_STREAMS)))
+    held_events = emulator.objects("events")
+    held = {e["id"] for e in held_events if e["type"] in billing and e["created"] <= emulator.now}
+    assert {m.record.data["id"] for m in output.records if m.record.stream == "events"} == held
+
+
+def retroactive(emulator: Emulator, stream: str, before: set[str], before_now: int) -> set[str]:
+    """Objects that appeared during an advance with a `created` before the advance began. Real Stripe
+    cannot do that (nor announce them with events dated then); the emulator's book currently does for
+    a few invoices and charges (reported). No source could see them, so they are left out."""
+    return {o["id"] for o in emulator.objects(stream) if o["id"] not in before and o["created"] < before_now}
+
+
+def test_given_backfill_then_clock_advances_when_incremental_then_store_matches_emulator(
+    emulator: Emulator,
+) -> None:
+    first = sync(emulator, ALL_NAMES)
+    before = {stream: {o["id"] for o in emulator.objects(stream)} for stream in OBJECT_NAMES}
+    before_now = emulator.now
+    requests_before = len(emulator.request_log)
+    emulator.advance(days=3)
+
+    second = sync(emulator, ALL_NAMES, state=next_state(first))
+
+    assert not second.errors
+    for stream in OBJECT_NAMES:
+        folded = fold([first, second], stream)
+        expected = emulator_view(emulator, stream)
+        for object_id in retroactive(emulator, stream, before[stream], before_now):
+            expected.pop(object_id)
+        assert {i: essentials(stream, r) for i, r in folded.items()} == expected, stream
+    incremental_requests = len(emulator.request_log) - requests_before
+    changed = sum(1 for m in second.records if m.record.stream != "events")
+    assert incremental_requests <= changed + 40, "an incremental sync costs in proportion to the changes"
+
+
+def test_given_billing_restricted_key_when_syncs_then_four_streams_complete_and_others_named(
+    emulator: Emulator,
+) -> None:
+    first = sync(emulator, ALL_NAMES, key="rk_test_perly_billing")
+    emulator.advance(days=2)
+    second = sync(emulator, ALL_NAMES, key="rk_test_perly_billing", state=next_state(first))
+
+    assert not first.errors
+    assert not second.errors
+    statuses = {
+        m.trace.stream_status.stream_descriptor.name: m.trace.stream_status.status
+        for m in second.trace_messages
+        if m.trace.stream_status
+    }
+    for stream in ("customers", "subscriptions", "invoices", "charges"):
+        assert statuses[stream] == AirbyteStreamStatus.COMPLETE
+        folded = fold([first, second], stream)
+        assert {i: essentials(stream, r) for i, r in folded.items()} == emulator_view(
+            emulator, stream, up_to_now=True
+        ), stream
+    for stream, permission in (("prices", "rak_plan_read"), ("events", "rak_event_read")):
+        assert statuses[stream] == AirbyteStreamStatus.INCOMPLETE
+        named = [m.log.message for m in second.logs if m.log.message.startswith(f"{stream}: skipped")]
+        assert len(named) == 1
+        assert permission in named[0]
+    assert second.is_in_logs("read again in full")

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# container-checks.sh: builds both connector images from the one Dockerfile with
+# ../shared/tools/container-check (podman, no registry, no Docker daemon) and runs them the way
+# Airbyte does: spec, check, discover and read for the source, against the local Stripe emulator on
+# the host (127.0.0.1; the containers share the host network), then that read piped into the
+# destination image's write, with the SQLite store on a mounted /local volume, read back on the host.
+# Called by .ci/run. First run on a machine: about 90 s (the base image is built locally).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+check_tool=${CONTAINER_CHECK:-$root/../shared/tools/container-check}
+py=${PYTHON:-$root/.venv/bin/python}
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml)
+source_image=local/source-perly-stripe:$version
+destination_image=local/destination-perly:$version
+work=$(mktemp -d /tmp/perly-container-checks.XXXXXX)
+emulator_pid=
+cleanup() {
+  [ -n "$emulator_pid" ] && kill "$emulator_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+step() { printf '\n== %s\n' "$*"; }
+fail() { echo "container-checks: FAILED: $*" >&2; exit 1; }
+
+# Every message of one type from a connector's output (the CDK also prints LOG lines).
+messages_of() { grep -E "^\{\"type\": ?\"$1\"" "$2" || true; }
+
+step "build the source image and run spec"
+"$check_tool" "$root" "$source_image" --target source --build-arg "VERSION=$version" spec >"$work/source-spec.out"
+messages_of SPEC "$work/source-spec.out" | grep -q connectionSpecification || fail "source spec printed no SPEC"
+step "build the destination image and run spec"
+"$check_tool" "$root" "$destination_image" --target destination --build-arg "VERSION=$version" spec \
+  >"$work/destination-spec.out"
+messages_of SPEC "$work/destination-spec.out" | grep -q connectionSpecification || fail "destination spec printed no SPEC"
+
+# container-check has built the images and written the podman settings this machine needs; later runs
+# need volume mounts, which it does not take, so they call podman directly with the same settings.
+export CONTAINERS_CONF=${CONTAINER_CHECK_WORK:-/tmp/container-check}/containers.conf
+for image in "$source_image" "$destination_image"; do
+  podman image inspect --format '{{index .Config.Labels "io.airbyte.name"}}:{{index .Config.Labels "io.airbyte.version"}} user={{.Config.User}} entrypoint={{.Config.Entrypoint}}' "$image"
+done
+[ "$(podman image inspect --format '{{.Config.User}}' "$source_image")" = airbyte ] || fail "source image does not run as airbyte"
+
+step "start the Stripe emulator on the host"
+"$py" -m integration_tests.stripe_emulator --port 0 --customers 40 --seed 42 >"$work/emulator.out" 2>"$work/emulator.err" &
+emulator_pid=$!
+for _ in $(seq 100); do [ -s "$work/emulator.out" ] && break; sleep 0.1; done
+url=$("$py" -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["url"])' "$work/emulator.out") \
+  || fail "emulator did not start: $(cat "$work/emulator.err")"
+echo "emulator at $url"
+# A Stripe-shaped test key for this run (the source accepts letters and digits after the prefix only).
+key=sk_test_perlycontainer
+"$py" -c 'import json,sys,urllib.request as u; u.urlopen(u.Request(sys.argv[1] + "/_emulator/keys", json.dumps({"key": sys.argv[2]}).encode(), method="POST"))' "$url" "$key"
+
+mkdir -p "$work/config" "$work/local"
+chmod 0777 "$work/local"  # written by the image's non-root user (uid 1000)
+"$py" - "$work/config" "$url" "$key" <<'PY'
+import json, sys
+from pathlib import Path
+config, url, key = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+(config / "source.json").write_text(json.dumps({"api_key": key, "base_url": url, "max_requests_per_second": 200}))
+(config / "bad_source.json").write_text(json.dumps({"api_key": "sk_test_revoked0000", "base_url": url}))
+(config / "destination.json").write_text(json.dumps({"store": {"store_type": "sqlite", "path": "/local/perly.db"}}))
+PY
+run_source() { podman run --rm --network=host -v "$work/config:/config:ro" "$source_image" "$@"; }
+
+step "source check (good key, then an unknown key)"
+run_source check --config /config/source.json >"$work/check.out"
+messages_of CONNECTION_STATUS "$work/check.out" | grep -q '"SUCCEEDED"' || fail "check failed: $(cat "$work/check.out")"
+run_source check --config /config/bad_source.json >"$work/bad-check.out" || true
+messages_of CONNECTION_STATUS "$work/bad-check.out" | grep -q '"FAILED"' || fail "check accepted an unknown key"
+! grep -q sk_test_revoked0000 "$work/bad-check.out" || fail "check printed the API key"
+
+step "source discover and read"
+run_source discover --config /config/source.json >"$work/discover.out"
+"$py" - "$work" <<'PY'
+import json, sys
+from pathlib import Path
+from integration_tests.demo import configured_catalog
+work = Path(sys.argv[1])
+catalog = next(json.loads(l)["catalog"] for l in (work / "discover.out").read_text().splitlines()
+               if l.startswith('{"type":"CATALOG"') or l.startswith('{"type": "CATALOG"'))
+(work / "config" / "catalog.json").write_text(json.dumps(configured_catalog(catalog)))
+print("streams:", ", ".join(s["name"] for s in catalog["streams"]))
+PY
+run_source read --config /config/source.json --catalog /config/catalog.json >"$work/read.out"
+records=$(messages_of RECORD "$work/read.out" | wc -l)
+[ "$records" -gt 0 ] || fail "read returned no records"
+echo "read: $records records, $(messages_of STATE "$work/read.out" | wc -l) states"
+
+step "destination check and write (read piped in, SQLite on the /local volume)"
+run_destination() {
+  podman run --rm -i --network=host -v "$work/config:/config:ro" -v "$work/local:/local" "$destination_image" "$@"
+}
+run_destination check --config /config/destination.json </dev/null >"$work/destination-check.out"
+messages_of CONNECTION_STATUS "$work/destination-check.out" | grep -q '"SUCCEEDED"' \
+  || fail "destination check failed: $(cat "$work/destination-check.out")"
+run_destination write --config /config/destination.json --catalog /config/catalog.json <"$work/read.out" \
+  >"$work/write.out"
+acknowledged=$(messages_of STATE "$work/write.out" | wc -l)
+[ "$acknowledged" -gt 0 ] || fail "destination acknowledged no state"
+[ -f "$work/local/perly.db" ] || fail "no SQLite store on the volume"
+
+step "store on the host volume"
+"$py" - "$work/local/perly.db" "$url" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+customers = db.execute("SELECT count(*) FROM stripe_customers WHERE NOT deleted").fetchone()[0]
+health = db.execute("SELECT count(*) FROM perly_customer_health").fetchone()[0]
+print(f"stripe_customers: {customers}, perly_customer_health: {health}")
+if customers == 0 or health < customers:
+    sys.exit("store is missing customers or their health rows")
+PY
+"$py" -m destination_perly.report --db "$work/local/perly.db" --top 5
+echo
+echo "container-checks: OK ($records records read, $acknowledged states acknowledged)"

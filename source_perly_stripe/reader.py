@@ -1,0 +1,652 @@
+"""The read engine: backfill by `created` windows, replay changes through the events list, all on one
+thread pool; the generator thread turns worker results into Airbyte messages in a safe order.
+
+Order guarantees: a worker puts a window's pages on the queue before it reports the window done, and
+the generator emits a stream's STATE only after the records it covers, so state never gets ahead of
+data."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from airbyte_cdk.models import (  # type: ignore[attr-defined,unused-ignore]
+    AirbyteLogMessage,
+    AirbyteMessage,
+    AirbyteRecordMessage,
+    AirbyteStateBlob,
+    AirbyteStateMessage,
+    AirbyteStateType,
+    AirbyteStreamState,
+    AirbyteStreamStatus,
+    FailureType,
+    Level,
+    StreamDescriptor,
+    SyncMode,
+    Type,
+)
+from airbyte_cdk.utils.stream_status_utils import as_airbyte_message as status_message
+from airbyte_cdk.utils.traced_exception import AirbyteTracedException
+
+from .client import (
+    StripeAuthError,
+    StripeError,
+    StripeNotFoundError,
+    StripePermissionError,
+    StripeTransientError,
+)
+from .streams import (
+    EVENTS,
+    MAX_EVENT_TYPES_PER_REQUEST,
+    OBJECT_STREAMS,
+    Change,
+    Params,
+    StreamDef,
+    change_from_event,
+    event_types_for,
+)
+from .windows import DAY, Interval, gaps, initial_windows, merge, plan_split
+
+STRIPE_LAUNCH = 1_293_840_000  # 2011-01-01T00:00:00Z: nothing in Stripe is older
+EVENT_RETENTION = 30 * DAY
+# A cursor this close to the retention edge is treated as expired: events near the edge may
+# disappear while we page through them.
+RETENTION_MARGIN = 3_600
+# Events are read from a little before the cursor: an event can become visible in the list a
+# moment after its `created` second.
+EVENTS_OVERLAP = 600
+PAGE_SIZE = 100
+EVENTS_KEY = "__events__"
+
+
+class Client(Protocol):
+    def get(self, path: str, params: Any = ()) -> dict[str, Any]: ...
+
+    def server_now(self) -> int: ...
+
+
+@dataclass
+class ReadSettings:
+    start: int = STRIPE_LAUNCH
+    workers: int = 20
+    initial_window_days: int = 365
+    initial_max_windows: int = 8
+    target_pages_per_window: int = 8
+    max_split_parts: int = 16
+    state_interval_seconds: float = 1.0
+
+
+@dataclass
+class StreamRun:
+    """What one stream does in this sync and how far it got."""
+
+    stream: StreamDef
+    incremental: bool
+    mode: str = "backfill"  # "backfill" (windows), "events" (replay changes), "events_stream"
+    lower: int = 0
+    upper: int = 0
+    done: list[Interval] = field(default_factory=list)
+    events_from: int = 0
+    requests: int = 0
+    previous_full_requests: int | None = None
+    pending: int = 0
+    records: int = 0
+    failed: BaseException | None = None
+    finished: bool = False
+    last_state_at: float = 0.0
+
+
+def _log(level: Level, text: str) -> AirbyteMessage:
+    return AirbyteMessage(type=Type.LOG, log=AirbyteLogMessage(level=level, message=text))
+
+
+def _tombstone(stream: StreamDef, change: Change, updated: int) -> dict[str, Any]:
+    record: dict[str, Any] = {"id": change.object_id, "object": stream.object_type, "deleted": True}
+    if change.customer:
+        record["customer"] = change.customer
+    record["updated"] = updated
+    return record
+
+
+class SyncReader:
+    def __init__(
+        self,
+        client: Client,
+        streams: list[tuple[StreamDef, SyncMode]],
+        states: dict[str, dict[str, Any]],
+        settings: ReadSettings,
+        now_ms: Callable[[], float] = lambda: time.time() * 1000,
+    ) -> None:
+        self._client = client
+        self._selected = streams
+        self._states = states
+        self._settings = settings
+        self._now_ms = now_ms
+        self._out: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=64)
+        self._runs: dict[str, StreamRun] = {}
+        self._lock = threading.Lock()
+        self._outstanding = 0
+        self._stop = threading.Event()
+        self._executor: ThreadPoolExecutor | None = None
+        self._changes: dict[str, dict[str, Change]] = {}
+        self._events_pending = 0
+        self._events_failed: BaseException | None = None
+        self._events_denied: StripePermissionError | None = None
+        self._events_done = False
+
+    # ---- planning ------------------------------------------------------------------------------
+
+    def _probe(self) -> int:
+        """One cheap request: it gives the server's clock and tells whether events are readable."""
+        wants_events = any(s is EVENTS or mode == SyncMode.incremental for s, mode in self._selected)
+        path = EVENTS.path if wants_events else self._selected[0][0].path
+        try:
+            self._client.get(path, [("limit", 1)])
+        except StripePermissionError as denied:
+            if wants_events:
+                self._events_denied = denied
+        return int(self._client.server_now())
+
+    def _plan(self, now: int) -> Iterator[AirbyteMessage]:
+        s = self._settings
+        for stream, sync_mode in self._selected:
+            incremental = sync_mode == SyncMode.incremental
+            state = self._states.get(stream.name, {}) if incremental else {}
+            run = StreamRun(stream=stream, incremental=incremental, upper=now + 1, lower=s.start)
+            run.previous_full_requests = state.get("full_read_requests")
+            self._runs[stream.name] = run
+            if stream is EVENTS:
+                run.mode = "events_stream"
+                oldest_available = now - EVENT_RETENTION + RETENTION_MARGIN
+                cursor = state.get("created")
+                if isinstance(cursor, int) and cursor < oldest_available:
+                    yield _log(
+                        Level.WARN,
+                        f"events: the saved cursor ({cursor}) is older than Stripe's 30-day event "
+                        "retention; events between it and the retention edge can no longer be read.",
+                    )
+                start = cursor - EVENTS_OVERLAP if isinstance(cursor, int) else s.start
+                run.events_from = max(start, oldest_available)
+                continue
+            backfill = state.get("backfill")
+            cursor = state.get(stream.cursor_field)
+            if isinstance(backfill, dict):
+                run.lower, run.upper = int(backfill["lower"]), int(backfill["upper"])
+                run.done = merge([(int(a), int(b)) for a, b in backfill.get("done", [])])
+                run.requests = int(backfill.get("requests", 0))
+                yield _log(Level.INFO, f"{stream.name}: resuming the backfill; {self._describe_done(run)}.")
+            elif isinstance(cursor, int) and incremental:
+                if cursor < now - EVENT_RETENTION + RETENTION_MARGIN:
+                    yield _log(
+                        Level.WARN,
+                        f"{stream.name}: the last sync was more than 30 days ago (cursor {cursor}); Stripe "
+                        "keeps events for 30 days only, so this stream is read again in full instead of "
+                        "replaying events, to lose no change.",
+                    )
+                elif self._events_denied is not None:
+                    pass  # read in full again: said once for all such streams below
+                else:
+                    run.mode = "events"
+                    run.events_from = cursor - EVENTS_OVERLAP
+                    self._changes[stream.name] = {}
+        yield from self._explain_full_reads()
+
+    def _explain_full_reads(self) -> Iterator[AirbyteMessage]:
+        """Without events, changes to existing objects are only seen by reading everything again."""
+        full = [r for r in self._runs.values() if r.incremental and r.mode == "backfill"]
+        if self._events_denied is None or not full:
+            return
+        names = ", ".join(r.stream.name for r in full)
+        costs = [r.previous_full_requests for r in full if r.previous_full_requests]
+        cost = f" The last full reads took {sum(costs)} requests in all." if costs else ""
+        yield _log(
+            Level.WARN,
+            "The API key cannot read events (it lacks 'rak_event_read'), so changes cannot be replayed: "
+            f"{names} are read again in full on every sync to stay correct, which costs requests in "
+            f"proportion to the account's size rather than to its changes.{cost} Grant the key "
+            "Events: Read to sync only what changed.",
+        )
+
+    @staticmethod
+    def _describe_done(run: StreamRun) -> str:
+        covered = sum(b - a for a, b in run.done)
+        total = max(1, run.upper - run.lower)
+        return f"{covered * 100 // total}% of the created range already read"
+
+    # ---- task plumbing -------------------------------------------------------------------------
+
+    def _submit(self, key: str, fn: Callable[..., None], *args: Any) -> None:
+        with self._lock:
+            self._outstanding += 1
+            if key == EVENTS_KEY:
+                self._events_pending += 1
+            else:
+                self._runs[key].pending += 1
+        assert self._executor is not None
+        self._executor.submit(self._run_task, key, fn, *args)
+
+    def _run_task(self, key: str, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            if not self._stop.is_set():
+                fn(*args)
+        except BaseException as error:  # reported to the generator thread, which decides
+            self._out.put(("error", key, error))
+        finally:
+            self._out.put(("task_done", key))
+
+    def _get(self, key: str, path: str, params: list[tuple[str, str | int]]) -> dict[str, Any]:
+        if self._stop.is_set() or self._is_failed(key):
+            raise _Cancelled()
+        run = self._runs.get(key)
+        if run is not None:
+            run.requests += 1  # only its worker threads touch it; a lost increment is harmless
+        return self._client.get(path, params)
+
+    def _is_failed(self, key: str) -> bool:
+        """Whether a stream's remaining work is pointless. After a 403 it is; after other errors the
+        stream's other windows still finish, so that the next sync has less to read again."""
+        if key == EVENTS_KEY:
+            return self._events_failed is not None
+        run = self._runs.get(key)
+        return run is not None and isinstance(run.failed, StripePermissionError)
+
+    # ---- work done on worker threads -----------------------------------------------------------
+
+    def _read_window(
+        self, key: str, path: str, base: Params, window: Interval, expand: StreamDef | None
+    ) -> None:
+        """Page through one created window newest-first; cut the unread rest into new windows when
+        the pages show it is dense. Reports [low, top) done once every record in it was queued."""
+        low, top = window
+        end = top
+        last_created = top - 1
+        cursor: str | None = None
+        s = self._settings
+        while True:
+            params: list[tuple[str, str | int]] = [*base, ("limit", PAGE_SIZE)]
+            params += [("created[gte]", low), ("created[lt]", end)]
+            if cursor:
+                params.append(("starting_after", cursor))
+            try:
+                page = self._get(key, path, params)
+            except StripeNotFoundError:
+                if cursor is None:
+                    raise
+                # The cursor object vanished (deleted, or it left the filter) while we paged: start
+                # again from its second; the few records of that second are sent twice, none lost.
+                end, cursor = last_created + 1, None
+                continue
+            data = page.get("data") or []
+            if data:
+                observed = int(self._client.server_now())
+                if expand is not None:
+                    for obj in data:
+                        self._complete(key, expand, obj)
+                        obj["updated"] = observed
+                self._out.put(("page", key, data))
+            if not data or not page.get("has_more"):
+                break
+            newest, last_created = int(data[0]["created"]), int(data[-1]["created"])
+            cuts = plan_split(
+                low,
+                newest,
+                last_created,
+                len(data),
+                target_pages=s.target_pages_per_window,
+                max_parts=s.max_split_parts,
+            )
+            if cuts:
+                edges = [low, *cuts]
+                for a, b in zip(edges, edges[1:], strict=False):
+                    self._submit(key, self._read_window, key, path, base, (a, b), expand)
+                low = cuts[-1]
+            cursor = str(data[-1]["id"])
+        self._out.put(("window_done", key, (low, top)))
+
+    def _complete(self, key: str, stream: StreamDef, obj: dict[str, Any]) -> None:
+        """Make embedded lists whole: every subscription item, every invoice line."""
+        if stream.name == "subscriptions":
+            sub_path, sub_params = "/v1/subscription_items", [("subscription", obj["id"])]
+            holder = "items"
+        elif stream.name == "invoices":
+            sub_path, sub_params = f"/v1/invoices/{obj['id']}/lines", []
+            holder = "lines"
+        else:
+            return
+        embedded = obj.get(holder)
+        if not isinstance(embedded, dict) or not embedded.get("has_more"):
+            return
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            params: list[tuple[str, str | int]] = [*sub_params, ("limit", PAGE_SIZE)]
+            if cursor:
+                params.append(("starting_after", cursor))
+            page = self._get(key, sub_path, params)
+            data = page.get("data") or []
+            items.extend(data)
+            if not data or not page.get("has_more"):
+                break
+            cursor = str(data[-1]["id"])
+        embedded["data"] = items
+        embedded["has_more"] = False
+
+    def _refetch(self, stream: StreamDef, change: Change) -> None:
+        """Fetch the current version of one changed object, as the backfill would have listed it."""
+        key = stream.name
+        try:
+            obj = self._get(key, stream.retrieve_path(change.object_id), list(stream.retrieve_params))
+        except StripeNotFoundError:
+            obj = {"deleted": True}
+        observed = max(int(self._client.server_now()), change.at)
+        if obj.get("deleted"):
+            record = _tombstone(stream, change, observed)
+        else:
+            self._complete(key, stream, obj)
+            obj["updated"] = observed
+            record = obj
+        self._out.put(("page", key, [record]))
+
+    # ---- the generator thread ------------------------------------------------------------------
+
+    def read(self) -> Iterator[AirbyteMessage]:
+        if not self._selected:
+            return
+        try:
+            now = self._probe()
+        except StripeError as error:
+            raise _as_traced(error) from error
+        yield from self._plan(now)
+        for run in self._runs.values():
+            yield status_message(StreamDescriptor(name=run.stream.name), AirbyteStreamStatus.STARTED)
+        self._executor = ThreadPoolExecutor(max_workers=self._settings.workers, thread_name_prefix="stripe")
+        try:
+            yield from self._start(now)
+            yield from self._loop()
+        finally:
+            self._stop.set()
+            self._drain()
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        yield from self._finish()
+
+    def _start(self, now: int) -> Iterator[AirbyteMessage]:
+        s = self._settings
+        for run in self._runs.values():
+            if run.mode != "backfill":
+                continue
+            for gap in gaps(run.lower, run.upper, run.done):
+                for window in initial_windows(
+                    gap, max_days=s.initial_window_days, max_parts=s.initial_max_windows
+                ):
+                    self._submit(
+                        run.stream.name,
+                        self._read_window,
+                        run.stream.name,
+                        run.stream.path,
+                        run.stream.list_params,
+                        window,
+                        run.stream,
+                    )
+        consumers = [r for r in self._runs.values() if r.mode in ("events", "events_stream")]
+        if not consumers:
+            self._events_done = True
+        elif self._events_denied is not None:
+            # Only the events stream can be here: object streams were planned as full reads.
+            self._events_done = True
+            for run in consumers:
+                run.failed = self._events_denied
+                yield from self._report_failure(run, self._events_denied)
+        else:
+            # The events stream carries every billing type; otherwise follow what is replayed.
+            followed = OBJECT_STREAMS if EVENTS.name in self._runs else [r.stream for r in consumers]
+            types = event_types_for(list(followed))
+            start = min(r.events_from for r in consumers)
+            for i in range(0, len(types), MAX_EVENT_TYPES_PER_REQUEST):
+                chunk = types[i : i + MAX_EVENT_TYPES_PER_REQUEST]
+                base: Params = tuple(("types[]", t) for t in chunk)
+                for window in initial_windows((start, now + 1), max_days=2, max_parts=8):
+                    self._submit(EVENTS_KEY, self._read_window, EVENTS_KEY, EVENTS.path, base, window, None)
+        # Streams with nothing to do finish at once (e.g. an empty plan).
+        yield from self._finish_ready()
+
+    def _loop(self) -> Iterator[AirbyteMessage]:
+        while True:
+            with self._lock:
+                if self._outstanding == 0:
+                    break
+            message = self._out.get()
+            kind, key = message[0], message[1]
+            if kind == "page":
+                yield from self._on_page(key, message[2])
+            elif kind == "window_done":
+                yield from self._on_window_done(key, message[2])
+            elif kind == "error":
+                yield from self._on_error(key, message[2])
+            elif kind == "task_done":
+                with self._lock:
+                    self._outstanding -= 1
+                    if key == EVENTS_KEY:
+                        self._events_pending -= 1
+                    else:
+                        self._runs[key].pending -= 1
+                if key == EVENTS_KEY and self._events_pending == 0 and not self._events_done:
+                    yield from self._on_events_read()
+                yield from self._finish_ready()
+
+    def _emit_records(self, run: StreamRun, records: list[dict[str, Any]]) -> Iterator[AirbyteMessage]:
+        if run.records == 0 and records:
+            yield status_message(StreamDescriptor(name=run.stream.name), AirbyteStreamStatus.RUNNING)
+        run.records += len(records)
+        emitted_at = int(self._now_ms())
+        name = run.stream.name
+        for record in records:
+            yield AirbyteMessage(
+                type=Type.RECORD, record=AirbyteRecordMessage(stream=name, data=record, emitted_at=emitted_at)
+            )
+
+    def _on_page(self, key: str, records: list[dict[str, Any]]) -> Iterator[AirbyteMessage]:
+        if key != EVENTS_KEY:
+            run = self._runs[key]
+            if not isinstance(run.failed, StripePermissionError):
+                yield from self._emit_records(run, records)
+            return
+        events_run = self._runs.get(EVENTS.name)
+        to_emit = []
+        for event in records:
+            created = int(event.get("created") or 0)
+            if events_run is not None and created >= events_run.events_from:
+                event["updated"] = created
+                to_emit.append(event)
+            found = change_from_event(event)
+            if found is None:
+                continue
+            stream, change = found
+            changes = self._changes.get(stream.name)
+            if changes is None or created < self._runs[stream.name].events_from:
+                continue
+            known = changes.get(change.object_id)
+            if known is None or (change.at, change.deleted) > (known.at, known.deleted):
+                changes[change.object_id] = change
+        if events_run is not None and events_run.failed is None and to_emit:
+            yield from self._emit_records(events_run, to_emit)
+
+    def _on_events_read(self) -> Iterator[AirbyteMessage]:
+        """All events are in: fetch each changed object once (tombstones for the deleted)."""
+        for name, changes in self._changes.items():
+            run = self._runs[name]
+            if run.failed is not None:
+                continue
+            tombstones = [_tombstone(run.stream, c, c.at) for c in changes.values() if c.deleted]
+            for change in changes.values():
+                if not change.deleted:
+                    self._submit(name, self._refetch, run.stream, change)
+            yield _log(
+                Level.INFO,
+                f"{name}: {len(changes)} objects changed since the last sync "
+                f"({len(tombstones)} deleted); fetching their current versions.",
+            )
+            if tombstones:
+                yield from self._emit_records(run, tombstones)
+        self._changes = {}
+        self._events_done = True
+
+    def _on_window_done(self, key: str, window: Interval) -> Iterator[AirbyteMessage]:
+        if key == EVENTS_KEY:
+            return
+        run = self._runs[key]
+        run.done = merge([*run.done, window])
+        if run.incremental:
+            moment = time.monotonic()
+            if moment - run.last_state_at >= self._settings.state_interval_seconds:
+                run.last_state_at = moment
+                yield self._state_message(run)
+
+    def _on_error(self, key: str, error: BaseException) -> Iterator[AirbyteMessage]:
+        if isinstance(error, _Cancelled):
+            return
+        if isinstance(error, StripeAuthError):
+            self._stop.set()
+            raise AirbyteTracedException(
+                message=f"Stripe rejected the API key during the sync: {error}",
+                internal_message=str(error),
+                failure_type=FailureType.config_error,
+                exception=error,
+            )
+        targets = (
+            [r for r in self._runs.values() if r.mode in ("events", "events_stream")]
+            if key == EVENTS_KEY
+            else [self._runs[key]]
+        )
+        if key == EVENTS_KEY:
+            if self._events_failed is not None:
+                return
+            self._events_failed = error
+        for run in targets:
+            if run.failed is None:
+                run.failed = error
+                yield from self._report_failure(run, error)
+
+    def _report_failure(self, run: StreamRun, error: BaseException) -> Iterator[AirbyteMessage]:
+        name = run.stream.name
+        if isinstance(error, StripePermissionError):
+            permission = getattr(error, "permission", None) or run.stream.permission
+            yield _log(
+                Level.WARN,
+                f"{name}: skipped: the API key lacks the '{permission}' permission "
+                f"(Stripe answered 403 for {run.stream.path}). Grant it to sync this stream.",
+            )
+            return
+        failure_type = (
+            FailureType.transient_error
+            if isinstance(error, StripeTransientError)
+            else FailureType.system_error
+        )
+        text = str(error) if isinstance(error, StripeError) else f"{type(error).__name__}: {error}"
+        yield AirbyteTracedException(
+            message=f"{name}: the stream could not be read: {text}",
+            internal_message=text,
+            failure_type=failure_type,
+            stream_descriptor=StreamDescriptor(name=name),
+        ).as_sanitized_airbyte_message()
+
+    def _finish_ready(self) -> Iterator[AirbyteMessage]:
+        for run in self._runs.values():
+            if run.finished or run.pending > 0:
+                continue
+            if run.mode in ("events", "events_stream") and not self._events_done:
+                continue
+            run.finished = True
+            yield from self._close(run)
+
+    def _close(self, run: StreamRun) -> Iterator[AirbyteMessage]:
+        descriptor = StreamDescriptor(name=run.stream.name)
+        if run.failed is not None:
+            if run.incremental and run.mode == "backfill" and run.done:
+                # The windows read in full stay read: the next sync resumes from here.
+                yield self._state_message(run)
+            yield status_message(descriptor, AirbyteStreamStatus.INCOMPLETE)
+            return
+        if run.incremental:
+            if run.mode == "backfill":
+                run.previous_full_requests = run.requests
+            if run.mode == "events_stream":
+                new_state: dict[str, Any] = {"created": run.upper - 1}
+            else:
+                new_state = {run.stream.cursor_field: run.upper - 1}
+                if run.previous_full_requests is not None:
+                    new_state["full_read_requests"] = run.previous_full_requests
+            yield self._state_message(run, new_state)
+        yield status_message(descriptor, AirbyteStreamStatus.COMPLETE)
+
+    def _state_message(self, run: StreamRun, blob: dict[str, Any] | None = None) -> AirbyteMessage:
+        if blob is None:
+            blob = {
+                "backfill": {
+                    "lower": run.lower,
+                    "upper": run.upper,
+                    "done": [list(i) for i in run.done],
+                    "requests": run.requests,
+                }
+            }
+            if run.previous_full_requests is not None:
+                blob["full_read_requests"] = run.previous_full_requests
+        return AirbyteMessage(
+            type=Type.STATE,
+            state=AirbyteStateMessage(
+                type=AirbyteStateType.STREAM,
+                stream=AirbyteStreamState(
+                    stream_descriptor=StreamDescriptor(name=run.stream.name),
+                    stream_state=AirbyteStateBlob(**blob),
+                ),
+            ),
+        )
+
+    def _finish(self) -> Iterator[AirbyteMessage]:
+        failed = [r for r in self._runs.values() if r.failed is not None]
+        hard = [r for r in failed if not isinstance(r.failed, StripePermissionError)]
+        if not hard:
+            return
+        names = ", ".join(r.stream.name for r in hard)
+        all_transient = all(isinstance(r.failed, StripeTransientError) for r in hard)
+        raise AirbyteTracedException(
+            message=f"These streams did not sync completely: {names}. The other streams did.",
+            internal_message=f"failed streams: {names}",
+            failure_type=FailureType.transient_error if all_transient else FailureType.system_error,
+        )
+        yield  # pragma: no cover - makes this a generator
+
+    def _drain(self) -> None:
+        """Let workers finish (they stop at their next request) without blocking on a full queue."""
+        while True:
+            with self._lock:
+                if self._outstanding == 0:
+                    return
+            kind, key, *_ = self._out.get()
+            if kind == "task_done":
+                with self._lock:
+                    self._outstanding -= 1
+                    if key == EVENTS_KEY:
+                        self._events_pending -= 1
+                    else:
+                        self._runs[key].pending -= 1
+
+
+def _as_traced(error: StripeError) -> AirbyteTracedException:
+    if isinstance(error, StripeAuthError | StripePermissionError):
+        failure_type = FailureType.config_error
+    elif isinstance(error, StripeTransientError):
+        failure_type = FailureType.transient_error
+    else:
+        failure_type = FailureType.system_error
+    return AirbyteTracedException(
+        message=f"Stripe: {error}", internal_message=str(error), failure_type=failure_type, exception=error
+    )
+
+
+class _Cancelled(Exception):
+    """A task stopped because its stream failed or the sync is ending."""

@@ -1,0 +1,132 @@
+"""The Airbyte source: spec, check, discover and read for a company's Stripe billing data.
+
+`read` is implemented here rather than through the CDK's stream framework: records go out as Stripe
+sent them (plus `updated`), without per-record schema normalisation, and the reads run on one
+shared thread pool (see reader.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from airbyte_cdk.models import (  # type: ignore[attr-defined,unused-ignore]
+    AirbyteCatalog,
+    AirbyteConnectionStatus,
+    AirbyteMessage,
+    AirbyteStateMessage,
+    AirbyteStateType,
+    AirbyteStream,
+    ConfiguredAirbyteCatalog,
+    ConnectorSpecification,
+    ConnectorSpecificationSerializer,
+    FailureType,
+    Status,
+    SyncMode,
+)
+from airbyte_cdk.sources import Source
+from airbyte_cdk.utils.traced_exception import AirbyteTracedException
+
+from .client import StripeClient, StripeError
+from .reader import STRIPE_LAUNCH, Client, ReadSettings, SyncReader
+from .streams import ALL_STREAMS, STREAMS_BY_NAME
+
+ClientFactory = Callable[[Mapping[str, Any]], Client]
+
+
+def make_client(config: Mapping[str, Any]) -> StripeClient:
+    workers = int(config.get("concurrency") or ReadSettings.workers)
+    return StripeClient(
+        str(config.get("api_key") or ""),
+        base_url=config.get("base_url") or "https://api.stripe.com",
+        account_id=config.get("account_id") or None,
+        max_requests_per_second=config.get("max_requests_per_second") or None,
+        pool_size=max(workers, 4),
+    )
+
+
+@cache
+def load_schema(stream_name: str) -> dict[str, Any]:
+    text = resources.files("source_perly_stripe").joinpath("schemas", f"{stream_name}.json").read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def settings_from(config: Mapping[str, Any]) -> ReadSettings:
+    settings = ReadSettings()
+    start_date = config.get("start_date")
+    if start_date:
+        moment = datetime.fromisoformat(str(start_date).replace("Z", "+00:00"))
+        settings.start = max(STRIPE_LAUNCH, int(moment.timestamp()))
+    if config.get("concurrency"):
+        settings.workers = max(1, min(32, int(config["concurrency"])))
+    return settings
+
+
+class SourcePerlyStripe(Source):
+    def __init__(self, client_factory: ClientFactory | None = None) -> None:
+        self._client_factory: ClientFactory = client_factory or make_client
+
+    def spec(self, logger: logging.Logger) -> ConnectorSpecification:
+        text = resources.files("source_perly_stripe").joinpath("spec.json").read_text()
+        return ConnectorSpecificationSerializer.load(json.loads(text))
+
+    def check(self, logger: logging.Logger, config: Mapping[str, Any]) -> AirbyteConnectionStatus:
+        from .check import check_connection  # B1's module
+
+        ok, message = check_connection(config, [s.name for s in ALL_STREAMS])
+        return AirbyteConnectionStatus(status=Status.SUCCEEDED if ok else Status.FAILED, message=message)
+
+    def discover(self, logger: logging.Logger, config: Mapping[str, Any]) -> AirbyteCatalog:
+        return AirbyteCatalog(streams=[self.airbyte_stream(s.name) for s in ALL_STREAMS])
+
+    @staticmethod
+    def airbyte_stream(name: str) -> AirbyteStream:
+        stream = STREAMS_BY_NAME[name]
+        return AirbyteStream(
+            name=name,
+            json_schema=load_schema(name),
+            supported_sync_modes=[SyncMode.full_refresh, SyncMode.incremental],
+            source_defined_cursor=True,
+            default_cursor_field=[stream.cursor_field],
+            source_defined_primary_key=[["id"]],
+            is_resumable=True,
+        )
+
+    def read(
+        self,
+        logger: logging.Logger,
+        config: Mapping[str, Any],
+        catalog: ConfiguredAirbyteCatalog,
+        state: list[AirbyteStateMessage] | None = None,
+    ) -> Iterator[AirbyteMessage]:
+        selected = []
+        for configured in catalog.streams:
+            stream = STREAMS_BY_NAME.get(configured.stream.name)
+            if stream is None:
+                raise AirbyteTracedException(
+                    message=f"The catalog names a stream this source does not have: {configured.stream.name}",
+                    failure_type=FailureType.config_error,
+                )
+            selected.append((stream, configured.sync_mode))
+        try:
+            client = self._client_factory(config)
+        except StripeError as error:  # e.g. a key of the wrong format
+            raise AirbyteTracedException(
+                message=str(error), internal_message=str(error), failure_type=FailureType.config_error
+            ) from error
+        reader = SyncReader(client, selected, states_by_stream(state or []), settings_from(config))
+        yield from reader.read()
+
+
+def states_by_stream(state: Iterable[AirbyteStateMessage]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for message in state:
+        if message.type == AirbyteStateType.STREAM and message.stream is not None:
+            blob = message.stream.stream_state
+            found[message.stream.stream_descriptor.name] = dict(blob.__dict__) if blob is not None else {}
+    return found

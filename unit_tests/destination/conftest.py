@@ -1,0 +1,77 @@
+"""Fixtures for the destination's tests: the same store tests run on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from destination_perly.store.base import Store
+from destination_perly.store.sqlite import SqliteStore
+
+POSTGRES_DSN_VAR = "PERLY_TEST_POSTGRES_DSN"
+
+
+def postgres_dsn() -> str:
+    dsn = os.environ.get(POSTGRES_DSN_VAR)
+    if not dsn:
+        pytest.fail(
+            f"{POSTGRES_DSN_VAR} is not set: run `scripts/with-postgres.sh pytest ...` (or `make test`), "
+            "or deselect these tests with -m 'not postgres'"
+        )
+    return dsn
+
+
+class StoreFactory:
+    """Opens stores on one database (several connections, like several processes would)."""
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.kind = kind
+        self.path = tmp_path / "perly.db"
+        self.schema = f"perly_t_{uuid.uuid4().hex[:10]}"
+        self.opened: list[Store] = []
+
+    def open(self) -> Store:
+        store: Store
+        if self.kind == "sqlite":
+            store = SqliteStore(self.path)
+        else:
+            from destination_perly.store.postgres import PostgresStore
+
+            store = PostgresStore(dsn=postgres_dsn(), schema=self.schema)
+        self.opened.append(store)
+        return store
+
+    def cleanup(self) -> None:
+        for store in self.opened:
+            store.close()
+        if self.kind == "postgres" and self.opened:
+            import psycopg
+
+            with psycopg.connect(postgres_dsn(), autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    factory = StoreFactory(request.param, tmp_path)
+    yield factory
+    factory.cleanup()
+
+
+@pytest.fixture
+def store(store_factory: StoreFactory) -> Store:
+    opened = store_factory.open()
+    opened.ensure_schema()
+    return opened
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SqliteStore]:
+    opened = SqliteStore(tmp_path / "perly.db")
+    opened.ensure_schema()
+    yield opened
+    opened.close()

@@ -1,0 +1,166 @@
+"""spec / check / write entry points and the configuration they accept."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+
+import jsonschema
+import pytest
+from airbyte_cdk.models import FailureType, Status
+from airbyte_cdk.utils.traced_exception import AirbyteTracedException
+
+from destination_perly.config import (
+    ConfigError,
+    PostgresSettings,
+    SqliteSettings,
+    default_sqlite_path,
+    parse_config,
+)
+from destination_perly.destination import DestinationPerly
+from destination_perly.health.model import RiskPolicy
+from unit_tests.destination.messages import catalog, configured
+
+LOG = logging.getLogger("test")
+SECRET = "pw-Do-Not-Leak-7731"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spec() -> dict:
+    return DestinationPerly().spec(LOG).connectionSpecification
+
+
+def test_spec_is_a_valid_schema_that_accepts_both_stores() -> None:
+    schema = spec()
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.validate({"store": {"store_type": "sqlite", "path": "/local/perly.db"}}, schema)
+    postgres = {"store_type": "postgres", "host": "db", "port": 5432, "database": "perly", "username": "u"}
+    jsonschema.validate({"store": {**postgres, "password": "x", "ssl_mode": "require"}}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"store": {**postgres, "ssl_mode": "sometimes"}}, schema)
+
+
+def test_spec_marks_the_password_secret_and_as_of_hidden() -> None:
+    schema = spec()
+    postgres = schema["properties"]["store"]["oneOf"][1]["properties"]
+    assert postgres["password"]["airbyte_secret"] is True
+    assert schema["properties"]["as_of"]["airbyte_hidden"] is True
+
+
+def test_spec_risk_policy_defaults_are_the_contracts() -> None:
+    defaults = {name: p["default"] for name, p in spec()["properties"]["risk_policy"]["properties"].items()}
+    assert defaults == dataclasses.asdict(RiskPolicy())
+    assert defaults["delinquent_churn_days"] == 30
+    assert defaults["trial_expiring_days"] == 3
+
+
+def test_config_parses_every_setting() -> None:
+    parsed = parse_config(
+        {
+            "store": {
+                "store_type": "postgres",
+                "host": "db",
+                "database": "perly",
+                "username": "u",
+                "password": "p",
+            },
+            "plan_tiers": [{"match": "price_pro", "tier": "Pro", "rank": 3}],
+            "risk_policy": {"delinquent_churn_days": 45},
+            "as_of": "2026-11-01T00:00:00Z",
+        }
+    )
+    assert parsed.store == PostgresSettings("db", 5432, "perly", "perly", "u", "p", "prefer")
+    assert parsed.health.policy.delinquent_churn_days == 45
+    assert parsed.health.policy.trial_expiring_days == 3
+    assert parsed.health.tier_rules[0].tier == "Pro"
+    assert parsed.as_of == datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def test_config_repr_never_shows_the_password() -> None:
+    store = {"store_type": "postgres", "host": "db", "database": "perly", "username": "u", "password": SECRET}
+    assert SECRET not in repr(parse_config({"store": store}))
+
+
+def test_config_defaults_to_a_sqlite_file() -> None:
+    assert parse_config({}).store == SqliteSettings(default_sqlite_path())
+    assert parse_config({"store": {"store_type": "sqlite"}}).as_of is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "complaint"),
+    [
+        ({"store": {"store_type": "oracle"}}, "store_type"),
+        ({"store": {"store_type": "postgres", "host": "h"}}, "database, username"),
+        (
+            {"store": {"store_type": "postgres", "host": "h", "database": "d", "username": "u", "port": "x"}},
+            "port",
+        ),
+        ({"risk_policy": {"delinquent_churn_dayz": 3}}, "delinquent_churn_dayz"),
+        ({"risk_policy": {"trial_expiring_days": -1}}, "trial_expiring_days"),
+        ({"plan_tiers": [{"tier": "Pro"}]}, "plan_tiers[0]"),
+        ({"as_of": "yesterday"}, "as_of"),
+    ],
+    ids=["store-type", "pg-missing", "pg-port", "policy-typo", "policy-negative", "tier-no-match", "as-of"],
+)
+def test_bad_config_says_what_is_wrong(raw: dict, complaint: str) -> None:
+    with pytest.raises(ConfigError, match=complaint.replace("[", r"\[").replace("]", r"\]")):
+        parse_config(raw)
+
+
+def test_check_passes_on_a_writable_sqlite_file(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "perly.db"
+    result = DestinationPerly().check(LOG, {"store": {"store_type": "sqlite", "path": str(path)}})
+    assert result.status == Status.SUCCEEDED
+    assert path.exists()
+
+
+def test_check_fails_with_the_path_when_the_sqlite_file_cannot_be_created(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = DestinationPerly().check(
+        LOG, {"store": {"store_type": "sqlite", "path": str(blocker / "perly.db")}}
+    )
+    assert result.status == Status.FAILED
+    assert str(blocker) in result.message
+
+
+def test_check_fails_on_bad_config_without_touching_a_store() -> None:
+    result = DestinationPerly().check(LOG, {"store": {"store_type": "oracle"}})
+    assert result.status == Status.FAILED
+    assert "Invalid configuration" in result.message
+
+
+def test_check_names_an_unreachable_postgres_without_its_password() -> None:
+    port = free_port()
+    config = {
+        "store": {
+            "store_type": "postgres",
+            "host": "127.0.0.1",
+            "port": port,
+            "database": "perly",
+            "username": "perly",
+            "password": SECRET,
+        }
+    }
+    result = DestinationPerly().check(LOG, config)
+    assert result.status == Status.FAILED
+    assert str(port) in result.message
+    assert SECRET not in result.message
+
+
+def test_write_with_bad_config_raises_a_config_error() -> None:
+    with pytest.raises(AirbyteTracedException) as caught:
+        list(
+            DestinationPerly().write(
+                {"store": {"store_type": "oracle"}}, catalog(configured("customers")), []
+            )
+        )
+    assert caught.value.failure_type == FailureType.config_error

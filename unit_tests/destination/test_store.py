@@ -1,0 +1,283 @@
+"""The store's promises, run on SQLite and on PostgreSQL alike (the `store` fixture is parametrized)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import orjson
+import pytest
+
+from destination_perly.health.model import HealthConfig, MrrSnapshot
+from destination_perly.store.base import Store, table_for_stream
+from unit_tests.destination.builders import (
+    AS_OF,
+    T0,
+    FakeEngine,
+    customer,
+    invoice,
+    subscription,
+    tombstone,
+)
+from unit_tests.destination.conftest import StoreFactory
+
+
+def stored(store: Store, stream: str, oid: str) -> dict:
+    rows = store.query(f"SELECT * FROM {table_for_stream(stream)} WHERE id = ?", (oid,))
+    assert len(rows) == 1
+    return rows[0]
+
+
+def test_given_versions_out_of_order_when_upserted_then_the_newer_updated_is_kept(store: Store) -> None:
+    store.upsert_records("customers", [customer("cus_1", updated=T0 + 10, name="new")])
+    store.upsert_records("customers", [customer("cus_1", updated=T0 + 5, name="old")])
+
+    row = stored(store, "customers", "cus_1")
+    assert row["updated"] == T0 + 10
+    assert orjson.loads(row["data"])["name"] == "new"
+
+
+def test_given_equal_updated_when_upserted_then_the_later_arrival_wins(store: Store) -> None:
+    store.upsert_records("customers", [customer("cus_1", name="first"), customer("cus_1", name="second")])
+    assert orjson.loads(stored(store, "customers", "cus_1")["data"])["name"] == "second"
+    store.upsert_records("customers", [customer("cus_1", name="third")])
+    assert orjson.loads(stored(store, "customers", "cus_1")["data"])["name"] == "third"
+
+
+def test_given_a_newer_tombstone_then_the_row_is_marked_deleted_and_keeps_its_last_object(
+    store: Store,
+) -> None:
+    store.upsert_records("subscriptions", [subscription("sub_1", "cus_1", updated=T0)])
+    store.upsert_records("subscriptions", [tombstone("sub_1", "subscription", T0 - 1)])
+    assert stored(store, "subscriptions", "sub_1")["deleted"] == 0
+
+    store.upsert_records("subscriptions", [tombstone("sub_1", "subscription", T0 + 1)])
+    row = stored(store, "subscriptions", "sub_1")
+    assert row["deleted"] == 1
+    assert row["customer_id"] == "cus_1"
+    assert orjson.loads(row["data"])["status"] == "active"
+
+
+def test_given_columns_then_they_are_extracted_from_the_record(store: Store) -> None:
+    store.upsert_records(
+        "invoices",
+        [invoice("in_1", "cus_9", status="open"), {"id": "in_2", "customer": {"id": "cus_8"}, "updated": 3}],
+    )
+    first, second = stored(store, "invoices", "in_1"), stored(store, "invoices", "in_2")
+    assert (first["customer_id"], first["status"], first["created"], first["deleted"]) == (
+        "cus_9",
+        "open",
+        T0,
+        0,
+    )
+    assert second["customer_id"] == "cus_8"
+
+
+def test_given_an_unknown_stream_with_an_odd_name_then_it_gets_its_own_safe_table(store: Store) -> None:
+    store.upsert_records("credit-notes v2", [{"id": "cn_1", "updated": 1, "brand_new_field": {"x": [1, 2]}}])
+    table = table_for_stream("credit-notes v2")
+    assert table.startswith("stripe_credit_notes_v2_")
+    assert table != table_for_stream("credit_notes_v2")
+    rows = store.query(f"SELECT data FROM {table}")
+    assert orjson.loads(rows[0]["data"])["brand_new_field"] == {"x": [1, 2]}
+
+
+def test_given_an_error_inside_a_transaction_then_nothing_is_kept(store: Store) -> None:
+    store.upsert_records("customers", [customer("cus_0")])
+
+    def crash() -> None:
+        with store.transaction():
+            store.upsert_records("customers", [customer("cus_1")])
+            store.mark_dirty(["cus_1"])
+            raise RuntimeError("crash before commit")
+
+    with pytest.raises(RuntimeError):
+        crash()
+    assert [r["id"] for r in store.query(f"SELECT id FROM {table_for_stream('customers')}")] == ["cus_0"]
+    assert store.dirty_customers() == set()
+
+
+def test_given_a_stage_when_loading_then_the_live_table_is_untouched_until_the_swap(store: Store) -> None:
+    store.upsert_records("prices", [{"id": "price_old", "updated": 1}, {"id": "price_kept", "updated": 1}])
+    store.begin_stage("prices", generation_id=2)
+    store.upsert_records(
+        "prices", [{"id": "price_kept", "updated": 2}, {"id": "price_new", "updated": 2}], 2, True
+    )
+
+    live = {r["id"] for r in store.query(f"SELECT id FROM {table_for_stream('prices')}")}
+    assert live == {"price_old", "price_kept"}
+
+    store.swap_stage("prices")
+    rows = store.query(f"SELECT id, generation_id FROM {table_for_stream('prices')} ORDER BY id")
+    assert rows == [{"id": "price_kept", "generation_id": 2}, {"id": "price_new", "generation_id": 2}]
+
+
+def test_given_a_stage_left_by_the_same_generation_then_a_resumed_load_keeps_it(store: Store) -> None:
+    store.begin_stage("prices", generation_id=3)
+    store.upsert_records("prices", [{"id": "price_a", "updated": 1}], 3, True)
+    store.begin_stage("prices", generation_id=3)  # the retry of the same sync
+    store.upsert_records("prices", [{"id": "price_b", "updated": 1}], 3, True)
+    store.swap_stage("prices")
+    assert {r["id"] for r in store.query(f"SELECT id FROM {table_for_stream('prices')}")} == {
+        "price_a",
+        "price_b",
+    }
+
+    store.begin_stage("prices", generation_id=4)
+    store.upsert_records("prices", [{"id": "price_c", "updated": 1}], 4, True)
+    store.begin_stage("prices", generation_id=5)  # a new generation starts afresh
+    store.swap_stage("prices")
+    assert store.query(f"SELECT id FROM {table_for_stream('prices')}") == []
+
+
+def test_given_many_customers_then_each_bundle_holds_its_own_live_objects(
+    store: Store,
+) -> None:
+    store.upsert_records(
+        "customers", [customer("cus_1"), customer("cus_2"), tombstone("cus_3", "customer", T0)]
+    )
+    store.upsert_records(
+        "subscriptions",
+        [subscription("sub_1", "cus_1"), subscription("sub_2", "cus_2"), subscription("sub_3", "cus_1")],
+    )
+    store.upsert_records("subscriptions", [tombstone("sub_3", "subscription", T0 + 1, customer="cus_1")])
+    store.upsert_records("invoices", [invoice("in_1", "cus_2")])
+    store.upsert_records("coupons", [{"id": "co_1", "duration": "forever", "updated": 1}])
+
+    bundles = store.load_bundles(["cus_1", "cus_2", "cus_3", "cus_unknown"])
+
+    assert [s["id"] for s in bundles["cus_1"].subscriptions] == ["sub_1"]
+    assert [s["id"] for s in bundles["cus_2"].subscriptions] == ["sub_2"]
+    assert [i["id"] for i in bundles["cus_2"].invoices] == ["in_1"]
+    assert (bundles["cus_1"].customer or {}).get("email") == "cus_1@x.io"
+    assert bundles["cus_3"].customer == {"id": "cus_3", "object": "customer", "deleted": True, "updated": T0}
+    assert bundles["cus_unknown"].customer is None
+    assert set(bundles["cus_1"].coupons) == {"co_1"}
+    assert store.load_bundle("cus_2").invoices == bundles["cus_2"].invoices
+
+
+def test_given_evaluations_then_health_is_upserted_and_movements_replaced(store: Store) -> None:
+    store.upsert_records("subscriptions", [subscription("sub_1", "cus_1", amount=1500)])
+    engine = FakeEngine()
+    for _ in range(2):  # recomputing twice must not duplicate the history
+        evaluation = engine(store.load_bundle("cus_1"), HealthConfig(), AS_OF)
+        store.save_results([evaluation], [("cus_1", evaluation.snapshot)])
+
+    health = store.query("SELECT * FROM perly_customer_health")
+    assert len(health) == 1
+    assert health[0]["mrr"] == 1500
+    assert orjson.loads(health[0]["mrr_by_currency"]) == {"usd": 1500}
+    assert health[0]["flag_downgrade"] == 0
+    assert health[0]["as_of"] == "2026-11-01T00:00:00Z"
+    assert len(store.query("SELECT * FROM perly_mrr_movements WHERE customer_id = ?", ("cus_1",))) == 1
+    snapshots = store.load_bundle("cus_1").snapshots
+    assert [s.mrr_by_currency for s in snapshots] == [{"usd": 1500}, {"usd": 1500}]
+    assert snapshots[0].at == AS_OF
+
+
+def test_given_snapshots_then_bundles_list_them_oldest_first(store: Store) -> None:
+    later = MrrSnapshot(at=AS_OF, mrr_by_currency={"eur": 5}, cause="evt_2")
+    earlier = MrrSnapshot(at=AS_OF - timedelta(days=3), mrr_by_currency={"eur": 9}, cause="evt_1")
+    store.save_results([], [("cus_1", later), ("cus_1", earlier)])
+    assert [s.cause for s in store.load_bundle("cus_1").snapshots] == ["evt_1", "evt_2"]
+
+
+def test_given_open_invoices_trials_and_failures_then_those_are_time_sensitive(
+    store: Store,
+) -> None:
+    now = int(AS_OF.timestamp())
+    store.upsert_records(
+        "invoices", [invoice("in_1", "cus_open", status="open"), invoice("in_2", "cus_paid")]
+    )
+    store.upsert_records(
+        "subscriptions",
+        [subscription("sub_1", "cus_trial", status="trialing"), subscription("sub_2", "cus_active")],
+    )
+    store.upsert_records(
+        "charges",
+        [
+            {
+                "id": "ch_1",
+                "customer": "cus_failed",
+                "status": "failed",
+                "created": now - 86400,
+                "updated": now,
+            },
+            {
+                "id": "ch_2",
+                "customer": "cus_old",
+                "status": "failed",
+                "created": now - 200 * 86400,
+                "updated": 1,
+            },
+        ],
+    )
+    assert store.time_sensitive_customers(AS_OF) == {"cus_open", "cus_trial", "cus_failed"}
+
+
+def test_given_the_dirty_ledger_then_marks_survive_until_cleared(store_factory: StoreFactory) -> None:
+    first = store_factory.open()
+    first.ensure_schema()
+    first.mark_dirty(["cus_1", "cus_2", "cus_1"])
+    second = store_factory.open()  # another process sees what was committed
+    assert second.dirty_customers() == {"cus_1", "cus_2"}
+    seen = second.dirty_marks(["cus_1", "cus_2"])
+    first.mark_dirty(["cus_2"])  # written again while the first refresh was computing
+    second.clear_dirty(seen)
+    assert first.dirty_customers() == {"cus_2"}
+    second.clear_dirty(second.dirty_marks(["cus_2"]))
+    assert first.dirty_customers() == set()
+
+
+def test_given_two_writers_on_one_store_then_the_newer_version_wins_whatever_the_commit_order(
+    store_factory: StoreFactory,
+) -> None:
+    a, b = store_factory.open(), store_factory.open()
+    a.ensure_schema()
+    b.ensure_schema()
+    with a.transaction():
+        a.upsert_records("customers", [customer("cus_1", updated=T0 + 9, name="newer")])
+    b.upsert_records("customers", [customer("cus_1", updated=T0 + 1, name="older")])
+    assert orjson.loads(stored(a, "customers", "cus_1")["data"])["name"] == "newer"
+
+
+def test_given_concurrent_writers_then_no_write_fails_and_all_rows_land(
+    store_factory: StoreFactory,
+) -> None:
+    setup = store_factory.open()
+    setup.ensure_schema()
+    setup.upsert_records("customers", [customer("cus_0")])
+    errors: list[BaseException] = []
+
+    def write(prefix: str) -> None:
+        try:
+            store = store_factory.open()
+            for batch in range(20):
+                with store.transaction():
+                    store.upsert_records("customers", [customer(f"{prefix}_{batch}_{i}") for i in range(25)])
+                    store.mark_dirty([f"{prefix}_{batch}"])
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(f"cus_w{n}",)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert (
+        setup.query(f"SELECT COUNT(*) AS n FROM {table_for_stream('customers')}")[0]["n"] == 1 + 3 * 20 * 25
+    )
+
+
+def test_given_a_writable_store_then_the_probe_passes_and_leaves_nothing(store: Store) -> None:
+    store.probe_writable()
+    assert "perly_check_probe" not in store.tables()
+
+
+def test_given_placeholders_and_percent_signs_then_query_works_on_both_backends(store: Store) -> None:
+    store.upsert_records("customers", [customer("cus_1", email="a%b@x.io")])
+    rows = store.query(
+        f"SELECT id FROM {table_for_stream('customers')} WHERE data LIKE ? AND id = ?", ("%a%b@%", "cus_1")
+    )
+    assert rows == [{"id": "cus_1"}]

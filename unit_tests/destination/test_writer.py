@@ -1,0 +1,411 @@
+"""The writer's protocol promises: buffering, flushes, state acknowledgement, staging, generations."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from airbyte_cdk.models import AirbyteMessage, AirbyteStreamStatus, DestinationSyncMode, Level, Type
+
+from destination_perly.health.model import HealthConfig
+from destination_perly.ingest import Ingestor
+from destination_perly.store.base import Store, table_for_stream
+from destination_perly.store.sqlite import SqliteStore
+from destination_perly.writer import StreamPlan, Writer, WriterLimits, plans_from_catalog
+from unit_tests.destination.builders import (
+    AS_OF,
+    T0,
+    FakeEngine,
+    customer,
+    customer_ids,
+    invoice,
+    subscription,
+    tombstone,
+)
+from unit_tests.destination.conftest import StoreFactory
+from unit_tests.destination.messages import catalog, configured, global_state, record, status, stream_state
+
+
+class CrashingStore(SqliteStore):
+    """A store whose next commit fails once `armed` (a full disk, a killed connection...)."""
+
+    armed = False
+
+    def _commit(self) -> None:
+        if self.armed:
+            raise sqlite3.OperationalError("disk I/O error")
+        super()._commit()
+
+
+def ids(store: Store, stream: str) -> list[str]:
+    table = table_for_stream(stream)
+    if table not in store._list_tables():
+        return []
+    return [str(r["id"]) for r in store.query(f"SELECT id FROM {table} ORDER BY id")]
+
+
+def make_writer(
+    store: Store,
+    plans: dict[str, StreamPlan] | None = None,
+    limits: WriterLimits | None = None,
+    engine: FakeEngine | None = None,
+) -> Writer:
+    ingestor = Ingestor(store, HealthConfig(), evaluate=engine or FakeEngine(), customer_ids=customer_ids)
+    return Writer(ingestor, plans or {}, as_of=lambda: AS_OF, limits=limits)
+
+
+def states_of(output: Iterable[AirbyteMessage]) -> list[AirbyteMessage]:
+    return [m for m in output if m.type == Type.STATE]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    opened = SqliteStore(tmp_path / "perly.db")
+    yield opened
+    opened.close()
+
+
+def test_given_interleaved_streams_when_one_stream_states_then_only_its_records_are_committed(
+    store: SqliteStore,
+) -> None:
+    writer = make_writer(store)
+    messages = [
+        record("customers", customer("cus_1")),
+        record("subscriptions", subscription("sub_1", "cus_1")),
+        record("customers", customer("cus_2")),
+        stream_state("customers", 1),
+        record("subscriptions", subscription("sub_2", "cus_2")),
+        stream_state("subscriptions", 2),
+    ]
+    seen = []
+    for out in writer.write(messages):
+        if out.type == Type.STATE:
+            seen.append(
+                (
+                    out.state.stream.stream_descriptor.name,
+                    ids(store, "customers"),
+                    ids(store, "subscriptions"),
+                )
+            )
+    assert seen == [
+        ("customers", ["cus_1", "cus_2"], []),  # the subscriptions buffer was neither flushed nor dropped
+        ("subscriptions", ["cus_1", "cus_2"], ["sub_1", "sub_2"]),
+    ]
+
+
+def test_given_a_global_state_then_every_stream_before_it_is_committed_first(store: SqliteStore) -> None:
+    writer = make_writer(store)
+    messages = [
+        record("customers", customer("cus_1")),
+        record("invoices", invoice("in_1", "cus_1")),
+        global_state(7),
+    ]
+    seen = [
+        (ids(store, "customers"), ids(store, "invoices"))
+        for out in writer.write(messages)
+        if out.type == Type.STATE
+    ]
+    assert seen == [(["cus_1"], ["in_1"])]
+
+
+def test_given_states_then_they_are_echoed_unchanged_and_in_order(store: SqliteStore) -> None:
+    sent = [stream_state("customers", 1), stream_state("invoices", 2), global_state(3)]
+    messages = [record("customers", customer("cus_1")), sent[0], sent[1], sent[2]]
+    echoed = states_of(make_writer(store).write(messages))
+    assert [orjson.dumps(m.state.__dict__, default=str) for m in echoed] == [
+        orjson.dumps(m.state.__dict__, default=str) for m in sent
+    ]
+
+
+def test_given_a_commit_that_fails_then_the_state_after_those_records_is_never_acknowledged(
+    tmp_path: Path,
+) -> None:
+    store = CrashingStore(tmp_path / "perly.db")
+    acknowledged: list[AirbyteMessage] = []
+
+    def messages() -> Iterator[AirbyteMessage]:
+        yield record("customers", customer("cus_1"))
+        yield stream_state("customers", 1)
+        yield record("customers", customer("cus_2"))
+        store.armed = True  # the commit that would cover cus_2 fails
+        yield stream_state("customers", 2)
+
+    def run() -> None:
+        for out in make_writer(store).write(messages()):
+            if out.type == Type.STATE:
+                acknowledged.append(out)
+
+    with pytest.raises(sqlite3.OperationalError):
+        run()
+    store.armed = False
+    assert [m.state.stream.stream_state.updated for m in acknowledged] == [1]
+    assert ids(store, "customers") == ["cus_1"]
+    assert store.dirty_customers() == {"cus_1"}  # still pending: health never ran
+    store.close()
+
+
+def test_given_an_older_version_arriving_later_then_the_cursor_decides_not_the_arrival(
+    store: SqliteStore,
+) -> None:
+    messages = [
+        record("customers", customer("cus_1", updated=T0 + 100, name="new")),
+        stream_state("customers", 1),
+        record("customers", customer("cus_1", updated=T0 + 50, name="stale")),
+        record("customers", customer("cus_2", updated=T0, name="a")),
+        record("customers", customer("cus_2", updated=T0, name="b")),
+    ]
+    list(make_writer(store, plans_from_catalog(catalog(configured("customers")))).write(messages))
+    rows = store.query("SELECT id, data FROM stripe_customers ORDER BY id")
+    assert [orjson.loads(r["data"])["name"] for r in rows] == ["new", "b"]
+
+
+def test_given_a_tombstone_then_the_object_is_deleted_and_health_sees_it_gone(store: SqliteStore) -> None:
+    engine = FakeEngine()
+    messages = [
+        record("subscriptions", subscription("sub_1", "cus_1", amount=700)),
+        record("subscriptions", subscription("sub_2", "cus_1", amount=300)),
+        record("subscriptions", tombstone("sub_2", "subscription", T0 + 5, customer="cus_1")),
+    ]
+    list(make_writer(store, engine=engine).write(messages))
+    assert store.query("SELECT id, deleted FROM stripe_subscriptions ORDER BY id") == [
+        {"id": "sub_1", "deleted": 0},
+        {"id": "sub_2", "deleted": 1},
+    ]
+    assert store.query("SELECT mrr FROM perly_customer_health WHERE customer_id = 'cus_1'") == [{"mrr": 700}]
+
+
+def test_given_overwrite_then_the_live_table_keeps_its_rows_until_the_stream_completes(
+    store: SqliteStore,
+) -> None:
+    store.ensure_schema()
+    store.upsert_records("prices", [{"id": "price_old", "updated": 1}])
+    plans = plans_from_catalog(catalog(configured("prices", DestinationSyncMode.overwrite)))
+    live_at_states = []
+    messages = [
+        record("prices", {"id": "price_new_1", "updated": 2}),
+        stream_state("prices", 1),
+        record("prices", {"id": "price_new_2", "updated": 2}),
+        stream_state("prices", 2),
+        status("prices", AirbyteStreamStatus.COMPLETE),
+    ]
+    for out in make_writer(store, plans).write(messages):
+        if out.type == Type.STATE:
+            live_at_states.append(ids(store, "prices"))
+    assert live_at_states == [["price_old"], ["price_old"]]
+    assert ids(store, "prices") == ["price_new_1", "price_new_2"]
+
+
+def test_given_overwrite_and_an_incomplete_stream_then_the_old_table_stays(store: SqliteStore) -> None:
+    store.ensure_schema()
+    store.upsert_records("prices", [{"id": "price_old", "updated": 1}])
+    plans = plans_from_catalog(catalog(configured("prices", DestinationSyncMode.overwrite)))
+    messages = [
+        status("prices", AirbyteStreamStatus.STARTED),
+        record("prices", {"id": "price_new", "updated": 2}),
+        status("prices", AirbyteStreamStatus.INCOMPLETE),
+    ]
+    list(make_writer(store, plans).write(messages))
+    assert ids(store, "prices") == ["price_old"]
+
+
+def test_given_overwrite_without_stream_statuses_then_the_end_of_input_completes_it(
+    store: SqliteStore,
+) -> None:
+    store.ensure_schema()
+    store.upsert_records("products", [{"id": "prod_old", "updated": 1}])
+    plans = plans_from_catalog(catalog(configured("products", DestinationSyncMode.overwrite)))
+    list(make_writer(store, plans).write([record("products", {"id": "prod_new", "updated": 1})]))
+    assert ids(store, "products") == ["prod_new"]
+
+
+def test_given_a_truncate_refresh_then_older_generations_are_replaced_only_at_completion(
+    store: SqliteStore,
+) -> None:
+    store.ensure_schema()
+    store.upsert_records("coupons", [{"id": "co_gen1", "updated": 1}], generation_id=1)
+    plans = plans_from_catalog(catalog(configured("coupons", generation_id=2, minimum_generation_id=2)))
+    during = []
+    messages = [record("coupons", {"id": "co_gen2", "updated": 1}), stream_state("coupons", 1)]
+    for out in make_writer(store, plans).write(messages):
+        if out.type == Type.STATE:
+            during.append(ids(store, "coupons"))
+    assert during == [["co_gen1"]]
+    assert store.query("SELECT id, generation_id FROM stripe_coupons") == [
+        {"id": "co_gen2", "generation_id": 2}
+    ]
+
+
+def test_given_a_refresh_that_retains_then_older_generations_stay(store: SqliteStore) -> None:
+    store.ensure_schema()
+    store.upsert_records("coupons", [{"id": "co_gen1", "updated": 1}], generation_id=1)
+    plans = plans_from_catalog(catalog(configured("coupons", generation_id=2, minimum_generation_id=0)))
+    list(make_writer(store, plans).write([record("coupons", {"id": "co_gen2", "updated": 1})]))
+    assert ids(store, "coupons") == ["co_gen1", "co_gen2"]
+
+
+def test_given_an_unknown_stream_and_new_fields_then_they_are_stored(store: SqliteStore) -> None:
+    plans = plans_from_catalog(catalog(configured("customers")))
+    messages = [
+        record("customers", customer("cus_1", brand_new={"nested": True})),
+        record("payouts", {"id": "po_1", "amount": 5, "updated": 3}),
+    ]
+    list(make_writer(store, plans).write(messages))
+    assert orjson.loads(store.query("SELECT data FROM stripe_customers")[0]["data"])["brand_new"] == {
+        "nested": True
+    }
+    assert ids(store, "payouts") == ["po_1"]
+
+
+def test_given_malformed_records_then_they_are_logged_counted_and_skipped(store: SqliteStore) -> None:
+    writer = make_writer(store)
+    messages = [
+        record("customers", ["not", "an", "object"]),
+        record("customers", {"email": "no-id@x.io"}),
+        record("customers", customer("cus_1")),
+        stream_state("customers", 1),
+    ]
+    output = list(writer.write(messages))
+    errors = [m.log.message for m in output if m.type == Type.LOG and m.log.level == Level.ERROR]
+    assert len(errors) == 2
+    assert all("customers" in e for e in errors)
+    assert writer.stats.malformed == 2
+    assert len(states_of(output)) == 1
+    assert ids(store, "customers") == ["cus_1"]
+
+
+def test_given_small_buffer_bounds_then_buffers_never_grow_past_them(store: SqliteStore) -> None:
+    limits = WriterLimits(max_records_per_stream=5, max_bytes_per_stream=10**9, max_bytes_total=2_000)
+    writer = make_writer(store, limits=limits)
+    largest: dict[str, Any] = {"records": 0, "bytes": 0}
+
+    def messages() -> Iterator[AirbyteMessage]:
+        for n in range(200):
+            stream = ("customers", "invoices", "charges")[n % 3]
+            yield record(
+                stream, {"id": f"obj_{n}", "updated": n, "customer": f"cus_{n % 7}", "pad": "x" * 50}
+            )
+            largest["records"] = max([largest["records"], *(len(b.rows) for b in writer.buffers.values())])
+            largest["bytes"] = max(largest["bytes"], writer.total_bytes)
+
+    list(writer.write(messages()))
+    assert largest["records"] < 5
+    assert largest["bytes"] < 2_000
+    total = sum(len(ids(store, s)) for s in ("customers", "invoices", "charges"))
+    assert total == 200
+
+
+def test_given_a_sync_then_touched_and_time_sensitive_customers_are_recomputed_as_of_the_clock(
+    store: SqliteStore,
+) -> None:
+    store.ensure_schema()
+    store.upsert_records(
+        "invoices", [invoice("in_old", "cus_waiting", status="open")]
+    )  # from an earlier sync
+    store.upsert_records("customers", [customer("cus_quiet")])
+    engine = FakeEngine()
+    messages = [record("subscriptions", subscription("sub_1", "cus_new", amount=2500)), stream_state("x", 1)]
+    list(make_writer(store, engine=engine).write(messages))
+
+    assert {c for c, _ in engine.calls} == {"cus_new", "cus_waiting"}
+    assert {when for _, when in engine.calls} == {AS_OF}
+    rows = store.query(
+        "SELECT customer_id, mrr, payment_risk FROM perly_customer_health ORDER BY customer_id"
+    )
+    assert rows == [
+        {"customer_id": "cus_new", "mrr": 2500, "payment_risk": "none"},
+        {"customer_id": "cus_waiting", "mrr": 0, "payment_risk": "low"},
+    ]
+    assert store.dirty_customers() == set()
+
+
+def test_given_the_engine_fails_for_one_customer_then_the_others_are_saved_and_it_stays_pending(
+    store: SqliteStore,
+) -> None:
+    engine = FakeEngine()
+    engine.fail_for = {"cus_bad"}
+    messages = [record("customers", customer("cus_bad")), record("customers", customer("cus_good"))]
+    writer = make_writer(store, engine=engine)
+    list(writer.write(messages))
+    assert [r["customer_id"] for r in store.query("SELECT customer_id FROM perly_customer_health")] == [
+        "cus_good"
+    ]
+    assert store.dirty_customers() == {"cus_bad"}
+    assert writer.stats.refresh_failures == 1
+
+
+def test_given_a_crash_before_recompute_then_the_next_sync_recomputes_those_customers(
+    store: SqliteStore,
+) -> None:
+    store.ensure_schema()
+    store.upsert_records("subscriptions", [subscription("sub_1", "cus_1", amount=900)])
+    store.mark_dirty(["cus_1"])  # what a sync that died after its commit leaves behind
+    engine = FakeEngine()
+    list(make_writer(store, engine=engine).write([]))
+    assert store.query("SELECT mrr FROM perly_customer_health") == [{"mrr": 900}]
+
+
+def test_given_append_dedup_from_pyairbyte_then_the_latest_version_per_id_is_kept(store: SqliteStore) -> None:
+    plans = plans_from_catalog(catalog(configured("invoices", DestinationSyncMode.append_dedup, 0, 0)))
+    assert not plans["invoices"].staged
+    messages = [
+        record("invoices", invoice("in_1", "cus_1", updated=T0, status="open")),
+        record("invoices", invoice("in_1", "cus_1", updated=T0 + 60, status="paid")),
+        record("invoices", invoice("in_1", "cus_1", updated=T0 + 30, status="open")),
+    ]
+    list(make_writer(store, plans).write(messages))
+    assert store.query("SELECT id, status FROM stripe_invoices") == [{"id": "in_1", "status": "paid"}]
+
+
+def test_given_a_sync_on_either_backend_then_states_staging_dedup_and_health_agree(
+    store_factory: StoreFactory,
+) -> None:
+    store = store_factory.open()
+    store.ensure_schema()
+    store.upsert_records("prices", [{"id": "price_old", "updated": 1}])
+    plans = plans_from_catalog(
+        catalog(configured("prices", DestinationSyncMode.overwrite), configured("subscriptions"))
+    )
+    messages = [
+        record("prices", {"id": "price_new", "updated": 2}),
+        record("subscriptions", subscription("sub_1", "cus_1", updated=T0 + 9, amount=4000)),
+        stream_state("prices", 1),
+        record("subscriptions", subscription("sub_1", "cus_1", updated=T0 + 1, amount=1)),  # stale version
+        record("subscriptions", subscription("sub_2", "cus_2", amount=100)),
+        record("subscriptions", tombstone("sub_2", "subscription", T0 + 3, customer="cus_2")),
+        stream_state("subscriptions", 2),
+        status("prices", AirbyteStreamStatus.COMPLETE),
+    ]
+    seen = []
+    for out in make_writer(store, plans).write(messages):
+        if out.type == Type.STATE:
+            seen.append((ids(store, "prices"), ids(store, "subscriptions")))
+    assert seen == [(["price_old"], []), (["price_old"], ["sub_1", "sub_2"])]
+    assert ids(store, "prices") == ["price_new"]
+    health = store.query("SELECT customer_id, mrr FROM perly_customer_health ORDER BY customer_id")
+    assert health == [{"customer_id": "cus_1", "mrr": 4000}, {"customer_id": "cus_2", "mrr": 0}]
+
+
+def test_given_overwrite_without_statuses_and_a_silent_stream_then_its_table_is_kept(
+    store: SqliteStore,
+) -> None:
+    store.ensure_schema()
+    store.upsert_records("products", [{"id": "prod_old", "updated": 1}])
+    plans = plans_from_catalog(
+        catalog(configured("products", DestinationSyncMode.overwrite), configured("prices"))
+    )
+    list(make_writer(store, plans).write([record("prices", {"id": "price_1", "updated": 1})]))
+    assert ids(store, "products") == ["prod_old"]
+
+
+def test_given_overwrite_and_a_complete_stream_with_no_records_then_the_table_is_emptied(
+    store: SqliteStore,
+) -> None:
+    store.ensure_schema()
+    store.upsert_records("products", [{"id": "prod_old", "updated": 1}])
+    plans = plans_from_catalog(catalog(configured("products", DestinationSyncMode.overwrite)))
+    list(make_writer(store, plans).write([status("products", AirbyteStreamStatus.COMPLETE)]))
+    assert ids(store, "products") == []

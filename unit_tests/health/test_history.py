@@ -1,0 +1,291 @@
+"""MRR movements, plan changes and MRR 30 days ago (contract sections 2, 6 and 7)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from destination_perly.health import TierRule
+from destination_perly.health.model import CustomerEvaluation, MrrSnapshot
+from unit_tests.health.builders import (
+    AS_OF,
+    bundle,
+    days_ago,
+    evaluate,
+    event,
+    invoice,
+    item,
+    paid_invoice,
+    price,
+    products_named,
+    subscription,
+)
+from destination_perly.health.values import to_time
+
+BASIC = price("price_basic", amount=1000, product="prod_basic")
+PRO = price("price_pro", amount=3000, product="prod_pro")
+PRO_YEARLY = price("price_pro_y", amount=30000, interval="year", product="prod_pro")
+PRODUCTS = products_named({"prod_basic": "Basic", "prod_pro": "Pro"})
+
+
+def kinds(evaluation: CustomerEvaluation) -> list[tuple[str, str | None, int, int]]:
+    return [(m.kind, m.churn_type, m.mrr_before, m.mrr_after) for m in evaluation.movements]
+
+
+def plan_kinds(evaluation: CustomerEvaluation) -> list[tuple[str, str | None, str | None]]:
+    return [(c.kind, c.from_plan, c.to_plan) for c in evaluation.plan_changes]
+
+
+def changed(sub: dict[str, Any], at_days: float, previous: dict[str, Any], event_id: str = "evt_1") -> dict[str, Any]:
+    return event(event_id, days_ago(at_days), sub, previous=previous)
+
+
+def test_given_plain_active_subscription_when_building_history_then_one_new_movement_at_start() -> None:
+    # started 400 days ago at 1000 -> new 0 -> 1000 then nothing; 30 days ago also 1000
+    evaluation = evaluate(bundle([subscription(item(BASIC))], products=PRODUCTS))
+    assert kinds(evaluation) == [("new", None, 0, 1000)]
+    assert evaluation.movements[0].at == to_time(days_ago(400))
+    assert (evaluation.health.mrr_30d_ago, evaluation.health.mrr_change_30d) == (1000, 0)
+
+
+def test_given_upgrade_event_10_days_ago_when_building_history_then_expansion_and_upgrade() -> None:
+    # items were Basic 1000, now Pro 3000 -> expansion +2000; 30 days ago 1000
+    now = subscription(item(PRO))
+    before_items = {"data": [item(BASIC)]}
+    evaluation = evaluate(bundle([now], events=[changed(now, 10, {"items": before_items})], products=PRODUCTS))
+    assert kinds(evaluation) == [("new", None, 0, 1000), ("expansion", None, 1000, 3000)]
+    assert evaluation.movements[1].cause == "evt_1"
+    assert plan_kinds(evaluation) == [("upgrade", "price_basic", "price_pro")]
+    health = evaluation.health
+    assert (health.mrr_30d_ago, health.mrr_change_30d, health.flag_downgrade) == (1000, 2000, False)
+
+
+def test_given_downgrade_event_when_building_history_then_contraction_downgrade_and_both_flags() -> None:
+    # Pro 3000 -> Basic 1000, 10 days ago: contraction -2000, downgrade, MRR below 30 days ago
+    now = subscription(item(BASIC))
+    evaluation = evaluate(bundle([now], events=[changed(now, 10, {"items": {"data": [item(PRO)]}})], products=PRODUCTS))
+    assert kinds(evaluation)[-1] == ("contraction", None, 3000, 1000)
+    assert plan_kinds(evaluation) == [("downgrade", "price_pro", "price_basic")]
+    health = evaluation.health
+    assert (health.flag_downgrade, health.flag_mrr_contraction, health.mrr_30d_ago) == (True, True, 3000)
+    assert any("Downgraded from Pro to Basic" in reason for reason in health.risk_reasons)
+
+
+DOWNGRADE_WINDOW = [
+    pytest.param(89, True, id="89-days-ago-flagged"),
+    pytest.param(91, False, id="91-days-ago-not-flagged"),
+]
+
+
+@pytest.mark.parametrize(("days", "expected"), DOWNGRADE_WINDOW)
+def test_given_downgrade_some_days_ago_when_flagging_then_only_last_90_days_count(days: int, expected: bool) -> None:
+    now = subscription(item(BASIC))
+    found = bundle([now], events=[changed(now, days, {"items": {"data": [item(PRO)]}})], products=PRODUCTS)
+    assert evaluate(found).health.flag_downgrade is expected
+
+
+def test_given_fewer_seats_when_building_history_then_contraction_but_no_downgrade() -> None:
+    # 5 seats x 1000 -> 3 seats: 5000 -> 3000 contraction; same plan: no plan change
+    now = subscription(item(BASIC, 3))
+    evaluation = evaluate(bundle([now], events=[changed(now, 5, {"items": {"data": [item(BASIC, 5)]}})]))
+    assert kinds(evaluation)[-1] == ("contraction", None, 5000, 3000)
+    assert evaluation.plan_changes == []
+    assert evaluation.health.flag_downgrade is False
+
+
+def test_given_same_plan_on_yearly_interval_when_building_history_then_no_downgrade() -> None:
+    # Pro monthly 3000 -> Pro yearly 30000 (2500/month): contraction 500, but the same plan: no downgrade
+    now = subscription(item(PRO_YEARLY))
+    evaluation = evaluate(
+        bundle([now], events=[changed(now, 5, {"items": {"data": [item(PRO)]}})], products=PRODUCTS)
+    )
+    assert kinds(evaluation)[-1] == ("contraction", None, 3000, 2500)
+    assert evaluation.plan_changes == []
+
+
+def test_given_tier_map_when_ranks_disagree_with_price_then_map_rank_decides() -> None:
+    # map: Basic rank 5, Pro rank 1 -> moving Basic -> Pro is a downgrade even though it costs more
+    tiers = (TierRule("price_basic", "Gold", 5), TierRule("prod_pro", "Bronze", 1))
+    now = subscription(item(PRO))
+    found = bundle([now], events=[changed(now, 5, {"items": {"data": [item(BASIC)]}})], products=PRODUCTS)
+    evaluation = evaluate(found, tiers=tiers)
+    assert [(c.kind, c.from_tier, c.to_tier) for c in evaluation.plan_changes] == [("downgrade", "Gold", "Bronze")]
+    assert evaluation.health.plan_tier == "Bronze"
+
+
+CHURN = [
+    # customer asked to cancel -> voluntary
+    pytest.param({"cancellation_details": {"reason": "cancellation_requested"}}, "voluntary", id="voluntary"),
+    pytest.param({"cancellation_details": {"reason": "payment_failed"}}, "involuntary", id="payment-failed"),
+    pytest.param({"cancellation_details": {"reason": "payment_disputed"}}, "involuntary", id="payment-disputed"),
+    pytest.param({"cancellation_details": {"reason": None}}, "unknown", id="no-reason"),
+]
+
+
+@pytest.mark.parametrize(("fields", "churn_type"), CHURN)
+def test_given_canceled_subscription_when_building_history_then_churn_type_follows_the_reason(
+    fields: dict[str, Any], churn_type: str
+) -> None:
+    sub = subscription(status="canceled", ended_at=days_ago(20), canceled_at=days_ago(20), **fields)
+    evaluation = evaluate(bundle([sub]))
+    assert kinds(evaluation) == [("new", None, 0, 1000), ("churn", churn_type, 1000, 0)]
+    assert evaluation.movements[1].at == to_time(days_ago(20))
+    assert plan_kinds(evaluation) == [("cancellation", "price_basic", None)]
+    assert (evaluation.health.mrr, evaluation.health.mrr_30d_ago, evaluation.health.flag_mrr_contraction) == (
+        0,
+        1000,
+        True,
+    )
+
+
+def test_given_subscription_became_unpaid_by_event_when_building_history_then_involuntary_churn() -> None:
+    now = subscription(status="unpaid")
+    evaluation = evaluate(bundle([now], events=[changed(now, 3, {"status": "past_due"})]))
+    assert kinds(evaluation)[-1] == ("churn", "involuntary", 1000, 0)
+    assert evaluation.movements[-1].at == to_time(days_ago(3))
+
+
+def test_given_past_due_beyond_30_days_when_building_history_then_delinquent_churn_is_involuntary() -> None:
+    # invoice due 40 days ago: delinquent from day 31 -> churn 9 days ago
+    sub = subscription(status="past_due")
+    evaluation = evaluate(bundle([sub], [invoice(due_date=days_ago(40), finalized_at=days_ago(45))]))
+    assert kinds(evaluation)[-1] == ("churn", "involuntary", 1000, 0)
+    assert evaluation.movements[-1].at == to_time(days_ago(40)) + timedelta(days=31)
+
+
+def test_given_past_due_back_to_active_when_building_history_then_no_movement() -> None:
+    now = subscription(status="active")
+    evaluation = evaluate(bundle([now], events=[changed(now, 3, {"status": "past_due"})]))
+    assert kinds(evaluation) == [("new", None, 0, 1000)]
+
+
+def test_given_trial_converted_when_building_history_then_trial_start_is_no_movement_and_conversion_is_new() -> None:
+    sub = subscription(start=days_ago(40), trial_start=days_ago(40), trial_end=days_ago(26))
+    evaluation = evaluate(bundle([sub]))
+    assert kinds(evaluation) == [("new", None, 0, 1000)]
+    assert evaluation.movements[0].at == to_time(days_ago(26))
+    assert plan_kinds(evaluation) == [("trial_conversion", "price_basic", "price_basic")]
+    assert evaluation.health.trial_converted_at == to_time(days_ago(26))
+    # 30 days ago it was still trialing: MRR 0 then
+    assert evaluation.health.mrr_30d_ago == 0
+
+
+def test_given_trial_in_progress_when_building_history_then_no_movement() -> None:
+    sub = subscription(status="trialing", start=days_ago(5), trial_start=days_ago(5), trial_end=days_ago(-9))
+    evaluation = evaluate(bundle([sub]))
+    assert (evaluation.movements, evaluation.plan_changes) == ([], [])
+
+
+def test_given_new_subscription_after_churn_when_building_history_then_reactivation() -> None:
+    old = subscription(sub_id="sub_old", status="canceled", ended_at=days_ago(100), start=days_ago(300),
+                       cancellation_details={"reason": "cancellation_requested"})
+    new = subscription(item(PRO), sub_id="sub_new", start=days_ago(20))
+    evaluation = evaluate(bundle([old, new], products=PRODUCTS))
+    assert kinds(evaluation) == [
+        ("new", None, 0, 1000),
+        ("churn", "voluntary", 1000, 0),
+        ("reactivation", None, 0, 3000),
+    ]
+    assert ("reactivation", None, "price_pro") in plan_kinds(evaluation)
+
+
+def test_given_swap_within_an_hour_when_building_history_then_one_grouped_movement() -> None:
+    # Basic canceled and Pro started 20 minutes apart: one expansion 1000 -> 3000, not churn + reactivation
+    old = subscription(sub_id="sub_old", status="canceled", ended_at=days_ago(10), start=days_ago(300))
+    new = subscription(item(PRO), sub_id="sub_new", start=days_ago(10) + 1200)
+    evaluation = evaluate(bundle([old, new], products=PRODUCTS))
+    assert kinds(evaluation) == [("new", None, 0, 1000), ("expansion", None, 1000, 3000)]
+
+
+def test_given_swap_two_hours_apart_when_building_history_then_churn_then_reactivation() -> None:
+    old = subscription(sub_id="sub_old", status="canceled", ended_at=days_ago(10), start=days_ago(300))
+    new = subscription(item(PRO), sub_id="sub_new", start=days_ago(10) + 7200)
+    evaluation = evaluate(bundle([old, new], products=PRODUCTS))
+    assert [kind for kind, *_ in kinds(evaluation)] == ["new", "churn", "reactivation"]
+
+
+def test_given_past_invoices_show_a_bigger_plan_when_first_sync_then_the_earlier_shrink_is_seen() -> None:
+    # paid monthly Pro (3000) invoices until 60 days ago, then Basic (1000): contraction at that period start
+    month = 30 * 86400
+    start = days_ago(150)
+    invoices = [
+        paid_invoice(f"in_{index}", start + index * month, start + (index + 1) * month, "price_pro", 3000)
+        for index in range(3)
+    ] + [
+        paid_invoice(f"in_{index}", start + index * month, start + (index + 1) * month, "price_basic", 1000)
+        for index in range(3, 5)
+    ]
+    sub = subscription(item(BASIC), start=start)
+    evaluation = evaluate(bundle([sub], invoices, prices=[BASIC, PRO], products=PRODUCTS))
+    assert kinds(evaluation) == [("new", None, 0, 3000), ("contraction", None, 3000, 1000)]
+    assert evaluation.movements[1].at == to_time(start + 3 * month)
+    assert evaluation.movements[1].cause == "in_3"  # the first invoice billed at the new price
+    assert plan_kinds(evaluation) == [("downgrade", "price_pro", "price_basic")]
+
+
+def test_given_invoices_with_same_plan_when_first_sync_then_no_spurious_movement() -> None:
+    month = 30 * 86400
+    start = days_ago(150)
+    invoices = [
+        paid_invoice(f"in_{index}", start + index * month, start + (index + 1) * month, "price_basic", 1000)
+        for index in range(5)
+    ]
+    evaluation = evaluate(bundle([subscription(item(BASIC), start=start)], invoices, prices=[BASIC]))
+    assert kinds(evaluation) == [("new", None, 0, 1000)]
+
+
+def test_given_snapshot_40_days_ago_higher_when_no_events_then_contraction_dated_now() -> None:
+    # observed 5000 forty days ago, 1000 now: MRR 30 days ago is 5000; contraction flagged
+    snapshots = [MrrSnapshot(AS_OF - timedelta(days=40), {"usd": 5000}, "sync_1")]
+    evaluation = evaluate(bundle([subscription(item(BASIC))], snapshots=snapshots))
+    health = evaluation.health
+    assert (health.mrr_30d_ago, health.mrr_change_30d, health.flag_mrr_contraction) == (5000, -4000, True)
+    assert kinds(evaluation)[-1] == ("contraction", None, 5000, 1000)
+    assert evaluation.movements[-1].at == AS_OF
+
+
+def test_given_snapshots_and_an_event_between_when_building_history_then_movement_dated_by_the_event() -> None:
+    snapshots = [
+        MrrSnapshot(AS_OF - timedelta(days=20), {"usd": 3000}, "sync_1"),
+        MrrSnapshot(AS_OF - timedelta(days=2), {"usd": 1000}, "sync_2"),
+    ]
+    now = subscription(item(BASIC))
+    found = bundle([now], events=[changed(now, 10, {"items": {"data": [item(PRO)]}})], snapshots=snapshots)
+    evaluation = evaluate(found)
+    assert kinds(evaluation)[-1] == ("contraction", None, 3000, 1000)
+    assert evaluation.movements[-1].at == to_time(days_ago(10))
+
+
+def test_given_events_out_of_order_when_evaluating_twice_then_output_is_identical() -> None:
+    now = subscription(item(PRO))
+    events = [changed(now, 10, {"items": {"data": [item(BASIC)]}}, "evt_a"), changed(now, 5, {"quantity": 1}, "evt_b")]
+    first = evaluate(bundle([now], events=events))
+    second = evaluate(bundle([now], events=list(reversed(events))))
+    assert first == second
+
+
+def test_given_event_after_as_of_when_building_history_then_it_is_ignored() -> None:
+    now = subscription(item(PRO))
+    evaluation = evaluate(bundle([now], events=[changed(now, -1, {"items": {"data": [item(BASIC)]}})]))
+    assert kinds(evaluation) == [("new", None, 0, 3000)]
+
+
+def test_given_subscription_created_event_when_building_history_then_nothing_before_it() -> None:
+    now = subscription(item(PRO), start=days_ago(400))
+    created = event("evt_c", days_ago(8), now, event_type="customer.subscription.created")
+    evaluation = evaluate(bundle([now], events=[created]))
+    assert kinds(evaluation) == [("new", None, 0, 3000)]
+    assert evaluation.movements[0].at == to_time(days_ago(8))
+
+
+def test_given_two_currencies_when_one_churns_then_movements_are_per_currency() -> None:
+    eur = price("price_eur", amount=2000, currency="eur")
+    usd_sub = subscription(item(BASIC), sub_id="sub_usd")
+    eur_sub = subscription(item(eur), sub_id="sub_eur", status="canceled", ended_at=days_ago(5))
+    evaluation = evaluate(bundle([usd_sub, eur_sub]))
+    churn = [m for m in evaluation.movements if m.kind == "churn"]
+    assert [(m.currency, m.mrr_before, m.mrr_after) for m in churn] == [("eur", 2000, 0)]
+    # the usd MRR did not change: no contraction in the main currency
+    assert evaluation.health.flag_mrr_contraction is False

@@ -1,0 +1,564 @@
+"""Whole syncs of the source against an in-memory Stripe (requests-mock): backfill windows, state and
+resume, events replay, deletions, the 30-day fallback, permissions and errors, GET-only."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from airbyte_cdk.models import AirbyteStateMessage, AirbyteStreamStatus, FailureType, SyncMode
+from airbyte_cdk.test.catalog_builder import CatalogBuilder, ConfiguredAirbyteStreamBuilder
+from airbyte_cdk.test.entrypoint_wrapper import EntrypointOutput, read
+from airbyte_cdk.test.state_builder import StateBuilder
+
+from source_perly_stripe.client import API_VERSION, StripeClient
+from source_perly_stripe.reader import EVENTS_OVERLAP
+from source_perly_stripe.source import SourcePerlyStripe
+from source_perly_stripe.windows import DAY
+
+from .builders import DEFAULT_NOW, TEST_RESTRICTED_KEY, ConfigBuilder
+from .fake_stripe import FakeStripe
+
+NOW = DEFAULT_NOW
+
+
+def make_source(fake: FakeStripe) -> SourcePerlyStripe:
+    def factory(config: Any) -> StripeClient:
+        return StripeClient(
+            config["api_key"],
+            max_requests_per_second=10_000,
+            max_retries=2,
+            clock=lambda: fake.now,
+            sleep=lambda _: None,
+        )
+
+    return SourcePerlyStripe(client_factory=factory)
+
+
+def catalog(*names: str, mode: SyncMode = SyncMode.incremental) -> Any:
+    builder = CatalogBuilder()
+    for name in names:
+        builder.with_stream(ConfiguredAirbyteStreamBuilder().with_name(name).with_sync_mode(mode))
+    return builder.build()
+
+
+def sync(
+    fake: FakeStripe,
+    *names: str,
+    state: list[AirbyteStateMessage] | None = None,
+    config: dict[str, Any] | None = None,
+    expecting_exception: bool = False,
+    mode: SyncMode = SyncMode.incremental,
+) -> EntrypointOutput:
+    with fake.serving():
+        return read(
+            make_source(fake),
+            config or ConfigBuilder().build(),
+            catalog(*names, mode=mode),
+            state,
+            expecting_exception=expecting_exception,
+        )
+
+
+def records(output: EntrypointOutput, stream: str) -> list[dict[str, Any]]:
+    return [m.record.data for m in output.records if m.record.stream == stream]
+
+
+def final_states(output: EntrypointOutput) -> list[AirbyteStateMessage]:
+    """The last STATE of each stream, as the platform would hand them to the next sync."""
+    last: dict[str, AirbyteStateMessage] = {}
+    for message in output.state_messages:
+        last[message.state.stream.stream_descriptor.name] = message.state
+    return list(last.values())
+
+
+def state_blob(output: EntrypointOutput, stream: str) -> dict[str, Any]:
+    for state in reversed(final_states(output)):
+        if state.stream.stream_descriptor.name == stream:
+            return dict(state.stream.stream_state.__dict__)
+    raise AssertionError(f"no state for {stream}")
+
+
+def statuses(output: EntrypointOutput, stream: str) -> list[AirbyteStreamStatus]:
+    return [
+        m.trace.stream_status.status
+        for m in output.trace_messages
+        if m.trace.stream_status and m.trace.stream_status.stream_descriptor.name == stream
+    ]
+
+
+def query_of(request: Any) -> dict[str, list[str]]:
+    return parse_qs(urlparse(request.url).query)
+
+
+def seed_customers(fake: FakeStripe, count: int, start: int, step: int) -> list[dict[str, Any]]:
+    return [fake.add("customers", start + i * step, email=f"c{i}@example.com") for i in range(count)]
+
+
+# ------------------------------------------------------------------------------------------- backfill
+
+
+def test_given_two_pages_when_read_then_emit_all_records() -> None:
+    fake = FakeStripe()
+    seeded = seed_customers(fake, 150, NOW - 10 * DAY, 60)
+
+    output = sync(fake, "customers", config=ConfigBuilder().with_start_date("2026-10-01T00:00:00Z").build())
+
+    assert sorted(r["id"] for r in records(output, "customers")) == sorted(c["id"] for c in seeded)
+    assert statuses(output, "customers") == [
+        AirbyteStreamStatus.STARTED,
+        AirbyteStreamStatus.RUNNING,
+        AirbyteStreamStatus.COMPLETE,
+    ]
+
+
+def test_given_records_on_window_edges_when_read_then_each_record_emitted_exactly_once() -> None:
+    fake = FakeStripe()
+    # Many records share each second: any window edge falls on a second that holds records.
+    seeded = [fake.add("customers", NOW - 5 * DAY + (i // 7) * 97) for i in range(2_000)]
+
+    output = sync(fake, "customers")
+
+    emitted = Counter(r["id"] for r in records(output, "customers"))
+    assert set(emitted) == {c["id"] for c in seeded}
+    assert max(emitted.values()) == 1
+    windows = {
+        (q["created[gte]"][0], q["created[lt]"][0])
+        for q in map(query_of, fake.requests)
+        if "created[gte]" in q
+    }
+    assert len(windows) > 8, "a dense range is cut into more windows than the first cut"
+
+
+def test_given_dense_data_when_read_then_pages_are_mostly_full() -> None:
+    fake = FakeStripe()
+    seed_customers(fake, 3_000, NOW - 20 * DAY, 300)
+
+    output = sync(fake, "customers")
+
+    list_requests = [r for r in fake.requests if urlparse(r.url).path == "/v1/customers"]
+    assert len(records(output, "customers")) == 3_000
+    # 30 full pages are the minimum; the window cuts may add a partial page per window.
+    assert len(list_requests) <= 30 + 24
+
+
+def test_given_start_date_when_read_then_older_objects_are_not_read() -> None:
+    fake = FakeStripe()
+    fake.add("customers", NOW - 400 * DAY, object_id="cus_old")
+    fake.add("customers", NOW - 10 * DAY, object_id="cus_new")
+
+    output = sync(fake, "customers", config=ConfigBuilder().with_start_date("2026-01-01T00:00:00Z").build())
+
+    assert [r["id"] for r in records(output, "customers")] == ["cus_new"]
+
+
+def test_given_backfill_when_read_then_every_record_carries_server_time_and_state_ends_at_sync_start() -> (
+    None
+):
+    fake = FakeStripe()
+    seed_customers(fake, 30, NOW - 3 * DAY, 600)
+
+    output = sync(fake, "customers")
+
+    assert {r["updated"] for r in records(output, "customers")} == {NOW}
+    assert state_blob(output, "customers")["updated"] == NOW
+
+
+def test_given_backfill_when_read_then_no_state_precedes_the_records_it_covers() -> None:
+    fake = FakeStripe()
+    seed_customers(fake, 1_500, NOW - 300 * DAY, 17_000)
+
+    output = sync(fake, "customers")
+
+    seen: set[str] = set()
+    for message in output.records_and_state_messages:
+        if message.record is not None:
+            seen.add(message.record.data["id"])
+            continue
+        blob = message.state.stream.stream_state.__dict__
+        covered = blob["backfill"]["done"] if "backfill" in blob else [[0, blob["updated"] + 1]]
+        for obj in fake.objects["customers"].values():
+            if any(a <= obj["created"] < b for a, b in covered):
+                assert obj["id"] in seen, "state claims a window whose records were not emitted yet"
+
+
+def test_given_interrupted_backfill_when_read_then_completed_windows_are_not_read_again() -> None:
+    fake = FakeStripe()
+    old = seed_customers(fake, 50, NOW - 200 * DAY, 600)
+    recent = seed_customers(fake, 50, NOW - 20 * DAY, 600)
+    lower = NOW - 365 * DAY
+    middle = NOW - 100 * DAY
+    state = (
+        StateBuilder()
+        .with_stream_state(
+            "customers",
+            {"backfill": {"lower": lower, "upper": NOW + 1, "done": [[lower, middle]], "requests": 3}},
+        )
+        .build()
+    )
+
+    output = sync(fake, "customers", state=state)
+
+    assert sorted(r["id"] for r in records(output, "customers")) == sorted(c["id"] for c in recent)
+    assert all(
+        int(q["created[gte]"][0]) >= middle for q in map(query_of, fake.requests) if "created[gte]" in q
+    )
+    assert state_blob(output, "customers")["updated"] == NOW
+    assert old  # the old ones exist in the account; the resumed sync rightly skipped their window
+
+
+def test_given_backfill_interrupted_by_errors_when_resumed_then_all_records_and_done_windows_not_reread() -> (
+    None
+):
+    fake = FakeStripe()
+    seeded = seed_customers(fake, 3_000, NOW - 400 * DAY, 11_000)
+    middle = NOW - 200 * DAY
+    # Every window that ends before `middle` keeps failing: the first sync cannot finish them.
+    fake.fail(
+        r"^/v1/customers$", 503, times=10_000, only_if=lambda q: int(q.get("created[lt]", ["0"])[0]) <= middle
+    )
+
+    first = sync(fake, "customers", expecting_exception=True)
+    fake.faults.clear()
+    done = state_blob(first, "customers")["backfill"]["done"]
+    fake.requests.clear()
+    second = sync(fake, "customers", state=final_states(first))
+
+    assert statuses(first, "customers")[-1] == AirbyteStreamStatus.INCOMPLETE
+    assert done, "the windows finished before the failure are kept in the state"
+    emitted = {r["id"] for r in records(first, "customers")} | {r["id"] for r in records(second, "customers")}
+    assert emitted == {c["id"] for c in seeded}
+    for query in map(query_of, fake.requests):
+        if "created[gte]" in query:
+            low, high = int(query["created[gte]"][0]), int(query["created[lt]"][0])
+            assert not any(a <= low and high <= b for a, b in done), "a finished window was read again"
+    final = state_blob(second, "customers")
+    assert final["updated"] == NOW
+    assert "backfill" not in final, "the backfill is over: the next sync replays events"
+
+
+def test_given_cursor_deleted_while_paging_when_read_then_no_record_is_lost() -> None:
+    fake = FakeStripe()
+    seeded = seed_customers(fake, 250, NOW - 2 * DAY, 60)
+    # The first page ends with seeded[150]; it disappears before the second page is asked for.
+    fake.fail(r"^/v1/customers$", 404, times=0)
+    original = fake._respond
+    victim = seeded[150]["id"]
+
+    def respond(request: Any, context: Any) -> Any:
+        if query_of(request).get("starting_after") == [victim]:
+            fake.objects["customers"].pop(victim, None)
+        return original(request, context)
+
+    fake._respond = respond  # type: ignore[method-assign]
+
+    output = sync(fake, "customers")
+
+    emitted = {r["id"] for r in records(output, "customers")}
+    assert emitted >= {c["id"] for c in seeded} - {victim}
+
+
+def test_given_subscription_with_30_items_and_invoice_with_25_lines_when_read_then_lists_are_complete() -> (
+    None
+):
+    fake = FakeStripe()
+    items = [{"id": f"si_{i:03d}", "object": "subscription_item", "created": NOW - DAY} for i in range(30)]
+    fake.add(
+        "subscriptions",
+        NOW - DAY,
+        object_id="sub_big",
+        status="active",
+        items={"object": "list", "data": items},
+    )
+    fake.add(
+        "subscriptions",
+        NOW - DAY,
+        object_id="sub_old",
+        status="canceled",
+        items={"object": "list", "data": []},
+    )
+    lines = [{"id": f"il_{i:03d}", "object": "line_item"} for i in range(25)]
+    fake.add("invoices", NOW - DAY, object_id="in_big", lines={"object": "list", "data": lines})
+
+    output = sync(fake, "subscriptions", "invoices")
+
+    subs = {r["id"]: r for r in records(output, "subscriptions")}
+    assert set(subs) == {"sub_big", "sub_old"}, "canceled subscriptions are synced too (status=all)"
+    assert sorted(i["id"] for i in subs["sub_big"]["items"]["data"]) == [i["id"] for i in items]
+    assert subs["sub_big"]["items"]["has_more"] is False
+    (invoice,) = records(output, "invoices")
+    assert sorted(line["id"] for line in invoice["lines"]["data"]) == [line["id"] for line in lines]
+    sub_lists = [query_of(r) for r in fake.requests if urlparse(r.url).path == "/v1/subscriptions"]
+    assert all(q.get("status") == ["all"] and q.get("expand[]") == ["data.discounts"] for q in sub_lists)
+
+
+# ------------------------------------------------------------------------------------- events replay
+
+
+def events_mode_state(stream: str, cursor: int) -> list[AirbyteStateMessage]:
+    return StateBuilder().with_stream_state(stream, {"updated": cursor}).build()
+
+
+def test_given_many_events_about_one_object_when_read_then_it_is_fetched_once_in_its_current_version() -> (
+    None
+):
+    fake = FakeStripe()
+    cursor = NOW - DAY
+    sub = fake.add("subscriptions", NOW - 90 * DAY, object_id="sub_1", status="active", items={"data": []})
+    for minutes, status in ((10, "active"), (20, "past_due"), (30, "past_due")):
+        fake.add_event("customer.subscription.updated", {**sub, "status": status}, cursor + minutes * 60)
+    sub["status"] = "past_due"
+    fake.add("subscriptions", NOW - 90 * DAY, object_id="sub_untouched", status="active")
+
+    output = sync(fake, "subscriptions", state=events_mode_state("subscriptions", cursor))
+
+    (record,) = records(output, "subscriptions")
+    assert record["id"] == "sub_1"
+    assert record["status"] == "past_due"
+    assert record["updated"] == NOW
+    assert fake.paths().count("/v1/subscriptions/sub_1") == 1
+    assert "/v1/subscriptions" not in fake.paths(), "no list read: changes come from events"
+    assert state_blob(output, "subscriptions")["updated"] == NOW
+
+
+def test_given_events_when_read_then_events_are_asked_from_just_before_the_cursor_with_billing_types() -> (
+    None
+):
+    fake = FakeStripe()
+    cursor = NOW - DAY
+
+    sync(fake, "invoices", state=events_mode_state("invoices", cursor))
+
+    event_queries = [query_of(r) for r in fake.requests if urlparse(r.url).path == "/v1/events"]
+    listed = [q for q in event_queries if "types[]" in q]
+    assert listed
+    assert min(int(q["created[gte]"][0]) for q in listed) == cursor - EVENTS_OVERLAP
+    assert all(len(q["types[]"]) <= 20 for q in listed)
+    assert "invoice.paid" in listed[0]["types[]"]
+
+
+def test_given_deleted_customer_event_when_read_then_tombstone_without_a_fetch() -> None:
+    fake = FakeStripe()
+    cursor = NOW - DAY
+    customer = fake.add("customers", NOW - 50 * DAY, object_id="cus_gone")
+    fake.add_event("customer.deleted", customer, cursor + 100)
+    fake.delete("customers", "cus_gone")
+
+    output = sync(fake, "customers", state=events_mode_state("customers", cursor))
+
+    assert records(output, "customers") == [
+        {"id": "cus_gone", "object": "customer", "deleted": True, "updated": cursor + 100}
+    ]
+    assert "/v1/customers/cus_gone" not in fake.paths()
+
+
+def test_given_changed_object_that_no_longer_exists_when_read_then_tombstone() -> None:
+    fake = FakeStripe()
+    cursor = NOW - DAY
+    invoice = fake.add("invoices", NOW - 5 * DAY, object_id="in_draft", customer="cus_9")
+    fake.add_event("invoice.updated", invoice, cursor + 60)
+    fake.delete("invoices", "in_draft")
+
+    output = sync(fake, "invoices", state=events_mode_state("invoices", cursor))
+
+    assert records(output, "invoices") == [
+        {"id": "in_draft", "object": "invoice", "deleted": True, "customer": "cus_9", "updated": NOW}
+    ]
+
+
+def test_given_dispute_event_when_read_then_its_charge_is_refetched() -> None:
+    fake = FakeStripe()
+    cursor = NOW - DAY
+    fake.add("charges", NOW - 9 * DAY, object_id="ch_1", disputed=True)
+    dispute = {"id": "dp_1", "object": "dispute", "charge": "ch_1", "created": cursor + 5}
+    fake.add_event("charge.dispute.created", dispute, cursor + 5)
+
+    output = sync(fake, "charges", state=events_mode_state("charges", cursor))
+
+    assert [(r["id"], r["disputed"]) for r in records(output, "charges")] == [("ch_1", True)]
+
+
+def test_given_events_stream_when_read_then_billing_events_emitted_with_created_cursor() -> None:
+    fake = FakeStripe()
+    customer = fake.add("customers", NOW - 3 * DAY)
+    created = fake.add_event("customer.created", customer, NOW - 3 * DAY)
+    fake.add("events", NOW - DAY, type="account.updated", data={"object": {"id": "acct_1"}})
+
+    output = sync(fake, "events")
+
+    assert [r["id"] for r in records(output, "events")] == [created["id"]]
+    assert state_blob(output, "events") == {"created": NOW}
+
+
+def test_given_cursor_older_than_event_retention_when_read_then_full_reread_with_warning() -> None:
+    fake = FakeStripe()
+    seeded = seed_customers(fake, 40, NOW - 300 * DAY, 5 * DAY)
+
+    output = sync(fake, "customers", state=events_mode_state("customers", NOW - 45 * DAY))
+
+    assert sorted(r["id"] for r in records(output, "customers")) == sorted(c["id"] for c in seeded)
+    assert output.is_in_logs("30 days")
+    warnings = [m.log.message for m in output.logs if m.log.level.value == "WARN"]
+    assert any("customers" in w and "in full" in w for w in warnings)
+
+
+# ----------------------------------------------------------------------------- permissions and errors
+
+
+def test_given_restricted_key_without_events_when_read_then_streams_reread_in_full_and_log_the_cost() -> None:
+    fake = FakeStripe()
+    seeded = seed_customers(fake, 20, NOW - 100 * DAY, DAY)
+    state = (
+        StateBuilder()
+        .with_stream_state("customers", {"updated": NOW - DAY, "full_read_requests": 42})
+        .build()
+    )
+
+    output = sync(
+        fake, "customers", state=state, config=ConfigBuilder().with_api_key(TEST_RESTRICTED_KEY).build()
+    )
+
+    assert sorted(r["id"] for r in records(output, "customers")) == sorted(c["id"] for c in seeded)
+    assert output.is_in_logs("rak_event_read")
+    assert output.is_in_logs("42 requests")
+    assert statuses(output, "customers")[-1] == AirbyteStreamStatus.COMPLETE
+
+
+def test_given_restricted_key_lacking_a_permission_when_read_then_stream_named_once_and_others_complete() -> (
+    None
+):
+    fake = FakeStripe()
+    seed_customers(fake, 5, NOW - 10 * DAY, DAY)
+    fake.add("prices", NOW - 10 * DAY)
+
+    output = sync(
+        fake, "customers", "prices", config=ConfigBuilder().with_api_key(TEST_RESTRICTED_KEY).build()
+    )
+
+    assert len(records(output, "customers")) == 5
+    assert statuses(output, "customers")[-1] == AirbyteStreamStatus.COMPLETE
+    assert statuses(output, "prices")[-1] == AirbyteStreamStatus.INCOMPLETE
+    named = [m.log.message for m in output.logs if "rak_plan_read" in m.log.message]
+    assert len(named) == 1
+    assert "prices" in named[0]
+    assert not output.errors, "a stream the key cannot read does not fail the sync"
+
+
+def test_given_invalid_key_when_read_then_config_error() -> None:
+    fake = FakeStripe()
+
+    output = sync(
+        fake,
+        "customers",
+        config=ConfigBuilder().with_api_key("sk_test_notKnownToStripe123").build(),
+        expecting_exception=True,
+    )
+
+    assert output.errors[-1].trace.error.failure_type == FailureType.config_error
+    assert "sk_test_notKnownToStripe123" not in output.errors[-1].trace.error.message
+
+
+def test_given_rate_limited_then_ok_when_read_then_all_records_after_retry() -> None:
+    fake = FakeStripe()
+    seeded = seed_customers(fake, 10, NOW - DAY, 60)
+    fake.fail(r"^/v1/customers$", 429, times=2, headers={"Retry-After": "0"})
+
+    output = sync(fake, "customers")
+
+    assert len(records(output, "customers")) == len(seeded)
+    assert not output.errors
+
+
+def test_given_server_errors_beyond_retries_when_read_then_stream_incomplete_and_transient_error() -> None:
+    fake = FakeStripe()
+    seed_customers(fake, 10, NOW - DAY, 60)
+    fake.add("products", NOW - DAY)
+    fake.fail(r"^/v1/customers$", 503, times=1_000)
+
+    output = sync(fake, "customers", "products", expecting_exception=True)
+
+    assert statuses(output, "customers")[-1] == AirbyteStreamStatus.INCOMPLETE
+    assert statuses(output, "products")[-1] == AirbyteStreamStatus.COMPLETE
+    assert output.errors[-1].trace.error.failure_type == FailureType.transient_error
+    assert "customers" in output.errors[-1].trace.error.message
+
+
+def test_given_unknown_stream_in_catalog_when_read_then_config_error() -> None:
+    fake = FakeStripe()
+
+    output = sync(fake, "refunds", expecting_exception=True)
+
+    assert output.errors[-1].trace.error.failure_type == FailureType.config_error
+
+
+@pytest.mark.parametrize("mode", [SyncMode.incremental, SyncMode.full_refresh], ids=["incremental", "full"])
+def test_given_whole_sync_of_every_stream_then_every_request_is_a_get_with_the_pinned_version(
+    mode: SyncMode,
+) -> None:
+    fake = FakeStripe()
+    customer = fake.add("customers", NOW - 40 * DAY)
+    fake.add("subscriptions", NOW - 40 * DAY, status="active", items={"data": []})
+    fake.add("invoices", NOW - 40 * DAY, lines={"data": []})
+    for resource in ("charges", "coupons", "prices", "products"):
+        fake.add(resource, NOW - 40 * DAY)
+    fake.add_event("customer.updated", customer, NOW - DAY)
+    names = ("customers", "subscriptions", "invoices", "charges", "coupons", "prices", "products", "events")
+
+    first = sync(fake, *names, mode=mode)
+    second = sync(fake, *names, state=final_states(first), mode=mode)
+
+    assert not first.errors
+    assert not second.errors
+    assert fake.requests
+    assert {r.method for r in fake.requests} == {"GET"}
+    assert {r.headers.get("Stripe-Version") for r in fake.requests} == {API_VERSION}
+    for name in names:
+        assert statuses(first, name)[-1] == AirbyteStreamStatus.COMPLETE
+
+
+def test_given_events_cursor_older_than_retention_when_read_then_warns_and_reads_what_stripe_still_has() -> (
+    None
+):
+    fake = FakeStripe()
+    customer = fake.add("customers", NOW - 20 * DAY)
+    kept = fake.add_event("customer.updated", customer, NOW - 5 * DAY)
+    state = StateBuilder().with_stream_state("events", {"created": NOW - 40 * DAY}).build()
+
+    output = sync(fake, "events", state=state)
+
+    assert [r["id"] for r in records(output, "events")] == [kept["id"]]
+    assert any("events" in m.log.message and "30-day" in m.log.message for m in output.logs)
+
+
+def test_given_full_refresh_when_read_then_everything_read_and_no_state_kept() -> None:
+    fake = FakeStripe()
+    seeded = seed_customers(fake, 30, NOW - 30 * DAY, DAY // 2)
+
+    output = sync(
+        fake, "customers", mode=SyncMode.full_refresh, state=events_mode_state("customers", NOW - DAY)
+    )
+
+    assert sorted(r["id"] for r in records(output, "customers")) == sorted(c["id"] for c in seeded)
+    assert not output.state_messages
+
+
+def test_given_key_revoked_during_sync_when_read_then_config_error_without_the_key() -> None:
+    fake = FakeStripe()
+    seed_customers(fake, 3_000, NOW - 300 * DAY, 8_000)
+    original = fake._respond
+
+    def respond(request: Any, context: Any) -> Any:
+        if len(fake.requests) == 5:
+            fake.keys.clear()  # revoked in the Dashboard while we read
+        return original(request, context)
+
+    fake._respond = respond  # type: ignore[method-assign]
+
+    output = sync(fake, "customers", expecting_exception=True)
+
+    error = output.errors[-1].trace.error
+    assert error.failure_type == FailureType.config_error
+    assert ConfigBuilder().build()["api_key"] not in error.message
+    assert len(fake.requests) < 40, "the sync stops instead of failing request after request"

@@ -1,0 +1,142 @@
+"""The connection form: a user pastes a key and nothing else; every field is explained and validated."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from airbyte_cdk.models import ConnectorSpecification
+
+import source_perly_stripe
+from source_perly_stripe.client import DEFAULT_BASE_URL, validate_api_key
+from unit_tests.source.builders import ACCOUNT_ID, TEST_RESTRICTED_KEY, ConfigBuilder
+
+SPEC_PATH = Path(source_perly_stripe.__file__).parent / "spec.json"
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    return json.loads(SPEC_PATH.read_text())
+
+
+@pytest.fixture(scope="module")
+def schema(spec: dict[str, Any]) -> dict[str, Any]:
+    return spec["connectionSpecification"]
+
+
+def is_valid(schema: dict[str, Any], config: dict[str, Any]) -> bool:
+    validator = jsonschema.Draft7Validator(schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
+    return validator.is_valid(config)
+
+
+def test_spec_is_a_valid_airbyte_connector_specification(spec: dict[str, Any]) -> None:
+    parsed = ConnectorSpecification(**spec)
+
+    assert parsed.connectionSpecification["required"] == ["api_key"]
+    jsonschema.Draft7Validator.check_schema(spec["connectionSpecification"])
+
+
+def test_only_the_api_key_is_required_and_a_bare_key_is_a_complete_config(schema: dict[str, Any]) -> None:
+    assert is_valid(schema, {"api_key": "sk_live_51Habcdef0123456789"})
+    assert not is_valid(schema, {})
+
+
+def test_api_key_is_secret_and_first(schema: dict[str, Any]) -> None:
+    api_key = schema["properties"]["api_key"]
+
+    assert api_key["airbyte_secret"] is True
+    assert api_key["order"] == 0
+    assert api_key["pattern"] == "^(sk|rk)_(live|test)_[A-Za-z0-9_]+$"
+    assert api_key["pattern_descriptor"]
+
+
+@pytest.mark.parametrize(
+    ("key", "accepted"),
+    [
+        ("sk_live_51Habcdef0123456789", True),
+        ("sk_test_51Habcdef0123456789", True),
+        ("rk_live_51Habcdef0123456789", True),
+        ("rk_test_51Habcdef0123456789", True),
+        ("rk_test_perly_billing", True),  # the emulator's named keys (docs/DESIGN.md)
+        ("pk_live_51Habcdef0123456789", False),
+        ("pk_test_51Habcdef0123456789", False),
+        ("sk_prod_51Habcdef0123456789", False),
+        ("sk_live_", False),
+        (" sk_live_51Habcdef0123456789", False),
+        ("whsec_51Habcdef0123456789", False),
+    ],
+)
+def test_form_pattern_and_key_validation_agree(schema: dict[str, Any], key: str, accepted: bool) -> None:
+    form_accepts = re.fullmatch(schema["properties"]["api_key"]["pattern"], key) is not None
+
+    assert form_accepts is accepted
+    # The connector is as strict as the form, except that it forgives whitespace around a pasted key.
+    assert (validate_api_key(key) is None) is (accepted or key.strip() != key)
+
+
+def test_every_field_has_title_description_and_a_unique_order(schema: dict[str, Any]) -> None:
+    properties = schema["properties"]
+    orders = [field["order"] for field in properties.values()]
+
+    assert sorted(orders) == list(range(len(properties)))
+    for name, field in properties.items():
+        assert field.get("title"), name
+        assert len(field.get("description", "")) > 20, name
+
+
+def test_optional_fields_have_examples_that_the_schema_accepts(schema: dict[str, Any]) -> None:
+    for name, field in schema["properties"].items():
+        for example in field.get("examples", []):
+            assert is_valid(schema, {"api_key": TEST_RESTRICTED_KEY, name: example}), (name, example)
+
+
+def test_base_url_is_hidden_with_stripe_as_default(schema: dict[str, Any]) -> None:
+    base_url = schema["properties"]["base_url"]
+
+    assert base_url["airbyte_hidden"] is True
+    assert base_url["default"] == DEFAULT_BASE_URL
+    assert is_valid(schema, {"api_key": TEST_RESTRICTED_KEY, "base_url": "http://127.0.0.1:12111"})
+    assert not is_valid(schema, {"api_key": TEST_RESTRICTED_KEY, "base_url": "api.stripe.com"})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "accepted"),
+    [
+        ("start_date", "2024-01-01T00:00:00Z", True),
+        ("start_date", "2024-01-01", False),
+        ("start_date", "2024-01-01T00:00:00+02:00", False),
+        ("account_id", ACCOUNT_ID, True),
+        ("account_id", "1BuilderAccount", False),
+        ("max_requests_per_second", 20, True),
+        ("max_requests_per_second", 0, False),
+        ("max_requests_per_second", "fast", False),
+    ],
+)
+def test_optional_fields_are_validated(
+    schema: dict[str, Any], field: str, value: Any, accepted: bool
+) -> None:
+    assert is_valid(schema, {"api_key": TEST_RESTRICTED_KEY, field: value}) is accepted
+
+
+def test_a_full_config_from_the_builder_is_valid(schema: dict[str, Any]) -> None:
+    config = (
+        ConfigBuilder()
+        .with_start_date("2024-01-01T00:00:00Z")
+        .with_account_id(ACCOUNT_ID)
+        .with_max_requests_per_second(40)
+        .with_base_url("http://127.0.0.1:12111")
+        .build()
+    )
+
+    assert is_valid(schema, config)
+
+
+def test_descriptions_tell_a_restricted_key_user_which_permissions_to_grant(schema: dict[str, Any]) -> None:
+    description = schema["properties"]["api_key"]["description"]
+
+    for resource in ("Customers", "Subscriptions", "Invoices", "Charges", "Events"):
+        assert resource in description

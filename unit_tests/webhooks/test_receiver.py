@@ -1,0 +1,289 @@
+"""The receiver end to end in-process (starlette TestClient, SQLite store, the real Ingestor and engine)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from starlette.testclient import TestClient
+
+from destination_perly.config import open_store, parse_config
+from destination_perly.ingest import Ingestor, customer_ids_of
+from destination_perly.webhook_apply import EventLedger, WebhookProcessor
+from destination_perly.webhook_signature import SignatureVerifier
+from destination_perly.webhooks import DEFAULT_PATH, ReceiverSettings, create_app
+from unit_tests.webhooks.builders import (
+    SECRET,
+    T0,
+    customer,
+    delivery,
+    event,
+    failed_charge,
+    subscription,
+)
+from unit_tests.webhooks.conftest import FakeClock, Receiver, sqlite_config
+
+
+def stored(receiver: Receiver, stream: str, object_id: str) -> dict[str, Any]:
+    [row] = receiver.rows(f"SELECT * FROM stripe_{stream} WHERE id = ?", (object_id,))
+    return {**row, "data": orjson.loads(row["data"])}
+
+
+def post_all(receiver: Receiver, *events: dict[str, Any]) -> list[str]:
+    statuses = []
+    for each in events:
+        response = receiver.post(delivery(each))
+        assert response.status_code == 200, response.text
+        statuses.append(response.json()["status"])
+    receiver.wait()
+    return statuses
+
+
+def test_given_a_subscription_event_then_object_event_and_health_are_stored(receiver: Receiver) -> None:
+    post_all(
+        receiver,
+        event("customer.created", customer(), T0 - 100),
+        event("customer.subscription.created", subscription(), T0),
+    )
+    row = stored(receiver, "subscriptions", "sub_A")
+    assert row["updated"] == T0
+    assert row["status"] == "active"
+    assert row["customer_id"] == "cus_A"
+    events = receiver.rows("SELECT id FROM stripe_events ORDER BY created")
+    assert len(events) == 2
+    health = receiver.health("cus_A")
+    assert health["subscription_health"] == "healthy"
+    assert health["mrr"] == 5000
+    assert health["as_of"] == receiver.clock.now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    ledger = receiver.rows("SELECT * FROM perly_webhook_events WHERE applied_ms IS NOT NULL")
+    assert len(ledger) == 2
+
+
+def test_given_two_failed_payments_then_the_flag_and_payment_risk_rise(receiver: Receiver) -> None:
+    post_all(
+        receiver,
+        event("customer.created", customer(), T0 - 100),
+        event("customer.subscription.created", subscription(), T0 - 90),
+        event("charge.failed", failed_charge("ch_1", created=T0 - 3 * 86400), T0 - 3 * 86400),
+    )
+    assert receiver.health("cus_A")["flag_payment_failures"] == 0
+    post_all(receiver, event("charge.failed", failed_charge("ch_2", created=T0), T0))
+    health = receiver.health("cus_A")
+    assert health["flag_payment_failures"] == 1
+    assert health["failed_payments_30d"] == 2
+    assert health["payment_risk"] in ("medium", "high")
+
+
+def test_given_the_same_event_twice_then_the_second_does_nothing(receiver: Receiver) -> None:
+    created = event("customer.subscription.created", subscription(), T0)
+    post_all(receiver, event("customer.created", customer(), T0 - 100), created)
+    first_health = receiver.health("cus_A")
+    movements = receiver.rows("SELECT * FROM perly_mrr_movements")
+
+    receiver.clock.now += timedelta(days=1)  # a refresh now would write a new as_of
+    assert post_all(receiver, created) == ["duplicate"]
+
+    assert receiver.health("cus_A") == first_health
+    assert receiver.rows("SELECT * FROM perly_mrr_movements") == movements
+    assert receiver.rows("SELECT COUNT(*) AS n FROM perly_webhook_events")[0]["n"] == 2
+    assert receiver.settings.processor.stats()["duplicate"] == 1
+
+
+def test_given_an_older_event_after_a_newer_one_then_the_newer_state_stays(receiver: Receiver) -> None:
+    newer = event(
+        "customer.subscription.updated",
+        subscription(status="past_due"),
+        T0 + 60,
+        previous={"status": "active"},
+    )
+    older = event("customer.subscription.created", subscription(status="active"), T0)
+    post_all(receiver, event("customer.created", customer(), T0 - 100), newer, older)
+    assert stored(receiver, "subscriptions", "sub_A")["status"] == "past_due"
+    assert receiver.health("cus_A")["subscription_health"] == "at_risk"
+    # both events are kept for the movement history, whatever their arrival order
+    assert len(receiver.rows("SELECT id FROM stripe_events")) == 3
+
+
+def test_given_a_sync_saw_a_newer_state_then_an_older_webhook_does_not_overwrite_it(
+    receiver: Receiver,
+) -> None:
+    sync = Ingestor(receiver.store, parse_config(receiver.config).health)
+    sync.upsert(
+        "subscriptions", [{**subscription(status="canceled", ended_at=T0 + 100), "updated": T0 + 200}]
+    )
+    post_all(receiver, event("customer.subscription.updated", subscription(status="active"), T0 + 100))
+    assert stored(receiver, "subscriptions", "sub_A")["status"] == "canceled"
+
+
+def test_given_a_webhook_newer_than_the_last_sync_then_it_wins(receiver: Receiver) -> None:
+    sync = Ingestor(receiver.store, parse_config(receiver.config).health)
+    sync.upsert("subscriptions", [{**subscription(status="active"), "updated": T0}])
+    post_all(receiver, event("customer.subscription.updated", subscription(status="past_due"), T0 + 30))
+    assert stored(receiver, "subscriptions", "sub_A")["status"] == "past_due"
+
+
+def test_given_a_customer_deleted_then_it_is_tombstoned(receiver: Receiver) -> None:
+    post_all(
+        receiver, event("customer.created", customer(), T0), event("customer.deleted", customer(), T0 + 10)
+    )
+    row = stored(receiver, "customers", "cus_A")
+    assert row["deleted"] == 1
+    assert row["updated"] == T0 + 10
+
+
+def test_given_a_subscription_cancelled_then_the_customer_churns(receiver: Receiver) -> None:
+    post_all(
+        receiver,
+        event("customer.created", customer(), T0 - 100),
+        event("customer.subscription.created", subscription(), T0 - 90),
+    )
+    cancelled = subscription(status="canceled", ended_at=T0, canceled_at=T0)
+    post_all(receiver, event("customer.subscription.deleted", cancelled, T0))
+    health = receiver.health("cus_A")
+    assert health["subscription_health"] == "churned"
+    assert health["mrr"] == 0
+
+
+def test_given_an_event_type_not_used_then_200_and_nothing_stored(receiver: Receiver) -> None:
+    dispute = {"id": "dp_1", "object": "dispute", "charge": "ch_1", "amount": 100}
+    assert post_all(receiver, event("charge.dispute.created", dispute, T0)) == ["ignored"]
+    assert receiver.rows("SELECT COUNT(*) AS n FROM perly_webhook_events")[0]["n"] == 0
+    assert "stripe_events" not in receiver.store.tables()
+
+
+def test_given_a_signed_body_that_is_not_an_event_then_400(receiver: Receiver) -> None:
+    body = b'{"object": "list", "data": []}'
+    from unit_tests.webhooks.builders import sign
+
+    response = receiver.client.post(DEFAULT_PATH, content=body, headers={"Stripe-Signature": sign(body)})
+    assert response.status_code == 400
+
+
+def test_given_a_huge_body_then_413_before_anything_else(receiver: Receiver) -> None:
+    response = receiver.client.post(
+        DEFAULT_PATH, content=b"x" * (3 * 1024 * 1024), headers={"Stripe-Signature": "t=1"}
+    )
+    assert response.status_code == 413
+
+
+def test_healthz_reports_counts_and_no_secret(receiver: Receiver) -> None:
+    post_all(receiver, event("customer.created", customer(), T0))
+    response = receiver.client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json()["accepted"] == 1
+    assert response.json()["applied"] == 1
+    assert SECRET not in response.text
+
+
+# --- failures: nothing half-applied, nothing lost --------------------------------------------------
+class FailingIngestor(Ingestor):
+    def __init__(self, *args: Any, fail_upsert: bool = False, fail_refresh: bool = False) -> None:
+        super().__init__(*args)
+        self.fail_upsert, self.fail_refresh = fail_upsert, fail_refresh
+
+    def upsert(self, stream: str, records: Any, *args: Any, **kwargs: Any) -> set[str]:
+        touched = super().upsert(stream, records, *args, **kwargs)
+        if self.fail_upsert and stream == "events":
+            raise RuntimeError("disk full")  # after the object row: the transaction must undo it
+        return touched
+
+    def refresh(self, customer_ids: Any, as_of: datetime) -> Any:
+        if self.fail_refresh:
+            raise RuntimeError("engine crashed")
+        return super().refresh(customer_ids, as_of)
+
+
+def _settings(tmp_path: Path, clock: FakeClock, **failures: bool) -> ReceiverSettings:
+    config = parse_config(sqlite_config(tmp_path))
+
+    def make_store() -> Any:
+        store = open_store(config.store, customer_ids_of)
+        store.ensure_schema()
+        return store
+
+    def make_ingestor(store: Any) -> Ingestor:
+        return FailingIngestor(store, config.health, **failures)
+
+    processor = WebhookProcessor(make_store, make_ingestor, clock)
+    return ReceiverSettings(SignatureVerifier([SECRET]), processor, store_wait_seconds=20)
+
+
+def test_given_the_store_write_fails_then_503_and_nothing_is_half_applied(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("destination_perly.webhook_apply.RETRY_BASE_SECONDS", 0.001)
+    with TestClient(create_app(_settings(tmp_path, clock, fail_upsert=True))) as client:
+        response = client.post(DEFAULT_PATH, **delivery(event("customer.created", customer(), T0)))
+    assert response.status_code == 503  # Stripe retries it later
+    reader = open_store(parse_config(sqlite_config(tmp_path)).store)
+    assert reader.query("SELECT COUNT(*) AS n FROM perly_webhook_events")[0]["n"] == 0
+    customers = (
+        reader.query("SELECT COUNT(*) AS n FROM stripe_customers")
+        if "stripe_customers" in reader.tables()
+        else []
+    )
+    assert customers in ([], [{"n": 0}])
+
+
+def test_given_the_refresh_failed_then_the_next_start_applies_the_stored_events(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("destination_perly.webhook_apply.RETRY_BASE_SECONDS", 0.001)
+    broken = _settings(tmp_path, clock, fail_refresh=True)
+    with TestClient(create_app(broken)) as client:
+        response = client.post(DEFAULT_PATH, **delivery(event("customer.created", customer(), T0)))
+        assert response.status_code == 200  # stored: Stripe must not resend it
+        assert broken.processor.wait_idle(20)
+        assert broken.processor.stats()["refresh_failed"] == 1
+    repaired = _settings(tmp_path, clock)
+    with TestClient(create_app(repaired)):
+        assert repaired.processor.wait_idle(20)
+    reader = open_store(parse_config(sqlite_config(tmp_path)).store)
+    assert reader.query("SELECT applied_ms FROM perly_webhook_events")[0]["applied_ms"] is not None
+    assert reader.query("SELECT email FROM perly_customer_health")[0]["email"] == "cus_A@example.com"
+    assert EventLedger(reader).pending() == []
+
+
+def test_given_emulated_time_in_the_config_then_health_follows_the_newest_event_time(tmp_path: Path) -> None:
+    from destination_perly.webhooks import settings_from_config
+
+    config = {**sqlite_config(tmp_path), "as_of": "2026-11-01T00:00:00Z"}
+    settings = settings_from_config(config, [SECRET])
+    with TestClient(create_app(settings)) as client:
+        later = T0 + 5 * 86400
+        assert (
+            client.post(DEFAULT_PATH, **delivery(event("customer.created", customer(), later))).status_code
+            == 200
+        )
+        assert settings.processor.wait_idle(20)
+    reader = open_store(parse_config(config).store)
+    as_of = reader.query("SELECT as_of FROM perly_customer_health")[0]["as_of"]
+    assert as_of == datetime.fromtimestamp(later, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_given_the_store_locked_longer_than_stripe_waits_then_503_and_the_retry_finds_it_stored(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    import sqlite3
+    import threading
+
+    settings = _settings(tmp_path, clock)
+    settings.store_wait_seconds = 0.3
+    delivered = delivery(event("customer.created", customer(), T0))
+    with TestClient(create_app(settings)) as client:
+        blocker = sqlite3.connect(tmp_path / "perly.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # a long sync transaction holding the write lock
+        release = threading.Timer(1.0, lambda: blocker.execute("COMMIT"))
+        release.start()
+        first = client.post(DEFAULT_PATH, **delivered)
+        release.join()
+        assert settings.processor.wait_idle(20)
+        retry = client.post(DEFAULT_PATH, **delivered)
+        blocker.close()
+    assert first.status_code == 503
+    assert retry.status_code == 200
+    assert retry.json()["status"] == "duplicate"
+    assert settings.processor.stats()["applied"] == 1
