@@ -114,6 +114,8 @@ class Ingestor:
                     result.failed.append(customer_id)
                     continue
                 evaluations.append(evaluation)
+                for problem in getattr(evaluation, "problems", ()):
+                    logger.warning("customer %s: %s", customer_id, problem)
                 last = bundle.snapshots[-1] if bundle.snapshots else None
                 if last is None or last.mrr_by_currency != evaluation.snapshot.mrr_by_currency:
                     snapshots.append((customer_id, evaluation.snapshot))

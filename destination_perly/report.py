@@ -276,23 +276,23 @@ KIND_COLOURS = {
 
 
 def render_chart_svg(report: Report, currency: str) -> str:
-    """A waterfall for one currency: MRR at the period start, each movement kind, MRR now."""
-    end = report.mrr_by_currency.get(currency, 0)
-    start = end - report.net_change(currency)
+    """One currency's MRR movements of the period: a bar per kind (gains up, losses down) and the net.
+
+    Bars start at zero, so a small month is still readable next to a large MRR (which the caption
+    gives with the net change)."""
     steps = [(m.kind, m.delta) for m in report.movements if m.currency == currency]
     # Each bar: label, low end, high end, colour, the signed amount it stands for.
-    bars: list[tuple[str, int, int, str, int]] = [("start", min(0, start), max(0, start), "#607d8b", start)]
-    level = start
-    for kind, delta in steps:
-        low, high = sorted((level, level + delta))
-        bars.append((kind, low, high, KIND_COLOURS.get(kind, "#9e9e9e"), delta))
-        level += delta
-    bars.append(("now", min(0, end), max(0, end), "#37474f", end))
+    bars: list[tuple[str, int, int, str, int]] = [
+        (kind, min(0, delta), max(0, delta), KIND_COLOURS.get(kind, "#9e9e9e"), delta)
+        for kind, delta in steps
+    ]
+    net = report.net_change(currency)
+    bars.append(("net", min(0, net), max(0, net), "#37474f", net))
 
-    width, height, top, bottom, left = 520, 240, 20, 40, 16
-    top_value = max([1, *(bar[2] for bar in bars)])
+    width, height, top, bottom, left = 520, 240, 20, 44, 16
+    top_value = max([0, *(bar[2] for bar in bars)])
     low_value = min([0, *(bar[1] for bar in bars)])
-    span = top_value - low_value
+    span = (top_value - low_value) or 1
 
     def y(value: int) -> float:
         return top + (top_value - value) * (height - top - bottom) / span
@@ -313,11 +313,12 @@ def render_chart_svg(report: Report, currency: str) -> str:
             f"<title>{html.escape(label)}: {html.escape(format_money(amount, currency))}</title></rect>"
         )
         parts.append(
-            f'<text x="{x + slot * 0.35:.1f}" y="{height - bottom + 16}" text-anchor="middle">'
+            f'<text x="{x + slot * 0.35:.1f}" y="{height - 10}" text-anchor="middle">'
             f"{html.escape(label)}</text>"
         )
+        label_y = y(high) - 4 if amount >= 0 else y(low) + 12  # above a gain, below a loss
         parts.append(
-            f'<text x="{x + slot * 0.35:.1f}" y="{y(high) - 4:.1f}" text-anchor="middle" class="amount">'
+            f'<text x="{x + slot * 0.35:.1f}" y="{label_y:.1f}" text-anchor="middle" class="amount">'
             f"{html.escape(format_money(amount, currency).split(' ', 1)[-1])}</text>"
         )
     parts.append("</svg>")

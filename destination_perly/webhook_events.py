@@ -86,15 +86,15 @@ def plan_event(event: Any) -> EventPlan:
         raise MalformedEvent("event without id or type")
     if not isinstance(created, int) or isinstance(created, bool):
         raise MalformedEvent("event without an integer created")
-    if (
-        not isinstance(obj, dict)
-        or not isinstance(obj.get("id"), str)
-        or not isinstance(obj.get("object"), str)
-    ):
+    if not isinstance(obj, dict) or not isinstance(obj.get("object"), str):
         raise MalformedEvent("event without data.object")
 
     object_type: str = obj["object"]
-    plan = EventPlan(event_id=event_id, event_type=event_type, created=created, object_id=obj["id"])
+    object_id = obj.get("id")
+    plan = EventPlan(event_id, event_type, created, object_id if isinstance(object_id, str) else None)
+    if plan.object_id is None:
+        # e.g. `invoice.upcoming`: a preview with no id, nothing to store (and no reason for a retry).
+        return _ignored(plan, f"{object_type} without an id")
     stream = OBJECT_STREAMS.get(object_type)
     if stream is None:
         return _ignored(plan, f"object type {object_type!r} is not used by the health engine")
@@ -110,7 +110,7 @@ def plan_event(event: Any) -> EventPlan:
         event_id=event_id,
         event_type=event_type,
         created=created,
-        object_id=obj["id"],
+        object_id=plan.object_id,
         records={stream: [record], EVENTS_STREAM: [event_record]},
     )
 

@@ -207,6 +207,9 @@ def load_config_file(path: str) -> dict[str, Any]:
 
 def app_from_env() -> Starlette:
     """Factory for `uvicorn --factory` and `--workers`: config path and options from the environment."""
+    # Runs in every worker process (spawned: the parent's logging setup is not inherited).
+    level = os.environ.get("PERLY_WEBHOOK_LOG_LEVEL", "info").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config_path = os.environ.get(CONFIG_ENV)
     if not config_path:
         raise SystemExit(f"perly-webhooks: {CONFIG_ENV} is not set")
@@ -275,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
     os.environ["PERLY_WEBHOOK_TOLERANCE"] = str(args.tolerance)
     os.environ["PERLY_WEBHOOK_PATH"] = args.path
+    os.environ["PERLY_WEBHOOK_LOG_LEVEL"] = args.log_level
     uvicorn.run(
         "destination_perly.webhooks:app_from_env",
         factory=True,

@@ -9,7 +9,7 @@ import pytest
 
 from integration_tests.stripe_emulator import Emulator
 
-SHARED_BOOK = {"customers": 300, "seed": 42}
+SHARED_BOOK: dict[str, Any] = {"customers": 300, "seed": 42}
 
 
 @pytest.fixture(scope="session")

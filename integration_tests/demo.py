@@ -48,6 +48,22 @@ def emulator_source_config(url: str) -> dict[str, Any]:
     return {"api_key": DEMO_KEY, "base_url": url, "max_requests_per_second": 200}
 
 
+# The emulator's plan ladder, lowest first. Its per-seat Pro is cheaper per unit than the one-seat
+# Starter, so ranking plans by unit price (Perly's default without a map) would read an upgrade from
+# Starter to Pro as a downgrade: like a real account with per-seat plans, the demo maps its tiers.
+LADDER = ("starter", "pro", "business", "enterprise")
+
+
+def plan_tiers(products: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The destination's `plan_tiers` for the emulator's products (by product id, ranked by LADDER)."""
+    tiers = []
+    for product in products:
+        name = (product.get("metadata") or {}).get("tier") or product.get("name", "").lower()
+        if name in LADDER:
+            tiers.append({"match": product["id"], "tier": product["name"], "rank": LADDER.index(name) + 1})
+    return tiers
+
+
 def executable(name: str) -> str:
     """The console script installed next to this Python (the project's venv), else on PATH."""
     beside = Path(sys.executable).parent / name
@@ -336,7 +352,11 @@ def demo(customers: int | None, seed: int | None, advance_days: int, top: int) -
         print(f"Streams: {', '.join(s['stream']['name'] for s in catalog['streams'])}")
 
         first_as_of = iso(emulator.now)
-        destination_config = {"store": {"store_type": "sqlite", "path": str(store)}, "as_of": first_as_of}
+        destination_config = {
+            "store": {"store_type": "sqlite", "path": str(store)},
+            "plan_tiers": plan_tiers(emulator.objects("products")),
+            "as_of": first_as_of,
+        }
         print("\n1. Full sync (source read | destination write)")
         full = run_sync(workdir, source_config, destination_config, catalog, state_path, print_progress)
         print(

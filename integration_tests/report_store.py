@@ -1,43 +1,58 @@
-"""A small hand-written Perly store for the report tests: the rows a user would see after a sync.
+"""A small known Perly store for the report tests: the rows a user would see after a sync.
 
-The tables follow docs/DESIGN.md (the fields of CustomerHealth and MrrMovement; lists and maps as
-JSON text, booleans as 0/1, times as ISO text), so the report is tested without the pipeline.
+Written through the destination's own store API (`ensure_schema`, `save_results`), so the report is
+tested against the real tables on SQLite and PostgreSQL, without running the pipeline.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-AS_OF = "2026-11-08T00:00:00+00:00"
+from destination_perly.health.model import CustomerEvaluation, CustomerHealth, MrrMovement, MrrSnapshot
+from destination_perly.store.base import Store
 
-HEALTH_COLUMNS = (
-    "customer_id email name currency mrr mrr_by_currency subscription_health payment_risk "
-    "flag_payment_failures flag_downgrade flag_invoice_aging flag_trial_expiring flag_mrr_contraction "
-    "risk_score risk_reasons as_of deleted"
-).split()
+AS_OF = datetime(2026, 11, 8, tzinfo=UTC)
+
+BLANK = CustomerHealth(
+    customer_id="",
+    email=None,
+    name=None,
+    created_at=datetime(2025, 1, 1, tzinfo=UTC),
+    tenure_days=676,
+    currency="usd",
+    mrr=0,
+    mrr_by_currency={},
+    mrr_30d_ago=0,
+    mrr_change_30d=0,
+    plan_id=None,
+    plan_tier=None,
+    subscription_health="healthy",
+    payment_risk="none",
+    flag_payment_failures=False,
+    flag_downgrade=False,
+    flag_invoice_aging=False,
+    flag_trial_expiring=False,
+    flag_mrr_contraction=False,
+    failed_payments_30d=0,
+    failed_payments_90d=0,
+    past_due_amount=0,
+    max_days_past_due=0,
+    trial_end=None,
+    trial_converted_at=None,
+    cancel_at_period_end=False,
+    active_coupon_ids=[],
+    risk_score=0,
+    risk_reasons=[],
+    as_of=AS_OF,
+)
 
 
-def customer(customer_id: str, **fields: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "customer_id": customer_id,
-        "email": f"{customer_id}@example.com",
-        "name": customer_id.replace("cus_", "").title(),
-        "currency": "usd",
-        "mrr": 0,
-        "mrr_by_currency": {},
-        "subscription_health": "healthy",
-        "payment_risk": "none",
-        "risk_score": 0,
-        "risk_reasons": [],
-        "as_of": AS_OF,
-        "deleted": False,
-    }
-    row.update({flag: False for flag in HEALTH_COLUMNS if flag.startswith("flag_")})
-    row.update(fields)
-    return row
+def customer(customer_id: str, **fields: Any) -> CustomerHealth:
+    defaults = {"email": f"{customer_id}@example.com", "name": customer_id.removeprefix("cus_").title()}
+    return replace(BLANK, customer_id=customer_id, **(defaults | fields))
 
 
 # Five customers: two at risk (ranked 80 then 35), one healthy, one deleted with flags, one in JPY.
@@ -68,41 +83,47 @@ CUSTOMERS = [
     customer("cus_tokyo", currency="jpy", mrr=30000, mrr_by_currency={"jpy": 30000}),
 ]
 
+
+def movement(customer_id: str, at: str, kind: str, delta: int, currency: str = "usd") -> MrrMovement:
+    when = datetime.fromisoformat(at)
+    before = max(-delta, 0)
+    return MrrMovement(customer_id, when, kind, None, currency, before, before + delta, delta, "evt_test")
+
+
 MOVEMENTS = [
-    # In the period (2026-10-09, 2026-11-08]
-    {"customer_id": "cus_healthy", "at": "2026-11-02T10:00:00+00:00", "kind": "new", "delta": 5000},
-    {
-        "customer_id": "cus_shrinking",
-        "at": "2026-11-03T09:00:00+00:00",
-        "kind": "contraction",
-        "delta": -3000,
-    },
-    {"customer_id": "cus_old", "at": "2026-11-05T12:00:00+00:00", "kind": "churn", "delta": -7000},
-    {"customer_id": "cus_tokyo", "at": "2026-11-06T00:00:00+00:00", "kind": "expansion", "delta": 10000},
+    # In the default period (2026-10-09, 2026-11-08]
+    movement("cus_healthy", "2026-11-02T10:00:00+00:00", "new", 5000),
+    movement("cus_shrinking", "2026-11-03T09:00:00+00:00", "contraction", -3000),
+    movement("cus_old", "2026-11-05T12:00:00+00:00", "churn", -7000),
+    movement("cus_tokyo", "2026-11-06T00:00:00+00:00", "expansion", 10000, "jpy"),
     # Before the period: left out of the movements of the period.
-    {"customer_id": "cus_failing", "at": "2026-09-01T00:00:00+00:00", "kind": "new", "delta": 12000},
+    movement("cus_failing", "2026-09-01T00:00:00+00:00", "new", 12000),
 ]
-CURRENCY = {"cus_tokyo": "jpy"}
 
 
-def write_store(path: Path, customers: list[dict[str, Any]] = CUSTOMERS) -> Path:
-    db = sqlite3.connect(path)
-    db.execute(f"CREATE TABLE perly_customer_health ({', '.join(HEALTH_COLUMNS)})")
-    db.execute(
-        "CREATE TABLE perly_mrr_movements (customer_id, at, kind, churn_type, currency, mrr_before, "
-        "mrr_after, delta, cause)"
-    )
-    for row in customers:
-        values = [
-            json.dumps(v) if isinstance(v, dict | list) else int(v) if isinstance(v, bool) else v
-            for v in (row[c] for c in HEALTH_COLUMNS)
-        ]
-        db.execute(f"INSERT INTO perly_customer_health VALUES ({', '.join('?' * len(values))})", values)
+def fill(store: Store) -> Store:
+    store.ensure_schema()
+    movements_of: dict[str, list[MrrMovement]] = {}
     for m in MOVEMENTS:
-        db.execute(
-            "INSERT INTO perly_mrr_movements VALUES (?, ?, ?, NULL, ?, 0, 0, ?, 'evt_test')",
-            (m["customer_id"], m["at"], m["kind"], CURRENCY.get(m["customer_id"], "usd"), m["delta"]),
+        movements_of.setdefault(m.customer_id, []).append(m)
+    evaluations = [
+        CustomerEvaluation(
+            health=health,
+            movements=movements_of.pop(health.customer_id, []),
+            plan_changes=[],
+            snapshot=MrrSnapshot(AS_OF, health.mrr_by_currency, "as_of"),
         )
-    db.commit()
-    db.close()
+        for health in CUSTOMERS
+    ]
+    # Movements of customers without a health row (churned long ago) ride on the first evaluation.
+    evaluations[0].movements.extend(m for ms in movements_of.values() for m in ms)
+    store.save_results(evaluations, [])
+    return store
+
+
+def write_store(path: Path) -> Path:
+    """The known store as a SQLite file at `path`."""
+    from destination_perly.store.sqlite import SqliteStore
+
+    fill(SqliteStore(path)).close()
     return path

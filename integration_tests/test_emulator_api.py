@@ -41,7 +41,7 @@ def every(emu: Emulator, resource: str, key: str = TEST_KEY, **params: Any) -> l
     return [plain(o) for o in service.list({"limit": 100, **params}).auto_paging_iter()]
 
 
-def fetch_all(emu: Emulator, resource: str, key: str = TEST_KEY, **params: Any) -> list[dict[str, Any]]:
+def fetch_all(emu: Emulator, resource: str, *, key: str = TEST_KEY, **params: Any) -> list[dict[str, Any]]:
     """Plain-HTTP pagination (faster than building StripeObjects) for the filter tests."""
     found: list[dict[str, Any]] = []
     cursor: dict[str, str] = {}
@@ -78,7 +78,9 @@ def test_given_a_page_cursor_when_paging_back_with_ending_before_then_the_previo
     second = stripe_client.v1.invoices.list({"limit": 25, "starting_after": first.data[-1].id})
     back = stripe_client.v1.invoices.list({"limit": 25, "ending_before": second.data[0].id})
     assert [o.id for o in back.data] == [o.id for o in first.data]
-    assert first.has_more and second.has_more and not back.has_more
+    assert first.has_more
+    assert second.has_more
+    assert not back.has_more
 
 
 @pytest.mark.parametrize(
@@ -110,13 +112,16 @@ def test_given_exact_created_when_listing_then_objects_of_that_second(emulator: 
 def test_given_event_type_filters_when_listing_then_only_those_types(emulator: Emulator) -> None:
     events = emulator.objects("events")
     paid = fetch_all(emulator, "events", type="invoice.paid")
-    assert paid and [e["id"] for e in paid] == [e["id"] for e in events if e["type"] == "invoice.paid"]
+    assert paid
+    assert [e["id"] for e in paid] == [e["id"] for e in events if e["type"] == "invoice.paid"]
     wanted = {"charge.failed", "customer.subscription.updated"}
-    several = fetch_all(emulator, "events", **{"types[]": sorted(wanted)})
+    types: dict[str, Any] = {"types[]": sorted(wanted)}
+    several = fetch_all(emulator, "events", **types)
     assert [e["id"] for e in several] == [e["id"] for e in events if e["type"] in wanted]
     wildcard = fetch_all(emulator, "events", type="customer.subscription.*")
     expected = [e["id"] for e in events if e["type"].startswith("customer.subscription.")]
-    assert wildcard and [e["id"] for e in wildcard] == expected
+    assert wildcard
+    assert [e["id"] for e in wildcard] == expected
 
 
 def test_given_events_when_listing_then_only_the_last_30_days_with_pinned_shape(emulator: Emulator) -> None:
@@ -124,7 +129,8 @@ def test_given_events_when_listing_then_only_the_last_30_days_with_pinned_shape(
     assert min(e["created"] for e in events) >= emulator.now - 30 * 86_400
     assert {e["api_version"] for e in events} == {API_VERSION}
     updated = [e for e in events if e["type"] == "customer.subscription.updated"]
-    assert updated and all(e["data"].get("previous_attributes") for e in updated)
+    assert updated
+    assert all(e["data"].get("previous_attributes") for e in updated)
     assert all("previous_attributes" not in e["data"] for e in events if not e["type"].endswith(".updated"))
     assert all(set(e["request"]) == {"id", "idempotency_key"} for e in events)
 
@@ -136,7 +142,8 @@ def test_given_subscription_list_filters_when_listing_then_status_semantics_of_s
     default = fetch_all(emulator, "subscriptions")
     assert [s["id"] for s in default] == [s["id"] for s in everything if s["status"] != "canceled"]
     canceled = fetch_all(emulator, "subscriptions", status="canceled")
-    assert canceled and all(s["status"] == "canceled" for s in canceled)
+    assert canceled
+    assert all(s["status"] == "canceled" for s in canceled)
     customer = everything[0]["customer"]
     mine = fetch_all(emulator, "subscriptions", status="all", customer=customer)
     assert [s["id"] for s in mine] == [s["id"] for s in everything if s["customer"] == customer]
@@ -179,7 +186,8 @@ def test_given_expand_discounts_when_listing_subscriptions_then_discount_objects
     assert with_discounts
     for sub in with_discounts:
         discount = sub["discounts"][0]
-        assert discount["object"] == "discount" and discount["source"]["type"] == "coupon"
+        assert discount["object"] == "discount"
+        assert discount["source"]["type"] == "coupon"
         assert plain_list[sub["id"]]["discounts"][0] == discount["id"]
 
 
@@ -188,7 +196,8 @@ def test_given_expand_tiers_when_listing_prices_then_tiers_only_when_asked(emula
     assert all("tiers" not in p for p in bare)
     expanded = fetch_all(emulator, "prices", **{"expand[]": "data.tiers"})
     tiered = [p for p in expanded if p["billing_scheme"] == "tiered"]
-    assert tiered and all(p["tiers"] and p["tiers"][-1]["up_to"] is None for p in tiered)
+    assert tiered
+    assert all(p["tiers"] and p["tiers"][-1]["up_to"] is None for p in tiered)
     one = plain(client(emulator).v1.prices.retrieve(tiered[0]["id"], {"expand": ["tiers"]}))
     assert one["tiers"] == tiered[0]["tiers"]
 
@@ -207,7 +216,8 @@ def test_given_more_than_20_items_when_reading_a_subscription_then_items_are_pag
         .v1.subscription_items.list({"subscription": sub["id"], "limit": 7})
         .auto_paging_iter()
     ]
-    assert len(items) > 20 and items[:20] == sub["items"]["data"]
+    assert len(items) > 20
+    assert items[:20] == sub["items"]["data"]
     assert len({i["id"] for i in items}) == len(items)
 
 
@@ -219,13 +229,15 @@ def test_given_more_than_10_lines_when_reading_an_invoice_then_lines_are_paged(e
     lines = [
         plain(line) for line in client(emulator).v1.invoices.line_items.list(invoice["id"]).auto_paging_iter()
     ]
-    assert len(lines) > 10 and lines[:10] == invoice["lines"]["data"]
+    assert len(lines) > 10
+    assert lines[:10] == invoice["lines"]["data"]
     assert sum(line["amount"] for line in lines) == invoice["subtotal"]
 
 
 def test_given_a_live_key_when_listing_then_livemode_is_true(emulator: Emulator) -> None:
     live = fetch_all(emulator, "customers", key="sk_live_perly_demo")
-    assert live and all(c["livemode"] is True for c in live)
+    assert live
+    assert all(c["livemode"] is True for c in live)
     assert all(c["livemode"] is False for c in emulator.objects("customers"))
 
 
@@ -240,7 +252,8 @@ def test_given_any_request_then_stripe_headers_and_simulated_date(emulator: Emul
 
 def test_given_account_when_retrieved_then_account_object(emulator: Emulator) -> None:
     account = client(emulator).v1.accounts.retrieve_current()
-    assert account.id.startswith("acct_") and account.object == "account"
+    assert account.id.startswith("acct_")
+    assert account.object == "account"
 
 
 # ---- errors ------------------------------------------------------------------------------------
@@ -275,7 +288,8 @@ def test_given_unknown_cursor_when_listing_then_404_not_a_restart(emulator: Emul
     with pytest.raises(stripe.InvalidRequestError) as caught:
         client(emulator).v1.charges.list({"starting_after": "ch_doesnotexist"})
     assert caught.value.http_status == 404
-    assert caught.value.code == "resource_missing" and caught.value.param == "starting_after"
+    assert caught.value.code == "resource_missing"
+    assert caught.value.param == "starting_after"
     assert caught.value.user_message == "No such charge: 'ch_doesnotexist'"
 
 
@@ -289,7 +303,8 @@ def test_given_cursor_not_matching_filter_when_listing_then_404(emulator: Emulat
 def test_given_unknown_id_when_retrieving_then_resource_missing(emulator: Emulator) -> None:
     with pytest.raises(stripe.InvalidRequestError) as caught:
         client(emulator).v1.subscriptions.retrieve("sub_nope")
-    assert caught.value.http_status == 404 and caught.value.code == "resource_missing"
+    assert caught.value.http_status == 404
+    assert caught.value.code == "resource_missing"
     assert caught.value.param == "id"
 
 
@@ -323,9 +338,11 @@ def test_given_billing_restricted_key_when_outside_its_permissions_then_permissi
     assert caught.value.http_status == 403
     assert caught.value.user_message == (
         "The provided key 'rk_test_***illing' does not have the required permissions for this endpoint on "
-        f"account 'acct_1PerlyEmu1atorX'. Having the '{slug}' permission would allow this request to continue."
+        "account 'acct_1PerlyEmu1atorX'. "
+        f"Having the '{slug}' permission would allow this request to continue."
     )
-    assert caught.value.error is not None and caught.value.error.code is None
+    assert caught.value.error is not None
+    assert caught.value.error.code is None
 
 
 def test_given_billing_restricted_key_when_inside_its_permissions_then_data(emulator: Emulator) -> None:
@@ -348,14 +365,14 @@ def test_given_unknown_url_then_404_unrecognized(emulator: Emulator) -> None:
 
 
 def test_given_rate_limit_when_exceeded_then_rate_limit_error_with_headers(emulator_factory: Any) -> None:
-    emu = emulator_factory(customers=10, rate_limit=(1, 2))
+    emu = emulator_factory(customers=10, rate_limit=(1, 0.2))  # test mode: one request per 5 s
     stripe_client = client(emu)
-    stripe_client.v1.customers.list()
     stripe_client.v1.customers.list()
     with pytest.raises(stripe.RateLimitError) as caught:
         stripe_client.v1.customers.list()
     assert caught.value.http_status == 429
-    assert caught.value.error is not None and caught.value.error.code == "rate_limit"
+    assert caught.value.error is not None
+    assert caught.value.error.code == "rate_limit"
     assert caught.value.headers is not None
     assert caught.value.headers["Stripe-Should-Retry"] == "true"
     assert caught.value.headers["Retry-After"] == "1"

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from destination_perly.report import build_report, format_money, main, read_report, render_html, sqlite_query
-from integration_tests.report_store import write_store
+from integration_tests.report_store import fill, write_store
 
 
 @pytest.fixture
@@ -109,14 +112,17 @@ def test_html_page_is_self_contained_and_escapes_customer_text(store: Path) -> N
     assert page.count('<svg class="chart"') == 2  # one chart per currency
 
 
-def test_waterfall_chart_bars_add_up_from_start_to_now(store: Path) -> None:
+def test_movement_chart_has_a_signed_bar_per_kind_and_the_net(store: Path) -> None:
     page = render_html(read_report(sqlite_query(store)))
     usd = re.search(r'<svg class="chart" data-currency="usd".*?</svg>', page, re.S)
     assert usd is not None
-    bars = dict(re.findall(r'data-kind="(\w+)" data-amount="(-?\d+)"', usd.group(0)))
+    bars = re.findall(r'data-kind="(\w+)" data-amount="(-?\d+)" x="[\d.]+" y="([\d.]+)"', usd.group(0))
+    amounts = {kind: int(amount) for kind, amount, _ in bars}
+    tops = {kind: float(y) for kind, _, y in bars}
 
-    assert int(bars["now"]) == 19000
-    assert int(bars["start"]) + int(bars["new"]) + int(bars["contraction"]) + int(bars["churn"]) == 19000
+    assert list(amounts) == ["new", "contraction", "churn", "net"]
+    assert amounts == {"new": 5000, "contraction": -3000, "churn": -7000, "net": -5000}
+    assert tops["new"] < tops["churn"]  # gains rise above the zero line, losses hang below it
 
 
 def test_empty_store_reports_no_customers_instead_of_failing() -> None:
@@ -140,3 +146,60 @@ def test_given_destination_config_when_cli_runs_then_it_reads_the_configured_sql
     assert "At-risk customers: 2 (top 1 shown)" in out
     assert "cus_failing" in out
     assert "cus_shrinking" not in out
+
+
+def test_unreachable_postgres_store_fails_cleanly_without_showing_the_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = {
+        "store_type": "postgres",
+        "host": "127.0.0.1",
+        "port": 1,
+        "database": "perly",
+        "username": "perly",
+    }
+    config = tmp_path / "destination.json"
+    config.write_text(json.dumps({"store": store | {"password": "s3cret-Pa55", "ssl_mode": "disable"}}))
+
+    assert main(["--config", str(config)]) == 2
+    captured = capsys.readouterr()
+    assert "perly-report:" in captured.err
+    assert "s3cret-Pa55" not in captured.err + captured.out
+
+
+@pytest.mark.postgres
+def test_given_postgres_destination_config_then_the_report_reads_that_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from destination_perly.store.postgres import PostgresStore
+
+    dsn = os.environ.get("PERLY_TEST_POSTGRES_DSN")
+    if not dsn:
+        pytest.fail("PERLY_TEST_POSTGRES_DSN is not set: run through scripts/with-postgres.sh (make test)")
+    schema = f"perly_report_{uuid.uuid4().hex[:8]}"
+    fill(PostgresStore(dsn=dsn, schema=schema)).close()
+    url = urlsplit(dsn)
+    store = {
+        "store_type": "postgres",
+        "host": url.hostname,
+        "port": url.port or 5432,
+        "database": url.path.lstrip("/"),
+        "username": url.username,
+        "password": url.password,
+        "schema": schema,
+        "ssl_mode": "disable",
+    }
+    config = tmp_path / "destination.json"
+    config.write_text(json.dumps({"store": store}))
+    try:
+        assert main(["--config", str(config)]) == 0
+    finally:
+        import psycopg
+
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    out = capsys.readouterr().out
+
+    assert "Customers: 4" in out
+    assert "MRR: JPY 30,000 | USD 190.00" in out
+    assert out.index("cus_failing") < out.index("cus_shrinking")

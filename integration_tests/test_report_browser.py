@@ -71,4 +71,4 @@ def test_browser_renders_one_mrr_chart_per_currency_with_its_bars(tmp_path: Path
     usd = re.search(r'<svg class="chart" data-currency="usd".*?</svg>', dom, re.S)
     assert usd is not None
     kinds = re.findall(r'<rect class="bar" data-kind="(\w+)"', usd.group(0))
-    assert kinds == ["start", "new", "contraction", "churn", "now"]
+    assert kinds == ["new", "contraction", "churn", "net"]

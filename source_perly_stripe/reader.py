@@ -162,9 +162,9 @@ class SyncReader:
             self._runs[stream.name] = run
             if stream is EVENTS:
                 run.mode = "events_stream"
-                oldest_available = now - EVENT_RETENTION + RETENTION_MARGIN
+                oldest_available = now - EVENT_RETENTION
                 cursor = state.get("created")
-                if isinstance(cursor, int) and cursor < oldest_available:
+                if isinstance(cursor, int) and cursor < oldest_available + RETENTION_MARGIN:
                     yield _log(
                         Level.WARN,
                         f"events: the saved cursor ({cursor}) is older than Stripe's 30-day event "

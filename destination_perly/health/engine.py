@@ -41,10 +41,13 @@ from destination_perly.health.values import (
 )
 
 
-def _live(objects: list[StripeObject]) -> list[StripeObject]:
+def _live(objects: list[StripeObject], name: str, problems: list[str]) -> list[StripeObject]:
     """Well-formed, not deleted objects, in a stable order (by id) so output never depends on input order."""
     listed = objects if isinstance(objects, list) else []
     kept = [obj for obj in listed if isinstance(obj, dict) and obj.get("deleted") is not True]
+    malformed = sum(1 for obj in listed if not isinstance(obj, dict))
+    if malformed:
+        problems.append(f"{name}: {malformed} malformed entries skipped")
     return sorted(kept, key=lambda obj: str(obj.get("id")))
 
 
@@ -71,7 +74,8 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
     raw_customer = bundle.customer if isinstance(bundle.customer, dict) else None
     deleted = raw_customer is not None and raw_customer.get("deleted") is True
     customer = None if deleted else raw_customer
-    subscriptions = _live(bundle.subscriptions)
+    problems: list[str] = []
+    subscriptions = _live(bundle.subscriptions, "subscriptions", problems)
     event_objects = [as_dict(as_dict(event).get("data")).get("object") for event in bundle.events]
     catalog = Catalog(
         prices=bundle.prices,
@@ -79,8 +83,8 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
         products=bundle.products,
         discounts=known_discounts(*event_objects, customer, *subscriptions),
     )
-    invoices = _live(bundle.invoices)
-    charges = _live(bundle.charges)
+    invoices = _live(bundle.invoices, "invoices", problems)
+    charges = _live(bundle.charges, "charges", problems)
 
     # MRR now.
     mrr_by_currency: dict[str, int] = {}
@@ -89,7 +93,9 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
         if not counts_now(sub, invoices, policy, as_of):
             continue
         amount = subscription_amount(sub, customer, catalog, as_of)
+        problems.extend(f"{sub.get('id')}: {problem}" for problem in amount.problems)
         if amount.currency is None:
+            problems.append(f"{sub.get('id')}: no currency, left out of MRR")
             continue
         mrr_by_currency[amount.currency] = mrr_by_currency.get(amount.currency, 0) + amount.mrr
         counting_items.extend((item, amount.currency) for item in amount.items)
@@ -228,5 +234,9 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
     )
     snapshot = MrrSnapshot(at=as_of, mrr_by_currency=dict(mrr_by_currency), cause="as_of")
     return CustomerEvaluation(
-        health=health, movements=history.movements, plan_changes=history.plan_changes, snapshot=snapshot
+        health=health,
+        movements=history.movements,
+        plan_changes=history.plan_changes,
+        snapshot=snapshot,
+        problems=sorted(set(problems + ignored)),
     )

@@ -150,14 +150,14 @@ def _invoice_items(
         if ref_id(price) is None or (isinstance(price, str) and price not in catalog.prices):
             if not isinstance(amount, int):
                 continue
-            # Unknown price: take the billed amount for the period at face value.
+            # Unknown price: the billed amount is what the whole period cost (kept exact: one unit).
             price = {
+                "id": f"billed:{amount}",
                 "recurring": {**_interval_of_days((line_end - line_start).days), "usage_type": "licensed"},
-                "unit_amount_decimal": str(amount / quantity)
-                if amount % quantity
-                else str(amount // quantity),
+                "unit_amount": amount,
                 "type": "recurring",
             }
+            quantity = 1
         items.append({"id": ref_id(details.get("subscription_item")), "price": price, "quantity": quantity})
     if not items or start is None or end is None or total <= 0:
         return None  # nothing billed (e.g. a trial's zero invoice): not evidence of MRR
@@ -197,48 +197,128 @@ def _versions(
     return versions
 
 
+def _with_item_terms(items: list[StripeObject], base: StripeObject) -> list[StripeObject]:
+    """Billed items with the discounts and tax rates of the matching subscription item (same item id,
+    else same price), so a period billed like today's items has exactly today's MRR."""
+    known: dict[str, StripeObject] = {}
+    for raw in as_list(base.get("items")):
+        raw = as_dict(raw)
+        for key in (ref_id(raw.get("id")), ref_id(raw.get("price"))):
+            if key and key not in known:
+                known[key] = raw
+    completed = []
+    for item in items:
+        match = known.get(ref_id(item.get("id")) or "") or known.get(ref_id(item.get("price")) or "") or {}
+        completed.append(
+            {**item, "discounts": match.get("discounts", []), "tax_rates": match.get("tax_rates", [])}
+        )
+    return completed
+
+
+def _proration_changes(
+    invoice: StripeObject, catalog: Catalog
+) -> list[tuple[datetime, list[StripeObject], set[str]]]:
+    """Mid-period changes shown by proration lines: at each line's period start, the prices credited
+    (negative lines: removed) and the items charged for the rest of the period (positive: added)."""
+    if as_dict(invoice.get("lines")).get("has_more") is True:
+        return []
+    changes: dict[datetime, tuple[list[StripeObject], set[str]]] = {}
+    for line in as_list(invoice.get("lines")):
+        line = as_dict(line)
+        details = as_dict(as_dict(line.get("parent")).get("subscription_item_details"))
+        amount = line.get("amount")
+        price_id = ref_id(_line_price(line))
+        at = to_time(as_dict(line.get("period")).get("start"))
+        if (
+            details.get("proration") is not True
+            or not isinstance(amount, int)
+            or price_id is None
+            or at is None
+        ):
+            continue
+        added, removed = changes.setdefault(at, ([], set()))
+        if amount < 0:
+            removed.add(price_id)
+        elif amount > 0 and price_id in catalog.prices:
+            quantity = line.get("quantity")
+            quantity = quantity if isinstance(quantity, int) and quantity > 0 else 1
+            added.append(
+                {"id": ref_id(details.get("subscription_item")), "price": price_id, "quantity": quantity}
+            )
+    return [(at, added, removed) for at, (added, removed) in changes.items()]
+
+
 def _invoice_versions(
     sub_id: str, base: StripeObject, invoices: list[StripeObject], catalog: Catalog, before: datetime
 ) -> list[Version]:
-    periods = []
+    """Versions rebuilt from the items billed on past invoices (full periods and mid-period prorations).
+
+    The latest billed moment belongs to the subscription object itself, so only changes before it
+    come from invoices; a gap after a billed period is left to the subscription object too."""
+    # (moment, kind, cause, items, removed prices); kind orders same-moment entries.
+    moments: list[tuple[datetime, str, str, list[StripeObject], set[str]]] = []
+    ends: set[datetime] = set()
     for invoice in invoices:
         if invoice.get("status") not in ("paid", "open") or invoice_subscription_id(invoice) != sub_id:
             continue
-        billed = _invoice_items(invoice, catalog)
-        if billed is not None and billed[0] < before:
-            periods.append((billed[0], billed[1], str(invoice.get("id")), billed[2]))
-    periods.sort(key=lambda period: (period[0], period[2]))
-    if not periods:
+        invoice_id = str(invoice.get("id"))
+        period = _invoice_items(invoice, catalog)
+        if period is not None and period[0] < before:
+            moments.append((period[0], "1-period", invoice_id, period[2], set()))
+            ends.add(period[1])
+        for at, added, removed in _proration_changes(invoice, catalog):
+            if at < before:
+                moments.append((at, "2-proration", invoice_id, added, removed))
+    if not moments:
         return []
-    cutoff = periods[-1][0]  # the latest period belongs to the subscription object itself
+    cutoff = max(moment[0] for moment in moments)
+    starts = {moment[0] for moment in moments}
+    moments.extend((end, "0-gap", sub_id, [], set()) for end in ends if end < cutoff and end not in starts)
+    moments.sort(key=lambda moment: (moment[0], moment[1], moment[2]))
     versions: list[Version] = []
+    items: list[StripeObject] = []
     last_signature: Any = None
-    for start, end, invoice_id, items in periods[:-1]:
-        signature = tuple((ref_id(item["price"]) or str(item["price"]), item["quantity"]) for item in items)
+    for at, kind, cause, billed, removed in moments:
+        if at >= cutoff:
+            break
+        if kind == "0-gap":
+            versions.append(Version(at, base, cause))
+            items, last_signature = [], None
+            continue
+        items = (
+            billed if kind == "1-period" else [i for i in items if ref_id(i["price"]) not in removed] + billed
+        )
+        signature = sorted(
+            (str(ref_id(i["price"])), str(as_dict(i["price"]).get("unit_amount")), i["quantity"])
+            for i in items
+        )
         if signature != last_signature:
-            state = {
-                **base,
-                "items": {"data": items},
-                "status": "active",
-                "ended_at": None,
-                "canceled_at": None,
-                "cancel_at": None,
-                "pause_collection": None,
-                "trial_end": None,
-                "trial_start": None,
-            }
-            versions.append(Version(start, state, invoice_id))
+            versions.append(Version(at, _billed_state(base, items), cause))
             last_signature = signature
-        if end < cutoff and not any(other[0] == end for other in periods):
-            versions.append(Version(end, base, sub_id))  # a gap between billed periods
-            last_signature = None
     versions.append(Version(cutoff, base, sub_id))
     return versions
 
 
+def _billed_state(base: StripeObject, items: list[StripeObject]) -> StripeObject:
+    """The subscription as it was while these items were billed: counting, with today's terms."""
+    return {
+        **base,
+        "items": {"data": _with_item_terms(items, base)},
+        "status": "active",
+        "ended_at": None,
+        "canceled_at": None,
+        "cancel_at": None,
+        "pause_collection": None,
+        "trial_end": None,
+        "trial_start": None,
+    }
+
+
 def _moments(
-    state: StripeObject, sub_id: str, invoices: list[StripeObject], delinquent_days: int
+    state: StripeObject, sub_id: str, invoices: list[StripeObject], delinquent_days: int, catalog: Catalog
 ) -> list[datetime]:
+    """The moments at which this version's MRR may change by itself (start, trial, end, discounts,
+    delinquency)."""
     found = [
         to_time(state.get(key)) for key in ("start_date", "created", "trial_start", "trial_end", "cancel_at")
     ]
@@ -248,8 +328,9 @@ def _moments(
         for item in as_list(state.get("items"))
         for discount in as_list(as_dict(item).get("discounts"))
     ]
-    for discount in discounts:
-        found.extend([to_time(as_dict(discount).get("start")), to_time(as_dict(discount).get("end"))])
+    for raw in discounts:
+        discount = as_dict(catalog.discounts.get(raw) if isinstance(raw, str) else raw)
+        found.extend([to_time(discount.get("start")), to_time(discount.get("end"))])
     if state.get("status") == "past_due":
         for invoice in invoices:
             reference = aging_reference(invoice)
@@ -313,16 +394,21 @@ def build_history(
             if version.start is not None:
                 moments.add(version.start)
             if version.state is not None:
-                moments.update(_moments(version.state, sub_id, invoices, policy.delinquent_churn_days))
+                moments.update(
+                    _moments(version.state, sub_id, invoices, policy.delinquent_churn_days, catalog)
+                )
     times = sorted(moment for moment in moments if moment < as_of)
 
     amounts: dict[tuple[int, tuple[bool, ...]], SubscriptionAmount] = {}
+    since_always = datetime.min.replace(tzinfo=as_of.tzinfo)
+    starts = {
+        sub_id: [version.start or since_always for version in versions]
+        for sub_id, versions in all_versions.items()
+    }
 
     def point(sub_id: str, at: datetime) -> _Point:
         versions = all_versions[sub_id]
-        index = bisect.bisect_right(
-            [version.start or datetime.min.replace(tzinfo=at.tzinfo) for version in versions], at
-        )
+        index = bisect.bisect_right(starts[sub_id], at)
         version = versions[max(index - 1, 0)]
         state = version.state
         if state is None:
@@ -358,37 +444,20 @@ def build_history(
     previous_points: dict[str, _Point] = {}
     previous_mrr: dict[str, int] = {}
     rebuilt: list[Change] = []
-    for at in times:
+    for at in [*times, as_of]:
         points = {sub_id: point(sub_id, at) for sub_id in all_versions}
-        mrr = _sum(points.values())
+        # At as_of the engine's own figure is the truth (the same rules, on the current objects).
+        mrr = dict(mrr_now) if at == as_of else _sum(points.values())
         _plan_changes(history, customer_id, previous_points, points, at, config, catalog)
         if mrr != previous_mrr:
+            before = {sub_id: found.value for sub_id, found in previous_points.items()}
+            moved = [sub_id for sub_id, now in points.items() if before.get(sub_id, 0) != now.value]
+            risers = tuple(sub_id for sub_id in moved if before.get(sub_id, 0) == 0)
+            cause = points[moved[-1]].cause if moved else customer_id
             hint = _group_hint(previous_points, points, invoices, config, at)
-            risers = tuple(
-                sub_id
-                for sub_id, now in points.items()
-                if now.value > 0 and previous_points.get(sub_id, now).value == 0 and sub_id in previous_points
-            )
-            cause = next(
-                (
-                    now.cause
-                    for sub_id, now in points.items()
-                    if previous_points.get(sub_id) is None or previous_points[sub_id].value != now.value
-                ),
-                customer_id,
-            )
             rebuilt.append(Change(at, mrr, cause, hint, risers))
         previous_points, previous_mrr = points, mrr
-    final_points = {sub_id: point(sub_id, as_of) for sub_id in all_versions}
-    _plan_changes(history, customer_id, previous_points, final_points, as_of, config, catalog)
-    if mrr_now != previous_mrr:
-        hint = _group_hint(previous_points, final_points, invoices, config, as_of)
-        risers = tuple(
-            sub_id
-            for sub_id, now in final_points.items()
-            if now.value > 0 and sub_id in previous_points and previous_points[sub_id].value == 0
-        )
-        rebuilt.append(Change(as_of, dict(mrr_now), "as_of", hint, risers))
+    final_points = previous_points
 
     history.changes = _merge_snapshots(rebuilt, snapshots, as_of, mrr_now)
     history.movements = _movements(customer_id, history.changes, config)

@@ -149,3 +149,5 @@ class CustomerEvaluation:
     movements: list[MrrMovement]
     plan_changes: list[PlanChange]
     snapshot: MrrSnapshot
+    # What was skipped and why (malformed or unresolvable parts of the input); for logs, never fatal.
+    problems: list[str] = field(default_factory=list)

@@ -33,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--now", default=None, help="simulated now, ISO 8601 (default 2026-11-01T00:00:00Z)")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--jitter-ms", type=float, default=0.0)
-    parser.add_argument("--rate-limit", type=rate_limit_arg, default=False, help="on | off | LIVE,TEST (per key mode, requests/s)")
+    parser.add_argument(
+        "--rate-limit",
+        type=rate_limit_arg,
+        default=False,
+        help="on | off | LIVE,TEST (per key mode, requests/s)",
+    )
     parser.add_argument("--faults", default=None, help="e.g. 500:0.01,502:0.01,reset:0.01,lock_timeout:0.02")
     parser.add_argument("--fault-seed", type=int, default=None)
     parser.add_argument("--slow-ms", type=int, default=2000, help="delay of a 'slow' fault")

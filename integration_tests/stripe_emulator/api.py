@@ -5,6 +5,7 @@ Pure request -> (status, body bytes, extra headers); the HTTP layer lives in ser
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,9 @@ DOCS = "https://stripe.com/docs/error-codes"
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, *, code: str | None = None, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -274,7 +277,7 @@ class Api:
         return low, high
 
     def matcher(self, resource: str, params: Params) -> Callable[[Any], bool] | None:
-        tests: list[Callable[[Any], bool]] = []
+        tests: builtins.list[Callable[[Any], bool]] = []
         customer = one(params, "customer")
         if customer:
             tests.append(lambda o: o.customer_id == customer)
@@ -303,7 +306,9 @@ class Api:
             if status is not None:
                 if status not in INVOICE_STATUSES:
                     raise ApiError(
-                        400, "Invalid status: must be one of " + ", ".join(sorted(INVOICE_STATUSES)), param="status"
+                        400,
+                        "Invalid status: must be one of " + ", ".join(sorted(INVOICE_STATUSES)),
+                        param="status",
                     )
                 tests.append(lambda o: o.status == status)
             subscription = one(params, "subscription")
@@ -340,7 +345,7 @@ class Api:
         return bool(self.price_of(obj).active) if obj.object_name != "product" else bool(obj.active)
 
     @staticmethod
-    def event_filters(params: Params) -> list[Callable[[Any], bool]]:
+    def event_filters(params: Params) -> builtins.list[Callable[[Any], bool]]:
         single = one(params, "type")
         many = params.get("types")
         if single and many:
@@ -357,7 +362,9 @@ class Api:
             return [lambda o: o.type == single]
         return []
 
-    def cursor(self, store: Store, spec: ListSpec, obj_id: str | None, param: str, match: Any) -> StripeObject | None:
+    def cursor(
+        self, store: Store, spec: ListSpec, obj_id: str | None, param: str, match: Any
+    ) -> StripeObject | None:
         if obj_id is None:
             return None
         obj = store.get(obj_id)
@@ -394,7 +401,9 @@ class Api:
             return orjson.dumps(obj.tombstone())
         return obj.json_bytes(self.book, variant)
 
-    def ordered_page(self, rendered: list[tuple[str, Any]], params: Params, url: str, singular: str) -> bytes:
+    def ordered_page(
+        self, rendered: builtins.list[tuple[str, Any]], params: Params, url: str, singular: str
+    ) -> bytes:
         """Paging over a fixed-order sublist (invoice lines, subscription items)."""
         limit, after, before = self.paging(params)
         ids = [obj_id for obj_id, _ in rendered]

@@ -139,7 +139,9 @@ RENEWAL_FATES = (
 class Dunning:
     __slots__ = ("invoice", "outcome", "hard", "recover_at_retry", "started")
 
-    def __init__(self, invoice: Invoice, outcome: str, hard: bool, recover_at_retry: int, started: int) -> None:
+    def __init__(
+        self, invoice: Invoice, outcome: str, hard: bool, recover_at_retry: int, started: int
+    ) -> None:
         self.invoice = invoice
         self.outcome = outcome  # recovered | unpaid | canceled | active (never resolves by itself)
         self.hard = hard
@@ -260,7 +262,9 @@ class Book:
         if requested:
             request_id = self.new_id("req_", 14)
             idem = self.new_id("", 32).lower()
-        event = Event(self.new_id("evt_"), at, self.next_seq(), type, obj, previous, request_id, idem, customer)
+        event = Event(
+            self.new_id("evt_"), at, self.next_seq(), type, obj, previous, request_id, idem, customer
+        )
         self.stores["events"].add(event)
         if self.summary is not None:
             self.summary.events[type] += 1
@@ -292,8 +296,12 @@ class Book:
         self.stores["products"].add(product)
         return product
 
-    def _price(self, product: Product, at: int, currency: str, amount: int | None, interval: str, **kw: Any) -> Price:
-        price = Price(self.new_id("price_"), at, self.next_seq(), product.id, currency, amount, interval, **kw)
+    def _price(
+        self, product: Product, at: int, currency: str, amount: int | None, interval: str, **kw: Any
+    ) -> Price:
+        price = Price(
+            self.new_id("price_"), at, self.next_seq(), product.id, currency, amount, interval, **kw
+        )
         self.stores["prices"].add(price)
         self.stores["plans"].add(Plan(price))
         if product.default_price is None:
@@ -377,7 +385,12 @@ class Book:
             ],
             "repeating": [
                 self._coupon(
-                    at + 24, "LAUNCH25", "25% off 3 months", "repeating", percent_off=25.0, duration_in_months=3
+                    at + 24,
+                    "LAUNCH25",
+                    "25% off 3 months",
+                    "repeating",
+                    percent_off=25.0,
+                    duration_in_months=3,
                 ),
                 self._coupon(
                     at + 25,
@@ -541,7 +554,11 @@ class Book:
         )
         yearly = fate not in monthly_fates and rng.random() < 0.18
         interval = "year" if yearly else "month"
-        use_tiered = currency == "usd" and interval == "month" and (fate == "tiered" or (fate is None and rng.random() < 0.04))
+        use_tiered = (
+            currency == "usd"
+            and interval == "month"
+            and (fate == "tiered" or (fate is None and rng.random() < 0.04))
+        )
 
         sub = Subscription(self.new_id("sub_"), at, self.next_seq(), customer, currency)
         anchor_day = day_of(fate_at if fate in RENEWAL_FATES else at)
@@ -555,10 +572,16 @@ class Book:
         else:
             low, high = LADDER[tier][2]
             self.add_item(sub, self.ladder[tier][currency][interval], rng.randint(low, high), at)
-        if currency in self.metered and interval == "month" and (fate == "metered" or (fate is None and rng.random() < 0.12)):
+        if (
+            currency in self.metered
+            and interval == "month"
+            and (fate == "metered" or (fate is None and rng.random() < 0.12))
+        ):
             self.add_item(sub, self.metered[currency], 0, at)
             self.label(customer, "metered")
-        if fate == "many_items" or (fate is None and currency == "usd" and interval == "month" and rng.random() < 0.003):
+        if fate == "many_items" or (
+            fate is None and currency == "usd" and interval == "month" and rng.random() < 0.003
+        ):
             for add_on in self.add_ons:
                 self.add_item(sub, add_on, 1, at)
             self.label(customer, "many_items")
@@ -639,6 +662,8 @@ class Book:
             getattr(self, "do_" + kind)(sub, at, data)
 
     def advance(self, days: float) -> AdvanceSummary:
+        if not days > 0:
+            raise ValueError("days must be more than 0")
         start, end = self.now, self.now + int(days * DAY)
         summary = self.summary = AdvanceSummary()
         self.event_cutoff = max(start, end - EVENT_RETENTION)
@@ -736,7 +761,9 @@ class Book:
             invoice.currency,
             decline,
             customer.payment_method or self.new_id("pm_"),
-            "Subscription creation" if invoice.billing_reason == "subscription_create" else "Subscription update",
+            "Subscription creation"
+            if invoice.billing_reason == "subscription_create"
+            else "Subscription update",
             self.new_id("pi_"),
         )
         self.stores["charges"].add(charge)
@@ -783,7 +810,13 @@ class Book:
         if invoice.total == 0 or not sub.customer.payment_method:
             return None
         fate = sim.fate
-        if fate in ("dunning_recovered", "dunning_unpaid", "dunning_canceled", "dunning_active", "hard_decline"):
+        if fate in (
+            "dunning_recovered",
+            "dunning_unpaid",
+            "dunning_canceled",
+            "dunning_active",
+            "hard_decline",
+        ):
             if abs(at - sim.fate_at) < 2 * DAY:
                 return self.rng.choice(HARD_DECLINES if fate == "hard_decline" else SOFT_DECLINES)
             return None
@@ -923,7 +956,8 @@ class Book:
 
     def open_overdue(self, sub: Subscription, at: int) -> bool:
         return any(
-            inv.status == "open" and inv.due_date is not None and inv.due_date < at for inv in sub.sim.invoices
+            inv.status == "open" and inv.due_date is not None and inv.due_date < at
+            for inv in sub.sim.invoices
         )
 
     def do_invoice_overdue(self, sub: Subscription, at: int, invoice: Invoice) -> None:
@@ -1122,6 +1156,7 @@ class Book:
             sub.billing_cycle_anchor = at
             for gone in metered:  # metered prices are monthly; they cannot stay on a yearly cycle
                 sub.items.remove(gone)
+                self.stores["subscription_items"].by_id.pop(gone.id, None)
             self.set_period(sub, at, end)
 
         self.update_subscription(sub, at, switch, requested=True)
@@ -1158,6 +1193,10 @@ class Book:
                 labels.add("annual")
         for obj in self.stores["invoices"].objects:
             invoice: Invoice = obj  # type: ignore[assignment]
-            if invoice.status == "open" and invoice.due_date is not None and now - invoice.due_date > 30 * DAY:
+            if (
+                invoice.status == "open"
+                and invoice.due_date is not None
+                and now - invoice.due_date > 30 * DAY
+            ):
                 result[invoice.customer.id].add("past_due_aging")
         return result

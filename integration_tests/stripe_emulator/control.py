@@ -21,7 +21,9 @@ FULL_READ = frozenset(
         "rak_connected_account_read",
     }
 )
-BILLING_READ = frozenset({"rak_subscription_read", "rak_invoice_read", "rak_charge_read", "rak_customer_read"})
+BILLING_READ = frozenset(
+    {"rak_subscription_read", "rak_invoice_read", "rak_charge_read", "rak_customer_read"}
+)
 
 
 @dataclass(frozen=True)
@@ -62,14 +64,15 @@ def mask_restricted(key: str) -> str:
 class TokenBucket:
     def __init__(self, rate: float) -> None:
         self.rate = rate
-        self.tokens = rate
+        self.capacity = max(1.0, rate)  # a burst of one second's worth, at least one request
+        self.tokens = self.capacity
         self.stamp = time.monotonic()
         self.lock = threading.Lock()
 
     def take(self) -> bool:
         with self.lock:
             now = time.monotonic()
-            self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
             self.stamp = now
             if self.tokens >= 1:
                 self.tokens -= 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +15,7 @@ import orjson
 from .api import Api
 from .book import DEFAULT_NOW, RESOURCES, Book
 from .control import FAULT_KINDS, Faults, KeyInfo, TokenBucket, default_keys, key_info, parse_faults
+from .model import CACHE_LIMIT
 from .server import EmulatorHTTPServer, serve_in_thread
 from .webhooks import WebhookSender
 
@@ -75,15 +77,37 @@ class Emulator:
             self.configure_webhooks(webhook_url, webhook_secret or "")
         self._server: EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def start(self) -> Emulator:
         if self._server is None:
             self._server, self._thread = serve_in_thread(self, self.port)
             self.port = self._server.server_address[1]
+            self._stopping.clear()
+            threading.Thread(target=self._warm_cache, name="emulator-warm-up", daemon=True).start()
         return self
 
+    def _warm_cache(self) -> None:
+        """Render objects to JSON in the background, newest first, so a client's first pass over the
+        book is served from cached bytes. Small chunks under the lock keep requests flowing."""
+        budget = CACHE_LIMIT
+        for resource in ("invoices", "charges", "subscriptions", "customers", "prices", "plans", "coupons"):
+            objects = self.book.stores[resource].sorted()
+            index = len(objects)
+            while index > 0 and budget > 0:
+                if self._stopping.is_set():
+                    return
+                with self.lock:
+                    chunk = objects[max(0, index - 200) : index]
+                    for obj in chunk:
+                        obj.json_bytes(self.book)
+                index -= len(chunk)
+                budget -= len(chunk)
+                time.sleep(0)  # let request threads in between chunks
+
     def stop(self) -> None:
+        self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -164,7 +188,7 @@ class Emulator:
             self.settings.rate_limit = None
             self.buckets = {}
         else:
-            live, test = rate_limit  # type: ignore[misc]
+            live, test = rate_limit
             self.settings.rate_limit = (float(live), float(test))
             self.buckets = {True: TokenBucket(float(live)), False: TokenBucket(float(test))}
 
@@ -188,7 +212,11 @@ class Emulator:
 
     def state(self) -> dict[str, Any]:
         with self.lock:
-            counts = {name: sum(1 for _ in store.live()) for name, store in self.book.stores.items()}
+            counts = {
+                name: sum(1 for _ in store.live())
+                for name, store in self.book.stores.items()
+                if store.objects
+            }
         return {
             "now": self.now,
             "now_iso": datetime.fromtimestamp(self.now, UTC).isoformat().replace("+00:00", "Z"),

@@ -6,9 +6,8 @@ are built from cached JSON bytes (`json_bytes`), so every mutation must call `to
 
 from __future__ import annotations
 
-from typing import Any
-
 from collections import deque
+from typing import Any
 
 import orjson
 
@@ -608,7 +607,9 @@ class InvoiceLine:
             "pricing": {
                 "price_details": {"price": self.price.id, "product": self.price.product},
                 "type": "price_details",
-                "unit_amount_decimal": None if self.price.unit_amount is None else str(self.price.unit_amount),
+                "unit_amount_decimal": None
+                if self.price.unit_amount is None
+                else str(self.price.unit_amount),
             },
             "quantity": self.quantity,
             "subtotal": self.amount,
@@ -841,7 +842,15 @@ DECLINES: dict[str, tuple[str, str, str, str, str, bool]] = {
 
 
 class Charge(StripeObject):
-    __slots__ = ("customer", "amount", "currency", "decline", "payment_method", "description", "payment_intent")
+    __slots__ = (
+        "customer",
+        "amount",
+        "currency",
+        "decline",
+        "payment_method",
+        "description",
+        "payment_intent",
+    )
     object_name = "charge"
 
     def __init__(

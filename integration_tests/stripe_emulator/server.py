@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 NO_KEY = (
     "You did not provide an API key. You need to provide your API key in the Authorization header, using "
-    "Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY'). See https://stripe.com/docs/api#authentication "
-    "for details, or we can help at https://support.stripe.com/."
+    "Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY'). See "
+    "https://stripe.com/docs/api#authentication for details, or we can help at https://support.stripe.com/."
 )
 RATE_LIMITED = (
     "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits."
@@ -93,13 +93,14 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache, no-store")
         for name, value in (headers or {}).items():
             self.send_header(name, value)
-        self.end_headers()
         if truncate:
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
             self.close_connection = True
-            return
-        self.wfile.write(body)
+            body = body[: len(body) // 2]
+        # Headers and body leave in one write.
+        buffer: list[bytes] = self._headers_buffer  # type: ignore[attr-defined]
+        buffer.append(b"\r\n")
+        buffer.append(body)
+        self.flush_headers()
 
     def reset(self) -> None:
         """Abort the connection with a TCP reset, no response."""
@@ -141,7 +142,9 @@ class Handler(BaseHTTPRequestHandler):
         entry["status"] = status
         emulator.request_log.append(entry)
 
-    def serve_stripe(self, emulator: Emulator, method: str, path: str, query: str, entry: dict[str, Any]) -> int:
+    def serve_stripe(
+        self, emulator: Emulator, method: str, path: str, query: str, entry: dict[str, Any]
+    ) -> int:
         settings = emulator.settings
         delay = settings.latency_ms + (emulator.jitter() if settings.jitter_ms else 0.0)
         if delay > 0:
@@ -184,8 +187,8 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", content_type="text/html")
             return 502
         if method != "GET":
-            error = ApiError(400, f"This emulator is read-only: {method} {path} is not supported.")
-            self.reply(400, error.body())
+            refusal = ApiError(400, f"This emulator is read-only: {method} {path} is not supported.")
+            self.reply(400, refusal.body())
             return 400
         label = mask_restricted(key) if key.startswith("rk_") else mask_key(key)
         params = parse_params(parse_qsl(query, keep_blank_values=True))

@@ -70,7 +70,11 @@ class Store:
         """A newest-first page of at most `limit` objects and whether more follow in that direction."""
         objects = self.sorted()
         low = 0 if created_min is None else bisect_left(objects, (created_min, -1), key=sort_key)
-        high = len(objects) if created_max is None else bisect_right(objects, (created_max, 1 << 62), key=sort_key)
+        high = (
+            len(objects)
+            if created_max is None
+            else bisect_right(objects, (created_max, 1 << 62), key=sort_key)
+        )
         found: list[StripeObject] = []
         if ending_before is not None:
             # Walk towards newer objects, then flip so the page is still newest first.

@@ -84,7 +84,9 @@ def subscription(
 ) -> dict[str, Any]:
     the_items = list(items) or [item(price())]
     currency = extra.pop("currency", None) or (
-        the_items[0].get("price", {}).get("currency", "usd") if isinstance(the_items[0].get("price"), dict) else "usd"
+        the_items[0].get("price", {}).get("currency", "usd")
+        if isinstance(the_items[0].get("price"), dict)
+        else "usd"
     )
     return {
         "id": sub_id,
@@ -143,7 +145,12 @@ def discount(
 
 
 def tax_rate(percentage: float, inclusive: bool) -> dict[str, Any]:
-    return {"id": f"txr_{percentage}_{inclusive}", "object": "tax_rate", "percentage": percentage, "inclusive": inclusive}
+    return {
+        "id": f"txr_{percentage}_{inclusive}",
+        "object": "tax_rate",
+        "percentage": percentage,
+        "inclusive": inclusive,
+    }
 
 
 def invoice(
@@ -206,7 +213,9 @@ def line(
     }
 
 
-def paid_invoice(invoice_id: str, start: int, end: int, price_id: str, amount: int, quantity: int = 1) -> dict[str, Any]:
+def paid_invoice(
+    invoice_id: str, start: int, end: int, price_id: str, amount: int, quantity: int = 1
+) -> dict[str, Any]:
     found = invoice(invoice_id, status="paid", amount_remaining=0, finalized_at=start)
     found["status_transitions"]["paid_at"] = start + 3600
     found["lines"]["data"] = [line(start, end, price_id, amount, quantity)]

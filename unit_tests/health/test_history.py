@@ -9,6 +9,7 @@ import pytest
 
 from destination_perly.health import TierRule
 from destination_perly.health.model import CustomerEvaluation, MrrSnapshot
+from destination_perly.health.values import to_time
 from unit_tests.health.builders import (
     AS_OF,
     bundle,
@@ -22,7 +23,6 @@ from unit_tests.health.builders import (
     products_named,
     subscription,
 )
-from destination_perly.health.values import to_time
 
 BASIC = price("price_basic", amount=1000, product="prod_basic")
 PRO = price("price_pro", amount=3000, product="prod_pro")
@@ -38,7 +38,9 @@ def plan_kinds(evaluation: CustomerEvaluation) -> list[tuple[str, str | None, st
     return [(c.kind, c.from_plan, c.to_plan) for c in evaluation.plan_changes]
 
 
-def changed(sub: dict[str, Any], at_days: float, previous: dict[str, Any], event_id: str = "evt_1") -> dict[str, Any]:
+def changed(
+    sub: dict[str, Any], at_days: float, previous: dict[str, Any], event_id: str = "evt_1"
+) -> dict[str, Any]:
     return event(event_id, days_ago(at_days), sub, previous=previous)
 
 
@@ -54,7 +56,9 @@ def test_given_upgrade_event_10_days_ago_when_building_history_then_expansion_an
     # items were Basic 1000, now Pro 3000 -> expansion +2000; 30 days ago 1000
     now = subscription(item(PRO))
     before_items = {"data": [item(BASIC)]}
-    evaluation = evaluate(bundle([now], events=[changed(now, 10, {"items": before_items})], products=PRODUCTS))
+    evaluation = evaluate(
+        bundle([now], events=[changed(now, 10, {"items": before_items})], products=PRODUCTS)
+    )
     assert kinds(evaluation) == [("new", None, 0, 1000), ("expansion", None, 1000, 3000)]
     assert evaluation.movements[1].cause == "evt_1"
     assert plan_kinds(evaluation) == [("upgrade", "price_basic", "price_pro")]
@@ -65,7 +69,9 @@ def test_given_upgrade_event_10_days_ago_when_building_history_then_expansion_an
 def test_given_downgrade_event_when_building_history_then_contraction_downgrade_and_both_flags() -> None:
     # Pro 3000 -> Basic 1000, 10 days ago: contraction -2000, downgrade, MRR below 30 days ago
     now = subscription(item(BASIC))
-    evaluation = evaluate(bundle([now], events=[changed(now, 10, {"items": {"data": [item(PRO)]}})], products=PRODUCTS))
+    evaluation = evaluate(
+        bundle([now], events=[changed(now, 10, {"items": {"data": [item(PRO)]}})], products=PRODUCTS)
+    )
     assert kinds(evaluation)[-1] == ("contraction", None, 3000, 1000)
     assert plan_kinds(evaluation) == [("downgrade", "price_pro", "price_basic")]
     health = evaluation.health
@@ -80,7 +86,9 @@ DOWNGRADE_WINDOW = [
 
 
 @pytest.mark.parametrize(("days", "expected"), DOWNGRADE_WINDOW)
-def test_given_downgrade_some_days_ago_when_flagging_then_only_last_90_days_count(days: int, expected: bool) -> None:
+def test_given_downgrade_some_days_ago_when_flagging_then_only_last_90_days_count(
+    days: int, expected: bool
+) -> None:
     now = subscription(item(BASIC))
     found = bundle([now], events=[changed(now, days, {"items": {"data": [item(PRO)]}})], products=PRODUCTS)
     assert evaluate(found).health.flag_downgrade is expected
@@ -111,7 +119,9 @@ def test_given_tier_map_when_ranks_disagree_with_price_then_map_rank_decides() -
     now = subscription(item(PRO))
     found = bundle([now], events=[changed(now, 5, {"items": {"data": [item(BASIC)]}})], products=PRODUCTS)
     evaluation = evaluate(found, tiers=tiers)
-    assert [(c.kind, c.from_tier, c.to_tier) for c in evaluation.plan_changes] == [("downgrade", "Gold", "Bronze")]
+    assert [(c.kind, c.from_tier, c.to_tier) for c in evaluation.plan_changes] == [
+        ("downgrade", "Gold", "Bronze")
+    ]
     assert evaluation.health.plan_tier == "Bronze"
 
 
@@ -119,7 +129,9 @@ CHURN = [
     # customer asked to cancel -> voluntary
     pytest.param({"cancellation_details": {"reason": "cancellation_requested"}}, "voluntary", id="voluntary"),
     pytest.param({"cancellation_details": {"reason": "payment_failed"}}, "involuntary", id="payment-failed"),
-    pytest.param({"cancellation_details": {"reason": "payment_disputed"}}, "involuntary", id="payment-disputed"),
+    pytest.param(
+        {"cancellation_details": {"reason": "payment_disputed"}}, "involuntary", id="payment-disputed"
+    ),
     pytest.param({"cancellation_details": {"reason": None}}, "unknown", id="no-reason"),
 ]
 
@@ -161,7 +173,7 @@ def test_given_past_due_back_to_active_when_building_history_then_no_movement() 
     assert kinds(evaluation) == [("new", None, 0, 1000)]
 
 
-def test_given_trial_converted_when_building_history_then_trial_start_is_no_movement_and_conversion_is_new() -> None:
+def test_given_trial_converted_when_building_history_then_conversion_is_new_and_trial_start_is_not() -> None:
     sub = subscription(start=days_ago(40), trial_start=days_ago(40), trial_end=days_ago(26))
     evaluation = evaluate(bundle([sub]))
     assert kinds(evaluation) == [("new", None, 0, 1000)]
@@ -179,8 +191,13 @@ def test_given_trial_in_progress_when_building_history_then_no_movement() -> Non
 
 
 def test_given_new_subscription_after_churn_when_building_history_then_reactivation() -> None:
-    old = subscription(sub_id="sub_old", status="canceled", ended_at=days_ago(100), start=days_ago(300),
-                       cancellation_details={"reason": "cancellation_requested"})
+    old = subscription(
+        sub_id="sub_old",
+        status="canceled",
+        ended_at=days_ago(100),
+        start=days_ago(300),
+        cancellation_details={"reason": "cancellation_requested"},
+    )
     new = subscription(item(PRO), sub_id="sub_new", start=days_ago(20))
     evaluation = evaluate(bundle([old, new], products=PRODUCTS))
     assert kinds(evaluation) == [
@@ -246,7 +263,9 @@ def test_given_snapshot_40_days_ago_higher_when_no_events_then_contraction_dated
     assert evaluation.movements[-1].at == AS_OF
 
 
-def test_given_snapshots_and_an_event_between_when_building_history_then_movement_dated_by_the_event() -> None:
+def test_given_snapshots_and_an_event_between_when_building_history_then_movement_dated_by_the_event() -> (
+    None
+):
     snapshots = [
         MrrSnapshot(AS_OF - timedelta(days=20), {"usd": 3000}, "sync_1"),
         MrrSnapshot(AS_OF - timedelta(days=2), {"usd": 1000}, "sync_2"),
@@ -260,7 +279,10 @@ def test_given_snapshots_and_an_event_between_when_building_history_then_movemen
 
 def test_given_events_out_of_order_when_evaluating_twice_then_output_is_identical() -> None:
     now = subscription(item(PRO))
-    events = [changed(now, 10, {"items": {"data": [item(BASIC)]}}, "evt_a"), changed(now, 5, {"quantity": 1}, "evt_b")]
+    events = [
+        changed(now, 10, {"items": {"data": [item(BASIC)]}}, "evt_a"),
+        changed(now, 5, {"quantity": 1}, "evt_b"),
+    ]
     first = evaluate(bundle([now], events=events))
     second = evaluate(bundle([now], events=list(reversed(events))))
     assert first == second
@@ -289,3 +311,136 @@ def test_given_two_currencies_when_one_churns_then_movements_are_per_currency() 
     assert [(m.currency, m.mrr_before, m.mrr_after) for m in churn] == [("eur", 2000, 0)]
     # the usd MRR did not change: no contraction in the main currency
     assert evaluation.health.flag_mrr_contraction is False
+
+
+def test_given_forever_discount_that_ended_10_days_ago_when_building_history_then_expansion_at_its_end() -> (
+    None
+):
+    # 2000 with 50% forever until 10 days ago -> 1000, then 2000: expansion dated at the discount's end
+    from unit_tests.health.builders import coupon, discount
+
+    sub = subscription(
+        item(price(amount=2000)), discounts=[discount("co_half", start=days_ago(400), end=days_ago(10))]
+    )
+    evaluation = evaluate(bundle([sub], coupons=[coupon("co_half", percent_off=50)]))
+    assert kinds(evaluation) == [("new", None, 0, 1000), ("expansion", None, 1000, 2000)]
+    assert evaluation.movements[1].at == to_time(days_ago(10))
+    assert evaluation.health.mrr_30d_ago == 1000
+
+
+def test_given_delinquent_customer_who_paid_when_building_history_then_churn_then_reactivation() -> None:
+    # invoice due 50 days ago, paid 5 days ago; subscription active again now:
+    # delinquent from day 31 (19 days ago) -> churn; back when paid -> reactivation
+    paid = invoice(status="paid", amount_remaining=0, due_date=days_ago(50), finalized_at=days_ago(55))
+    paid["status_transitions"]["paid_at"] = days_ago(5)
+    now = subscription(status="active")
+    found = bundle([now], [paid], events=[changed(now, 5, {"status": "past_due"})])
+    evaluation = evaluate(found)
+    assert [(kind, churn) for kind, churn, *_ in kinds(evaluation)] == [
+        ("new", None),
+        ("churn", "involuntary"),
+        ("reactivation", None),
+    ]
+    assert evaluation.movements[1].at == to_time(days_ago(50)) + timedelta(days=31)
+
+
+def test_given_problems_in_input_when_evaluating_then_they_are_reported_not_fatal() -> None:
+    broken = {
+        "id": "si_bad",
+        "price": {"id": "p_bad", "recurring": {"interval": "fortnight"}, "unit_amount": 5},
+    }
+    sub = subscription(item(BASIC), broken, discounts=["di_unknown"])
+    evaluation = evaluate(bundle([sub]))
+    assert evaluation.health.mrr == 1000
+    assert any("si_bad" in problem for problem in evaluation.problems)
+    assert any("di_unknown" in problem for problem in evaluation.problems)
+
+
+def test_given_invoices_for_an_unknown_price_when_first_sync_then_billed_amounts_give_the_mrr() -> None:
+    # 3 monthly periods billed 5000 on a price we do not have, then the current 1000 plan:
+    # contraction 5000 -> 1000
+    month = 30 * 86400
+    start = days_ago(150)
+    invoices = [
+        paid_invoice(f"in_{index}", start + index * month, start + (index + 1) * month, "price_gone", 5000)
+        for index in range(3)
+    ] + [paid_invoice("in_3", start + 3 * month, start + 4 * month, "price_basic", 1000)]
+    evaluation = evaluate(bundle([subscription(item(BASIC), start=start)], invoices, prices=[BASIC]))
+    assert kinds(evaluation) == [("new", None, 0, 5000), ("contraction", None, 5000, 1000)]
+
+
+def test_given_trial_zero_invoice_when_first_sync_then_it_is_not_evidence_of_mrr() -> None:
+    # the trial's 0 invoice covers the trial period: MRR stays 0 until the trial ends 20 days ago
+    trial_invoice = paid_invoice("in_0", days_ago(34), days_ago(20), "price_basic", 0)
+    first_paid = paid_invoice("in_1", days_ago(20), days_ago(-10), "price_basic", 1000)
+    sub = subscription(item(BASIC), start=days_ago(34), trial_start=days_ago(34), trial_end=days_ago(20))
+    evaluation = evaluate(bundle([sub], [trial_invoice, first_paid], prices=[BASIC]))
+    assert kinds(evaluation) == [("new", None, 0, 1000)]
+    assert evaluation.movements[0].at == to_time(days_ago(20))
+
+
+def test_given_item_discount_and_inclusive_tax_when_first_sync_from_invoices_then_no_spurious_movement() -> (
+    None
+):
+    # item: 1200 inclusive of 20% tax, item-level 50% forever discount -> 1200 x 0.5 / 1.2 = 500 all along
+    from unit_tests.health.builders import coupon, discount, tax_rate
+
+    taxed = price("price_basic", amount=1200, tax_behavior="inclusive")
+    the_item = item(
+        taxed, tax_rates=[tax_rate(20, True)], discounts=[discount("co_half", start=days_ago(400))]
+    )
+    month = 30 * 86400
+    start = days_ago(150)
+    invoices = [
+        paid_invoice(f"in_{index}", start + index * month, start + (index + 1) * month, "price_basic", 600)
+        for index in range(5)
+    ]
+    found = bundle(
+        [subscription(the_item, start=start)], invoices, prices=[taxed], coupons=[coupon("co_half", 50)]
+    )
+    assert kinds(evaluate(found)) == [("new", None, 0, 500)]
+
+
+BASIC_Y = price("price_basic_y", amount=12000, interval="year", product="prod_basic")
+PRO_Y = price("price_pro_y36", amount=36000, interval="year", product="prod_pro")
+
+
+def proration_invoice(at: int, end: int, removed: tuple[str, int], added: tuple[str, int]) -> dict[str, Any]:
+    from unit_tests.health.builders import line
+
+    found = paid_invoice("in_prorate", at, end, removed[0], 0)
+    found["lines"]["data"] = [
+        line(at, end, removed[0], -5000, removed[1], proration=True),
+        line(at, end, added[0], 7000, added[1], proration=True),
+    ]
+    return found
+
+
+def test_given_mid_year_upgrade_only_in_proration_lines_when_first_sync_then_dated_at_the_change() -> None:
+    # yearly Basic 12000 (1000/month) from 300 days ago;
+    # prorated to yearly Pro 36000 (3000/month) 100 days ago
+    start, change, end = days_ago(300), days_ago(100), days_ago(-65)
+    invoices = [
+        paid_invoice("in_year", start, end, "price_basic_y", 12000),
+        proration_invoice(change, end, ("price_basic_y", 1), ("price_pro_y36", 1)),
+    ]
+    sub = subscription(item(PRO_Y), start=start)
+    evaluation = evaluate(bundle([sub], invoices, prices=[BASIC_Y, PRO_Y], products=PRODUCTS))
+    assert kinds(evaluation) == [("new", None, 0, 1000), ("expansion", None, 1000, 3000)]
+    assert evaluation.movements[1].at == to_time(change)
+    assert plan_kinds(evaluation) == [("upgrade", "price_basic_y", "price_pro_y36")]
+
+
+def test_given_seats_cut_mid_year_in_proration_lines_when_first_sync_then_contraction_not_downgrade() -> None:
+    # 5 seats of yearly Basic (5000/month) cut to 3 (3000/month) 40 days ago
+    start, change, end = days_ago(300), days_ago(40), days_ago(-65)
+    invoices = [
+        paid_invoice("in_year", start, end, "price_basic_y", 60000, quantity=5),
+        proration_invoice(change, end, ("price_basic_y", 5), ("price_basic_y", 3)),
+    ]
+    sub = subscription(item(BASIC_Y, 3), start=start)
+    evaluation = evaluate(bundle([sub], invoices, prices=[BASIC_Y], products=PRODUCTS))
+    assert kinds(evaluation) == [("new", None, 0, 5000), ("contraction", None, 5000, 3000)]
+    assert evaluation.movements[1].at == to_time(change)
+    assert evaluation.plan_changes == []
+    assert (evaluation.health.mrr_30d_ago, evaluation.health.flag_mrr_contraction) == (3000, False)

@@ -111,8 +111,19 @@ def test_given_item_price_is_only_an_id_when_computing_mrr_then_stored_price_is_
 
 
 def test_given_legacy_plan_without_price_when_computing_mrr_then_plan_amount_is_used() -> None:
-    legacy = {"id": "si_x", "quantity": 2, "plan": {"id": "plan_old", "amount": 500, "currency": "usd",
-              "interval": "month", "interval_count": 1, "usage_type": "licensed", "billing_scheme": "per_unit"}}
+    legacy = {
+        "id": "si_x",
+        "quantity": 2,
+        "plan": {
+            "id": "plan_old",
+            "amount": 500,
+            "currency": "usd",
+            "interval": "month",
+            "interval_count": 1,
+            "usage_type": "licensed",
+            "billing_scheme": "per_unit",
+        },
+    }
     # 500 x 2 = 1000
     assert mrr_of([subscription(legacy)]) == {"usd": 1000}
 
@@ -120,8 +131,10 @@ def test_given_legacy_plan_without_price_when_computing_mrr_then_plan_amount_is_
 ITEM_COUNTING = [
     # metered item left out, licensed 1000 counts -> 1000
     pytest.param(
-        [item(price(amount=1000)), item(price("price_m", amount=5, recurring={"interval": "month",
-                                                                              "usage_type": "metered"}))],
+        [
+            item(price(amount=1000)),
+            item(price("price_m", amount=5, recurring={"interval": "month", "usage_type": "metered"})),
+        ],
         1000,
         id="metered-excluded",
     ),
@@ -152,7 +165,9 @@ STATUSES = [
     pytest.param({"status": "unpaid"}, 0, id="unpaid-not"),
     pytest.param({"status": "canceled", "ended_at": days_ago(1)}, 0, id="canceled-not"),
     pytest.param({"status": "paused"}, 0, id="paused-not"),
-    pytest.param({"status": "active", "pause_collection": {"behavior": "void"}}, 0, id="collection-paused-not"),
+    pytest.param(
+        {"status": "active", "pause_collection": {"behavior": "void"}}, 0, id="collection-paused-not"
+    ),
     pytest.param({"status": "active", "ended_at": days_ago(1)}, 0, id="ended-at-passed-not"),
     pytest.param({"status": "active", "ended_at": days_ago(-1)}, 1000, id="ended-at-future-counts"),
     # cancel_at_period_end: keeps counting until it ends
@@ -247,7 +262,9 @@ def test_given_item_and_subscription_discounts_when_computing_mrr_then_item_disc
 
 def test_given_subscription_amount_off_with_two_items_when_computing_mrr_then_total_is_reduced_once() -> None:
     # items 3000 + 1000 = 4000; amount_off 1000 on the subscription -> 3000
-    sub = subscription(item(price("p_a", amount=3000)), item(price("p_b", amount=1000)), discounts=[discount()])
+    sub = subscription(
+        item(price("p_a", amount=3000)), item(price("p_b", amount=1000)), discounts=[discount()]
+    )
     assert mrr_of([sub], coupons=[coupon(amount_off=1000)]) == {"usd": 3000}
 
 
@@ -293,7 +310,9 @@ def test_given_tax_when_computing_mrr_then_tax_is_excluded(
 
 def test_given_default_tax_rates_on_subscription_when_item_has_none_then_they_are_backed_out() -> None:
     # 1200 inclusive of the subscription's 20% -> 1000
-    sub = subscription(item(price(amount=1200, tax_behavior="inclusive")), default_tax_rates=[tax_rate(20, True)])
+    sub = subscription(
+        item(price(amount=1200, tax_behavior="inclusive")), default_tax_rates=[tax_rate(20, True)]
+    )
     assert mrr_of([sub]) == {"usd": 1000}
 
 
@@ -308,8 +327,9 @@ def test_given_two_subscriptions_when_rounding_then_each_is_rounded_once_and_the
 
 def test_given_two_items_when_rounding_then_exact_sum_is_rounded_once_per_subscription() -> None:
     # items 1000/12 = 83.33 each; exact sum 166.67 -> 167 (rounding each first would give 166)
-    sub = subscription(item(price("p_a", amount=1000, interval="year")), item(price("p_b", amount=1000,
-                                                                                       interval="year")))
+    sub = subscription(
+        item(price("p_a", amount=1000, interval="year")), item(price("p_b", amount=1000, interval="year"))
+    )
     assert mrr_of([sub]) == {"usd": 167}
 
 

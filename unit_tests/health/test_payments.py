@@ -43,7 +43,9 @@ NEVER_AGED = [
 
 
 @pytest.mark.parametrize("fields", NEVER_AGED)
-def test_given_invoice_not_open_with_money_left_when_aging_then_it_is_never_aged(fields: dict[str, Any]) -> None:
+def test_given_invoice_not_open_with_money_left_when_aging_then_it_is_never_aged(
+    fields: dict[str, Any],
+) -> None:
     health = evaluate(bundle([subscription()], [invoice(due_date=days_ago(70), **fields)])).health
     assert (health.max_days_past_due, health.flag_invoice_aging, health.past_due_amount) == (0, False, 0)
 
@@ -116,7 +118,9 @@ LADDER = [
     pytest.param([], [charge(status="succeeded", captured=False)], "none", id="uncaptured-not-failure"),
     pytest.param([], [charge(status="succeeded", captured=True)], "none", id="success-none"),
     # retries exhausted: open auto-charged invoice with no next attempt -> high
-    pytest.param([invoice(due_date=days_ago(-3), next_payment_attempt=None)], [], "high", id="retries-exhausted"),
+    pytest.param(
+        [invoice(due_date=days_ago(-3), next_payment_attempt=None)], [], "high", id="retries-exhausted"
+    ),
     # a send_invoice invoice has no payment attempts by design: not exhausted -> low (not yet due)
     pytest.param(
         [invoice(due_date=days_ago(-3), next_payment_attempt=None, collection_method="send_invoice")],
@@ -140,7 +144,12 @@ def test_given_invoices_and_charges_when_rating_payment_risk_then_the_ladder_app
 
 def test_given_failures_at_different_ages_when_counting_then_30_and_90_day_windows_are_separate() -> None:
     # 2 failures 5 days ago, 1 at 45 days, 1 at 100 days -> 30d: 2, 90d: 3
-    found = [charge("ch_a", days=5), charge("ch_b", days=5), charge("ch_c", days=45), charge("ch_d", days=100)]
+    found = [
+        charge("ch_a", days=5),
+        charge("ch_b", days=5),
+        charge("ch_c", days=45),
+        charge("ch_d", days=100),
+    ]
     health = evaluate(bundle([subscription()], charges=found)).health
     assert (health.failed_payments_30d, health.failed_payments_90d) == (2, 3)
 

@@ -50,7 +50,11 @@ def test_yearly_price_of_twelve_times_monthly_gives_the_same_mrr(amount: int, qu
 def test_once_or_repeating_coupon_never_changes_mrr(
     amount: int, quantity: int, percent: int, off: int, duration: str, use_percent: bool
 ) -> None:
-    the_coupon = coupon(percent_off=percent, duration=duration) if use_percent else coupon(amount_off=off, duration=duration)
+    the_coupon = (
+        coupon(percent_off=percent, duration=duration)
+        if use_percent
+        else coupon(amount_off=off, duration=duration)
+    )
     plain = subscription(item(price(amount=amount), quantity))
     discounted = subscription(item(price(amount=amount), quantity), discounts=[discount("co_1")])
     assert mrr([plain]) == mrr([discounted], coupons=[the_coupon])
@@ -76,7 +80,9 @@ def test_mrr_is_never_negative(
     if off is not None:
         coupons.append(coupon("co_a", amount_off=off))
         discounts.append(discount("co_a"))
-    sub = subscription(item(price(amount=amount, interval=interval, count=count), quantity), discounts=discounts)
+    sub = subscription(
+        item(price(amount=amount, interval=interval, count=count), quantity), discounts=discounts
+    )
     assert mrr([sub], coupons=coupons) >= 0
 
 
@@ -95,7 +101,9 @@ def test_adding_a_counting_item_never_lowers_mrr(
     coupons = [coupon("co_p", percent_off=percent)] if percent is not None else []
     one = subscription(item(price("p_a", amount=base)), discounts=discounts)
     two = subscription(
-        item(price("p_a", amount=base)), item(price("p_b", amount=extra, interval=interval), quantity), discounts=discounts
+        item(price("p_a", amount=base)),
+        item(price("p_b", amount=extra, interval=interval), quantity),
+        discounts=discounts,
     )
     assert mrr([two], coupons=coupons) >= mrr([one], coupons=coupons)
 
@@ -129,9 +137,16 @@ def test_customer_mrr_is_the_sum_of_its_subscriptions(amounts_by_sub: list[int],
 @given(amount=st.integers(min_value=1, max_value=10**6), later=st.integers(min_value=0, max_value=500))
 def test_movements_always_sum_to_current_mrr(amount: int, later: int) -> None:
     # whatever the history, the deltas of the movements add up to MRR now (per currency)
-    old = subscription(item(price("p_old", amount=amount)), sub_id="sub_old", status="canceled",
-                       ended_at=int((AS_OF - timedelta(days=later + 1)).timestamp()))
-    new = subscription(item(price("p_new", amount=amount + later)), sub_id="sub_new",
-                       start=int((AS_OF - timedelta(days=later)).timestamp()))
+    old = subscription(
+        item(price("p_old", amount=amount)),
+        sub_id="sub_old",
+        status="canceled",
+        ended_at=int((AS_OF - timedelta(days=later + 1)).timestamp()),
+    )
+    new = subscription(
+        item(price("p_new", amount=amount + later)),
+        sub_id="sub_new",
+        start=int((AS_OF - timedelta(days=later)).timestamp()),
+    )
     evaluation = evaluate(bundle([old, new]))
     assert sum(m.delta for m in evaluation.movements if m.currency == "usd") == evaluation.health.mrr

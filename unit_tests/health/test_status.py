@@ -1,4 +1,4 @@
-"""subscription_health precedence, the five flags, risk score, tenure and customer fields (sections 2, 4, 6)."""
+"""subscription_health precedence, the five flags, risk score, tenure, customer fields (sections 2, 4, 6)."""
 
 from __future__ import annotations
 
@@ -33,16 +33,23 @@ SUBSCRIPTION_HEALTH = [
     pytest.param([subscription(status="past_due")], "at_risk", id="past-due-at-risk"),
     pytest.param([subscription(status="unpaid")], "at_risk", id="unpaid-at-risk"),
     pytest.param([subscription(status="incomplete")], "at_risk", id="incomplete-at-risk"),
-    pytest.param([subscription(pause_collection={"behavior": "void"})], "at_risk", id="paused-collection-at-risk"),
+    pytest.param(
+        [subscription(pause_collection={"behavior": "void"})], "at_risk", id="paused-collection-at-risk"
+    ),
     pytest.param([subscription(cancel_at_period_end=True)], "at_risk", id="set-to-cancel-at-risk"),
     pytest.param([subscription(cancel_at=days_ago(-20))], "at_risk", id="cancel-at-future-at-risk"),
     # worst wins: one healthy, one past_due -> at_risk
     pytest.param(
-        [subscription(sub_id="sub_a"), subscription(sub_id="sub_b", status="past_due")], "at_risk", id="worst-wins"
+        [subscription(sub_id="sub_a"), subscription(sub_id="sub_b", status="past_due")],
+        "at_risk",
+        id="worst-wins",
     ),
     # healthy beats trialing
     pytest.param(
-        [subscription(sub_id="sub_a"), subscription(sub_id="sub_b", status="trialing", trial_end=days_ago(-3))],
+        [
+            subscription(sub_id="sub_a"),
+            subscription(sub_id="sub_b", status="trialing", trial_end=days_ago(-3)),
+        ],
         "healthy",
         id="healthy-over-trialing",
     ),
@@ -61,7 +68,9 @@ SUBSCRIPTION_HEALTH = [
         id="canceled-in-trial-none",
     ),
     # incomplete_expired never counted -> none
-    pytest.param([subscription(status="incomplete_expired", ended_at=days_ago(3))], "none", id="incomplete-expired"),
+    pytest.param(
+        [subscription(status="incomplete_expired", ended_at=days_ago(3))], "none", id="incomplete-expired"
+    ),
 ]
 
 
@@ -103,14 +112,20 @@ AGING_FLAG = [
 
 
 @pytest.mark.parametrize(("due", "expected"), AGING_FLAG)
-def test_given_open_invoice_when_flagging_then_one_day_past_due_raises_invoice_aging(due: int, expected: bool) -> None:
+def test_given_open_invoice_when_flagging_then_one_day_past_due_raises_invoice_aging(
+    due: int, expected: bool
+) -> None:
     health = evaluate(bundle([subscription()], [invoice(due_date=due)])).health
     assert health.flag_invoice_aging is expected
 
 
 def trial(end_in_days: float, **extra: Any) -> dict[str, Any]:
     return subscription(
-        status="trialing", trial_start=days_ago(10), trial_end=days_ago(-end_in_days), start=days_ago(10), **extra
+        status="trialing",
+        trial_start=days_ago(10),
+        trial_end=days_ago(-end_in_days),
+        start=days_ago(10),
+        **extra,
     )
 
 
@@ -120,7 +135,9 @@ TRIAL_FLAG = [
     pytest.param(trial(3.5), customer(), False, id="3.5-days"),
     pytest.param(trial(2, default_payment_method="pm_1"), customer(), False, id="subscription-method"),
     pytest.param(trial(2, default_source="card_1"), customer(), False, id="subscription-source"),
-    pytest.param(trial(2), customer(invoice_settings={"default_payment_method": "pm_1"}), False, id="customer-method"),
+    pytest.param(
+        trial(2), customer(invoice_settings={"default_payment_method": "pm_1"}), False, id="customer-method"
+    ),
     pytest.param(trial(2), customer(default_source="card_1"), False, id="customer-source"),
 ]
 
@@ -131,7 +148,8 @@ def test_given_trial_when_flagging_then_trial_ending_within_3_days_without_payme
 ) -> None:
     health = evaluate(bundle([sub], the_customer=the_customer)).health
     assert health.flag_trial_expiring is expected
-    assert health.trial_end is not None and health.trial_end.timestamp() == sub["trial_end"]
+    assert health.trial_end is not None
+    assert health.trial_end.timestamp() == sub["trial_end"]
     assert health.subscription_health == "trialing"
 
 
@@ -214,7 +232,11 @@ def test_given_coupons_when_evaluating_then_active_coupon_ids_are_listed_sorted(
 
     sub = subscription(discounts=[discount("co_b"), discount("co_a", end=days_ago(1))])
     the_customer = customer(discount=discount("co_c"))
-    coupons = [coupon("co_a", percent_off=5), coupon("co_b", percent_off=5, duration="once"), coupon("co_c", percent_off=5)]
+    coupons = [
+        coupon("co_a", percent_off=5),
+        coupon("co_b", percent_off=5, duration="once"),
+        coupon("co_c", percent_off=5),
+    ]
     health = evaluate(bundle([sub], coupons=coupons, the_customer=the_customer)).health
     # co_a ended; co_b (once) is active even though it does not change MRR; customer's co_c is active
     assert health.active_coupon_ids == ["co_b", "co_c"]
@@ -228,3 +250,48 @@ def test_given_deleted_customer_when_evaluating_then_row_is_marked_deleted() -> 
 def test_given_cancel_at_period_end_when_evaluating_then_flagged_and_still_counting() -> None:
     health = evaluate(bundle([subscription(cancel_at_period_end=True)])).health
     assert (health.cancel_at_period_end, health.mrr) == (True, 1000)
+
+
+CONTRACTION_FLAG = [
+    # MRR 30 days ago (observed 40 days ago and unchanged since) vs MRR now (1000)
+    pytest.param(1001, True, id="now-1-below"),
+    pytest.param(1000, False, id="equal"),
+    pytest.param(999, False, id="now-1-above"),
+]
+
+
+@pytest.mark.parametrize(("earlier", "expected"), CONTRACTION_FLAG)
+def test_given_mrr_30_days_ago_when_flagging_then_any_drop_raises_mrr_contraction(
+    earlier: int, expected: bool
+) -> None:
+    from destination_perly.health.model import MrrSnapshot
+
+    snapshots = [MrrSnapshot(AS_OF - timedelta(days=40), {"usd": earlier}, "sync_1")]
+    health = evaluate(bundle([subscription()], snapshots=snapshots)).health
+    assert (health.mrr_30d_ago, health.flag_mrr_contraction) == (earlier, expected)
+
+
+POLICY = [
+    # 2 failures do not reach a policy of 3
+    pytest.param(
+        RiskPolicy(failed_payments_flag_count=3), "flag_payment_failures", False, id="failures-policy-3"
+    ),
+    # an invoice 3 days late does not reach a policy of 5 days
+    pytest.param(RiskPolicy(invoice_aging_flag_days=5), "flag_invoice_aging", False, id="aging-policy-5"),
+    # a 10-day failed-payments window drops the failure from 20 days ago: 1 left, no flag
+    pytest.param(RiskPolicy(failed_payments_window_days=10), "flag_payment_failures", False, id="window-10"),
+    pytest.param(RiskPolicy(), "flag_payment_failures", True, id="default-failures"),
+    pytest.param(RiskPolicy(), "flag_invoice_aging", True, id="default-aging"),
+]
+
+
+@pytest.mark.parametrize(("policy", "flag", "expected"), POLICY)
+def test_given_policy_thresholds_when_flagging_then_the_policy_is_honoured(
+    policy: RiskPolicy, flag: str, expected: bool
+) -> None:
+    found = bundle(
+        [subscription()],
+        [invoice(due_date=days_ago(3))],
+        [charge("ch_a", days=2), charge("ch_b", days=20)],
+    )
+    assert getattr(evaluate(found, policy=policy).health, flag) is expected

@@ -112,8 +112,22 @@ def test_given_an_event_rendered_at_another_api_version_then_it_is_ignored() -> 
             "data": {"object": customer()},
         },
         {"object": "event", "id": "evt_1", "type": "customer.updated", "created": T0, "data": {}},
+        {
+            "object": "event",
+            "id": "evt_1",
+            "type": "customer.updated",
+            "created": T0,
+            "data": {"object": "x"},
+        },
     ],
 )
 def test_given_something_that_is_not_an_event_then_it_is_malformed(body: object) -> None:
     with pytest.raises(MalformedEvent):
         plan_event(body)
+
+
+def test_given_an_upcoming_invoice_preview_without_id_then_the_event_is_ignored_not_rejected() -> None:
+    preview = {"object": "invoice", "customer": "cus_A", "status": "draft", "amount_due": 5000}
+    plan = plan_event(event("invoice.upcoming", preview, T0))
+    assert plan.ignored
+    assert plan.records == {}

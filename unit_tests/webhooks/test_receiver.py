@@ -274,7 +274,7 @@ def test_given_the_store_locked_longer_than_stripe_waits_then_503_and_the_retry_
     settings.store_wait_seconds = 0.3
     delivered = delivery(event("customer.created", customer(), T0))
     with TestClient(create_app(settings)) as client:
-        blocker = sqlite3.connect(tmp_path / "perly.db", isolation_level=None)
+        blocker = sqlite3.connect(tmp_path / "perly.db", isolation_level=None, check_same_thread=False)
         blocker.execute("BEGIN IMMEDIATE")  # a long sync transaction holding the write lock
         release = threading.Timer(1.0, lambda: blocker.execute("COMMIT"))
         release.start()
