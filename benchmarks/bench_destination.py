@@ -1,6 +1,6 @@
 """Destination throughput and memory: the emulator's default book piped through the writer into SQLite.
 
-    python benchmarks/bench_destination.py [--customers 2000] [--scales 1,10]
+    python benchmarks/bench_destination.py [--customers 2000] [--scales 1,10] [--postgres-dsn DSN]
 
 Each scale runs in its own process (so peak RSS is that run's): the book's records are serialised
 as Airbyte RECORD lines (a STATE line every 500 records of a stream, as a source pages), parsed the
@@ -101,7 +101,33 @@ def json_speed(book: dict[str, list[dict[str, Any]]]) -> float:
     return round(3 * len(blob) / 1e6 / (time.perf_counter() - started), 1)
 
 
-def run_one(customers: int, scale: int, trace: bool) -> dict[str, Any]:
+def store_config(tmp: str, postgres_dsn: str | None) -> dict[str, Any]:
+    if not postgres_dsn:
+        return {"store_type": "sqlite", "path": f"{tmp}/perly.db"}
+    from psycopg.conninfo import conninfo_to_dict
+
+    info = conninfo_to_dict(postgres_dsn)
+    schema = f"perly_bench_{int(time.time())}"
+    return {
+        "store_type": "postgres",
+        "host": info.get("host", "127.0.0.1"),
+        "port": int(info.get("port", 5432)),
+        "database": info.get("dbname", "postgres"),
+        "username": info.get("user", "postgres"),
+        "password": info.get("password"),
+        "schema": schema,
+        "ssl_mode": "disable",
+    }
+
+
+def drop_schema(postgres_dsn: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def run_one(customers: int, scale: int, trace: bool, postgres_dsn: str | None = None) -> dict[str, Any]:
     from airbyte_cdk.models import AirbyteMessageSerializer, Type
 
     from destination_perly.destination import DestinationPerly
@@ -118,7 +144,7 @@ def run_one(customers: int, scale: int, trace: bool) -> dict[str, Any]:
             yield message
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = {"store": {"store_type": "sqlite", "path": f"{tmp}/perly.db"}, "as_of": now}
+        config = {"store": store_config(tmp, postgres_dsn), "as_of": now}
         if trace:
             tracemalloc.start()
         destination = DestinationPerly()
@@ -131,7 +157,11 @@ def run_one(customers: int, scale: int, trace: bool) -> dict[str, Any]:
         assert destination.last_writer is not None
         stats = destination.last_writer.stats
         traced_peak = tracemalloc.get_traced_memory()[1] if trace else None
-        db_mb = Path(f"{tmp}/perly.db").stat().st_size / 1e6
+        if postgres_dsn:
+            drop_schema(postgres_dsn, config["store"]["schema"])
+            db_mb = 0.0
+        else:
+            db_mb = Path(f"{tmp}/perly.db").stat().st_size / 1e6
     return {
         "scale": scale,
         "records": counts["records"],
@@ -154,12 +184,14 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=2000)
     parser.add_argument("--scales", default="1,10")
     parser.add_argument("--tracemalloc", action="store_true", help="also report Python heap peak (slower)")
+    parser.add_argument("--postgres-dsn", help="write to this PostgreSQL server instead of SQLite")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(run_one(args.customers, args.one, args.tracemalloc)))
+        print(json.dumps(run_one(args.customers, args.one, args.tracemalloc, args.postgres_dsn)))
         return
-    print(f"destination benchmark: emulator book of {args.customers} customers, SQLite, health included")
+    backend = "PostgreSQL" if args.postgres_dsn else "SQLite"
+    print(f"destination benchmark: emulator book of {args.customers} customers, {backend}, health included")
     header = (
         "scale",
         "records",
@@ -175,6 +207,8 @@ def main() -> None:
         command = [sys.executable, __file__, "--customers", str(args.customers), "--one", str(scale)]
         if args.tracemalloc:
             command.append("--tracemalloc")
+        if args.postgres_dsn:
+            command += ["--postgres-dsn", args.postgres_dsn]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         r = json.loads(done.stdout.strip().splitlines()[-1])
         values = (
@@ -189,8 +223,9 @@ def main() -> None:
         )
         print(" ".join(f"{v:>{max(len(h), 8)}}" for h, v in zip(header, values, strict=True)))
         print(
-            f"      {r['customers_recomputed']} customers recomputed; SQLite file {r['db_mb']} MB; "
-            f"this machine parses JSON at {r['json_parse_mb_per_s']} MB/s"
+            f"      {r['customers_recomputed']} customers recomputed; "
+            + (f"SQLite file {r['db_mb']} MB; " if r["db_mb"] else "")
+            + f"this machine parses JSON at {r['json_parse_mb_per_s']} MB/s"
             + (f"; traced heap peak {r['traced_peak_mb']} MB" if r["traced_peak_mb"] is not None else "")
         )
 

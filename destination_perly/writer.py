@@ -167,7 +167,8 @@ class Writer:
         if not isinstance(data, dict) or not isinstance(record_id, str) or not record_id:
             self.stats.malformed += 1
             shape = "not an object" if not isinstance(data, dict) else "no string id"
-            return f"skipped a malformed record in stream {stream!r}: {shape}"
+            where = f"record {self.stats.records + self.stats.malformed} of the input"
+            return f"skipped a malformed record in stream {stream!r} ({where}): {shape}"
         plan = self.plans.get(stream)
         if plan is None:  # a stream the catalog did not announce: kept, appended by id
             plan = self.plans[stream] = StreamPlan(name=stream)

@@ -258,10 +258,10 @@ def run_sync(
             last = time.monotonic()
             try:
                 for line in src_out:
-                    message = _parse(line)
-                    kind = message.get("type") if message else None
+                    message = _parse(line) or {}
+                    kind = message.get("type")
                     if kind == "RECORD":
-                        result.records[message["record"]["stream"]] += 1  # type: ignore[index]
+                        result.records[message["record"]["stream"]] += 1
                     elif kind in ("TRACE", "LOG"):
                         source_errors.append(line.decode(errors="replace"))
                         del source_errors[:-20]

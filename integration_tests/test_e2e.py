@@ -23,11 +23,11 @@ import pytest
 
 from integration_tests.demo import (
     DEMO_KEY,
+    LADDER,
     SyncFailed,
     configured_catalog,
     discover,
     emulator_source_config,
-    LADDER,
     iso,
     plan_tiers,
     run_sync,
@@ -333,7 +333,9 @@ def test_mrr_contraction_is_raised_after_downgrades_and_never_for_steady_custome
     phase = phases[name]
     health = live_health(phase)
     raised = {c for c, row in health.items() if row["flag_mrr_contraction"]}
-    only_downgraded = {c for c, labels in phase.scenarios.items() if labels - STEADY_LABELS == {"downgraded"}}
+    only_downgraded = {
+        c for c in phase.flags["flag_downgrade"] if phase.scenarios[c] - STEADY_LABELS == {"downgraded"}
+    }
     steady = {c for c, labels in phase.scenarios.items() if labels <= STEADY_LABELS and c in health}
 
     missed = {c: health[c]["risk_reasons"] for c in only_downgraded & set(health) - raised}

@@ -17,6 +17,8 @@ from destination_perly.health.model import (
     CustomerHealth,
     HealthConfig,
     MrrSnapshot,
+    PlanChange,
+    RiskPolicy,
 )
 from destination_perly.health.mrr import (
     Catalog,
@@ -69,6 +71,51 @@ def _has_payment_method(subscription: StripeObject, customer: StripeObject | Non
     )
 
 
+def _reasons(
+    flags: dict[str, bool],
+    policy: RiskPolicy,
+    currency: str | None,
+    *,
+    failed_30d: int,
+    aged_late: list[tuple[str, int]],
+    past_due_amount: int,
+    mrr: int,
+    mrr_30d_ago: int,
+    downgrades: list[PlanChange],
+    expiring: list[tuple[datetime, StripeObject]],
+    as_of: datetime,
+) -> list[str]:
+    """One sentence per raised flag, with the figures behind it (in the score's weight order)."""
+    reasons: list[str] = []
+    if flags["flag_payment_failures"]:
+        reasons.append(f"{failed_30d} failed payments in the last {policy.failed_payments_window_days} days")
+    if flags["flag_invoice_aging"]:
+        oldest = max(days for _, days in aged_late)
+        reasons.append(
+            f"{len(aged_late)} open invoice(s) past due, oldest {oldest} days, "
+            f"{format_money(past_due_amount, currency)} outstanding"
+        )
+    if flags["flag_mrr_contraction"]:
+        reasons.append(
+            f"MRR fell from {format_money(mrr_30d_ago, currency)} to {format_money(mrr, currency)} "
+            f"in the last {policy.mrr_contraction_window_days} days"
+        )
+    if flags["flag_downgrade"]:
+        last = max(downgrades, key=lambda change: (change.at, change.subscription_id))
+        reasons.append(
+            f"Downgraded from {last.from_tier or last.from_plan} to {last.to_tier or last.to_plan} "
+            f"on {last.at.date().isoformat()}"
+        )
+    if flags["flag_trial_expiring"]:
+        end, sub = expiring[0]
+        hours = int((end - as_of).total_seconds() // 3600)
+        reasons.append(
+            f"Trial of {sub.get('id')} ends {end.strftime('%Y-%m-%d %H:%M')} UTC (in {hours} hours) "
+            "with no payment method on file"
+        )
+    return reasons
+
+
 def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datetime) -> CustomerEvaluation:
     policy = config.policy
     raw_customer = bundle.customer if isinstance(bundle.customer, dict) else None
@@ -112,6 +159,7 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
         config,
         as_of,
         mrr_by_currency,
+        charges,
     )
     window_start = as_of - timedelta(days=policy.mrr_contraction_window_days)
     currency = (
@@ -136,9 +184,12 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
     facts = payment_facts(invoices, charges, policy, as_of)
     live_subs = [sub for sub in subscriptions if not is_ended(sub, as_of)]
     trials = sorted(
-        (end, sub)
-        for sub in live_subs
-        if sub.get("status") == "trialing" and (end := to_time(sub.get("trial_end"))) is not None
+        (
+            (end, sub)
+            for sub in live_subs
+            if sub.get("status") == "trialing" and (end := to_time(sub.get("trial_end"))) is not None
+        ),
+        key=lambda trial: (trial[0], str(trial[1].get("id"))),
     )
     expiring = [
         (end, sub)
@@ -163,33 +214,19 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
         "flag_mrr_contraction": mrr < mrr_30d_ago,
     }
     past_due_amount = facts.past_due_amount_by_currency.get(currency or "", 0)
-    reasons: list[str] = []
-    if flags["flag_payment_failures"]:
-        reasons.append(
-            f"{facts.failed_30d} failed payments in the last {policy.failed_payments_window_days} days"
-        )
-    if flags["flag_invoice_aging"]:
-        oldest = max(days for _, days in aged_late)
-        reasons.append(
-            f"{len(aged_late)} open invoice(s) past due, oldest {oldest} days, "
-            f"{format_money(past_due_amount, currency)} outstanding"
-        )
-    if flags["flag_mrr_contraction"]:
-        reasons.append(
-            f"MRR fell from {format_money(mrr_30d_ago, currency)} to {format_money(mrr, currency)} "
-            f"in the last {policy.mrr_contraction_window_days} days"
-        )
-    if flags["flag_downgrade"]:
-        last = max(downgrades, key=lambda change: (change.at, change.subscription_id))
-        reasons.append(
-            f"Downgraded from {last.from_tier or last.from_plan} to {last.to_tier or last.to_plan} "
-            f"on {last.at.date().isoformat()}"
-        )
-    if flags["flag_trial_expiring"]:
-        end, sub = expiring[0]
-        reasons.append(
-            f"Trial of {sub.get('id')} ends {end.strftime('%Y-%m-%d %H:%M')} UTC with no payment method"
-        )
+    reasons = _reasons(
+        flags,
+        policy,
+        currency,
+        failed_30d=facts.failed_30d,
+        aged_late=aged_late,
+        past_due_amount=past_due_amount,
+        mrr=mrr,
+        mrr_30d_ago=mrr_30d_ago,
+        downgrades=downgrades,
+        expiring=expiring,
+        as_of=as_of,
+    )
 
     discounts: list[StripeObject] = []
     ignored: list[str] = []

@@ -5,11 +5,12 @@ Each subscription's past is rebuilt as a list of versions, each valid from a mom
 1. its Stripe events: the version after each event is `data.object`; the version just before the
    oldest event is that object with `previous_attributes` laid over it (a `created` event means
    the subscription did not exist before);
-2. before the events (or with none), the subscription periods on its paid/open invoices: each
-   non-proration subscription invoice gives the items (price, quantity) billed for its period; the
-   latest invoice period is left to the subscription itself, so a change seen only in the current
-   object is placed at the start of the current period;
-3. the current object, which is the truth at `as_of` and, lacking the above, for all earlier time.
+2. before the events (or with none), its paid/open invoices: each full subscription period gives
+   the items (price, quantity) billed from its start, and proration lines give mid-period changes
+   (credited prices removed, charged ones added) at their start. The latest billed moment is left to
+   the subscription object itself, so a change seen only in the current object is placed there;
+3. the current object, which is the truth at `as_of` and, lacking the above, for all earlier time
+   (an `unpaid` one counted as past_due until its last failed retry).
 
 A version also implies moments: its start, trial end, end, discount start/end and the day its
 oldest open invoice became delinquent. The customer's MRR is evaluated at every such moment with
@@ -141,7 +142,11 @@ def _invoice_items(
         line_start, line_end = to_time(period.get("start")), to_time(period.get("end"))
         if line_start is None or line_end is None or line_end <= line_start:
             continue
-        start, end = min(start or line_start, line_start), max(end or line_end, line_end)
+        known = as_dict(catalog.prices.get(ref_id(_line_price(line)) or ""))
+        if as_dict(known.get("recurring")).get("usage_type") == "metered":
+            continue  # usage is billed in arrears for the previous period: not this period's plan
+        if start is None or line_start > start:
+            start, end = line_start, line_end
         quantity = line.get("quantity")
         quantity = quantity if isinstance(quantity, int) and quantity > 0 else 1
         amount = line.get("amount")
@@ -246,6 +251,45 @@ def _proration_changes(
                 {"id": ref_id(details.get("subscription_item")), "price": price_id, "quantity": quantity}
             )
     return [(at, added, removed) for at, (added, removed) in changes.items()]
+
+
+def _unpaid_history(
+    versions: list[Version], sub_id: str, invoices: list[StripeObject], charges: list[StripeObject]
+) -> list[Version]:
+    """An unpaid subscription was past_due (and counting) until Stripe gave up retrying. Without an
+    event saying when, that is taken as the last failed charge after its oldest open invoice was
+    finalized (else that invoice's due or finalization date)."""
+    current = versions[-1].state
+    if current is None or current.get("status") != "unpaid":
+        return versions
+    open_refs = [
+        (reference, finalized)
+        for invoice in invoices
+        if invoice.get("status") == "open"
+        and invoice_subscription_id(invoice) == sub_id
+        and (reference := aging_reference(invoice)) is not None
+        and (
+            finalized := to_time(as_dict(invoice.get("status_transitions")).get("finalized_at")) or reference
+        )
+    ]
+    if not open_refs:
+        return versions
+    reference, finalized = min(open_refs)
+    failures = [
+        created
+        for charge in charges
+        if charge.get("status") == "failed"
+        and (created := to_time(charge.get("created"))) is not None
+        and created >= finalized
+    ]
+    unpaid_since = max(failures, default=reference)
+    past_due = {**current, "status": "past_due"}
+    earlier = [
+        Version(version.start, past_due if version.state is current else version.state, version.cause)
+        for version in versions
+        if version.start is None or version.start < unpaid_since
+    ]
+    return [*earlier, Version(unpaid_since, current, sub_id)]
 
 
 def _invoice_versions(
@@ -379,7 +423,9 @@ def build_history(
     config: HealthConfig,
     as_of: datetime,
     mrr_now: dict[str, int],
+    charges: list[StripeObject] | None = None,
 ) -> History:
+    """The customer's MRR timeline, movements and plan changes up to `as_of` (see the module doc)."""
     policy = config.policy
     by_sub_events = _subscription_events(events, as_of)
     current_by_id = {str(sub.get("id")): sub for sub in subscriptions}
@@ -389,6 +435,8 @@ def build_history(
         versions = _versions(
             sub_id, current_by_id.get(sub_id), by_sub_events.get(sub_id, []), invoices, catalog, as_of
         )
+        if not by_sub_events.get(sub_id):
+            versions = _unpaid_history(versions, sub_id, invoices, charges or [])
         all_versions[sub_id] = versions
         for version in versions:
             if version.start is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
+from functools import lru_cache
 from typing import Any
 
 StripeObject = dict[str, Any]
@@ -54,11 +55,17 @@ def to_time(value: Any) -> datetime | None:
             return None
         value = int(value)
     if isinstance(value, int | float):
-        try:
-            return datetime.fromtimestamp(value, tz=UTC)
-        except (OverflowError, OSError, ValueError):
-            return None
+        return _from_unix(value)
     return None
+
+
+@lru_cache(maxsize=1 << 16)
+def _from_unix(value: int | float) -> datetime | None:
+    # The same timestamps recur across a customer's objects and versions: convert each once.
+    try:
+        return datetime.fromtimestamp(value, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def whole_days(start: datetime, end: datetime) -> int:

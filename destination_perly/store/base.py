@@ -517,11 +517,13 @@ class Store(ABC):
                 table = table_for_stream(stream)
                 if table not in tables:
                     continue
+                # Sorted here, not in SQL: a database sort would copy every raw object through a sorter.
                 sql = (
-                    f"SELECT customer_id, data FROM {table} WHERE customer_id IN ({marks}) AND deleted = 0"
-                    " ORDER BY created, id"
+                    f"SELECT customer_id, created, id, data FROM {table}"
+                    f" WHERE customer_id IN ({marks}) AND deleted = 0"
                 )
-                for row in self._fetch(sql, chunk):
+                rows = sorted(self._fetch(sql, chunk), key=lambda r: (r["created"] or 0, r["id"]))
+                for row in rows:
                     getattr(bundles[str(row["customer_id"])], stream).append(orjson.loads(row["data"]))
             sql = f"SELECT customer_id, at, mrr_by_currency, cause FROM {SNAPSHOTS_TABLE}"
             for row in self._fetch(sql + f" WHERE customer_id IN ({marks}) ORDER BY at", chunk):

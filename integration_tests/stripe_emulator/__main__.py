@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+from .control import mask_key
 from .emulator import Emulator
 
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         "now": emulator.now,
         "customers": args.customers,
         "seed": args.seed,
-        "keys": sorted(emulator.keys),
+        "keys": sorted(mask_key(key) for key in emulator.keys),  # names only: keys stay out of output
         "build_seconds": round(time.perf_counter() - started, 2),
     }
     print(json.dumps(line), flush=True)

@@ -205,6 +205,7 @@ class Book:
         self.customers: list[Customer] = []
         self.subscriptions_of: dict[str, list[Subscription]] = {}
         self.summary: AdvanceSummary | None = None
+        self._fate_counts: Counter[str] = Counter()
         self.event_cutoff = now - EVENT_RETENTION
         # The cyclic GC would rescan millions of young objects while the book grows (quadratic time);
         # nothing here forms garbage cycles worth collecting, so pause it and freeze the result.
@@ -464,6 +465,7 @@ class Book:
     def _fate_time(self, fate: str, at: int) -> tuple[int, int]:
         """Forced scenarios happen at a set time before now: returns (sign-up time, fate time)."""
         now, rng = self.now, self.rng
+        self._fate_counts[fate] += 1
         if fate in ("trial_converting",):
             signup = now - rng.randint(15, 26) * DAY
             return signup, signup
@@ -487,7 +489,8 @@ class Book:
             target = now - rng.randint(low, high) * DAY - rng.randint(0, 20) * HOUR
             return add_months(target, -rng.randint(2, 14), day_of(target)), target
         if fate == "send_invoice_past_due":
-            age = rng.choice((12, 40, 75))
+            # Each occurrence a different age: under 30 days, 31-60 and over 60 days past due.
+            age = (12, 40, 75)[self._fate_counts[fate] % 3]
             target = now - (age + 30) * DAY - rng.randint(1, 20) * HOUR
             return add_months(target, -rng.randint(1, 10), day_of(target)), target
         if fate == "uncollectible":
@@ -551,6 +554,9 @@ class Book:
             "upgraded",
             "downgraded",
             "seat_change",
+            "metered",
+            "tiered",
+            "many_items",
         )
         yearly = fate not in monthly_fates and rng.random() < 0.18
         interval = "year" if yearly else "month"
@@ -1041,7 +1047,7 @@ class Book:
         if not sim.random:
             return
         roll = self.roll()
-        span = max(1, (self.period_end(sub, at) - at) // DAY - 2)
+        span = max(1, (sub.items[0].period_end - at) // DAY - 2)
         when = at + self.rng.randint(1, span) * DAY + self.rng.randint(0, 23) * HOUR
         for kind, threshold in (
             ("cancel_at_period_end", 0.012),

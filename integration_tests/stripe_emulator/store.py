@@ -28,8 +28,10 @@ class Store:
 
     def add(self, obj: StripeObject) -> None:
         objects = self.objects
-        if objects and sort_key(objects[-1]) > sort_key(obj):
-            self._unsorted = True
+        if objects and not self._unsorted:
+            last = objects[-1]
+            if last.created > obj.created or (last.created == obj.created and last.seq > obj.seq):
+                self._unsorted = True
         objects.append(obj)
         self.by_id[obj.id] = obj
 

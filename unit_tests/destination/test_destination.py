@@ -164,3 +164,9 @@ def test_write_with_bad_config_raises_a_config_error() -> None:
             )
         )
     assert caught.value.failure_type == FailureType.config_error
+
+
+def test_spec_passes_the_cdks_secret_marking_lint() -> None:
+    from airbyte_cdk.test.standard_tests._spec_lint import assert_spec_is_valid
+
+    assert_spec_is_valid(DestinationPerly().spec(LOG), connector_name="destination-perly")

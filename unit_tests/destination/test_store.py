@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 from datetime import timedelta
+from pathlib import Path
 
 import orjson
 import pytest
 
 from destination_perly.health.model import HealthConfig, MrrSnapshot
 from destination_perly.store.base import Store, table_for_stream
+from destination_perly.store.sqlite import SqliteStore
 from unit_tests.destination.builders import (
     AS_OF,
     T0,
@@ -19,6 +22,7 @@ from unit_tests.destination.builders import (
     subscription,
     tombstone,
 )
+from unit_tests.destination.concurrent_writer import write_batches
 from unit_tests.destination.conftest import StoreFactory
 
 
@@ -281,3 +285,25 @@ def test_given_placeholders_and_percent_signs_then_query_works_on_both_backends(
         f"SELECT id FROM {table_for_stream('customers')} WHERE data LIKE ? AND id = ?", ("%a%b@%", "cus_1")
     )
     assert rows == [{"id": "cus_1"}]
+
+
+def test_given_sqlite_and_writer_processes_then_none_fails_on_a_lock(tmp_path: Path) -> None:
+    """The webhook receiver writes from its own process while a sync runs."""
+    path = str(tmp_path / "perly.db")
+    main = SqliteStore(path)
+    main.ensure_schema()
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=write_batches, args=(path, f"cus_p{n}", 30)) for n in range(2)]
+    for worker in workers:
+        worker.start()
+    batches = 0
+    while batches < 30 or any(w.is_alive() for w in workers):  # this process writes all along too
+        with main.transaction():
+            rows = [{"id": f"ch_main_{batches}_{n}", "updated": 1} for n in range(200)]
+            main.upsert_records("charges", rows)
+        batches += 1
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert main.query("SELECT COUNT(*) AS n FROM stripe_charges")[0]["n"] == batches * 200 + 2 * 30 * 50
+    main.close()

@@ -409,3 +409,31 @@ def test_given_overwrite_and_a_complete_stream_with_no_records_then_the_table_is
     plans = plans_from_catalog(catalog(configured("products", DestinationSyncMode.overwrite)))
     list(make_writer(store, plans).write([status("products", AirbyteStreamStatus.COMPLETE)]))
     assert ids(store, "products") == []
+
+
+def test_given_a_long_sync_then_touched_customers_are_recomputed_at_a_state_once_the_interval_passed(
+    store: SqliteStore,
+) -> None:
+    clock = {"now": 0.0}
+    engine = FakeEngine()
+    ingestor = Ingestor(store, HealthConfig(), evaluate=engine, customer_ids=customer_ids)
+    writer = Writer(
+        ingestor,
+        {},
+        as_of=lambda: AS_OF,
+        limits=WriterLimits(refresh_interval_s=60),
+        monotonic=lambda: clock["now"],
+    )
+    recomputed_at_states = []
+
+    def messages() -> Iterator[AirbyteMessage]:
+        yield record("customers", customer("cus_1"))
+        yield stream_state("customers", 1)  # too soon: no recompute yet
+        recomputed_at_states.append(len(engine.calls))
+        clock["now"] = 61.0
+        yield record("customers", customer("cus_2"))
+        yield stream_state("customers", 2)
+        recomputed_at_states.append(len(engine.calls))
+
+    list(writer.write(messages()))
+    assert recomputed_at_states == [0, 2]

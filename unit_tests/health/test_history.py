@@ -444,3 +444,45 @@ def test_given_seats_cut_mid_year_in_proration_lines_when_first_sync_then_contra
     assert evaluation.movements[1].at == to_time(change)
     assert evaluation.plan_changes == []
     assert (evaluation.health.mrr_30d_ago, evaluation.health.flag_mrr_contraction) == (3000, False)
+
+
+def test_given_unpaid_subscription_without_events_when_first_sync_then_churn_at_the_last_failed_retry() -> (
+    None
+):
+    # paid period 70..40 days ago; open invoice finalized 40 days ago; retries failed 39 and 33 days ago:
+    # counted (past_due) until the last failure, then unpaid -> involuntary churn 33 days ago
+    from unit_tests.health.builders import charge
+
+    paid = paid_invoice("in_1", days_ago(70), days_ago(40), "price_basic", 1000)
+    unpaid_invoice = paid_invoice("in_2", days_ago(40), days_ago(10), "price_basic", 1000)
+    unpaid_invoice.update(status="open", amount_remaining=1000)
+    unpaid_invoice["status_transitions"].update(paid_at=None, finalized_at=days_ago(40))
+    sub = subscription(item(BASIC), status="unpaid", start=days_ago(70))
+    failures = [charge("ch_1", days=39), charge("ch_2", days=33)]
+    evaluation = evaluate(bundle([sub], [paid, unpaid_invoice], failures, prices=[BASIC]))
+    assert kinds(evaluation) == [("new", None, 0, 1000), ("churn", "involuntary", 1000, 0)]
+    assert evaluation.movements[1].at == to_time(days_ago(33))
+
+
+def test_given_usage_billed_in_arrears_when_reading_invoice_periods_then_the_metered_line_is_ignored() -> (
+    None
+):
+    # each invoice bills this month's licensed seat and last month's metered usage; the period is this month's
+    from unit_tests.health.builders import line
+
+    metered = price("price_calls", amount=2, recurring={"interval": "month", "usage_type": "metered"})
+    month = 30 * 86400
+    start = days_ago(120)
+    invoices = []
+    for index in range(4):
+        found = paid_invoice(
+            f"in_{index}", start + index * month, start + (index + 1) * month, "price_basic", 1000
+        )
+        if index:
+            found["lines"]["data"].append(
+                line(start + (index - 1) * month, start + index * month, "price_calls", 700)
+            )
+        invoices.append(found)
+    sub = subscription(item(BASIC), item(metered, None), start=start)
+    evaluation = evaluate(bundle([sub], invoices, prices=[BASIC, metered]))
+    assert kinds(evaluation) == [("new", None, 0, 1000)]

@@ -295,3 +295,15 @@ def test_given_policy_thresholds_when_flagging_then_the_policy_is_honoured(
         [charge("ch_a", days=2), charge("ch_b", days=20)],
     )
     assert getattr(evaluate(found, policy=policy).health, flag) is expected
+
+
+def test_given_two_trials_ending_together_when_flagging_then_one_reason_with_hours_left() -> None:
+    # both end in 2 days (48 hours); neither has a payment method
+    trials = [trial(2, sub_id="sub_b"), trial(2, sub_id="sub_a")]
+    health = evaluate(bundle(trials)).health
+    assert health.flag_trial_expiring is True
+    assert health.risk_reasons == [
+        f"Trial of sub_a ends {(AS_OF + timedelta(days=2)).strftime('%Y-%m-%d %H:%M')} UTC (in 48 hours) "
+        "with no payment method on file"
+    ]
+    assert health.risk_score == WEIGHTS["flag_trial_expiring"]
