@@ -140,7 +140,7 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
         if not counts_now(sub, invoices, policy, as_of):
             continue
         amount = subscription_amount(sub, customer, catalog, as_of)
-        problems.extend(f"{sub.get('id')}: {problem}" for problem in amount.problems)
+        problems.extend(amount.problems)  # each names the item or discount it is about
         if amount.currency is None:
             problems.append(f"{sub.get('id')}: no currency, left out of MRR")
             continue

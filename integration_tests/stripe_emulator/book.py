@@ -207,6 +207,7 @@ class Book:
         self.summary: AdvanceSummary | None = None
         self._fate_counts: Counter[str] = Counter()
         self.event_cutoff = now - EVENT_RETENTION
+        self.history_end = 0  # during advance(): the old now, before which nothing may change
         # The cyclic GC would rescan millions of young objects while the book grows (quadratic time);
         # nothing here forms garbage cycles worth collecting, so pause it and freeze the result.
         was_enabled = gc.isenabled()
@@ -658,11 +659,20 @@ class Book:
     def schedule(self, sub: Subscription, at: int, kind: str, data: Any = None) -> None:
         heapq.heappush(sub.sim.agenda, (at, self.next_seq(), kind, data))
 
+    def drop_from_agenda(self, sub: Subscription, drop: Any) -> None:
+        """Remove the entries whose kind `drop(kind)` is true. The list is changed in place, never
+        replaced: run() holds it, and entries left in a stale copy would fire later at past times."""
+        agenda = sub.sim.agenda
+        agenda[:] = [entry for entry in agenda if not drop(entry[2])]
+        heapq.heapify(agenda)
+
     # ---- running time ------------------------------------------------------------------------
     def run(self, sub: Subscription, until: int) -> None:
         agenda = sub.sim.agenda
         while agenda and agenda[0][0] <= until:
             at, _seq, kind, data = heapq.heappop(agenda)
+            if at <= self.history_end:  # a bug, not bad luck: say so rather than rewrite the past
+                raise RuntimeError(f"{kind} for {sub.id} at {at}: before the advance began")
             if sub.status in ("canceled", "incomplete_expired") and kind != "delete_customer":
                 continue
             getattr(self, "do_" + kind)(sub, at, data)
@@ -673,6 +683,7 @@ class Book:
         start, end = self.now, self.now + int(days * DAY)
         summary = self.summary = AdvanceSummary()
         self.event_cutoff = max(start, end - EVENT_RETENTION)
+        self.history_end = start
         try:
             self.now = end
             for customer in list(self.customers):
@@ -683,7 +694,7 @@ class Book:
             rate = max(1.0, len(self.customers) / 500)
             signups = int(rate * days + self.rng.random())
             for _ in range(signups):
-                at = start + int(self.rng.random() * (end - start))
+                at = start + 1 + int(self.rng.random() * (end - start - 1))  # inside (start, end]
                 sub = self.sign_up(at, len(self.customers))
                 self.run(sub, end)
             self.event_cutoff = end - EVENT_RETENTION
@@ -692,6 +703,7 @@ class Book:
                 store.sorted()
         finally:
             self.summary = None
+            self.history_end = 0
         return summary
 
     def roll(self) -> float:
@@ -919,7 +931,8 @@ class Book:
         sub.ended_at = at
         sub.cancel_reason = reason
         # Nothing more happens to a canceled subscription, except its customer being deleted later.
-        sub.sim.agenda = [entry for entry in sub.sim.agenda if entry[2] == "delete_customer"]
+        # In place: run() may be walking this very list.
+        self.drop_from_agenda(sub, lambda kind: kind != "delete_customer")
         sub.touch()
         self.emit_obj("customer.subscription.deleted", at, sub, requested=requested)
         self.change("canceled", sub)
@@ -1150,8 +1163,7 @@ class Book:
             return
         rank = self._tier_of(item.price)
         yearly = self.ladder[rank][sub.currency]["year"]
-        sub.sim.agenda = [entry for entry in sub.sim.agenda if entry[2] != "renew"]
-        heapq.heapify(sub.sim.agenda)
+        self.drop_from_agenda(sub, lambda kind: kind == "renew")
         sub.sim.step = 12
         sub.sim.anchor_day = datetime.fromtimestamp(at, UTC).day
         end = self.period_end(sub, at)

@@ -307,3 +307,15 @@ def test_given_sqlite_and_writer_processes_then_none_fails_on_a_lock(tmp_path: P
     assert [w.exitcode for w in workers] == [0, 0]
     assert main.query("SELECT COUNT(*) AS n FROM stripe_charges")[0]["n"] == batches * 200 + 2 * 30 * 50
     main.close()
+
+
+def test_given_objects_stored_in_any_order_then_bundles_list_them_oldest_first(store: Store) -> None:
+    store.upsert_records(
+        "invoices",
+        [
+            invoice("in_b", "cus_1", created=T0 + 20),
+            invoice("in_c", "cus_1", created=T0 - 5),
+            invoice("in_a", "cus_1", created=T0 + 20),
+        ],
+    )
+    assert [i["id"] for i in store.load_bundle("cus_1").invoices] == ["in_c", "in_a", "in_b"]
