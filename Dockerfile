@@ -10,12 +10,14 @@ USER root
 RUN python3 -m venv /opt/perly
 ENV PATH=/opt/perly/bin:$PATH PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /airbyte/integration_code
-# Dependencies first, against empty packages, so code edits do not re-download them.
-COPY pyproject.toml README.md ./
+# Dependencies first, against empty packages (and an empty README, which pyproject names), so code
+# and doc edits do not re-download them.
+COPY pyproject.toml ./
 RUN mkdir -p source_perly_stripe destination_perly \
-    && touch source_perly_stripe/__init__.py destination_perly/__init__.py \
+    && touch README.md source_perly_stripe/__init__.py destination_perly/__init__.py \
     && pip install -q . \
     && pip uninstall -q -y perly-stripe
+COPY README.md ./
 COPY source_perly_stripe ./source_perly_stripe
 COPY destination_perly ./destination_perly
 RUN pip install -q --no-deps . && rm -rf build *.egg-info

@@ -26,13 +26,20 @@ fail() { echo "container-checks: FAILED: $*" >&2; exit 1; }
 # Every message of one type from a connector's output (the CDK also prints LOG lines).
 messages_of() { grep -E "^\{\"type\": ?\"$1\"" "$2" || true; }
 
+# Build output and the spec both go to stdout: kept in a file, shown when something fails.
+build_and_spec() {  # build_and_spec TARGET IMAGE
+  local out=$work/$1-spec.out
+  if ! "$check_tool" "$root" "$2" --target "$1" --build-arg "VERSION=$version" spec >"$out" 2>&1; then
+    tail -40 "$out" >&2
+    fail "building or running the $1 image"
+  fi
+  messages_of SPEC "$out" | grep -q connectionSpecification || { tail -20 "$out" >&2; fail "$1 spec printed no SPEC"; }
+  echo "$1: built $2, spec OK"
+}
 step "build the source image and run spec"
-"$check_tool" "$root" "$source_image" --target source --build-arg "VERSION=$version" spec >"$work/source-spec.out"
-messages_of SPEC "$work/source-spec.out" | grep -q connectionSpecification || fail "source spec printed no SPEC"
+build_and_spec source "$source_image"
 step "build the destination image and run spec"
-"$check_tool" "$root" "$destination_image" --target destination --build-arg "VERSION=$version" spec \
-  >"$work/destination-spec.out"
-messages_of SPEC "$work/destination-spec.out" | grep -q connectionSpecification || fail "destination spec printed no SPEC"
+build_and_spec destination "$destination_image"
 
 # container-check has built the images and written the podman settings this machine needs; later runs
 # need volume mounts, which it does not take, so they call podman directly with the same settings.
@@ -48,6 +55,7 @@ emulator_pid=$!
 for _ in $(seq 100); do [ -s "$work/emulator.out" ] && break; sleep 0.1; done
 url=$("$py" -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["url"])' "$work/emulator.out") \
   || fail "emulator did not start: $(cat "$work/emulator.err")"
+now=$("$py" -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["now"])' "$work/emulator.out")
 echo "emulator at $url"
 # A Stripe-shaped test key for this run (the source accepts letters and digits after the prefix only).
 key=sk_test_perlycontainer
@@ -55,13 +63,16 @@ key=sk_test_perlycontainer
 
 mkdir -p "$work/config" "$work/local"
 chmod 0777 "$work/local"  # written by the image's non-root user (uid 1000)
-"$py" - "$work/config" "$url" "$key" <<'PY'
+"$py" - "$work/config" "$url" "$key" "$now" <<'PY'
 import json, sys
+from datetime import UTC, datetime
 from pathlib import Path
 config, url, key = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+as_of = datetime.fromtimestamp(int(sys.argv[4]), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # the emulator's now
 (config / "source.json").write_text(json.dumps({"api_key": key, "base_url": url, "max_requests_per_second": 200}))
 (config / "bad_source.json").write_text(json.dumps({"api_key": "sk_test_revoked0000", "base_url": url}))
-(config / "destination.json").write_text(json.dumps({"store": {"store_type": "sqlite", "path": "/local/perly.db"}}))
+destination = {"store": {"store_type": "sqlite", "path": "/local/perly.db"}, "as_of": as_of}
+(config / "destination.json").write_text(json.dumps(destination))
 PY
 run_source() { podman run --rm --network=host -v "$work/config:/config:ro" "$source_image" "$@"; }
 

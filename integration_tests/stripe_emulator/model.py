@@ -117,6 +117,7 @@ class Price(StripeObject):
         "active",
         "meter",
         "metadata",
+        "tax_behavior",
     )
     object_name = "price"
 
@@ -135,13 +136,15 @@ class Price(StripeObject):
         lookup_key: str | None = None,
         nickname: str | None = None,
         meter: str | None = None,
+        interval_count: int = 1,
+        tax_behavior: str = "exclusive",
     ) -> None:
         super().__init__(id, created, seq)
         self.product = product
         self.currency = currency
         self.unit_amount = unit_amount
         self.interval = interval
-        self.interval_count = 1
+        self.interval_count = interval_count
         self.usage_type = usage_type
         self.tiers = tiers  # (up_to, unit_amount, flat_amount) for graduated prices
         self.tiers_mode = "graduated" if tiers else None
@@ -150,6 +153,7 @@ class Price(StripeObject):
         self.active = True
         self.meter = meter
         self.metadata: dict[str, str] = {}
+        self.tax_behavior = tax_behavior
 
     def amount_for(self, quantity: int) -> int:
         """The period amount for `quantity` units (graduated tiers as Stripe computes them)."""
@@ -197,7 +201,7 @@ class Price(StripeObject):
                 "trial_period_days": None,
                 "usage_type": self.usage_type,
             },
-            "tax_behavior": "exclusive",
+            "tax_behavior": self.tax_behavior,
             "tiers_mode": self.tiers_mode,
             "transform_quantity": None,
             "type": "recurring",
@@ -309,11 +313,67 @@ class Coupon(StripeObject):
         }
 
 
+class TaxRate:
+    """A percentage tax rate, embedded whole where Stripe embeds it (never listed here)."""
+
+    __slots__ = ("id", "created", "display_name", "percentage", "inclusive", "country")
+
+    def __init__(
+        self, id: str, created: int, display_name: str, percentage: int, inclusive: bool, country: str
+    ) -> None:
+        self.id = id
+        self.created = created
+        self.display_name = display_name
+        self.percentage = percentage  # whole percent keeps the arithmetic exact
+        self.inclusive = inclusive
+        self.country = country
+
+    def tax_in(self, amount: int) -> int:
+        """The tax inside a tax-inclusive `amount`, half-up to a minor unit."""
+        if not self.inclusive:
+            return (amount * self.percentage + 50) // 100
+        net = (amount * 100 * 2 + (100 + self.percentage)) // (2 * (100 + self.percentage))
+        return amount - net
+
+    def render(self) -> Json:
+        return {
+            "id": self.id,
+            "object": "tax_rate",
+            "active": True,
+            "country": self.country,
+            "created": self.created,
+            "description": f"{self.display_name} {self.country}",
+            "display_name": self.display_name,
+            "effective_percentage": self.percentage,
+            "flat_amount": None,
+            "inclusive": self.inclusive,
+            "jurisdiction": self.country,
+            "jurisdiction_level": None,
+            "livemode": False,
+            "metadata": {},
+            "percentage": self.percentage,
+            "rate_type": "percentage",
+            "state": None,
+            "tax_type": "vat",
+        }
+
+    def tax_amount(self, amount: int) -> Json:
+        tax = self.tax_in(amount)
+        return {
+            "amount": tax,
+            "tax_behavior": "inclusive" if self.inclusive else "exclusive",
+            "tax_rate_details": {"tax_rate": self.id},
+            "taxability_reason": "standard_rated",
+            "taxable_amount": amount - tax if self.inclusive else amount,
+            "type": "tax_rate_details",
+        }
+
+
 class Discount:
     __slots__ = ("id", "coupon", "customer", "subscription", "start", "end")
 
     def __init__(
-        self, id: str, coupon: Coupon, customer: str, subscription: str, start: int, end: int | None
+        self, id: str, coupon: Coupon, customer: str, subscription: str | None, start: int, end: int | None
     ) -> None:
         self.id = id
         self.coupon = coupon
@@ -350,6 +410,7 @@ class Customer(StripeObject):
         "delinquent",
         "metadata",
         "index",
+        "discount",
     )
     object_name = "customer"
 
@@ -366,6 +427,7 @@ class Customer(StripeObject):
         self.next_invoice_sequence = 1
         self.delinquent = False
         self.metadata: dict[str, str] = {}
+        self.discount: Discount | None = None  # a customer-level discount (all its invoices)
 
     @property
     def customer_id(self) -> str:  # type: ignore[override]
@@ -382,7 +444,7 @@ class Customer(StripeObject):
             "default_source": None,
             "delinquent": self.delinquent,
             "description": None,
-            "discount": None,
+            "discount": None if self.discount is None else self.discount.render(),
             "email": self.email,
             "invoice_prefix": self.invoice_prefix,
             "invoice_settings": {
@@ -461,6 +523,8 @@ class Subscription(StripeObject):
         "currency",
         "missing_pm_behavior",
         "metadata",
+        "tax_rates",
+        "pause_collection",
         "sim",
     )
     object_name = "subscription"
@@ -485,6 +549,8 @@ class Subscription(StripeObject):
         self.latest_invoice: str | None = None
         self.missing_pm_behavior = "create_invoice"
         self.metadata: dict[str, str] = {}
+        self.tax_rates: list[TaxRate] = []  # default_tax_rates
+        self.pause_collection: str | None = None  # the behavior while collection is paused
         self.sim: Any = None  # simulation state, never rendered
 
     @property
@@ -522,7 +588,7 @@ class Subscription(StripeObject):
             "days_until_due": self.days_until_due,
             "default_payment_method": None,
             "default_source": None,
-            "default_tax_rates": [],
+            "default_tax_rates": [rate.render() for rate in self.tax_rates],
             "description": None,
             "discounts": discounts,
             "ended_at": self.ended_at,
@@ -535,7 +601,9 @@ class Subscription(StripeObject):
             "metadata": self.metadata,
             "next_pending_invoice_item_invoice": None,
             "on_behalf_of": None,
-            "pause_collection": None,
+            "pause_collection": None
+            if self.pause_collection is None
+            else {"behavior": self.pause_collection, "resumes_at": None},
             "payment_settings": {
                 "payment_method_options": None,
                 "payment_method_types": None,
