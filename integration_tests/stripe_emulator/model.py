@@ -681,7 +681,7 @@ class InvoiceLine:
             },
             "quantity": self.quantity,
             "subtotal": self.amount,
-            "taxes": [],
+            "taxes": [rate.tax_amount(self.amount) for rate in invoice.tax_rates],
         }
 
 
@@ -708,6 +708,7 @@ class Invoice(StripeObject):
         "voided_at",
         "period_start",
         "period_end",
+        "tax_rates",
     )
     object_name = "invoice"
 
@@ -736,6 +737,7 @@ class Invoice(StripeObject):
         self.voided_at: int | None = None
         self.period_start = created
         self.period_end = created
+        self.tax_rates: list[TaxRate] = []  # inclusive rates only: the total already holds the tax
 
     @property
     def customer_id(self) -> str:  # type: ignore[override]
@@ -753,6 +755,9 @@ class Invoice(StripeObject):
             remaining = due
         lines = [line.render(self) for line in self.lines[:LINES_EMBEDDED]]
         customer = self.customer
+        taxes = [rate.tax_amount(total) for rate in self.tax_rates]
+        tax = sum(t["amount"] for t in taxes)
+        subtotal_tax = sum(rate.tax_in(self.subtotal) for rate in self.tax_rates)
         return {
             "id": self.id,
             "object": "invoice",
@@ -842,16 +847,16 @@ class Invoice(StripeObject):
                 "voided_at": self.voided_at,
             },
             "subtotal": self.subtotal,
-            "subtotal_excluding_tax": self.subtotal,
+            "subtotal_excluding_tax": self.subtotal - subtotal_tax,
             "test_clock": None,
             "total": total,
             "total_discount_amounts": [
                 {"amount": self.discount_amount if i == 0 else 0, "discount": did}
                 for i, did in enumerate(self.discount_ids)
             ],
-            "total_excluding_tax": total,
+            "total_excluding_tax": total - tax,
             "total_pretax_credit_amounts": [],
-            "total_taxes": [],
+            "total_taxes": taxes,
             "webhooks_delivered_at": self.finalized_at,
         }
 
