@@ -23,7 +23,6 @@ COPY destination_perly ./destination_perly
 RUN pip install -q --no-deps . && rm -rf build *.egg-info
 
 FROM ${BASE_IMAGE} AS runtime
-ARG VERSION=0.1.0
 COPY --from=install /opt/perly /opt/perly
 ENV PATH=/opt/perly/bin:$PATH
 WORKDIR /airbyte/integration_code
@@ -38,7 +37,8 @@ ENTRYPOINT ["/opt/perly/bin/source-perly-stripe"]
 FROM runtime AS destination
 ARG VERSION=0.1.0
 USER root
-# The SQLite store lives on a volume (Airbyte OSS mounts its local root at /local).
+# The SQLite store lives on a volume (Airbyte's Docker Compose deployments mount their local root at
+# /local).
 RUN mkdir -p /local && chown airbyte:airbyte /local
 VOLUME /local
 ENV AIRBYTE_ENTRYPOINT="/opt/perly/bin/destination-perly"

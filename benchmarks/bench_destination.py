@@ -3,11 +3,13 @@
     python benchmarks/bench_destination.py [--customers 2000] [--scales 1,10] [--postgres-dsn DSN]
 
 Each scale runs in its own process (so peak RSS is that run's): the book's records are serialised
-as Airbyte RECORD lines (a STATE line every 500 records of a stream, as a source pages), parsed the
-way the CDK parses stdin, written by `DestinationPerly.write` into a fresh SQLite file, and health is
-recomputed for every customer at the end (the real engine). Scale N replays the book N times with
-ids suffixed, so the store really holds N times the objects and customers. Prints records/s and
-peak memory; the target is >= 20,000 records/s with memory flat in N.
+as Airbyte RECORD lines (a STATE line every 500 records of a stream, as a source pages), parsed by
+the destination's own stdin parser (`--parser destination`; `--parser fast` uses the writer's
+`parse_input_lines`, `--parser cdk` the CDK's model path), written by `DestinationPerly.write` into a
+fresh SQLite file, and health is recomputed for every customer at the end (the real engine). Scale N
+replays the book N times with ids suffixed, so the store really holds N times the objects and
+customers. Prints records/s (wall and per CPU second: the machine is shared, so CPU time is the
+steadier figure) and peak memory; the target is >= 20,000 records/s with memory flat in N.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +129,9 @@ def drop_schema(postgres_dsn: str, schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def run_one(customers: int, scale: int, trace: bool, postgres_dsn: str | None = None) -> dict[str, Any]:
+def run_one(
+    customers: int, scale: int, trace: bool, postgres_dsn: str | None = None, parser: str = "destination"
+) -> dict[str, Any]:
     from airbyte_cdk.models import AirbyteMessageSerializer, Type
 
     from destination_perly.destination import DestinationPerly
@@ -135,25 +139,35 @@ def run_one(customers: int, scale: int, trace: bool, postgres_dsn: str | None = 
     now, book = load_book(customers)
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     counts = {"records": 0}
+    destination = DestinationPerly()
 
-    def messages() -> Iterator[Any]:
+    def counted() -> Iterator[bytes]:
         for line in lines(now, book, scale):
-            message = AirbyteMessageSerializer.load(orjson.loads(line))
-            if message.type == Type.RECORD:
+            if line.startswith(b'{"type":"RECORD"'):
                 counts["records"] += 1
-            yield message
+            yield line
+
+    def messages() -> Iterable[Any]:
+        if parser == "fast":
+            from destination_perly.writer import parse_input_lines
+
+            return parse_input_lines(counted())
+        if parser == "cdk":
+            return (AirbyteMessageSerializer.load(orjson.loads(line)) for line in counted())
+        return destination._parse_input_stream(counted())  # type: ignore[arg-type] # lines, as stdin gives
 
     with tempfile.TemporaryDirectory() as tmp:
         config = {"store": store_config(tmp, postgres_dsn), "as_of": now}
         if trace:
             tracemalloc.start()
-        destination = DestinationPerly()
         started = time.perf_counter()
+        started_cpu = time.process_time()
         states = 0
         for out in destination.write(config, catalog(), messages()):
             if out.type == Type.STATE:
                 states += 1
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - started_cpu
         assert destination.last_writer is not None
         stats = destination.last_writer.stats
         traced_peak = tracemalloc.get_traced_memory()[1] if trace else None
@@ -168,6 +182,8 @@ def run_one(customers: int, scale: int, trace: bool, postgres_dsn: str | None = 
         "states": states,
         "seconds": round(elapsed, 2),
         "records_per_s": round(counts["records"] / elapsed),
+        "cpu_seconds": round(cpu, 2),
+        "records_per_cpu_s": round(counts["records"] / cpu),
         "health_seconds": round(stats.refresh_seconds, 2),
         "customers_recomputed": stats.refreshed,
         "write_only_records_per_s": round(counts["records"] / (elapsed - stats.refresh_seconds)),
@@ -185,18 +201,25 @@ def main() -> None:
     parser.add_argument("--scales", default="1,10")
     parser.add_argument("--tracemalloc", action="store_true", help="also report Python heap peak (slower)")
     parser.add_argument("--postgres-dsn", help="write to this PostgreSQL server instead of SQLite")
+    parser.add_argument("--parser", choices=("destination", "fast", "cdk"), default="destination")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(run_one(args.customers, args.one, args.tracemalloc, args.postgres_dsn)))
+        result = run_one(args.customers, args.one, args.tracemalloc, args.postgres_dsn, args.parser)
+        print(json.dumps(result))
         return
     backend = "PostgreSQL" if args.postgres_dsn else "SQLite"
-    print(f"destination benchmark: emulator book of {args.customers} customers, {backend}, health included")
+    print(
+        f"destination benchmark: emulator book of {args.customers} customers, {backend}, health included,"
+        f" stdin parser: {args.parser}"
+    )
     header = (
         "scale",
         "records",
         "seconds",
         "records/s",
+        "cpu s",
+        "rec/cpu-s",
         "health s",
         "write-only rec/s",
         "peak RSS MB",
@@ -205,6 +228,7 @@ def main() -> None:
     print(" ".join(f"{h:>{max(len(h), 8)}}" for h in header))
     for scale in (int(s) for s in args.scales.split(",")):
         command = [sys.executable, __file__, "--customers", str(args.customers), "--one", str(scale)]
+        command += ["--parser", args.parser]
         if args.tracemalloc:
             command.append("--tracemalloc")
         if args.postgres_dsn:
@@ -216,6 +240,8 @@ def main() -> None:
             r["records"],
             r["seconds"],
             r["records_per_s"],
+            r["cpu_seconds"],
+            r["records_per_cpu_s"],
             r["health_seconds"],
             r["write_only_records_per_s"],
             r["peak_rss_mb"],

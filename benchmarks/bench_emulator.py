@@ -2,6 +2,7 @@
 
 1. Pages/s served: 100-object pages of invoices (the biggest objects), zero latency, over HTTP/1.1
    keep-alive, from one client thread and from a few; the emulator runs as its own process (the CLI).
+   Then the requests it counted and its resident memory (the request log is bounded).
 2. Build time and peak memory (ru_maxrss) of a 50,000-customer book, in a fresh process.
 
 Usage: python benchmarks/bench_emulator.py [--customers 2000] [--seconds 5] [--threads 4] [--build 50000]
@@ -131,6 +132,15 @@ def serve_and_measure(customers: int, seconds: float, threads: int) -> None:
                     f"  {resource_name}, 100-object pages, zero latency, {count} client thread(s): "
                     f"{rate:,.0f} pages/s; emulator CPU: {per_core:,.0f} pages per CPU-second"
                 )
+        # The request log is bounded: every request counted, only the newest entries held.
+        state = requests.get(f"{url}/_emulator/state", timeout=30).json()
+        rss_mb = (
+            int(Path(f"/proc/{process.pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
+        )
+        print(
+            f"  requests served: {state['requests']:,} (by status {state['requests_by_status']}); "
+            f"emulator resident memory now: {rss_mb:,} MB"
+        )
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -19,7 +19,8 @@ from destination_perly.store.base import Record, Row, Store, fallback_customer_i
 logger = logging.getLogger("airbyte")
 
 Evaluate = Callable[[CustomerBundle, HealthConfig, datetime], CustomerEvaluation]
-# Customers evaluated per batch: bounds the parsed objects held at once.
+# Customers evaluated per transaction: bounds the parsed objects held at once, and how long one
+# refresh holds SQLite's write lock (a webhook write waits at most about one chunk).
 REFRESH_CHUNK = 200
 
 
@@ -45,8 +46,10 @@ class Ingestor:
         config: HealthConfig,
         evaluate: Evaluate | None = None,
         customer_ids: Callable[[str, Record], list[str]] = customer_ids_of,
+        refresh_chunk: int = REFRESH_CHUNK,
     ) -> None:
         self.store = store
+        self.refresh_chunk = refresh_chunk
         self.config = config
         self._evaluate = evaluate
         self._customer_ids = customer_ids
@@ -91,36 +94,42 @@ class Ingestor:
         return self.refresh(self.store.dirty_customers() | self.time_sensitive_customers(as_of), as_of)
 
     def refresh(self, customer_ids: Iterable[str], as_of: datetime) -> RefreshResult:
-        """Recomputes and stores health, movements, plan changes and a snapshot when MRR changed."""
+        """Recomputes and stores health, movements, plan changes and a snapshot when MRR changed.
+
+        Each chunk is read, evaluated and saved in ONE transaction holding its customers (SQLite:
+        the write lock; PostgreSQL: per-customer advisory locks), so a concurrent writer such as the
+        webhook receiver can never have a newer evaluation overwritten by one computed from older
+        data: whoever saves last read last."""
         ids = sorted(set(customer_ids))
         result = RefreshResult()
-        if not ids:
-            return result
-        lookups = self.store.load_lookups()
-        for start in range(0, len(ids), REFRESH_CHUNK):
-            chunk = ids[start : start + REFRESH_CHUNK]
-            seen_marks = self.store.dirty_marks(chunk)  # read before the data the evaluation uses
-            bundles = self.store.load_bundles(chunk, lookups)
-            evaluations: list[CustomerEvaluation] = []
-            snapshots: list[tuple[str, MrrSnapshot]] = []
-            for customer_id in chunk:
-                bundle = bundles[customer_id]
-                try:
-                    evaluation = self.evaluate(bundle, self.config, as_of)
-                except Exception:  # one customer's bad data must not stop the others
-                    logger.exception(
-                        "health evaluation failed for customer %s; it stays pending", customer_id
-                    )
-                    result.failed.append(customer_id)
-                    continue
-                evaluations.append(evaluation)
-                for problem in getattr(evaluation, "problems", ()):
-                    logger.warning("customer %s: %s", customer_id, problem)
-                last = bundle.snapshots[-1] if bundle.snapshots else None
-                if last is None or last.mrr_by_currency != evaluation.snapshot.mrr_by_currency:
-                    snapshots.append((customer_id, evaluation.snapshot))
+        for start in range(0, len(ids), self.refresh_chunk):
+            chunk = ids[start : start + self.refresh_chunk]
             with self.store.transaction():
-                self.store.save_results(evaluations, snapshots)
-                self.store.clear_dirty({c: m for c, m in seen_marks.items() if c not in result.failed})
-            result.refreshed += len(evaluations)
+                self.store.lock_customers(chunk)
+                self._refresh_chunk(chunk, as_of, result)
         return result
+
+    def _refresh_chunk(self, chunk: list[str], as_of: datetime, result: RefreshResult) -> None:
+        seen_marks = self.store.dirty_marks(chunk)
+        bundles = self.store.load_bundles(chunk, self.store.load_lookups())
+        evaluations: list[CustomerEvaluation] = []
+        snapshots: list[tuple[str, MrrSnapshot]] = []
+        failed: set[str] = set()
+        for customer_id in chunk:
+            bundle = bundles[customer_id]
+            try:
+                evaluation = self.evaluate(bundle, self.config, as_of)
+            except Exception:  # one customer's bad data must not stop the others
+                logger.exception("health evaluation failed for customer %s; it stays pending", customer_id)
+                failed.add(customer_id)
+                continue
+            evaluations.append(evaluation)
+            for problem in getattr(evaluation, "problems", ()):
+                logger.warning("customer %s: %s", customer_id, problem)
+            last = bundle.snapshots[-1] if bundle.snapshots else None
+            if last is None or last.mrr_by_currency != evaluation.snapshot.mrr_by_currency:
+                snapshots.append((customer_id, evaluation.snapshot))
+        self.store.save_results(evaluations, snapshots)
+        self.store.clear_dirty({c: m for c, m in seen_marks.items() if c not in failed})
+        result.failed.extend(sorted(failed))
+        result.refreshed += len(evaluations)

@@ -424,8 +424,12 @@ def query_for_config(raw_config: dict[str, Any]) -> QueryFn:
 
 
 def _parse_time(text: str) -> datetime:
-    parsed = _as_datetime(text)
-    assert parsed is not None
+    try:
+        parsed = _as_datetime(text)
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r} (e.g. 2026-11-01T00:00:00Z)")
     return parsed
 
 

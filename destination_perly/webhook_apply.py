@@ -59,13 +59,6 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"  # this event id was stored before: nothing done
 
 
-def _execute(store: Store, sql: str, params: tuple[Any, ...] = ()) -> None:
-    # The store exposes `query` (rows back) publicly; statements without rows (DDL, UPDATE) need its
-    # execute primitive. Prefer a public `execute` if the store gains one.
-    execute = getattr(store, "execute", None) or store._execute
-    execute(sql, params)
-
-
 class EventLedger:
     """`perly_webhook_events`: one row per event id received, with when it was stored and applied."""
 
@@ -74,14 +67,11 @@ class EventLedger:
 
     def ensure(self) -> None:
         big = self.store.int_type
-        with self.store.transaction():
-            self.store._lock_schema()
-            _execute(
-                self.store,
-                f"CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (event_id TEXT PRIMARY KEY,"
-                f" event_type TEXT NOT NULL, object_id TEXT, event_created {big} NOT NULL, customer_ids TEXT,"
-                f" received_ms {big} NOT NULL, applied_ms {big})",
-            )
+        self.store.create_table(
+            f"CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (event_id TEXT PRIMARY KEY,"
+            f" event_type TEXT NOT NULL, object_id TEXT, event_created {big} NOT NULL, customer_ids TEXT,"
+            f" received_ms {big} NOT NULL, applied_ms {big})"
+        )
 
     def claim(self, plan: EventPlan, received_ms: int) -> bool:
         """Inserts the event's row; False when it was there already (the caller's transaction decides)."""
@@ -93,8 +83,7 @@ class EventLedger:
         return bool(rows)
 
     def set_customers(self, event_id: str, customer_ids: set[str]) -> None:
-        _execute(
-            self.store,
+        self.store.execute(
             f"UPDATE {LEDGER_TABLE} SET customer_ids = ? WHERE event_id = ?",
             (orjson.dumps(sorted(customer_ids)).decode(), event_id),
         )
@@ -104,8 +93,7 @@ class EventLedger:
             for start in range(0, len(event_ids), 500):
                 chunk = event_ids[start : start + 500]
                 marks = ", ".join("?" * len(chunk))
-                _execute(
-                    self.store,
+                self.store.execute(
                     f"UPDATE {LEDGER_TABLE} SET applied_ms = ?"
                     f" WHERE event_id IN ({marks}) AND applied_ms IS NULL",
                     (applied_ms, *chunk),
@@ -123,30 +111,12 @@ class EventLedger:
         return rows[0] if rows else None
 
 
-def _lock_customers(store: Store, customer_ids: list[str]) -> None:
-    """PostgreSQL: one refresh per customer at a time across every process (sorted: no deadlock).
-    Without it, two receivers could load a customer, and the one that read the older state could
-    save last. SQLite needs nothing more: the refresh's transaction holds the database's write lock."""
-    schema = getattr(store, "schema", None)
-    if schema is None:
-        return
-    for customer_id in customer_ids:
-        store.query(
-            "SELECT 1 AS locked FROM pg_advisory_xact_lock(hashtext(?))", (f"perly:{schema}:{customer_id}",)
-        )
-
-
-def refresh_serialized(
-    store: Store, ingestor: Ingestor, customer_ids: Iterable[str], as_of: datetime
-) -> None:
-    """Reads, evaluates and saves each chunk of customers inside one transaction, so what is saved
-    was computed from the latest committed records (a write committed after it triggers another)."""
+def refresh_in_chunks(ingestor: Ingestor, customer_ids: Iterable[str], as_of: datetime) -> None:
+    """The shared Ingestor's refresh (each call reads, evaluates and saves in one transaction holding
+    its customers), in small chunks so a sync's writes wait at most one chunk for SQLite's lock."""
     ids = sorted(set(customer_ids))
     for start in range(0, len(ids), REFRESH_CHUNK_CUSTOMERS):
-        chunk = ids[start : start + REFRESH_CHUNK_CUSTOMERS]
-        with store.transaction():
-            _lock_customers(store, chunk)
-            ingestor.refresh(chunk, as_of)
+        ingestor.refresh(ids[start : start + REFRESH_CHUNK_CUSTOMERS], as_of)
 
 
 def _retry(what: str, attempts: int, action: Callable[[], Any]) -> Any:
@@ -352,11 +322,8 @@ class WebhookProcessor:
         customers = set().union(*(ids for _, ids in batch))
 
         def refresh() -> None:
-            # The store caches its table list per connection; the writer (or a sync in another process)
-            # may have created stream tables since, which the bundle loader would otherwise skip.
-            ledger.store._tables = None
             if customers:
-                refresh_serialized(ledger.store, ingestor, customers, self._clock())
+                refresh_in_chunks(ingestor, customers, self._clock())
             ledger.mark_applied(event_ids, now_ms())
 
         try:

@@ -30,10 +30,7 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 VAR = ROOT / "var"
-# A test key the demo registers with the emulator (not a real Stripe key). The source accepts only
-# Stripe-shaped keys (letters and digits after the prefix), so the emulator's built-in
-# `sk_test_perly_demo` is not used.
-DEMO_KEY = "sk_test_perlydemo"
+DEMO_KEY = "sk_test_perly_demo"  # the emulator's built-in test secret key: not a real Stripe key
 SOURCE_SCRIPT = "source-perly-stripe"
 DESTINATION_SCRIPT = "destination-perly"
 
@@ -44,7 +41,7 @@ class SyncFailed(RuntimeError):
 
 def emulator_source_config(url: str) -> dict[str, Any]:
     """Source config for the local emulator: its URL, the demo key, and a request budget above the
-    test-mode default (20/s, sized for the real Stripe), since the emulator is on this machine."""
+    test-mode default (sized for the real Stripe), since the emulator is on this machine."""
     return {"api_key": DEMO_KEY, "base_url": url, "max_requests_per_second": 200}
 
 
@@ -84,6 +81,7 @@ def write_json(path: Path, value: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_bytes(orjson.dumps(value, option=orjson.OPT_INDENT_2))
+    tmp.chmod(0o600)  # configs hold API keys and passwords
     os.replace(tmp, path)
     return path
 
@@ -344,7 +342,6 @@ def demo(customers: int | None, seed: int | None, advance_days: int, top: int) -
 
     options = {k: v for k, v in (("customers", customers), ("seed", seed)) if v is not None}
     with Emulator(**options) as emulator:
-        emulator.add_key(DEMO_KEY)
         print(f"Stripe emulator at {emulator.url}, simulated now {iso(emulator.now)}")
         source_config = emulator_source_config(emulator.url)
         write_json(workdir / "source_config.json", source_config)
@@ -364,7 +361,7 @@ def demo(customers: int | None, seed: int | None, advance_days: int, top: int) -
         )
 
         emulator.advance(days=advance_days)
-        print(f"\n2. Emulator clock advanced {advance_days} days to {iso(emulator.now)} ")
+        print(f"\n2. Emulator clock advanced {advance_days} days to {iso(emulator.now)}")
         destination_config["as_of"] = iso(emulator.now)
         print("\n3. Incremental sync from the committed state")
         incremental = run_sync(
@@ -384,17 +381,75 @@ def demo(customers: int | None, seed: int | None, advance_days: int, top: int) -
     return 0
 
 
+def sync(source_config: Path, destination_config: Path, state_path: Path, top: int, html: Path | None) -> int:
+    """One sync of a real account (or anything the configs name), then the report: the demo's path."""
+    from destination_perly.report import (
+        StoreUnavailable,
+        query_for_config,
+        read_report,
+        render_at_risk,
+        render_html,
+        render_summary,
+    )
+
+    source = json.loads(source_config.read_text(encoding="utf-8"))
+    destination = json.loads(destination_config.read_text(encoding="utf-8"))
+    catalog = configured_catalog(discover(source_config))
+    mode = "incremental, from the saved state" if load_state(state_path) else "full"
+    print(f"Sync ({mode}): {', '.join(s['stream']['name'] for s in catalog['streams'])}")
+    workdir = state_path.parent / "sync-run"  # the run's files (configs, catalog, stderr) beside its state
+    result = run_sync(workdir, source, destination, catalog, state_path, print_progress)
+    print(f"   {result.total:,} records in {result.seconds:.1f}s; state saved to {state_path}")
+    try:
+        report = read_report(query_for_config(destination))
+    except StoreUnavailable as exc:
+        print(f"report: {exc}", file=sys.stderr)
+        return 1
+    print("\n" + render_summary(report) + "\n")
+    print(render_at_risk(report, top))
+    if html:
+        html.write_text(render_html(report), encoding="utf-8")
+        print(f"\nHTML report: {html}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="make demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--customers", type=int, help="size of the emulated book (default: the emulator's)")
-    parser.add_argument("--seed", type=int, help="seed of the emulated book (default: the emulator's)")
-    parser.add_argument("--days", type=int, default=7, help="how far to advance the clock (default 7)")
+    parser = argparse.ArgumentParser(
+        prog="python -m integration_tests.demo", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=("demo", "sync"),
+        default="demo",
+        help="demo (default): the emulator end to end; sync: one sync with your own configs",
+    )
+    parser.add_argument(
+        "--customers", type=int, help="demo: size of the emulated book (default: the emulator's)"
+    )
+    parser.add_argument("--seed", type=int, help="demo: seed of the emulated book (default: the emulator's)")
+    parser.add_argument("--days", type=int, default=7, help="demo: how far to advance the clock (default 7)")
+    parser.add_argument("--source-config", type=Path, help="sync: the source config JSON (api_key, ...)")
+    parser.add_argument(
+        "--destination-config", type=Path, help="sync: the destination config JSON (store, ...)"
+    )
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=VAR / "state.json",
+        help="sync: where the committed state is kept between runs (default var/state.json)",
+    )
+    parser.add_argument("--html", type=Path, help="sync: also write the HTML report here")
     parser.add_argument("--top", type=int, default=15, help="at-risk customers to print (default 15)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "sync":
+            if not args.source_config or not args.destination_config:
+                parser.error("sync needs --source-config and --destination-config")
+            return sync(args.source_config, args.destination_config, args.state, args.top, args.html)
         return demo(args.customers, args.seed, args.days, args.top)
     except SyncFailed as exc:
-        print(f"\ndemo failed: {exc}", file=sys.stderr)
+        print(f"\n{args.command} failed: {exc}", file=sys.stderr)
         return 1
 
 

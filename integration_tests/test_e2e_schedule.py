@@ -29,7 +29,7 @@ perly_sync = importlib.util.module_from_spec(SPEC)
 sys.modules["perly_sync"] = perly_sync  # dataclasses look their module up there
 SPEC.loader.exec_module(perly_sync)
 
-SOURCE_CONFIG = {"api_key": "sk_test_perlydemo", "base_url": "http://127.0.0.1:1"}
+SOURCE_CONFIG = {"api_key": "sk_test_perly_demo", "base_url": "http://127.0.0.1:1"}
 DESTINATION_CONFIG = {"store": {"store_type": "sqlite", "path": "var/perly.db"}}
 
 
@@ -112,7 +112,7 @@ def test_failed_run_exits_non_zero_and_says_the_state_is_kept_without_leaking_th
 
     out = capsys.readouterr().out
     assert "sync failed, committed state kept for the next run" in out
-    assert "sk_test_perlydemo" not in out
+    assert "sk_test_perly_demo" not in out
 
 
 def test_run_is_skipped_while_another_holds_the_lock(
@@ -175,7 +175,6 @@ def test_real_pyairbyte_runs_are_incremental_and_keep_state_between_runs(tmp_pat
     store = tmp_path / "perly.db"
     state_dir = tmp_path / "state"
     with Emulator(customers=60, seed=7) as emulator:
-        emulator.add_key(DEMO_KEY)
         source_config = tmp_path / "source.json"
         source_config.write_text(json.dumps(emulator_source_config(emulator.url)))
         destination_config = tmp_path / "destination.json"

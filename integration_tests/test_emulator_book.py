@@ -288,3 +288,74 @@ def test_given_another_now_then_the_history_ends_there() -> None:
         assert created
         assert max(created) <= june
     assert min(e["created"] for e in emu.objects("events")) >= june - 30 * DAY
+
+
+def test_given_billing_shapes_the_health_contract_needs_then_each_is_in_the_book(
+    emulator: Emulator, view: View, labels: dict[str, set[str]]
+) -> None:
+    for label in (
+        "customer_discount",
+        "pause_collection_void",
+        "pause_collection_keep_as_draft",
+        "paused",
+        "tax_inclusive",
+        "weekly",
+        "quarterly",
+    ):
+        assert having(labels, label), label
+
+    for cid in having(labels, "customer_discount"):
+        discount = view.customers[cid]["discount"]
+        assert view.coupons[discount["source"]["coupon"]]["duration"] == "forever"
+        assert discount["customer"] == cid
+        assert discount["subscription"] is None
+        assert all(s["discounts"] == [] for s in view.subs[cid])
+        assert any(
+            i["discounts"] == [discount["id"]] and i["total"] < i["subtotal"] for i in view.invoices[cid]
+        )
+
+    for behavior in ("void", "keep_as_draft"):
+        for cid in having(labels, f"pause_collection_{behavior}"):
+            (sub,) = view.subs[cid]
+            assert sub["status"] == "active"
+            assert sub["pause_collection"] == {"behavior": behavior, "resumes_at": None}
+            latest = next(i for i in view.invoices[cid] if i["id"] == sub["latest_invoice"])
+            assert latest["status"] == ("void" if behavior == "void" else "draft")
+            assert latest["amount_paid"] == 0
+
+    for cid in having(labels, "paused"):
+        (sub,) = view.subs[cid]
+        assert sub["status"] == "paused"
+        assert sub["trial_settings"]["end_behavior"]["missing_payment_method"] == "pause"
+        assert sub["trial_end"] <= emulator.now
+        assert view.customers[cid]["invoice_settings"]["default_payment_method"] is None
+
+    for cid in having(labels, "tax_inclusive"):
+        (sub,) = view.subs[cid]
+        (rate,) = sub["default_tax_rates"]
+        assert rate["object"] == "tax_rate"
+        assert rate["inclusive"] is True
+        assert rate["percentage"] == 20
+        assert sub["items"]["data"][0]["price"]["tax_behavior"] == "inclusive"
+        billed = [i for i in view.invoices[cid] if i["total"]]
+        assert billed
+        for invoice in billed:
+            (tax,) = invoice["total_taxes"]
+            assert tax["tax_behavior"] == "inclusive"
+            # 20% included: the net is the total / 1.2, half-up, and the parts add up to the total
+            assert tax["taxable_amount"] == (invoice["total"] * 10 + 6) // 12
+            assert tax["taxable_amount"] + tax["amount"] == invoice["total"] == invoice["subtotal"]
+            assert invoice["total_excluding_tax"] == tax["taxable_amount"]
+
+    for label, interval, count, days in (
+        ("weekly", "week", 1, {7}),
+        ("quarterly", "month", 3, {89, 90, 91, 92}),
+    ):
+        for cid in having(labels, label):
+            (sub,) = view.subs[cid]
+            item = sub["items"]["data"][0]
+            assert item["price"]["recurring"]["interval"] == interval
+            assert item["price"]["recurring"]["interval_count"] == count
+            assert (item["current_period_end"] - item["current_period_start"]) // DAY in days
+            cycles = sorted(i["created"] for i in view.invoices[cid])
+            assert {(b - a) // DAY for a, b in zip(cycles, cycles[1:], strict=False)} <= days

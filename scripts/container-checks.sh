@@ -57,9 +57,7 @@ url=$("$py" -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())[
   || fail "emulator did not start: $(cat "$work/emulator.err")"
 now=$("$py" -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["now"])' "$work/emulator.out")
 echo "emulator at $url"
-# A Stripe-shaped test key for this run (the source accepts letters and digits after the prefix only).
-key=sk_test_perlycontainer
-"$py" -c 'import json,sys,urllib.request as u; u.urlopen(u.Request(sys.argv[1] + "/_emulator/keys", json.dumps({"key": sys.argv[2]}).encode(), method="POST"))' "$url" "$key"
+key=sk_test_perly_demo  # the emulator's built-in test key
 
 mkdir -p "$work/config" "$work/local"
 chmod 0777 "$work/local"  # written by the image's non-root user (uid 1000)

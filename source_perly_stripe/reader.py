@@ -175,25 +175,31 @@ class SyncReader:
                 continue
             backfill = state.get("backfill")
             cursor = state.get(stream.cursor_field)
-            if isinstance(backfill, dict):
+            retention_edge = now - EVENT_RETENTION + RETENTION_MARGIN
+            if isinstance(backfill, dict) and int(backfill["upper"]) < retention_edge:
+                # The changes made since that backfill began are no longer in the events list.
+                yield _log(
+                    Level.WARN,
+                    f"{stream.name}: the interrupted backfill began more than 30 days ago; Stripe keeps "
+                    "events for 30 days only, so it starts again from the beginning to lose no change.",
+                )
+            elif isinstance(backfill, dict):
                 run.lower, run.upper = int(backfill["lower"]), int(backfill["upper"])
                 run.done = merge([(int(a), int(b)) for a, b in backfill.get("done", [])])
                 run.requests = int(backfill.get("requests", 0))
                 yield _log(Level.INFO, f"{stream.name}: resuming the backfill; {self._describe_done(run)}.")
-            elif isinstance(cursor, int) and incremental:
-                if cursor < now - EVENT_RETENTION + RETENTION_MARGIN:
-                    yield _log(
-                        Level.WARN,
-                        f"{stream.name}: the last sync was more than 30 days ago (cursor {cursor}); Stripe "
-                        "keeps events for 30 days only, so this stream is read again in full instead of "
-                        "replaying events, to lose no change.",
-                    )
-                elif self._events_denied is not None:
-                    pass  # read in full again: said once for all such streams below
-                else:
-                    run.mode = "events"
-                    run.events_from = cursor - EVENTS_OVERLAP
-                    self._changes[stream.name] = {}
+            elif isinstance(cursor, int) and cursor < retention_edge:
+                yield _log(
+                    Level.WARN,
+                    f"{stream.name}: the last sync was more than 30 days ago (cursor {cursor}); Stripe "
+                    "keeps events for 30 days only, so this stream is read again in full instead of "
+                    "replaying events, to lose no change.",
+                )
+            elif isinstance(cursor, int) and self._events_denied is None:
+                run.mode = "events"
+                run.events_from = cursor - EVENTS_OVERLAP
+                self._changes[stream.name] = {}
+            # Otherwise (first sync, or events not readable) the stream is read in full.
         yield from self._explain_full_reads()
 
     def _explain_full_reads(self) -> Iterator[AirbyteMessage]:

@@ -161,6 +161,17 @@ def _db_value(value: Any) -> Any:
     return value
 
 
+def _parsed(data: str, deleted: int) -> Record:
+    obj: Record = orjson.loads(data)
+    if deleted:
+        obj["deleted"] = True
+    return obj
+
+
+def _by_created_then_id(row: tuple[Any, ...]) -> tuple[int, str]:
+    return (row[0] or 0, row[1])
+
+
 def _chunks(items: Sequence[str], size: int = IN_CHUNK) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -196,6 +207,10 @@ class Store(ABC):
     def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]: ...
 
     @abstractmethod
+    def _fetch_tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows as plain tuples: the bulk readers' path (no per-row dict)."""
+
+    @abstractmethod
     def _list_tables(self) -> set[str]: ...
 
     @abstractmethod
@@ -206,6 +221,16 @@ class Store(ABC):
 
     def _lock_schema(self) -> None:  # noqa: B027 - a hook: only PostgreSQL needs it
         """Serialises schema changes between processes (PostgreSQL); SQLite's write lock does it."""
+
+    def lock_customers(self, customer_ids: Sequence[str]) -> None:  # noqa: B027 - a hook
+        """Inside a transaction: one writer per customer at a time until it ends (PostgreSQL takes
+        per-customer advisory locks; SQLite's `BEGIN IMMEDIATE` already holds the database)."""
+
+    # Orders rows of one table by insertion (a tie-breaker for equal timestamps).
+    insertion_order = "rowid"
+
+    def _ensure_insertion_order(self, table: str) -> None:  # noqa: B027 - a hook: SQLite has rowid
+        """Gives `table` the column `insertion_order` names when the backend needs one."""
 
     # --- transactions -------------------------------------------------------------------------
     @contextmanager
@@ -237,15 +262,30 @@ class Store(ABC):
         with self.transaction():
             self._execute(sql, params)
 
+    def create_table(self, ddl: str) -> None:
+        """Runs a `CREATE TABLE IF NOT EXISTS` for a part keeping its own table, serialised with every
+        other schema change (two processes starting at once never collide)."""
+        with self.transaction():
+            self._lock_schema()
+            self._execute(ddl)
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Read rows as dicts; `?` placeholders on both backends."""
         return self._fetch(sql, params)
 
     # --- schema -------------------------------------------------------------------------------
     def tables(self) -> set[str]:
-        if self._tables is None:
-            self._tables = self._list_tables()
-        return self._tables
+        """Every table in the store now (read from the catalog: another process may have made some)."""
+        self._tables = self._list_tables()
+        return set(self._tables)
+
+    def has_table(self, table: str) -> bool:
+        """Cached when present (tables are never dropped); a miss asks the catalog again, since
+        another connection or process may have created it since."""
+        if self._tables is not None and table in self._tables:
+            return True
+        self._tables = self._list_tables()
+        return table in self._tables
 
     def ensure_schema(self) -> None:
         """Creates the Perly tables (and adds columns the health model gained since)."""
@@ -258,6 +298,7 @@ class Store(ABC):
                 f"CREATE TABLE IF NOT EXISTS {SNAPSHOTS_TABLE} (customer_id TEXT NOT NULL, at TEXT NOT NULL,"
                 " mrr_by_currency TEXT NOT NULL, cause TEXT)"
             )
+            self._ensure_insertion_order(SNAPSHOTS_TABLE)
             # `mark` grows with every write, so a refresh clears only the marks it has seen.
             self._execute(
                 f"CREATE TABLE IF NOT EXISTS {DIRTY_TABLE} (customer_id TEXT PRIMARY KEY,"
@@ -285,7 +326,7 @@ class Store(ABC):
     def ensure_stream_table(self, stream: str, stage: bool = False) -> str:
         table = table_for_stream(stream) + ("_stage" if stage else "")
         big = self.int_type
-        if table not in self.tables():
+        if not self.has_table(table):
             with self.transaction():
                 self._lock_schema()
                 self._execute(
@@ -294,7 +335,8 @@ class Store(ABC):
                     f" status TEXT, data TEXT NOT NULL, generation_id {big})"
                 )
                 self._execute(f"CREATE INDEX IF NOT EXISTS {table}_customer_idx ON {table} (customer_id)")
-            self.tables().add(table)
+            if self._tables is not None:  # (a rolled-back outer transaction forgets the cache)
+                self._tables.add(table)
         return table
 
     def probe_writable(self) -> None:
@@ -470,21 +512,18 @@ class Store(ABC):
         live subscriptions may reference them)."""
         lookups: dict[str, dict[str, Record]] = {}
         for stream in LOOKUP_STREAMS:
-            by_id: dict[str, Record] = {}
             table = table_for_stream(stream)
-            if table in self.tables():
-                for row in self._fetch(f"SELECT id, deleted, data FROM {table}"):
-                    obj = orjson.loads(row["data"])
-                    if row["deleted"]:
-                        obj["deleted"] = True
-                    by_id[str(row["id"])] = obj
-            lookups[stream] = by_id
+            rows = (
+                self._fetch_tuples(f"SELECT id, deleted, data FROM {table}") if self.has_table(table) else []
+            )
+            lookups[stream] = {str(row_id): _parsed(data, deleted) for row_id, deleted, data in rows}
         return lookups
 
     def load_bundles(
         self, customer_ids: Iterable[str], lookups: dict[str, dict[str, Record]] | None = None
     ) -> dict[str, CustomerBundle]:
-        """Bundles for many customers with a handful of queries per chunk (not per customer)."""
+        """Bundles for many customers: one query per table per chunk of customers (never per customer),
+        rows as tuples, each raw object parsed once."""
         ids = sorted(set(customer_ids))
         lookups = lookups if lookups is not None else self.load_lookups()
         bundles = {
@@ -501,37 +540,35 @@ class Store(ABC):
             )
             for c in ids
         }
-        tables = self.tables()
+        customers = table_for_stream("customers")
+        list_tables = [(s, table_for_stream(s)) for s in CUSTOMER_LIST_STREAMS]
+        list_tables = [(s, t) for s, t in list_tables if self.has_table(t)]
+        has_customers = self.has_table(customers)
         for chunk in _chunks(ids):
             marks = ", ".join("?" * len(chunk))
-            customers = table_for_stream("customers")
-            if customers in tables:
-                for row in self._fetch(
-                    f"SELECT id, deleted, data FROM {customers} WHERE id IN ({marks})", chunk
-                ):
-                    obj = orjson.loads(row["data"])
-                    if row["deleted"]:
-                        obj["deleted"] = True
-                    bundles[str(row["id"])].customer = obj
-            for stream in CUSTOMER_LIST_STREAMS:
-                table = table_for_stream(stream)
-                if table not in tables:
-                    continue
+            if has_customers:
+                sql = f"SELECT id, deleted, data FROM {customers} WHERE id IN ({marks})"
+                for row_id, deleted, data in self._fetch_tuples(sql, chunk):
+                    bundles[str(row_id)].customer = _parsed(data, deleted)
+            for stream, table in list_tables:
                 # Sorted here, not in SQL: a database sort would copy every raw object through a sorter.
                 sql = (
-                    f"SELECT customer_id, created, id, data FROM {table}"
+                    f"SELECT created, id, customer_id, data FROM {table}"
                     f" WHERE customer_id IN ({marks}) AND deleted = 0"
                 )
-                rows = sorted(self._fetch(sql, chunk), key=lambda r: (r["created"] or 0, r["id"]))
-                for row in rows:
-                    getattr(bundles[str(row["customer_id"])], stream).append(orjson.loads(row["data"]))
-            sql = f"SELECT customer_id, at, mrr_by_currency, cause FROM {SNAPSHOTS_TABLE}"
-            for row in self._fetch(sql + f" WHERE customer_id IN ({marks}) ORDER BY at", chunk):
-                bundles[str(row["customer_id"])].snapshots.append(
+                rows = self._fetch_tuples(sql, chunk)
+                rows.sort(key=_by_created_then_id)
+                lists = {c: getattr(bundles[c], stream) for c in chunk}
+                for _created, _id, customer_id, data in rows:
+                    lists[customer_id].append(orjson.loads(data))
+            sql = (
+                f"SELECT customer_id, at, mrr_by_currency, cause FROM {SNAPSHOTS_TABLE}"
+                f" WHERE customer_id IN ({marks}) ORDER BY at, {self.insertion_order}"
+            )
+            for customer_id, at, mrr, cause in self._fetch_tuples(sql, chunk):
+                bundles[str(customer_id)].snapshots.append(
                     MrrSnapshot(
-                        at=parse_iso(str(row["at"])),
-                        mrr_by_currency=orjson.loads(row["mrr_by_currency"]),
-                        cause=str(row["cause"] or ""),
+                        at=parse_iso(str(at)), mrr_by_currency=orjson.loads(mrr), cause=str(cause or "")
                     )
                 )
         return bundles

@@ -42,6 +42,9 @@ class SqliteStore(Store):
             self._conn.execute("PRAGMA journal_mode = WAL")
             # WAL + NORMAL: a commit survives a process crash; only an OS crash can lose the last ones.
             self._conn.execute("PRAGMA synchronous = NORMAL")
+            # Sorts and temporary indexes in memory; a 64 MB page cache (negative: KiB) for bulk loads.
+            self._conn.execute("PRAGMA temp_store = MEMORY")
+            self._conn.execute("PRAGMA cache_size = -65536")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the SQLite file {path}: {exc}") from exc
         self._conn.row_factory = sqlite3.Row
@@ -71,6 +74,11 @@ class SqliteStore(Store):
 
     def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return [dict(row) for row in self._conn.execute(sql, tuple(params)).fetchall()]
+
+    def _fetch_tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        cursor = self._conn.cursor()
+        cursor.row_factory = None
+        return cursor.execute(sql, tuple(params)).fetchall()
 
     def _list_tables(self) -> set[str]:
         rows = self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()

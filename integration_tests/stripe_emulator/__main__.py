@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slow-ms", type=int, default=2000, help="delay of a 'slow' fault")
     parser.add_argument("--webhook-url", default=None)
     parser.add_argument("--webhook-secret", default=None, help="whsec_...")
+    parser.add_argument(
+        "--request-log-size", type=int, default=10_000, help="request log entries kept (all are counted)"
+    )
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         slow_ms=args.slow_ms,
         webhook_url=args.webhook_url,
         webhook_secret=args.webhook_secret,
+        request_log_size=args.request_log_size,
     ).start()
     line = {
         "url": emulator.url,

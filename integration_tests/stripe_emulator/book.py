@@ -15,6 +15,7 @@ import gc
 import heapq
 import random
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +34,7 @@ from .model import (
     StripeObject,
     Subscription,
     SubscriptionItem,
+    TaxRate,
 )
 from .store import Store
 
@@ -100,6 +102,12 @@ FORCED_FATES = (
     "metered",
     "many_items",
     "deleted_customer",
+    "customer_discount",
+    "pause_collection",
+    "paused",
+    "tax_inclusive",
+    "weekly",
+    "quarterly",
 )
 
 WORDS_A = ["Acme", "Blue", "Cedar", "Delta", "Ember", "Fable", "Granite", "Harbor", "Indigo", "Juniper"]
@@ -164,11 +172,13 @@ class SimState:
         "stuck",
         "last_bill",
         "invoices",
+        "step_days",
     )
 
     def __init__(self, step: int, anchor_day: int, fate: str | None, fate_at: int) -> None:
         self.agenda: list[tuple[int, int, str, Any]] = []
         self.step = step  # months per period
+        self.step_days = 0  # days per period instead, when set (weekly prices)
         self.anchor_day = anchor_day
         self.fate = fate
         self.fate_at = fate_at
@@ -318,9 +328,11 @@ class Book:
     def _build_catalog(self, at: int) -> None:
         # ladder[tier][currency][interval] -> Price
         self.ladder: list[dict[str, dict[str, Price]]] = []
+        ladder_products: list[Product] = []
         for rank, (name, amounts, _seats) in enumerate(LADDER):
             product = self._product(at + rank, name, f"The {name} plan")
             product.metadata = {"tier": name.lower()}
+            ladder_products.append(product)
             by_currency: dict[str, dict[str, Price]] = {}
             for currency, (monthly, yearly) in amounts.items():
                 by_currency[currency] = {
@@ -374,6 +386,32 @@ class Book:
             self._price(modules, at + 12, "usd", 500 + 100 * (n % 8), "month", nickname=f"Module {n + 1}")
             for n in range(ADD_ON_COUNT)
         ]
+        # Less common billing shapes, each held by its own scripted scenario.
+        starter, pro = ladder_products[0], ladder_products[1]
+        self.weekly = self._price(
+            starter, at + 13, "usd", 900, "week", lookup_key="starter_weekly_usd", nickname="Starter weekly"
+        )
+        self.quarterly = self._price(
+            pro,
+            at + 13,
+            "usd",
+            4200,
+            "month",
+            interval_count=3,
+            lookup_key="pro_quarterly_usd",
+            nickname="Pro quarterly",
+        )
+        self.tax_inclusive = self._price(
+            pro,
+            at + 13,
+            "eur",
+            1680,
+            "month",
+            tax_behavior="inclusive",
+            lookup_key="pro_monthly_eur_incl_vat",
+            nickname="Pro monthly (VAT included)",
+        )
+        self.vat = TaxRate(self.new_id("txr_"), at + 13, "VAT", 20, True, "DE")
         self.coupons = {
             "forever": [
                 self._coupon(at + 20, "LOYAL20", "20% off forever", "forever", percent_off=20.0),
@@ -473,9 +511,13 @@ class Book:
         if fate == "trial_no_payment_method":
             signup = now - rng.randint(6, 11) * DAY
             return signup, signup
-        if fate == "trial_no_pm_canceled":
+        if fate in ("trial_no_pm_canceled", "paused"):
             signup = now - rng.randint(16, 28) * DAY
             return signup, signup
+        if fate == "pause_collection":
+            # Paused over a month ago, so at least one renewal has met the paused collection.
+            signup = now - rng.randint(90, 400) * DAY
+            return signup, now - rng.randint(32, 50) * DAY - rng.randint(0, 23) * HOUR
         offsets = {
             "dunning_recovered": (16, 26),
             "dunning_unpaid": (20, 28),
@@ -517,15 +559,15 @@ class Book:
         roll = rng.random()
         if fate == "jpy" or (fate is None and roll < 0.06):
             currency = "jpy"
-        elif fate == "eur" or (fate is None and roll < 0.2):
+        elif fate in ("eur", "tax_inclusive") or (fate is None and roll < 0.2):
             currency = "eur"
         customer = self._customer(at, index, currency)
         self.label(customer, currency)
 
-        trial = fate in ("trial_converting", "trial_no_payment_method", "trial_no_pm_canceled") or (
+        trial = fate in ("trial_converting", "trial_no_payment_method", "trial_no_pm_canceled", "paused") or (
             fate is None and rng.random() < 0.22
         )
-        has_pm = fate not in ("trial_no_payment_method", "trial_no_pm_canceled") and not (
+        has_pm = fate not in ("trial_no_payment_method", "trial_no_pm_canceled", "paused") and not (
             fate is None and trial and rng.random() < 0.3
         )
         if has_pm:
@@ -558,6 +600,10 @@ class Book:
             "metered",
             "tiered",
             "many_items",
+            "pause_collection",
+            "tax_inclusive",
+            "weekly",
+            "quarterly",
         )
         yearly = fate not in monthly_fates and rng.random() < 0.18
         interval = "year" if yearly else "month"
@@ -573,7 +619,17 @@ class Book:
         if send_invoice:
             sub.collection_method = "send_invoice"
             sub.days_until_due = 30
-        if use_tiered:
+        special = {"weekly": self.weekly, "quarterly": self.quarterly, "tax_inclusive": self.tax_inclusive}
+        if fate in special:
+            self.add_item(sub, special[fate], 1 if fate == "weekly" else rng.randint(2, 25), at)
+            self.label(customer, fate)
+            if fate == "weekly":
+                sub.sim.step_days = 7
+            elif fate == "quarterly":
+                sub.sim.step = 3
+            else:
+                sub.tax_rates = [self.vat]
+        elif use_tiered:
             self.add_item(sub, self.tiered, rng.randint(8, 120), at)
             self.label(customer, "tiered")
         else:
@@ -608,6 +664,16 @@ class Book:
             coupon.times_redeemed += 1
             coupon.touch()
             self.label(customer, f"coupon_{coupon_kind}")
+        if fate == "customer_discount":
+            # On the customer, not the subscription: it applies to every invoice of theirs.
+            coupon = next(c for c in self.coupons["forever"] if c.currency in (None, currency))
+            customer.discount = Discount(self.new_id("di_"), coupon, customer.id, None, at, None)
+            coupon.times_redeemed += 1
+            coupon.touch()
+            customer.touch()
+            if self.in_window(at):
+                self.emit("customer.discount.created", at, customer.discount.render(), customer=customer.id)
+            self.label(customer, "customer_discount")
 
         self.stores["subscriptions"].add(sub)
         self.subscriptions_of[customer.id].append(sub)
@@ -617,9 +683,11 @@ class Book:
             sub.trial_start = at
             sub.trial_end = at + 14 * DAY
             sub.missing_pm_behavior = "cancel" if not has_pm else "create_invoice"
+            if fate == "paused":
+                sub.missing_pm_behavior = "pause"
             self.set_period(sub, at, sub.trial_end)
             self.label(customer, "trial")
-            if not has_pm:
+            if not has_pm and fate != "paused":
                 self.label(customer, "trial_no_payment_method")
             self.emit_obj("customer.subscription.created", at, sub, requested=True)
             invoice = self.make_invoice(sub, at, "subscription_create", zero=True)
@@ -639,6 +707,9 @@ class Book:
             self.schedule(sub, fate_at, "delete_customer")
         elif fate == "cancel_at_period_end":
             self.schedule(sub, fate_at + rng.randint(2, 12) * DAY, "cancel_at_period_end")
+        elif fate == "pause_collection":
+            behavior = ("void", "keep_as_draft")[self._fate_counts[fate] % 2]
+            self.schedule(sub, fate_at, "pause_collection", behavior)
         return sub
 
     def add_item(self, sub: Subscription, price: Price, quantity: int, at: int) -> SubscriptionItem:
@@ -654,12 +725,15 @@ class Book:
             item.touch()
 
     def period_end(self, sub: Subscription, start: int) -> int:
+        step_days: int = sub.sim.step_days
+        if step_days:
+            return start + step_days * DAY
         return add_months(start, sub.sim.step, sub.sim.anchor_day)
 
     def schedule(self, sub: Subscription, at: int, kind: str, data: Any = None) -> None:
         heapq.heappush(sub.sim.agenda, (at, self.next_seq(), kind, data))
 
-    def drop_from_agenda(self, sub: Subscription, drop: Any) -> None:
+    def drop_from_agenda(self, sub: Subscription, drop: Callable[[str], bool]) -> None:
         """Remove the entries whose kind `drop(kind)` is true. The list is changed in place, never
         replaced: run() holds it, and entries left in a stale copy would fire later at past times."""
         agenda = sub.sim.agenda
@@ -710,11 +784,15 @@ class Book:
         return self.rng.random()
 
     # ---- billing -----------------------------------------------------------------------------
-    def make_invoice(self, sub: Subscription, at: int, reason: str, zero: bool = False) -> Invoice:
+    def make_invoice(
+        self, sub: Subscription, at: int, reason: str, zero: bool = False, finalize: bool = True
+    ) -> Invoice:
+        """A subscription invoice: created, then (unless `finalize` is false) finalized at once."""
         customer = sub.customer
         invoice = Invoice(self.new_id("in_"), at, self.next_seq(), customer, sub.id, sub.currency)
         invoice.billing_reason = reason
         invoice.collection_method = sub.collection_method
+        invoice.tax_rates = list(sub.tax_rates)
         last_bill = sub.sim.last_bill
         for item in sub.items:
             price = item.price
@@ -731,13 +809,19 @@ class Book:
             else:
                 quantity = item.quantity
                 amount = price.amount_for(quantity)
-                description = f"{quantity} × {self.product_name(price)} (per {price.interval})"
+                every = (
+                    price.interval
+                    if price.interval_count == 1
+                    else f"{price.interval_count} {price.interval}s"
+                )
+                description = f"{quantity} × {self.product_name(price)} (per {every})"
             invoice.lines.append(
                 InvoiceLine(self.new_id("il_"), price, quantity, amount, start, end, description, item.id)
             )
         invoice.subtotal = sum(line.amount for line in invoice.lines)
-        if sub.discounts and invoice.subtotal:
-            discount = sub.discounts[0]
+        # A customer's own discount applies only where the subscription has none (as on Stripe).
+        discount = sub.discounts[0] if sub.discounts else customer.discount
+        if discount is not None and invoice.subtotal:
             if discount.end is None or discount.end > at:
                 invoice.discount_amount = discount.coupon.discount_on(invoice.subtotal)
                 invoice.discount_ids = [discount.id]
@@ -747,14 +831,18 @@ class Book:
         if not zero:
             sub.sim.last_bill = at
         sub.sim.invoices.append(invoice)
-        customer.next_invoice_sequence += 1
-        customer.touch()
         self.stores["invoices"].add(invoice)
         sub.latest_invoice = invoice.id
         sub.touch()
         self.emit_obj("invoice.created", at, invoice)
+        if not finalize:
+            self.change("invoice", invoice)
+            return invoice
         invoice.status = "open"
-        invoice.number = f"{customer.invoice_prefix}-{customer.next_invoice_sequence - 1:04d}"
+        # Numbers are given at finalization: a draft kept back does not use one up.
+        invoice.number = f"{customer.invoice_prefix}-{customer.next_invoice_sequence:04d}"
+        customer.next_invoice_sequence += 1
+        customer.touch()
         invoice.finalized_at = at
         if invoice.collection_method == "send_invoice":
             invoice.due_date = at + (sub.days_until_due or 30) * DAY
@@ -810,7 +898,12 @@ class Book:
 
     def bill(self, sub: Subscription, at: int, reason: str) -> None:
         """Invoice the current period and collect it (or send it)."""
-        invoice = self.make_invoice(sub, at, reason)
+        paused = sub.pause_collection
+        invoice = self.make_invoice(sub, at, reason, finalize=paused != "keep_as_draft")
+        if paused is not None:  # collection paused: the invoice stays a draft or is voided at once
+            if paused == "void":
+                self.void_invoice(invoice, at)
+            return
         pay_at = at  # created, finalized and charged in the same second: nothing lands after now
         if sub.collection_method == "send_invoice":
             self.plan_send_invoice(sub, invoice, at)
@@ -995,10 +1088,14 @@ class Book:
     def do_invoice_void(self, sub: Subscription, at: int, invoice: Invoice) -> None:
         if invoice.status != "open":
             return
+        self.label(sub.customer, "void")
+        self.void_invoice(invoice, at)
+
+    def void_invoice(self, invoice: Invoice, at: int) -> None:
         invoice.status = "void"
         invoice.voided_at = at
+        invoice.next_payment_attempt = None
         invoice.touch()
-        self.label(sub.customer, "void")
         self.emit_obj("invoice.voided", at, invoice)
         self.change("voided", invoice)
 
@@ -1011,6 +1108,12 @@ class Book:
         if sub.status != "trialing":
             return
         customer = sub.customer
+        if customer.payment_method is None and sub.missing_pm_behavior == "pause":
+            self.update_subscription(sub, at, lambda: setattr(sub, "status", "paused"))
+            self.emit_obj("customer.subscription.paused", at, sub)
+            self.label(customer, "paused")
+            self.change("paused", sub)
+            return
         if customer.payment_method is None and sub.missing_pm_behavior == "cancel":
             self.label(customer, "trial_canceled")
             self.cancel(sub, at, "cancellation_requested", requested=False)
@@ -1073,6 +1176,18 @@ class Book:
             if roll < threshold:
                 self.schedule(sub, when, kind)
                 return
+
+    def do_pause_collection(self, sub: Subscription, at: int, behavior: str) -> None:
+        if sub.status != "active" or sub.pause_collection is not None:
+            return
+
+        def pause() -> None:
+            sub.pause_collection = behavior
+
+        self.update_subscription(sub, at, pause, requested=True)
+        self.label(sub.customer, "pause_collection")
+        self.label(sub.customer, f"pause_collection_{behavior}")
+        self.change("collection_paused", sub)
 
     def do_cancel_at_period_end(self, sub: Subscription, at: int, data: Any) -> None:
         if sub.cancel_at_period_end or not sub.items:

@@ -16,6 +16,7 @@ from .api import Api
 from .book import DEFAULT_NOW, RESOURCES, Book
 from .control import FAULT_KINDS, Faults, KeyInfo, TokenBucket, default_keys, key_info, parse_faults
 from .model import CACHE_LIMIT
+from .request_log import DEFAULT_KEEP, RequestLog
 from .server import EmulatorHTTPServer, serve_in_thread
 from .webhooks import WebhookSender
 
@@ -59,6 +60,7 @@ class Emulator:
         slow_ms: int = 2000,
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
+        request_log_size: int = DEFAULT_KEEP,
     ) -> None:
         self.port = port
         self.lock = threading.RLock()
@@ -71,7 +73,7 @@ class Emulator:
         self._jitter_rng = random.Random(seed)
         self.configure_load(latency_ms=latency_ms, jitter_ms=jitter_ms, rate_limit=rate_limit)
         self.set_faults(faults, seed=seed if fault_seed is None else fault_seed, slow_ms=slow_ms)
-        self.request_log: list[dict[str, Any]] = []
+        self.request_log = RequestLog(request_log_size)  # bounded: counts all, keeps the newest
         self.webhooks: WebhookSender | None = None
         if webhook_url:
             self.configure_webhooks(webhook_url, webhook_secret or "")
@@ -230,6 +232,7 @@ class Emulator:
             "keys": sorted(k[:8] + "..." for k in self.keys),
             "webhooks": None if self.webhooks is None else self.webhooks.url,
             "requests": len(self.request_log),
+            "requests_by_status": {str(status): n for status, n in self.request_log.statuses().items()},
         }
 
     # ---- /_emulator/ admin ---------------------------------------------------------------------

@@ -53,6 +53,7 @@ class Handler(BaseHTTPRequestHandler):
     # Small JSON responses otherwise wait ~40 ms for delayed ACKs (Nagle + keep-alive).
     disable_nagle_algorithm = True
     server: EmulatorHTTPServer
+    entry: dict[str, Any] | None = None  # this request's log entry until it is recorded
 
     def version_string(self) -> str:
         return "nginx"
@@ -85,6 +86,7 @@ class Handler(BaseHTTPRequestHandler):
         truncate: bool = False,
         content_type: str = "application/json",
     ) -> None:
+        self.record(status)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -101,6 +103,15 @@ class Handler(BaseHTTPRequestHandler):
         buffer.append(b"\r\n")
         buffer.append(body)
         self.flush_headers()
+
+    def record(self, status: int) -> None:
+        """Log the request before its answer leaves, so a client that has its answer finds it logged
+        (and the log is in the order the answers were given)."""
+        entry, self.entry = self.entry, None
+        if entry is not None:
+            entry["status"] = status
+            entry["finished"] = time.monotonic()
+            self.server.emulator.request_log.append(entry)
 
     def reset(self) -> None:
         """Abort the connection with a TCP reset, no response."""
@@ -123,6 +134,7 @@ class Handler(BaseHTTPRequestHandler):
     # ---- one request -----------------------------------------------------------------------------
     def handle_any(self, method: str) -> None:
         emulator = self.server.emulator
+        self.entry = None
         self.request_id = "req_" + uuid.uuid4().hex[:14]
         split = urlsplit(self.path)
         path = split.path
@@ -136,11 +148,12 @@ class Handler(BaseHTTPRequestHandler):
             "path": path,
             "query": split.query,
             "stripe_version": self.headers.get("Stripe-Version"),
-            "time": emulator.now,
+            "time": emulator.now,  # simulated
+            "started": time.monotonic(),  # real: when the server began and finished serving it
         }
+        self.entry = entry
         status = self.serve_stripe(emulator, method, path, split.query, entry)
-        entry["status"] = status
-        emulator.request_log.append(entry)
+        self.record(status)  # a reset connection has no answer to log it
 
     def serve_stripe(
         self, emulator: Emulator, method: str, path: str, query: str, entry: dict[str, Any]
@@ -170,6 +183,7 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(429, ApiError(429, RATE_LIMITED, code="rate_limit").body(), headers)
             return 429
         fault = emulator.faults.pick()
+        entry["fault"] = fault
         if fault == "reset":
             self.reset()
             return 0

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from destination_perly.health.model import HealthConfig
+import threading
+from datetime import datetime
+from typing import Any
+
+from destination_perly.health.model import CustomerBundle, CustomerEvaluation, HealthConfig
 from destination_perly.ingest import Ingestor
-from destination_perly.store.base import Store
+from destination_perly.store.base import Store, table_for_stream
 from unit_tests.destination.builders import AS_OF, T0, FakeEngine, customer, invoice, subscription
+from unit_tests.destination.conftest import StoreFactory
 
 
 def test_upsert_returns_the_customers_touched_and_marks_them_pending(store: Store) -> None:
@@ -44,3 +49,63 @@ def test_refresh_pending_covers_dirty_and_time_sensitive_customers_then_clears_t
     ]
     ingestor.refresh(["cus_1"], AS_OF)  # unchanged MRR: no new snapshot
     assert len(store.query("SELECT * FROM perly_mrr_snapshots WHERE customer_id = 'cus_1'")) == 1
+
+
+def test_given_a_webhook_write_during_a_sync_refresh_then_the_saved_health_reflects_the_newer_data(
+    store_factory: StoreFactory,
+) -> None:
+    """The race the webhook receiver reported: a sync refresh that read a customer before a webhook
+    wrote and refreshed it must not save its older evaluation last."""
+    sync_store, webhook_store = store_factory.open(), store_factory.open()
+    sync_store.ensure_schema()
+    sync_store.upsert_records("subscriptions", [subscription("sub_1", "cus_1", amount=1000)])
+    webhook_done = threading.Event()
+    engine = FakeEngine()
+
+    def slow_evaluate(bundle: CustomerBundle, config: HealthConfig, as_of: datetime) -> CustomerEvaluation:
+        evaluation = engine(bundle, config, as_of)
+        if threading.current_thread() is threading.main_thread():
+            # Give the webhook every chance to write and refresh while this evaluation is in hand.
+            webhook_done.wait(timeout=1.0)
+        return evaluation
+
+    sync = Ingestor(sync_store, HealthConfig(), evaluate=slow_evaluate)
+    webhook = Ingestor(webhook_store, HealthConfig(), evaluate=FakeEngine())
+    errors: list[BaseException] = []
+
+    def deliver_webhook() -> None:
+        try:
+            webhook.upsert("subscriptions", [subscription("sub_1", "cus_1", updated=T0 + 60, amount=2500)])
+            webhook.refresh(["cus_1"], AS_OF)
+        except BaseException as error:  # surfaced by the assertion below
+            errors.append(error)
+        finally:
+            webhook_done.set()
+
+    thread = threading.Thread(target=deliver_webhook)
+    original_load = sync_store.load_bundles
+
+    def load_then_let_the_webhook_in(*args: Any, **kwargs: Any) -> Any:
+        bundles = original_load(*args, **kwargs)
+        if not thread.is_alive() and not webhook_done.is_set():
+            thread.start()
+        return bundles
+
+    sync_store.load_bundles = load_then_let_the_webhook_in  # type: ignore[method-assign]
+    sync.refresh(["cus_1"], AS_OF)
+    thread.join(timeout=30)
+    assert not errors
+    health = sync_store.query("SELECT mrr FROM perly_customer_health WHERE customer_id = ?", ("cus_1",))
+    assert health == [{"mrr": 2500}]
+    assert sync_store.dirty_customers() == set()
+
+
+def test_given_a_stream_table_created_by_another_connection_then_bundles_include_its_rows(
+    store_factory: StoreFactory,
+) -> None:
+    reader, writer = store_factory.open(), store_factory.open()
+    reader.ensure_schema()
+    assert reader.load_bundle("cus_1").invoices == []  # the reader has now seen a catalog without it
+    writer.upsert_records("invoices", [invoice("in_1", "cus_1")])
+    assert [i["id"] for i in reader.load_bundle("cus_1").invoices] == ["in_1"]
+    assert table_for_stream("invoices") in reader.tables()

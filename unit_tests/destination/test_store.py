@@ -319,3 +319,16 @@ def test_given_objects_stored_in_any_order_then_bundles_list_them_oldest_first(s
         ],
     )
     assert [i["id"] for i in store.load_bundle("cus_1").invoices] == ["in_c", "in_a", "in_b"]
+
+
+def test_given_snapshots_at_the_same_instant_then_bundles_list_them_in_insertion_order(store: Store) -> None:
+    # Webhooks arriving within one second: several snapshots share `at`; saved interleaved with
+    # older ones, so the database must sort, and equal instants keep the order they were saved in.
+    earlier_at = AS_OF - timedelta(days=1)
+    saved = [(earlier_at if n % 2 else AS_OF, f"evt_{n:02d}") for n in range(60)]
+    for n, (at, cause) in enumerate(saved):
+        store.save_results([], [("cus_1", MrrSnapshot(at=at, mrr_by_currency={"usd": n}, cause=cause))])
+    loaded = store.load_bundle("cus_1").snapshots
+    expected = [cause for at, cause in saved if at == earlier_at] + [c for at, c in saved if at == AS_OF]
+    assert [s.cause for s in loaded] == expected
+    assert loaded[-1].mrr_by_currency == {"usd": 58}  # the latest is what "unchanged MRR" compares to

@@ -9,13 +9,20 @@ from typing import Any
 
 import orjson
 import pytest
-from airbyte_cdk.models import AirbyteMessage, AirbyteStreamStatus, DestinationSyncMode, Level, Type
+from airbyte_cdk.models import (
+    AirbyteMessage,
+    AirbyteMessageSerializer,
+    AirbyteStreamStatus,
+    DestinationSyncMode,
+    Level,
+    Type,
+)
 
 from destination_perly.health.model import HealthConfig
 from destination_perly.ingest import Ingestor
 from destination_perly.store.base import Store, table_for_stream
 from destination_perly.store.sqlite import SqliteStore
-from destination_perly.writer import StreamPlan, Writer, WriterLimits, plans_from_catalog
+from destination_perly.writer import StreamPlan, Writer, WriterLimits, parse_input_lines, plans_from_catalog
 from unit_tests.destination.builders import (
     AS_OF,
     T0,
@@ -437,3 +444,59 @@ def test_given_a_long_sync_then_touched_customers_are_recomputed_at_a_state_once
 
     list(writer.write(messages()))
     assert recomputed_at_states == [0, 2]
+
+
+def as_lines(messages: list[AirbyteMessage]) -> list[bytes]:
+    """The messages as the platform pipes them to stdin."""
+    return [orjson.dumps(AirbyteMessageSerializer.dump(m)) for m in messages]
+
+
+def test_given_stdin_lines_then_the_fast_parser_stores_and_acknowledges_like_the_cdk_models(
+    tmp_path: Path,
+) -> None:
+    messages = [
+        record("customers", customer("cus_1")),
+        record("subscriptions", subscription("sub_1", "cus_1", amount=1200)),
+        record("subscriptions", subscription("sub_1", "cus_1", updated=T0 - 10, amount=900)),  # older
+        stream_state("subscriptions", 2),
+        record("invoices", {"id": 42, "customer": "cus_1", "updated": T0}),  # integer id kept as text
+        record("invoices", {"customer": "cus_1", "updated": T0}),  # no id: skipped and reported
+        status("invoices", AirbyteStreamStatus.COMPLETE),
+        global_state(3),
+    ]
+    outputs = {}
+    for name, stream in (("cdk", messages), ("fast", list(parse_input_lines(as_lines(messages))))):
+        opened = SqliteStore(tmp_path / f"{name}.db")
+        out = list(make_writer(opened).write(stream))
+        outputs[name] = (
+            [AirbyteMessageSerializer.dump(m) for m in out if m.type == Type.STATE],
+            [m.log.message for m in out if m.type == Type.LOG and m.log.level == Level.ERROR],
+            opened.query("SELECT id, updated, customer_id, data FROM stripe_subscriptions"),
+            ids(opened, "invoices"),
+            opened.query("SELECT customer_id, mrr FROM perly_customer_health"),
+        )
+        opened.close()
+    assert outputs["fast"] == outputs["cdk"]
+    states, errors, subscriptions, invoices, health = outputs["fast"]
+    assert len(states) == 2
+    assert len(errors) == 1
+    assert [
+        (s["id"], orjson.loads(s["data"])["items"]["data"][0]["price"]["unit_amount"]) for s in subscriptions
+    ] == [("sub_1", 1200)]
+    assert invoices == ["42"]
+    assert health == [{"customer_id": "cus_1", "mrr": 1200}]
+
+
+def test_given_a_line_that_is_not_json_then_it_is_skipped_without_echoing_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lines = [
+        b'{"type": "RECORD", "record": {"stream": "customers", "data": {"id": "cus_1"}',
+        b"oops sk_live_x",
+    ]
+    with caplog.at_level("INFO", logger="airbyte"):
+        assert list(parse_input_lines(lines)) == []
+    assert "sk_live_x" not in caplog.text
+    assert "cus_1" not in caplog.text
+    parsed = list(parse_input_lines([b'{"type": "LOG", "log": {"level": "INFO", "message": "hi"}}']))
+    assert [m.type for m in parsed] == [Type.LOG]  # anything but a record goes through the CDK models

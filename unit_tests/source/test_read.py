@@ -239,6 +239,28 @@ def test_given_backfill_interrupted_by_errors_when_resumed_then_all_records_and_
     assert "backfill" not in final, "the backfill is over: the next sync replays events"
 
 
+def test_given_interrupted_backfill_older_than_event_retention_when_read_then_starts_over_with_warning() -> (
+    None
+):
+    fake = FakeStripe()
+    seeded = seed_customers(fake, 40, NOW - 300 * DAY, 5 * DAY)
+    upper = NOW - 40 * DAY
+    lower = NOW - 365 * DAY
+    state = (
+        StateBuilder()
+        .with_stream_state(
+            "customers", {"backfill": {"lower": lower, "upper": upper, "done": [[lower, upper]]}}
+        )
+        .build()
+    )
+
+    output = sync(fake, "customers", state=state)
+
+    assert sorted(r["id"] for r in records(output, "customers")) == sorted(c["id"] for c in seeded)
+    assert any("starts again" in m.log.message for m in output.logs)
+    assert state_blob(output, "customers")["updated"] == NOW
+
+
 def test_given_cursor_deleted_while_paging_when_read_then_no_record_is_lost() -> None:
     fake = FakeStripe()
     seeded = seed_customers(fake, 250, NOW - 2 * DAY, 60)

@@ -1,0 +1,158 @@
+"""The pipe `make demo` and the end-to-end tests run (integration_tests/demo.py), with stand-in
+connectors: which streams it asks for, and that it keeps only the state the destination echoed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from integration_tests import demo
+
+
+def stream(name: str, modes: list[str], cursor: str = "updated") -> dict[str, Any]:
+    return {
+        "name": name,
+        "json_schema": {},
+        "supported_sync_modes": modes,
+        "source_defined_cursor": True,
+        "default_cursor_field": [cursor],
+        "source_defined_primary_key": [["id"]],
+    }
+
+
+CATALOG = {
+    "streams": [
+        stream("customers", ["full_refresh", "incremental"]),
+        stream("events", ["full_refresh", "incremental"], cursor="created"),
+        stream("balance", ["full_refresh"]),
+    ]
+}
+
+
+def test_catalog_asks_incremental_dedup_where_supported_and_overwrite_elsewhere() -> None:
+    configured = {s["stream"]["name"]: s for s in demo.configured_catalog(CATALOG)["streams"]}
+
+    assert configured["customers"]["sync_mode"] == "incremental"
+    assert configured["customers"]["destination_sync_mode"] == "append_dedup"
+    assert configured["customers"]["primary_key"] == [["id"]]
+    assert configured["events"]["cursor_field"] == ["created"]
+    assert (configured["balance"]["sync_mode"], configured["balance"]["destination_sync_mode"]) == (
+        "full_refresh",
+        "overwrite",
+    )
+    assert "cursor_field" not in configured["balance"]
+
+
+def test_catalog_can_be_limited_to_named_streams() -> None:
+    names = [s["stream"]["name"] for s in demo.configured_catalog(CATALOG, ["events"])["streams"]]
+
+    assert names == ["events"]
+
+
+def stream_state(name: str, cursor: int) -> dict[str, Any]:
+    return {
+        "type": "STREAM",
+        "stream": {"stream_descriptor": {"name": name}, "stream_state": {"updated": cursor}},
+    }
+
+
+def test_ledger_keeps_the_latest_state_per_stream_and_saves_it(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    ledger = demo.StateLedger(path, [stream_state("customers", 1)])
+
+    ledger.acknowledge(stream_state("invoices", 5))
+    ledger.acknowledge(stream_state("customers", 9))
+
+    assert json.loads(path.read_text()) == [stream_state("customers", 9), stream_state("invoices", 5)]
+    assert demo.load_state(path) == ledger.messages()
+
+
+def test_ledger_global_state_replaces_everything_before_it(tmp_path: Path) -> None:
+    ledger = demo.StateLedger(None, [stream_state("customers", 1)])
+    global_state = {"type": "GLOBAL", "global": {"shared_state": {"t": 3}, "stream_states": []}}
+
+    ledger.acknowledge(global_state)
+
+    assert ledger.messages() == [global_state]
+
+
+# Stand-in connectors: the source emits two records, each followed by a state (cursor 111, then 222);
+# the destination echoes the first state, then fails on the second record (a crash after one commit).
+FAKE_SOURCE = """
+import json, sys
+for n in (1, 2):
+    record = {"stream": "customers", "data": {"id": n}, "emitted_at": 0}
+    print(json.dumps({"type": "RECORD", "record": record}))
+    state = {"type": "STREAM", "stream": {"stream_descriptor": {"name": "customers"},
+                                          "stream_state": {"updated": 111 * n}}}
+    print(json.dumps({"type": "STATE", "state": state}))
+"""
+FAKE_DESTINATION = """
+import json, sys
+for line in sys.stdin:
+    message = json.loads(line)
+    if message["type"] == "RECORD" and message["record"]["data"]["id"] == 2:
+        print(json.dumps({"type": "TRACE", "trace": {"type": "ERROR", "emitted_at": 0,
+                          "error": {"message": "store is full"}}}))
+        sys.exit(1)
+    if message["type"] == "STATE":
+        print(line, end="", flush=True)
+"""
+
+
+@pytest.fixture
+def fake_connectors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scripts = {}
+    for name, body in (("source-perly-stripe", FAKE_SOURCE), ("destination-perly", FAKE_DESTINATION)):
+        path = tmp_path / name
+        path.write_text(f"#!{sys.executable}\n{body}")
+        path.chmod(0o755)
+        scripts[name] = str(path)
+    monkeypatch.setattr(demo, "executable", scripts.__getitem__)
+
+
+@pytest.mark.usefixtures("fake_connectors")
+def test_only_state_the_destination_echoed_is_kept_and_its_error_is_reported(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    catalog = demo.configured_catalog(CATALOG, ["customers"])
+
+    with pytest.raises(demo.SyncFailed, match="destination exited with 1: store is full"):
+        demo.run_sync(tmp_path / "run", {"api_key": "sk_test_x"}, {}, catalog, state)
+
+    assert json.loads(state.read_text()) == [stream_state("customers", 111)]
+
+
+@pytest.mark.emulator
+@pytest.mark.slow
+def test_sync_command_runs_full_then_incremental_from_saved_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from integration_tests.stripe_emulator import Emulator
+
+    with Emulator(customers=40, seed=3) as emulator:
+        source = demo.write_json(tmp_path / "source.json", demo.emulator_source_config(emulator.url))
+        destination = demo.write_json(
+            tmp_path / "destination.json",
+            {
+                "store": {"store_type": "sqlite", "path": str(tmp_path / "perly.db")},
+                "as_of": demo.iso(emulator.now),
+            },
+        )
+        command = ["sync", "--source-config", str(source), "--destination-config", str(destination)]
+        command += ["--state", str(tmp_path / "state.json"), "--html", str(tmp_path / "report.html")]
+
+        assert demo.main(command) == 0
+        first = capsys.readouterr().out
+        emulator.advance(days=2)
+        assert demo.main(command) == 0
+        second = capsys.readouterr().out
+
+    assert "Sync (full)" in first
+    assert "Sync (incremental, from the saved state)" in second
+    assert "At-risk customers:" in second
+    assert (tmp_path / "report.html").read_text().startswith("<!DOCTYPE html>")
+    assert demo.DEMO_KEY not in first + second
