@@ -1,6 +1,6 @@
 import sys
 
-from airbyte_cdk.entrypoint import PRINT_BUFFER
+from airbyte_cdk.logger import PRINT_BUFFER
 
 from .check import ClearConfigEntrypoint
 from .source import SourcePerlyStripe

@@ -116,10 +116,25 @@ def _reasons(
     return reasons
 
 
+def _deleted_by_event(bundle: CustomerBundle, raw_customer: StripeObject | None) -> bool:
+    """A `customer.deleted` event newer than the stored customer: a customer deleted before the first
+    sync is never listed again, yet its canceled subscriptions and invoices still name it."""
+    seen = raw_customer.get("updated") if raw_customer is not None else None
+    for event in bundle.events:
+        if as_dict(event).get("type") != "customer.deleted":
+            continue
+        created = as_dict(event).get("created")
+        if not isinstance(seen, int) or (isinstance(created, int) and created >= seen):
+            return True
+    return False
+
+
 def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datetime) -> CustomerEvaluation:
     policy = config.policy
     raw_customer = bundle.customer if isinstance(bundle.customer, dict) else None
-    deleted = raw_customer is not None and raw_customer.get("deleted") is True
+    deleted = (raw_customer is not None and raw_customer.get("deleted") is True) or _deleted_by_event(
+        bundle, raw_customer
+    )
     customer = None if deleted else raw_customer
     problems: list[str] = []
     subscriptions = _live(bundle.subscriptions, "subscriptions", problems)

@@ -247,6 +247,41 @@ def test_given_deleted_customer_when_evaluating_then_row_is_marked_deleted() -> 
     assert health.deleted is True
 
 
+def deleted_event(at: int) -> dict[str, Any]:
+    gone = {"id": "cus_1", "object": "customer", "deleted": True}
+    return {
+        "id": "evt_gone",
+        "object": "event",
+        "type": "customer.deleted",
+        "created": at,
+        "data": {"object": gone},
+    }
+
+
+def test_given_customer_deleted_before_first_sync_when_evaluating_then_row_is_marked_deleted() -> None:
+    # Stripe no longer lists the customer, but its canceled subscription and the event still name it.
+    never_listed = bundle(
+        [subscription(status="canceled", ended_at=days_ago(20))], events=[deleted_event(days_ago(3))]
+    )
+    never_listed.customer = None
+
+    assert evaluate(never_listed).health.deleted is True
+
+
+@pytest.mark.parametrize(
+    ("event_age_days", "expected"),
+    [(2, True), (None, False)],
+    ids=["deleted_after_last_read", "no_deletion_event"],
+)
+def test_given_stored_customer_when_a_deletion_event_is_newer_then_row_is_marked_deleted(
+    event_age_days: int | None, expected: bool
+) -> None:
+    stored = {**customer(), "updated": days_ago(10)}
+    events = [] if event_age_days is None else [deleted_event(days_ago(event_age_days))]
+
+    assert evaluate(bundle([], events=events, the_customer=stored)).health.deleted is expected
+
+
 def test_given_cancel_at_period_end_when_evaluating_then_flagged_and_still_counting() -> None:
     health = evaluate(bundle([subscription(cancel_at_period_end=True)])).health
     assert (health.cancel_at_period_end, health.mrr) == (True, 1000)
