@@ -7,8 +7,10 @@ the next `refresh_pending` picks them up.
 
 from __future__ import annotations
 
+import gc
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -31,6 +33,20 @@ def customer_ids_of(stream: str, record: Record) -> list[str]:
         fallback = fallback_customer_id(stream, record)
         ids = [fallback] if fallback else []
     return ids
+
+
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Parsed Stripe objects are trees freed by reference counting, but creating hundreds of thousands
+    of them makes the cyclic collector rescan what the chunk holds again and again (about a sixth of a
+    refresh's CPU). Paused for one chunk only, so any cycles it made are still collected soon after."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @dataclass
@@ -104,7 +120,7 @@ class Ingestor:
         result = RefreshResult()
         for start in range(0, len(ids), self.refresh_chunk):
             chunk = ids[start : start + self.refresh_chunk]
-            with self.store.transaction():
+            with self.store.transaction(), cyclic_gc_paused():
                 self.store.lock_customers(chunk)
                 self._refresh_chunk(chunk, as_of, result)
         return result

@@ -318,6 +318,9 @@ def run_sync(
 
 
 def print_progress(result: SyncResult, elapsed: float) -> None:
+    if not result.total:
+        print(f"  {elapsed:6.1f}s  waiting for the first records", flush=True)
+        return
     streams = ", ".join(f"{name} {n:,}" for name, n in sorted(result.records.items()))
     rate = result.total / elapsed if elapsed > 0 else 0.0
     print(f"  {elapsed:6.1f}s  {result.total:>8,} records ({rate:,.0f}/s)  {streams}", flush=True)

@@ -332,3 +332,23 @@ def test_given_snapshots_at_the_same_instant_then_bundles_list_them_in_insertion
     expected = [cause for at, cause in saved if at == earlier_at] + [c for at, c in saved if at == AS_OF]
     assert [s.cause for s in loaded] == expected
     assert loaded[-1].mrr_by_currency == {"usd": 58}  # the latest is what "unchanged MRR" compares to
+
+
+def test_given_a_snapshots_table_from_an_older_version_then_ensure_schema_upgrades_it_in_place(
+    store_factory: StoreFactory,
+) -> None:
+    old = store_factory.open()
+    old.execute(  # the table as the first release created it
+        "CREATE TABLE perly_mrr_snapshots (customer_id TEXT NOT NULL, at TEXT NOT NULL,"
+        " mrr_by_currency TEXT NOT NULL, cause TEXT)"
+    )
+    for cause in ("evt_a", "evt_b"):
+        old.execute(
+            "INSERT INTO perly_mrr_snapshots (customer_id, at, mrr_by_currency, cause) VALUES (?, ?, ?, ?)",
+            ("cus_1", "2026-11-01T00:00:00Z", '{"usd": 1}', cause),
+        )
+    upgraded = store_factory.open()
+    upgraded.ensure_schema()
+    upgraded.ensure_schema()  # a second start finds it done
+    upgraded.save_results([], [("cus_1", MrrSnapshot(at=AS_OF, mrr_by_currency={"usd": 2}, cause="evt_c"))])
+    assert [s.cause for s in upgraded.load_bundle("cus_1").snapshots] == ["evt_a", "evt_b", "evt_c"]
