@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import socket
 import struct
+import sys
 import threading
 import time
 import uuid
@@ -46,6 +47,13 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
     def __init__(self, emulator: Emulator, port: int) -> None:
         self.emulator = emulator
         super().__init__(("127.0.0.1", port), Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client hanging up on a keep-alive connection is normal (and the reset fault does it on
+        # purpose); anything else is a real bug worth the traceback.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class Handler(BaseHTTPRequestHandler):
