@@ -2,7 +2,8 @@
 
 Used by the Airbyte writer and the webhook receiver alike. Customers touched by a write are marked
 dirty in the same transaction as the records, so a crash before `refresh` loses no recomputation:
-the next `refresh_pending` picks them up.
+the next `refresh_pending` picks them up. `refresh` is safe with concurrent writers (a sync and the
+webhook receiver, in one process or several): see its docstring.
 """
 
 from __future__ import annotations

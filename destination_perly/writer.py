@@ -11,6 +11,8 @@
   (then only for streams that sent a record or a state: a silent one keeps its live table).
 - Health is recomputed at the end for every touched and time-sensitive customer, and during long
   syncs, at a state flush, for customers touched since the last recompute.
+- `parse_input_lines` reads stdin lines with orjson, RECORDs without the CDK's per-message model
+  (that model cost as much as the JSON parse itself); other messages still go through the CDK.
 """
 
 from __future__ import annotations

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from datetime import datetime
 from typing import Any
+
+import pytest
 
 from destination_perly.health.model import CustomerBundle, CustomerEvaluation, HealthConfig
 from destination_perly.ingest import Ingestor
@@ -66,7 +69,7 @@ def test_given_a_webhook_write_during_a_sync_refresh_then_the_saved_health_refle
         evaluation = engine(bundle, config, as_of)
         if threading.current_thread() is threading.main_thread():
             # Give the webhook every chance to write and refresh while this evaluation is in hand.
-            webhook_done.wait(timeout=1.0)
+            webhook_done.wait(timeout=0.5)
         return evaluation
 
     sync = Ingestor(sync_store, HealthConfig(), evaluate=slow_evaluate)
@@ -109,3 +112,22 @@ def test_given_a_stream_table_created_by_another_connection_then_bundles_include
     writer.upsert_records("invoices", [invoice("in_1", "cus_1")])
     assert [i["id"] for i in reader.load_bundle("cus_1").invoices] == ["in_1"]
     assert table_for_stream("invoices") in reader.tables()
+
+
+def test_given_a_refresh_that_fails_then_the_cyclic_collector_is_running_again(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingestor = Ingestor(store, HealthConfig(), evaluate=FakeEngine())
+    ingestor.upsert("subscriptions", [subscription("sub_1", "cus_1")])
+    paused_during_save: list[bool] = []
+
+    def failing_save(*args: Any) -> None:
+        paused_during_save.append(not gc.isenabled())
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(store, "save_results", failing_save)
+    with pytest.raises(RuntimeError, match="disk full"):
+        ingestor.refresh(["cus_1"], AS_OF)
+    assert paused_during_save == [True]
+    assert gc.isenabled()
+    assert store.dirty_customers() == {"cus_1"}  # nothing half-saved: it stays pending
