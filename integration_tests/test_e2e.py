@@ -195,6 +195,7 @@ class Phase:
     health: dict[str, dict[str, Any]]
     stored: dict[str, dict[str, dict[str, Any]]]
     records: int
+    clock_sensitive: set[str]  # customers whose flags can move with the clock alone
 
 
 def read_store(db: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
@@ -230,6 +231,12 @@ def capture(name: str, emulator: Emulator, db: Path, records: int) -> Phase:
         health,
         stored,
         records,
+        {
+            obj["customer"]
+            for stream, status in (("invoices", "open"), ("subscriptions", "trialing"))
+            for obj in visible(emulator.objects(stream), emulator.now)
+            if obj["status"] == status
+        },
     )
 
 
@@ -280,9 +287,16 @@ def phases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "resumed": table_contents(killed_db),
             "uninterrupted": table_contents(db),
         }
-        emulator.advance(days=ADVANCE_DAYS)
+        advanced = emulator.advance(days=ADVANCE_DAYS)
         incremental = capture("incremental", emulator, db, pipeline.sync(emulator, db, state))
-    return {"full": full, "incremental": incremental, "kill_run": kill_run}
+        new_event_ids = set(advanced["event_ids"])
+        changed = {owner(e["data"]["object"]) for e in emulator.objects("events") if e["id"] in new_event_ids}
+    return {"full": full, "incremental": incremental, "kill_run": kill_run, "changed": changed - {None}}
+
+
+def owner(obj: dict[str, Any]) -> str | None:
+    """The customer a Stripe object belongs to."""
+    return obj["id"] if obj.get("object") == "customer" else obj.get("customer")
 
 
 PHASES = ["full", "incremental"]
@@ -307,7 +321,18 @@ def test_every_customer_is_in_the_store_with_a_health_row(phases: dict[str, Any]
     assert not health - phase.customers, (
         f"health rows of no live customer: {sorted(health - phase.customers)}"
     )
-    assert {row["as_of"][:19] for row in live_health(phase).values()} == {iso(phase.now)[:19]}
+    as_of = {c: row["as_of"][:19] for c, row in live_health(phase).items()}
+    if name == "full":
+        assert set(as_of.values()) == {iso(phase.now)[:19]}
+        return
+    # After the incremental sync: every customer the clock advance changed, and every customer whose
+    # flags can move with the clock alone (open invoices, trials), is recomputed as of now; the others
+    # keep the row of the full sync (nothing about them changed).
+    must_be_current = (phases["changed"] | phase.clock_sensitive) & phase.customers
+    assert len(must_be_current) > len(phase.customers) // 4, "the advance should change many customers"
+    stale = {c for c in must_be_current if as_of[c] != iso(phase.now)[:19]}
+    assert not stale, f"not recomputed after the incremental sync: {sorted(stale)}"
+    assert set(as_of.values()) <= {iso(phases["full"].now)[:19], iso(phase.now)[:19]}
 
 
 @pytest.mark.parametrize("name", PHASES)
