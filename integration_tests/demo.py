@@ -2,8 +2,9 @@
 
 Starts the emulator with its default seeded book, runs a full sync (`source-perly-stripe read` piped
 into `destination-perly write`, SQLite store var/demo/perly.db), advances the emulator's clock, runs an
-incremental sync from the state the destination acknowledged, then prints the summary and the
-ranked at-risk customers and writes var/perly-report.html.
+incremental sync from the state the destination acknowledged, then shows the real-time path: a
+`perly-webhooks` receiver on the same store gets the emulator's next day of events as signed webhooks.
+Finally it prints the summary and the ranked at-risk customers and writes var/perly-report.html.
 
 The pipeline helpers here (`configured_catalog`, `run_sync`) are also what the end-to-end tests and
 scripts/container-checks.sh use: one way to run source into destination.
@@ -12,9 +13,14 @@ scripts/container-checks.sh use: one way to run source into destination.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import secrets
 import shutil
+import socket
+import sqlite3
+import statistics
 import subprocess
 import sys
 import threading
@@ -24,19 +30,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
+import requests
+
+if TYPE_CHECKING:
+    from integration_tests.stripe_emulator import Emulator
 
 ROOT = Path(__file__).resolve().parents[1]
 VAR = ROOT / "var"
 DEMO_KEY = "sk_test_perly_demo"  # the emulator's built-in test secret key: not a real Stripe key
 SOURCE_SCRIPT = "source-perly-stripe"
 DESTINATION_SCRIPT = "destination-perly"
+WEBHOOKS_SCRIPT = "perly-webhooks"
 
 
 class SyncFailed(RuntimeError):
     """A connector exited with an error; the message carries the end of its error output."""
+
+
+class RealtimeFailed(SyncFailed):
+    """The webhook step could not start the receiver or get every event applied in time."""
 
 
 def emulator_source_config(url: str) -> dict[str, Any]:
@@ -177,7 +192,7 @@ class StateLedger:
         if kind == "STREAM":
             descriptor = state["stream"]["stream_descriptor"]
             return f"stream:{descriptor.get('namespace') or ''}:{descriptor['name']}"
-        return kind
+        return str(kind)
 
     def acknowledge(self, state: dict[str, Any]) -> None:
         state = {k: v for k, v in state.items() if k != "sourceStats" and k != "destinationStats"}
@@ -314,6 +329,264 @@ def run_sync(
 
 
 # ---------------------------------------------------------------------------------------------------
+# The real-time path: Stripe webhooks -> perly-webhooks -> the same store
+
+PAYMENT_RISK_LEVELS = ("none", "low", "medium", "high", "critical")
+FAILED_PAYMENT_EVENTS = frozenset({"charge.failed", "invoice.payment_failed"})
+
+
+@dataclass
+class HealthChange:
+    customer_id: str
+    name: str | None
+    before: dict[str, Any]
+    after: dict[str, Any]
+
+
+@dataclass
+class RealtimeResult:
+    url: str
+    events_generated: int
+    delivered: int  # events the receiver answered 2xx (applied, duplicate or ignored)
+    applied: int
+    seconds: float  # from the clock advance until every delivered event was applied
+    latencies_ms: list[int]  # per event: received by the receiver -> its customers' health recomputed
+    failed_payment_customers: set[str]  # customers with a failed-payment event among those delivered
+    raised: list[HealthChange]  # of those, the ones whose payment health got worse (payment_raised)
+    stopped_cleanly: bool = True
+
+    @property
+    def median_latency_ms(self) -> float | None:
+        return statistics.median(self.latencies_ms) if self.latencies_ms else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def health_snapshot(store: Path) -> dict[str, dict[str, Any]]:
+    """Every customer's health row, read-only (the receiver keeps writing meanwhile)."""
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10) as connection:
+        connection.row_factory = sqlite3.Row
+        rows = connection.execute("SELECT * FROM perly_customer_health").fetchall()
+    connection.close()
+    return {str(row["customer_id"]): dict(row) for row in rows}
+
+
+def payment_raised(before: dict[str, Any] | None, after: dict[str, Any]) -> bool:
+    """Worse payment health: a higher payment_risk, the payment-failures flag raised, or more failures."""
+
+    def rank(row: dict[str, Any] | None) -> int:
+        level = (row or {}).get("payment_risk") or "none"
+        return PAYMENT_RISK_LEVELS.index(level) if level in PAYMENT_RISK_LEVELS else 0
+
+    def number(row: dict[str, Any] | None, column: str) -> int:
+        return int((row or {}).get(column) or 0)
+
+    return (
+        rank(after) > rank(before)
+        or number(after, "flag_payment_failures") > number(before, "flag_payment_failures")
+        or number(after, "failed_payments_30d") > number(before, "failed_payments_30d")
+    )
+
+
+def _receiver_log_tail(log_path: Path, secret: str, lines: int = 5) -> str:
+    text = log_path.read_text(errors="replace").replace(secret, "whsec_***") if log_path.exists() else ""
+    tail = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+    return " | ".join(tail) or "(no output)"
+
+
+def start_receiver(config_path: Path, log_path: Path, secret: str, timeout_s: float) -> tuple[Any, str]:
+    """`perly-webhooks` on a free 127.0.0.1 port; returns (process, base url) once /healthz answers."""
+    port = free_port()
+    log = open(log_path, "wb")
+    process = subprocess.Popen(
+        [executable(WEBHOOKS_SCRIPT), "--config", str(config_path), "--port", str(port)]
+        + ["--log-level", "warning"],
+        env={**os.environ, "PERLY_WEBHOOK_SECRETS": secret},  # the environment only: never on argv
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()  # the child holds its own copy
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RealtimeFailed(
+                f"perly-webhooks exited with {process.returncode} at start: "
+                f"{_receiver_log_tail(log_path, secret)}"
+            )
+        try:
+            if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return process, url
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    stop_receiver(process)
+    raise RealtimeFailed(
+        f"perly-webhooks did not answer /healthz within {timeout_s:.0f}s: "
+        f"{_receiver_log_tail(log_path, secret)}"
+    )
+
+
+def stop_receiver(process: Any, timeout_s: float = 15.0) -> bool:
+    """SIGTERM (uvicorn drains and the processor finishes its queue); kill if it hangs. True if clean."""
+    if process.poll() is not None:
+        return bool(process.returncode == 0)
+    process.terminate()
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return False
+    return True
+
+
+def wait_until_applied(emulator: Emulator, url: str, event_count: int, timeout_s: float) -> dict[str, Any]:
+    """Until the emulator has delivered every event and the receiver has refreshed health for all of
+    them; returns the receiver's /healthz counters. Raises RealtimeFailed when the time is up."""
+    deadline = time.monotonic() + timeout_s
+    sender = emulator.webhooks
+    assert sender is not None
+    if not sender.wait_idle(timeout_s):
+        raise RealtimeFailed(
+            f"the emulator had not delivered its {event_count} webhooks after {timeout_s:.0f}s "
+            f"({len(sender.log)} attempts so far)"
+        )
+    last = {e["event"]: e["status"] for e in sender.log}  # the final attempt per event
+    rejected = Counter(str(status) for status in last.values() if not str(status).startswith("2"))
+    if rejected:
+        raise RealtimeFailed(f"perly-webhooks refused {sum(rejected.values())} events: {dict(rejected)}")
+    while True:
+        counters: dict[str, Any] = requests.get(f"{url}/healthz", timeout=2).json()
+        if counters.get("write_failed") or counters.get("refresh_failed"):
+            raise RealtimeFailed(f"perly-webhooks could not apply every event: {counters}")
+        if counters.get("in_progress") == 0 and counters.get("applied") == counters.get("accepted"):
+            return counters
+        if time.monotonic() > deadline:
+            raise RealtimeFailed(
+                f"perly-webhooks had not applied every event after {timeout_s:.0f}s: {counters}"
+            )
+        time.sleep(0.05)
+
+
+def realtime_step(
+    emulator: Emulator,
+    workdir: Path,
+    destination_config: dict[str, Any],
+    days: float = 1,
+    timeout_s: float = 60.0,
+) -> RealtimeResult:
+    """Run `perly-webhooks` on the sync's store and config, let the emulator deliver `days` of events
+    to it as signed webhooks, wait until all are applied, and say what changed."""
+    store = Path(destination_config["store"]["path"])
+    config_path = write_json(workdir / "webhooks_config.json", destination_config)
+    secret = "whsec_" + secrets.token_hex(24)  # per run; it lives only in this process and the child's env
+    process, url = start_receiver(config_path, workdir / "webhooks.log", secret, timeout_s=30)
+    try:
+        before = health_snapshot(store)
+        emulator.configure_webhooks(f"{url}/webhooks/stripe", secret)
+        started = time.monotonic()
+        advanced = emulator.advance(days=days)
+        event_ids = set(advanced["event_ids"])
+        counters = wait_until_applied(emulator, url, len(event_ids), timeout_s)
+        seconds = time.monotonic() - started
+        attempts = emulator_log_entries(emulator)  # read before delivery is switched off below
+    except requests.RequestException as error:
+        raise RealtimeFailed(
+            f"perly-webhooks stopped answering ({type(error).__name__}); its log: "
+            f"{_receiver_log_tail(workdir / 'webhooks.log', secret)}"
+        ) from None
+    except RealtimeFailed as error:
+        tail = _receiver_log_tail(workdir / "webhooks.log", secret)
+        raise RealtimeFailed(f"{error}; its log: {tail}") from None
+    except sqlite3.Error as error:
+        raise RealtimeFailed(f"could not read the store {store}: {error}") from None
+    finally:
+        emulator.configure_webhooks(None, "")  # no more deliveries to a receiver about to stop
+        clean = stop_receiver(process)
+
+    after = health_snapshot(store)
+    delivered = {e["event"] for e in attempts if str(e["status"]).startswith("2")} & event_ids
+    failed_payment_customers = {
+        str(event["data"]["object"].get("customer"))
+        for event in emulator.objects("events")
+        if event["id"] in delivered and event["type"] in FAILED_PAYMENT_EVENTS
+    }
+    raised = [
+        HealthChange(cid, after[cid].get("name"), before.get(cid, {}), after[cid])
+        for cid in sorted(failed_payment_customers)
+        if cid in after and payment_raised(before.get(cid), after[cid])
+    ]
+    return RealtimeResult(
+        url=url,
+        events_generated=len(event_ids),
+        delivered=len(delivered),
+        applied=int(counters.get("applied", 0)),
+        seconds=seconds,
+        latencies_ms=ledger_latencies(store, delivered),
+        failed_payment_customers=failed_payment_customers,
+        raised=raised,
+        stopped_cleanly=clean,
+    )
+
+
+def emulator_log_entries(emulator: Emulator) -> list[dict[str, Any]]:
+    return list(emulator.webhooks.log) if emulator.webhooks is not None else []
+
+
+def ledger_latencies(store: Path, event_ids: set[str]) -> list[int]:
+    """Per event, received -> applied in ms, from the receiver's ledger (perly_webhook_events)."""
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10) as connection:
+        rows = connection.execute(
+            "SELECT event_id, applied_ms - received_ms FROM perly_webhook_events WHERE applied_ms IS NOT NULL"
+        ).fetchall()
+    connection.close()
+    return [int(ms) for event_id, ms in rows if event_id in event_ids]
+
+
+def describe_change(change: HealthChange) -> str:
+    def flag(row: dict[str, Any]) -> str:
+        return "yes" if row.get("flag_payment_failures") else "no"
+
+    b, a = change.before, change.after
+    name = (change.name or "")[:24]
+    return (
+        f"{change.customer_id}  {name:<24}  payment_risk {b.get('payment_risk') or 'none'} -> "
+        f"{a.get('payment_risk')}, failed payments (30d) {b.get('failed_payments_30d') or 0} -> "
+        f"{a.get('failed_payments_30d')}, payment-failures flag {flag(b)} -> {flag(a)}"
+    )
+
+
+def print_realtime(result: RealtimeResult, emulator_now: int, shown: int = 5) -> None:
+    print(
+        f"   receiver at {result.url} (signing secret generated for this run); emulator clock advanced to "
+        f"{iso(emulator_now)}"
+    )
+    skipped = result.delivered - result.applied
+    print(
+        f"   {result.delivered} of {result.events_generated} events delivered; {result.applied} applied "
+        f"({skipped} ignored or duplicate), all within {result.seconds:.1f}s of the clock advance"
+    )
+    median = result.median_latency_ms
+    if median is not None:
+        worst = max(result.latencies_ms)
+        print(f"   received -> customer health recomputed: median {median:.0f} ms, slowest {worst} ms")
+    print(
+        f"   {len(result.failed_payment_customers)} customer(s) with a failed payment by webhook; "
+        f"payment risk or failures raised for {len(result.raised)}" + (":" if result.raised else "")
+    )
+    for change in result.raised[:shown]:
+        print(f"     {describe_change(change)}")
+    if len(result.raised) > shown:
+        print(f"     ... and {len(result.raised) - shown} more")
+    print(f"   receiver {'stopped cleanly' if result.stopped_cleanly else 'killed: it did not stop in time'}")
+
+
+# ---------------------------------------------------------------------------------------------------
 # The demo
 
 
@@ -326,7 +599,17 @@ def print_progress(result: SyncResult, elapsed: float) -> None:
     print(f"  {elapsed:6.1f}s  {result.total:>8,} records ({rate:,.0f}/s)  {streams}", flush=True)
 
 
-def demo(customers: int | None, seed: int | None, advance_days: int, top: int) -> int:
+def demo(
+    customers: int | None,
+    seed: int | None,
+    advance_days: int,
+    top: int,
+    realtime_days: float = 1,
+    workdir: Path | None = None,
+    emulator: Emulator | None = None,
+) -> int:
+    """The whole demo. `workdir` (default var/demo) holds the store, state and logs; a started
+    `emulator` may be passed in (tests keep it to check the store against), else one is started."""
     from destination_perly.report import (
         read_report,
         render_at_risk,
@@ -338,13 +621,16 @@ def demo(customers: int | None, seed: int | None, advance_days: int, top: int) -
 
     VAR.mkdir(exist_ok=True)
     # The demo keeps its own store, so it never touches a real one at var/perly.db.
-    workdir = VAR / "demo"
+    workdir = workdir or VAR / "demo"
+    workdir.mkdir(parents=True, exist_ok=True)
     store, state_path = workdir / "perly.db", workdir / "state.json"
     for stale in (store, Path(f"{store}-wal"), Path(f"{store}-shm"), state_path):
         stale.unlink(missing_ok=True)  # each demo starts from a fresh book and an empty store
 
-    options = {k: v for k, v in (("customers", customers), ("seed", seed)) if v is not None}
-    with Emulator(**options) as emulator:
+    options: dict[str, Any] = {k: v for k, v in (("customers", customers), ("seed", seed)) if v is not None}
+    with contextlib.ExitStack() as stack:
+        if emulator is None:
+            emulator = stack.enter_context(Emulator(**options))
         print(f"Stripe emulator at {emulator.url}, simulated now {iso(emulator.now)}")
         source_config = emulator_source_config(emulator.url)
         write_json(workdir / "source_config.json", source_config)
@@ -372,16 +658,31 @@ def demo(customers: int | None, seed: int | None, advance_days: int, top: int) -
         )
         print(f"   {incremental.total:,} records in {incremental.seconds:.1f}s")
 
+        if realtime_days > 0:
+            unit = "day" if realtime_days == 1 else "days"
+            print(
+                f"\n4. Real time: perly-webhooks on the same store gets the next {realtime_days:g} {unit} "
+                "of events as signed webhooks"
+            )
+            step_started = time.monotonic()
+            realtime = realtime_step(emulator, workdir, destination_config, realtime_days)
+            print_realtime(realtime, emulator.now)
+            print(f"   step took {time.monotonic() - step_started:.1f}s (receiver start and stop included)")
+
     report = read_report(sqlite_query(store), period_start=datetime.fromisoformat(first_as_of))
     print("\n" + render_summary(report) + "\n")
     print(render_at_risk(report, top))
-    html = VAR / "perly-report.html"
+    # The default run writes var/perly-report.html (where the README points); another workdir keeps its own.
+    html = VAR / "perly-report.html" if workdir == VAR / "demo" else workdir / "perly-report.html"
     html.write_text(render_html(report), encoding="utf-8")  # the page lists every at-risk customer
-    print(f"\nStore: {store.relative_to(ROOT)}   HTML report: {html.relative_to(ROOT)}")
-    print(
-        f"Report again any time: perly-report --db {store.relative_to(ROOT)} --html {html.relative_to(ROOT)}"
-    )
+    print(f"\nStore: {_shown(store)}   HTML report: {_shown(html)}")
+    print(f"Report again any time: perly-report --db {_shown(store)} --html {_shown(html)}")
     return 0
+
+
+def _shown(path: Path) -> str:
+    """Relative to the repository when inside it (shorter to read and to copy)."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def sync(source_config: Path, destination_config: Path, state_path: Path, top: int, html: Path | None) -> int:
@@ -432,6 +733,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, help="demo: seed of the emulated book (default: the emulator's)")
     parser.add_argument("--days", type=int, default=7, help="demo: how far to advance the clock (default 7)")
+    parser.add_argument(
+        "--realtime-days",
+        type=float,
+        default=1,
+        help="demo: days of events delivered as webhooks after the syncs (default 1; 0 skips the step)",
+    )
     parser.add_argument("--source-config", type=Path, help="sync: the source config JSON (api_key, ...)")
     parser.add_argument(
         "--destination-config", type=Path, help="sync: the destination config JSON (store, ...)"
@@ -450,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.source_config or not args.destination_config:
                 parser.error("sync needs --source-config and --destination-config")
             return sync(args.source_config, args.destination_config, args.state, args.top, args.html)
-        return demo(args.customers, args.seed, args.days, args.top)
+        return demo(args.customers, args.seed, args.days, args.top, args.realtime_days)
     except SyncFailed as exc:
         print(f"\n{args.command} failed: {exc}", file=sys.stderr)
         return 1
