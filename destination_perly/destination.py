@@ -32,7 +32,7 @@ from destination_perly.config import (
 from destination_perly.health.model import RiskPolicy
 from destination_perly.ingest import Evaluate, Ingestor
 from destination_perly.store.base import Store, StoreError
-from destination_perly.writer import Writer, WriterLimits, plans_from_catalog
+from destination_perly.writer import InputMessage, Writer, WriterLimits, parse_input_lines, plans_from_catalog
 
 POLICY_HELP = {
     "delinquent_churn_days": "Days past due after which a past_due subscription stops counting toward MRR.",
@@ -226,11 +226,16 @@ class DestinationPerly(Destination):
             return AirbyteConnectionStatus(status=Status.FAILED, message=f"Cannot write to {where}: {detail}")
         return AirbyteConnectionStatus(status=Status.SUCCEEDED)
 
+    def _parse_input_stream(self, input_stream: Iterable[str | bytes]) -> Iterable[InputMessage]:  # type: ignore[override]
+        """stdin lines through the writer's orjson path: RECORDs skip the CDK's per-message model, and a
+        line that is not JSON is skipped without being echoed (the CDK's would log it whole)."""
+        return parse_input_lines(input_stream)
+
     def write(
         self,
         config: Mapping[str, Any],
         configured_catalog: ConfiguredAirbyteCatalog,
-        input_messages: Iterable[AirbyteMessage],
+        input_messages: Iterable[InputMessage],
     ) -> Iterator[AirbyteMessage]:
         try:
             parsed = parse_config(config)
