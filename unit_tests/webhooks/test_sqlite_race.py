@@ -21,7 +21,11 @@ WEBHOOKS = 120
 
 
 def run_sync(
-    config: dict, errors: list[BaseException], started: threading.Event, finished_ms: list[int]
+    config: dict,
+    errors: list[BaseException],
+    started: threading.Event,
+    first_webhook_in: threading.Event,
+    finished_ms: list[int],
 ) -> None:
     """What the Airbyte writer does: big upsert transactions, each followed by a health refresh."""
     parsed = parse_config(config)
@@ -40,6 +44,8 @@ def run_sync(
             touched = ingestor.upsert("customers", customers) | ingestor.upsert("subscriptions", subs)
             started.set()
             ingestor.refresh(touched, datetime.fromtimestamp(T0 + 3600, UTC))
+            if batch == 0:  # however loaded the machine, the rest of the sync overlaps the webhooks
+                first_webhook_in.wait(30)
     except BaseException as error:
         errors.append(error)
     finally:
@@ -52,9 +58,11 @@ def test_given_a_sync_writing_when_webhooks_arrive_then_both_land_without_lock_e
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
     errors: list[BaseException] = []
-    started = threading.Event()
+    started, first_webhook_in = threading.Event(), threading.Event()
     finished_ms: list[int] = []
-    sync = threading.Thread(target=run_sync, args=(receiver.config, errors, started, finished_ms))
+    sync = threading.Thread(
+        target=run_sync, args=(receiver.config, errors, started, first_webhook_in, finished_ms)
+    )
     with caplog.at_level(logging.WARNING):
         sync.start()
         started.wait(30)
@@ -66,6 +74,7 @@ def test_given_a_sync_writing_when_webhooks_arrive_then_both_land_without_lock_e
                 )
             )
             statuses.append(response.status_code)
+            first_webhook_in.set()
         sync.join(120)
         receiver.wait()
 
