@@ -434,12 +434,7 @@ class SyncReader:
             elif kind == "error":
                 yield from self._on_error(key, message[2])
             elif kind == "task_done":
-                with self._lock:
-                    self._outstanding -= 1
-                    if key == EVENTS_KEY:
-                        self._events_pending -= 1
-                    else:
-                        self._runs[key].pending -= 1
+                self._task_finished(key)
                 if key == EVENTS_KEY and self._events_pending == 0 and not self._events_done:
                     yield from self._on_events_read()
                 yield from self._finish_ready()
@@ -634,12 +629,15 @@ class SyncReader:
                     return
             kind, key, *_ = self._out.get()
             if kind == "task_done":
-                with self._lock:
-                    self._outstanding -= 1
-                    if key == EVENTS_KEY:
-                        self._events_pending -= 1
-                    else:
-                        self._runs[key].pending -= 1
+                self._task_finished(key)
+
+    def _task_finished(self, key: str) -> None:
+        with self._lock:
+            self._outstanding -= 1
+            if key == EVENTS_KEY:
+                self._events_pending -= 1
+            else:
+                self._runs[key].pending -= 1
 
 
 def _as_traced(error: StripeError) -> AirbyteTracedException:
