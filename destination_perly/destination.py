@@ -30,7 +30,7 @@ from destination_perly.config import (
     parse_config,
 )
 from destination_perly.health.model import RiskPolicy
-from destination_perly.ingest import Evaluate, Ingestor
+from destination_perly.ingest import HELPER_MIN_CUSTOMERS, Evaluate, Ingestor
 from destination_perly.store.base import Store, StoreError
 from destination_perly.writer import InputMessage, Writer, WriterLimits, parse_input_lines, plans_from_catalog
 
@@ -246,7 +246,10 @@ class DestinationPerly(Destination):
         except StoreError as exc:
             raise _config_error(str(exc)) from None
         fixed = parsed.as_of
-        ingestor = Ingestor(store, parsed.health, evaluate=self.evaluate)
+        # The writer runs in one thread, so a big refresh may fork a helper for the second core.
+        ingestor = Ingestor(
+            store, parsed.health, evaluate=self.evaluate, helper_min_customers=HELPER_MIN_CUSTOMERS
+        )
         writer = Writer(
             ingestor,
             plans_from_catalog(configured_catalog),

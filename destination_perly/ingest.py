@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable, Iterable, Iterator
+import multiprocessing
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from multiprocessing.connection import Connection
+from typing import Any
 
 from destination_perly import mapping
 from destination_perly.health.model import CustomerBundle, CustomerEvaluation, HealthConfig, MrrSnapshot
@@ -25,6 +30,9 @@ Evaluate = Callable[[CustomerBundle, HealthConfig, datetime], CustomerEvaluation
 # Customers evaluated per transaction: bounds the parsed objects held at once, and how long one
 # refresh holds SQLite's write lock (a webhook write waits at most about one chunk).
 REFRESH_CHUNK = 200
+# A refresh of at least this many customers evaluates half of each chunk in a helper process (the
+# second core), when the Ingestor is allowed one and the store can open another connection.
+HELPER_MIN_CUSTOMERS = 400
 
 
 def customer_ids_of(stream: str, record: Record) -> list[str]:
@@ -56,6 +64,99 @@ class RefreshResult:
     failed: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Outcome:
+    """One customer's evaluation, ready to save: `snapshot` only when MRR changed since the last one;
+    `error` (a traceback) when the engine failed and the customer stays pending."""
+
+    customer_id: str
+    evaluation: CustomerEvaluation | None = None
+    snapshot: MrrSnapshot | None = None
+    error: str | None = None
+
+
+def evaluate_customers(
+    store: Store, customer_ids: Sequence[str], as_of: datetime, evaluate: Evaluate, config: HealthConfig
+) -> list[Outcome]:
+    """Loads and evaluates these customers (no writes: the caller saves)."""
+    bundles = store.load_bundles(customer_ids, store.load_lookups())
+    outcomes: list[Outcome] = []
+    for customer_id in customer_ids:
+        bundle = bundles[customer_id]
+        try:
+            evaluation = evaluate(bundle, config, as_of)
+        except Exception:  # one customer's bad data must not stop the others
+            outcomes.append(Outcome(customer_id, error=traceback.format_exc()))
+            continue
+        last = bundle.snapshots[-1] if bundle.snapshots else None
+        changed = last is None or last.mrr_by_currency != evaluation.snapshot.mrr_by_currency
+        outcomes.append(Outcome(customer_id, evaluation, evaluation.snapshot if changed else None))
+    return outcomes
+
+
+def _helper_loop(
+    conn: Connection, open_reader: Callable[[], Store], evaluate: Evaluate, config: HealthConfig
+) -> None:
+    """The helper process: evaluates the customers it is sent, from its own read connection."""
+    store = open_reader()
+    try:
+        while (request := conn.recv()) is not None:
+            customer_ids, as_of = request
+            try:
+                with cyclic_gc_paused():
+                    conn.send(evaluate_customers(store, customer_ids, as_of, evaluate, config))
+            except Exception:  # e.g. a locked or missing table: the main process does this share itself
+                conn.send(traceback.format_exc())
+    finally:
+        store.close()
+        conn.close()
+
+
+class RefreshHelper:
+    """A forked process that loads and evaluates part of each refresh chunk while the main process does
+    the rest. It reads through its own connection, and only after the main process has taken the lock
+    on the chunk's customers, so what it reads is what the main process would (no newer write can
+    commit before the main process saves); all saving stays in the main process."""
+
+    def __init__(self, open_reader: Callable[[], Store], evaluate: Evaluate, config: HealthConfig) -> None:
+        # Anything buffered for stdout must go out once, from here, not again from the child.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        context = multiprocessing.get_context("fork")
+        self._conn, child_end = context.Pipe()
+        self._process = context.Process(
+            target=_helper_loop, args=(child_end, open_reader, evaluate, config), daemon=True
+        )
+        self._process.start()
+        child_end.close()
+
+    def start(self, customer_ids: Sequence[str], as_of: datetime) -> None:
+        self._conn.send((list(customer_ids), as_of))
+
+    def finish(self) -> list[Outcome] | None:
+        """The helper's outcomes, or None when it failed (logged; the caller does the work itself)."""
+        try:
+            answer: Any = self._conn.recv()
+        except (EOFError, OSError):
+            logger.warning("the refresh helper process stopped; evaluating in the main process")
+            return None
+        if isinstance(answer, str):
+            logger.warning("the refresh helper failed; evaluating in the main process: %s", answer)
+            return None
+        return list(answer)
+
+    def close(self) -> None:
+        try:
+            self._conn.send(None)
+        except OSError:
+            pass
+        self._process.join(timeout=10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._conn.close()
+
+
 class Ingestor:
     def __init__(
         self,
@@ -64,12 +165,16 @@ class Ingestor:
         evaluate: Evaluate | None = None,
         customer_ids: Callable[[str, Record], list[str]] = customer_ids_of,
         refresh_chunk: int = REFRESH_CHUNK,
+        helper_min_customers: int | None = None,
     ) -> None:
+        """`helper_min_customers`: use a helper process for refreshes at least this big (None: never;
+        only for single-threaded callers such as the Airbyte writer, since it forks)."""
         self.store = store
         self.refresh_chunk = refresh_chunk
         self.config = config
         self._evaluate = evaluate
         self._customer_ids = customer_ids
+        self.helper_min_customers = helper_min_customers
 
     @property
     def evaluate(self) -> Evaluate:
@@ -116,37 +221,64 @@ class Ingestor:
         Each chunk is read, evaluated and saved in ONE transaction holding its customers (SQLite:
         the write lock; PostgreSQL: per-customer advisory locks), so a concurrent writer such as the
         webhook receiver can never have a newer evaluation overwritten by one computed from older
-        data: whoever saves last read last."""
+        data: whoever saves last read last. A helper process, when used, reads inside that window."""
         ids = sorted(set(customer_ids))
         result = RefreshResult()
-        for start in range(0, len(ids), self.refresh_chunk):
-            chunk = ids[start : start + self.refresh_chunk]
-            with self.store.transaction(), cyclic_gc_paused():
-                self.store.lock_customers(chunk)
-                self._refresh_chunk(chunk, as_of, result)
+        helper = self._start_helper(len(ids))
+        try:
+            for start in range(0, len(ids), self.refresh_chunk):
+                chunk = ids[start : start + self.refresh_chunk]
+                with self.store.transaction(), cyclic_gc_paused():
+                    self.store.lock_customers(chunk)
+                    done = helper is not None and self._refresh_chunk(chunk, as_of, result, helper)
+                    if not done:
+                        if helper is not None:  # it failed: this chunk and the rest in this process
+                            helper.close()
+                            helper = None
+                        self._refresh_chunk(chunk, as_of, result, None)
+        finally:
+            if helper is not None:
+                helper.close()
         return result
 
-    def _refresh_chunk(self, chunk: list[str], as_of: datetime, result: RefreshResult) -> None:
+    def _start_helper(self, customers: int) -> RefreshHelper | None:
+        if self.helper_min_customers is None or customers < self.helper_min_customers:
+            return None
+        open_reader = self.store.reader_opener()
+        if open_reader is None:
+            return None
+        return RefreshHelper(open_reader, self.evaluate, self.config)
+
+    def _refresh_chunk(
+        self, chunk: list[str], as_of: datetime, result: RefreshResult, helper: RefreshHelper | None
+    ) -> bool:
+        """Evaluates and saves one chunk; False (nothing saved) when the helper failed."""
         seen_marks = self.store.dirty_marks(chunk)
-        bundles = self.store.load_bundles(chunk, self.store.load_lookups())
-        evaluations: list[CustomerEvaluation] = []
-        snapshots: list[tuple[str, MrrSnapshot]] = []
+        theirs: list[str] = chunk[: len(chunk) // 2] if helper is not None else []
+        if helper is not None:
+            helper.start(theirs, as_of)  # only now: the lock on the chunk is held
+        outcomes = evaluate_customers(self.store, chunk[len(theirs) :], as_of, self.evaluate, self.config)
+        if helper is not None:
+            helped = helper.finish()
+            if helped is None:
+                return False
+            outcomes = helped + outcomes
         failed: set[str] = set()
-        for customer_id in chunk:
-            bundle = bundles[customer_id]
-            try:
-                evaluation = self.evaluate(bundle, self.config, as_of)
-            except Exception:  # one customer's bad data must not stop the others
-                logger.exception("health evaluation failed for customer %s; it stays pending", customer_id)
-                failed.add(customer_id)
-                continue
-            evaluations.append(evaluation)
-            for problem in getattr(evaluation, "problems", ()):
-                logger.warning("customer %s: %s", customer_id, problem)
-            last = bundle.snapshots[-1] if bundle.snapshots else None
-            if last is None or last.mrr_by_currency != evaluation.snapshot.mrr_by_currency:
-                snapshots.append((customer_id, evaluation.snapshot))
+        for outcome in outcomes:
+            if outcome.error is not None:
+                logger.error(
+                    "health evaluation failed for customer %s; it stays pending\n%s",
+                    outcome.customer_id,
+                    outcome.error,
+                )
+                failed.add(outcome.customer_id)
+            elif outcome.evaluation is not None:
+                for problem in getattr(outcome.evaluation, "problems", ()):
+                    logger.warning("customer %s: %s", outcome.customer_id, problem)
+        evaluations = [o.evaluation for o in outcomes if o.evaluation is not None]
+        snapshots = [(o.customer_id, o.snapshot) for o in outcomes if o.snapshot is not None]
         self.store.save_results(evaluations, snapshots)
         self.store.clear_dirty({c: m for c, m in seen_marks.items() if c not in failed})
         result.failed.extend(sorted(failed))
         result.refreshed += len(evaluations)
+        return True

