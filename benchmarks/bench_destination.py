@@ -9,8 +9,9 @@ the destination's own stdin parser (`--parser destination`; `--parser fast` uses
 fresh SQLite file, and health is recomputed for every customer at the end (the real engine). Scale N
 replays the book N times with ids suffixed, so the store really holds N times the objects and
 customers. Prints records/s (wall and per CPU second: the machine is shared, so CPU time is the
-steadier figure; the time spent producing the input lines is measured apart and excluded) and peak
-memory; the target is >= 20,000 records/s with memory flat in N.
+steadier figure; it counts the main process and the refresh's helper process, whose share is shown
+apart; the time spent producing the input lines is measured apart and excluded) and peak memory;
+the target is >= 20,000 records/s with memory flat in N.
 """
 
 from __future__ import annotations
@@ -130,6 +131,11 @@ def drop_schema(postgres_dsn: str, schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_one(
     customers: int, scale: int, trace: bool, postgres_dsn: str | None = None, parser: str = "destination"
 ) -> dict[str, Any]:
@@ -172,12 +178,14 @@ def run_one(
             tracemalloc.start()
         started = time.perf_counter()
         started_cpu = time.process_time()
+        started_children = _children_cpu()
         states = 0
         for out in destination.write(config, catalog(), messages()):
             if out.type == Type.STATE:
                 states += 1
         elapsed = time.perf_counter() - started - making["wall"]
         cpu = time.process_time() - started_cpu - making["cpu"]
+        helper_cpu = _children_cpu() - started_children  # the refresh's helper process, once joined
         assert destination.last_writer is not None
         stats = destination.last_writer.stats
         traced_peak = tracemalloc.get_traced_memory()[1] if trace else None
@@ -194,7 +202,8 @@ def run_one(
         "records_per_s": round(counts["records"] / elapsed),
         "input_making_seconds": round(making["wall"], 2),
         "cpu_seconds": round(cpu, 2),
-        "records_per_cpu_s": round(counts["records"] / cpu),
+        "records_per_cpu_s": round(counts["records"] / (cpu + helper_cpu)),
+        "helper_cpu_seconds": round(helper_cpu, 2),
         "health_seconds": round(stats.refresh_seconds, 2),
         "customers_recomputed": stats.refreshed,
         "write_only_records_per_s": round(counts["records"] / (elapsed - stats.refresh_seconds)),
@@ -230,6 +239,7 @@ def main() -> None:
         "seconds",
         "records/s",
         "cpu s",
+        "helper cpu s",
         "rec/cpu-s",
         "health s",
         "write-only rec/s",
@@ -252,6 +262,7 @@ def main() -> None:
             r["seconds"],
             r["records_per_s"],
             r["cpu_seconds"],
+            r["helper_cpu_seconds"],
             r["records_per_cpu_s"],
             r["health_seconds"],
             r["write_only_records_per_s"],

@@ -127,11 +127,19 @@ class RefreshHelper:
         self._process = context.Process(
             target=_helper_loop, args=(child_end, open_reader, evaluate, config), daemon=True
         )
-        self._process.start()
+        # The child's collector must not walk (and so copy, page by page) the heap it shares with us.
+        gc.freeze()
+        try:
+            self._process.start()
+        finally:
+            gc.unfreeze()
         child_end.close()
 
     def start(self, customer_ids: Sequence[str], as_of: datetime) -> None:
-        self._conn.send((list(customer_ids), as_of))
+        try:
+            self._conn.send((list(customer_ids), as_of))
+        except OSError:  # it has already stopped: `finish` reports it
+            pass
 
     def finish(self) -> list[Outcome] | None:
         """The helper's outcomes, or None when it failed (logged; the caller does the work itself)."""

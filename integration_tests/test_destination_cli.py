@@ -139,3 +139,62 @@ def test_write_with_a_bad_config_fails_as_a_config_error(tmp_path: Path) -> None
     assert done.returncode != 0
     traces = [json.loads(line) for line in done.stdout.decode().splitlines() if '"TRACE"' in line]
     assert any(t["trace"]["error"]["failure_type"] == "config_error" for t in traces)
+
+
+def test_write_skips_a_line_that_is_not_json_without_echoing_it(tmp_path: Path, book: dict[str, Any]) -> None:
+    db = tmp_path / "perly.db"
+    config, catalog = write_files(
+        tmp_path, {"store": {"store_type": "sqlite", "path": str(db)}}, [configured("customers")]
+    )
+    customers = book["records"]["customers"][:3]
+    lines = [
+        orjson.dumps({"type": "RECORD", "record": {"stream": "customers", "data": c}}) for c in customers
+    ]
+    stdin = b"\n".join([lines[0], b"jane@example.com card 4242 (not an Airbyte message)", *lines[1:]]) + b"\n"
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "destination_perly" / "main.py"), "write", "--config", config]
+        + ["--catalog", catalog],
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+        check=True,
+        cwd=ROOT,
+    )
+
+    assert b"jane@example.com" not in done.stdout + done.stderr
+    with sqlite3.connect(db) as conn:
+        stored = {r[0] for r in conn.execute("SELECT id FROM stripe_customers")}
+    assert stored == {c["id"] for c in customers}
+
+
+def test_a_refresh_big_enough_for_the_helper_process_echoes_every_message_once(tmp_path: Path) -> None:
+    """The helper process is forked after the states were printed: each is printed once, and the
+    customers it evaluated are saved like the others."""
+    emulator = Emulator(customers=450, seed=3)
+    records = {
+        s: [
+            {**o, "updated": o.get("created", emulator.now) if s == "events" else emulator.now}
+            for o in emulator.objects(s)
+        ]
+        for s in STREAMS
+    }
+    db = tmp_path / "perly.db"
+    config, catalog = write_files(
+        tmp_path,
+        {"store": {"store_type": "sqlite", "path": str(db)}, "as_of": "2026-11-01T00:00:00Z"},
+        [configured(s) for s in STREAMS],
+    )
+    stdin = b"\n".join(messages(records)) + b"\n"
+
+    output = cli("write", "--config", config, "--catalog", catalog, stdin=stdin)
+
+    states = [m["state"]["stream"]["stream_descriptor"]["name"] for m in output if m["type"] == "STATE"]
+    assert states == list(STREAMS)
+    summaries = [m for m in output if m["type"] == "LOG" and "customers recomputed" in m["log"]["message"]]
+    assert len(summaries) == 1
+    with sqlite3.connect(db) as conn:
+        health = conn.execute("SELECT COUNT(*) FROM perly_customer_health").fetchone()[0]
+        pending = conn.execute("SELECT COUNT(*) FROM perly_dirty_customers").fetchone()[0]
+    assert health >= 450
+    assert pending == 0

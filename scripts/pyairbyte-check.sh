@@ -10,7 +10,7 @@ py=${PERLY_PYAIRBYTE_PYTHON:-$venv/bin/python}
 if ! "$py" -c 'import airbyte' 2>/dev/null; then
   echo "pyairbyte-check: installing PyAirbyte into $venv (about 780 MB, a few minutes)"
   python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install -q 'airbyte>=0.30'
+  "$venv/bin/python" -m pip install -q 'airbyte==0.71.3'
   py=$venv/bin/python
 fi
 PERLY_PYAIRBYTE_PYTHON=$(cd "$(dirname "$py")" && pwd)/$(basename "$py") \

@@ -7,7 +7,8 @@ transaction-scoped advisory lock so concurrent `CREATE TABLE IF NOT EXISTS` neve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -46,6 +47,18 @@ class PostgresStore(Store):
     ) -> None:
         super().__init__(customer_ids_of)
         self.schema = schema
+        self._reopen = functools.partial(
+            PostgresStore,
+            schema=schema,
+            dsn=dsn,
+            host=host,
+            port=port,
+            database=database,
+            username=username,
+            password=password,
+            ssl_mode=ssl_mode,
+            customer_ids_of=customer_ids_of,
+        )
         params: dict[str, Any] = {
             "connect_timeout": CONNECT_TIMEOUT_S,
             "application_name": "destination-perly",
@@ -76,6 +89,9 @@ class PostgresStore(Store):
         if converted is None:
             converted = self._sql_cache[text] = _pg_sql(text)
         return converted
+
+    def reader_opener(self) -> Callable[[], Store] | None:
+        return self._reopen
 
     def _begin(self) -> None:
         self._conn.execute("BEGIN")
