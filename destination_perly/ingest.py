@@ -112,6 +112,10 @@ def _helper_loop(
         conn.close()
 
 
+# A chunk takes the helper well under a second; a helper silent this long is stuck, not slow.
+HELPER_TIMEOUT_SECONDS = 120.0
+
+
 class RefreshHelper:
     """A forked process that loads and evaluates part of each refresh chunk while the main process does
     the rest. It reads through its own connection, and only after the main process has taken the lock
@@ -144,6 +148,10 @@ class RefreshHelper:
     def finish(self) -> list[Outcome] | None:
         """The helper's outcomes, or None when it failed (logged; the caller does the work itself)."""
         try:
+            if not self._conn.poll(HELPER_TIMEOUT_SECONDS):
+                logger.warning("the refresh helper process hangs; evaluating in the main process")
+                self._process.kill()
+                return None
             answer: Any = self._conn.recv()
         except (EOFError, OSError):
             logger.warning("the refresh helper process stopped; evaluating in the main process")

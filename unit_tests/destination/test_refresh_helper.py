@@ -6,11 +6,13 @@ import dataclasses
 import os
 import shutil
 import sqlite3
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from destination_perly import ingest
 from destination_perly.health.model import CustomerBundle, CustomerEvaluation, HealthConfig
 from destination_perly.ingest import Ingestor, customer_ids_of
 from destination_perly.store.base import Store
@@ -142,6 +144,32 @@ def test_given_the_helper_dies_then_the_main_process_refreshes_every_customer_it
     assert result.failed == []
     assert {c for c, _ in engine.calls} == {f"cus_{n:02}" for n in range(30)}
     assert store.query("SELECT COUNT(*) AS n FROM perly_customer_health") == [{"n": 30}]
+    assert store.dirty_customers() == set()
+    store.close()
+
+
+def test_given_the_helper_hangs_then_the_main_process_refreshes_every_customer_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest, "HELPER_TIMEOUT_SECONDS", 0.5)
+    store = _pending_store(tmp_path / "perly.db", 30)
+    main_pid = os.getpid()
+    engine = FakeEngine()
+
+    def hangs_in_the_helper(
+        bundle: CustomerBundle, config: HealthConfig, as_of: datetime
+    ) -> CustomerEvaluation:
+        if os.getpid() != main_pid:
+            time.sleep(3600)
+        return engine(bundle, config, as_of)
+
+    ingestor = Ingestor(
+        store, HealthConfig(), evaluate=hangs_in_the_helper, refresh_chunk=10, helper_min_customers=1
+    )
+    result = ingestor.refresh_pending(AS_OF)
+
+    assert (result.refreshed, result.failed) == (30, [])
+    assert {c for c, _ in engine.calls} == {f"cus_{n:02}" for n in range(30)}
     assert store.dirty_customers() == set()
     store.close()
 
