@@ -108,20 +108,9 @@ def json_speed(book: dict[str, list[dict[str, Any]]]) -> float:
 def store_config(tmp: str, postgres_dsn: str | None) -> dict[str, Any]:
     if not postgres_dsn:
         return {"store_type": "sqlite", "path": f"{tmp}/perly.db"}
-    from psycopg.conninfo import conninfo_to_dict
+    from integration_tests.postgres import store_settings
 
-    info = conninfo_to_dict(postgres_dsn)
-    schema = f"perly_bench_{int(time.time())}"
-    return {
-        "store_type": "postgres",
-        "host": info.get("host", "127.0.0.1"),
-        "port": int(info.get("port", 5432)),
-        "database": info.get("dbname", "postgres"),
-        "username": info.get("user", "postgres"),
-        "password": info.get("password"),
-        "schema": schema,
-        "ssl_mode": "disable",
-    }
+    return store_settings(postgres_dsn, f"perly_bench_{int(time.time())}")
 
 
 def drop_schema(postgres_dsn: str, schema: str) -> None:

@@ -29,6 +29,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from destination_perly.config import open_store, parse_config  # noqa: E402
+from integration_tests.postgres import store_settings  # noqa: E402
 from unit_tests.webhooks.builders import SECRET, T0, customer, event, failed_charge, sign, subscription  # noqa: E402
 
 DAY = 86400
@@ -66,20 +67,8 @@ def store_config(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "store": {"store_type": "sqlite", "path": str(tmp / "perly.db")},
             "as_of": "2026-11-01T00:00:00Z",
         }
-    from psycopg.conninfo import conninfo_to_dict
-
-    parts = conninfo_to_dict(args.postgres)
     return {
-        "store": {
-            "store_type": "postgres",
-            "host": parts.get("host", "127.0.0.1"),
-            "port": int(parts.get("port", 5432)),
-            "database": parts["dbname"],
-            "username": parts["user"],
-            "password": parts.get("password"),
-            "schema": f"perly_bench_{uuid.uuid4().hex[:8]}",
-            "ssl_mode": "disable",
-        },
+        "store": store_settings(args.postgres, f"perly_bench_{uuid.uuid4().hex[:8]}"),
         "as_of": "2026-11-01T00:00:00Z",
     }
 

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from destination_perly.report import build_report, format_money, main, read_report, render_html, sqlite_query
+from integration_tests.postgres import postgres_dsn, store_settings
 from integration_tests.report_store import fill, write_store
 
 
@@ -173,22 +172,10 @@ def test_given_postgres_destination_config_then_the_report_reads_that_store(
 ) -> None:
     from destination_perly.store.postgres import PostgresStore
 
-    dsn = os.environ.get("PERLY_TEST_POSTGRES_DSN")
-    if not dsn:
-        pytest.fail("PERLY_TEST_POSTGRES_DSN is not set: run through scripts/with-postgres.sh (make test)")
+    dsn = postgres_dsn()
     schema = f"perly_report_{uuid.uuid4().hex[:8]}"
     fill(PostgresStore(dsn=dsn, schema=schema)).close()
-    url = urlsplit(dsn)
-    store = {
-        "store_type": "postgres",
-        "host": url.hostname,
-        "port": url.port or 5432,
-        "database": url.path.lstrip("/"),
-        "username": url.username,
-        "password": url.password,
-        "schema": schema,
-        "ssl_mode": "disable",
-    }
+    store = store_settings(dsn, schema)
     config = tmp_path / "destination.json"
     config.write_text(json.dumps({"store": store}))
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import uuid
 import warnings
@@ -13,7 +12,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
 with warnings.catch_warnings():
     # starlette 1.x suggests httpx2 for its TestClient; the installed httpx works the same.
@@ -23,37 +21,18 @@ with warnings.catch_warnings():
 from destination_perly.config import open_store, parse_config
 from destination_perly.ingest import Ingestor, customer_ids_of
 from destination_perly.webhooks import DEFAULT_PATH, create_app, settings_from_config
+from integration_tests.postgres import postgres_dsn, store_settings
 from unit_tests.webhooks.builders import SECRET, T0, customer, delivery, event, failed_charge, subscription
 
 pytestmark = pytest.mark.postgres
 
-DSN_VAR = "PERLY_TEST_POSTGRES_DSN"
 CUSTOMERS = 12
-
-
-def postgres_dsn() -> str:
-    dsn = os.environ.get(DSN_VAR)
-    if not dsn:
-        pytest.fail(f"{DSN_VAR} is not set: run `scripts/with-postgres.sh pytest ...` (or `make test`)")
-    return dsn
 
 
 @pytest.fixture
 def pg_config() -> Iterator[dict[str, Any]]:
-    parts = conninfo_to_dict(postgres_dsn())
     schema = f"perly_wh_{uuid.uuid4().hex[:10]}"
-    yield {
-        "store": {
-            "store_type": "postgres",
-            "host": parts.get("host", "127.0.0.1"),
-            "port": int(parts.get("port", 5432)),
-            "database": parts["dbname"],
-            "username": parts["user"],
-            "password": parts.get("password"),
-            "schema": schema,
-            "ssl_mode": "disable",
-        }
-    }
+    yield {"store": store_settings(postgres_dsn(), schema)}
     with psycopg.connect(postgres_dsn(), autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,18 +10,7 @@ import pytest
 
 from destination_perly.store.base import Store
 from destination_perly.store.sqlite import SqliteStore
-
-POSTGRES_DSN_VAR = "PERLY_TEST_POSTGRES_DSN"
-
-
-def postgres_dsn() -> str:
-    dsn = os.environ.get(POSTGRES_DSN_VAR)
-    if not dsn:
-        pytest.fail(
-            f"{POSTGRES_DSN_VAR} is not set: run `scripts/with-postgres.sh pytest ...` (or `make test`), "
-            "or deselect these tests with -m 'not postgres'"
-        )
-    return dsn
+from integration_tests.postgres import postgres_dsn
 
 
 class StoreFactory:

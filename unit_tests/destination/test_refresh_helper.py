@@ -232,7 +232,7 @@ def test_on_postgres_the_helper_evaluates_while_the_main_process_holds_the_custo
     import psycopg
 
     from destination_perly.store.postgres import PostgresStore
-    from unit_tests.destination.conftest import postgres_dsn
+    from integration_tests.postgres import postgres_dsn
 
     factory = StoreFactory("postgres", tmp_path)
     store = factory.open()
