@@ -7,6 +7,7 @@ import os
 import shutil
 import sqlite3
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -123,20 +124,32 @@ def test_the_helper_reads_and_evaluates_only_while_the_main_process_holds_the_wr
     store.close()
 
 
-def test_given_the_helper_dies_then_the_main_process_refreshes_every_customer_itself(tmp_path: Path) -> None:
+def _die() -> None:
+    os._exit(3)
+
+
+def _hang() -> None:
+    time.sleep(3600)
+
+
+@pytest.mark.parametrize("misbehave", [_die, _hang], ids=["dies", "hangs"])
+def test_given_the_helper_fails_then_the_main_process_refreshes_every_customer_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, misbehave: Callable[[], None]
+) -> None:
+    monkeypatch.setattr(ingest, "HELPER_TIMEOUT_SECONDS", 0.5)  # a hung helper is given up on quickly
     store = _pending_store(tmp_path / "perly.db", 30)
     main_pid = os.getpid()
     engine = FakeEngine()
 
-    def dies_in_the_helper(
+    def misbehaves_in_the_helper(
         bundle: CustomerBundle, config: HealthConfig, as_of: datetime
     ) -> CustomerEvaluation:
         if os.getpid() != main_pid:
-            os._exit(3)
+            misbehave()
         return engine(bundle, config, as_of)
 
     ingestor = Ingestor(
-        store, HealthConfig(), evaluate=dies_in_the_helper, refresh_chunk=10, helper_min_customers=1
+        store, HealthConfig(), evaluate=misbehaves_in_the_helper, refresh_chunk=10, helper_min_customers=1
     )
     result = ingestor.refresh_pending(AS_OF)
 
@@ -144,32 +157,6 @@ def test_given_the_helper_dies_then_the_main_process_refreshes_every_customer_it
     assert result.failed == []
     assert {c for c, _ in engine.calls} == {f"cus_{n:02}" for n in range(30)}
     assert store.query("SELECT COUNT(*) AS n FROM perly_customer_health") == [{"n": 30}]
-    assert store.dirty_customers() == set()
-    store.close()
-
-
-def test_given_the_helper_hangs_then_the_main_process_refreshes_every_customer_itself(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(ingest, "HELPER_TIMEOUT_SECONDS", 0.5)
-    store = _pending_store(tmp_path / "perly.db", 30)
-    main_pid = os.getpid()
-    engine = FakeEngine()
-
-    def hangs_in_the_helper(
-        bundle: CustomerBundle, config: HealthConfig, as_of: datetime
-    ) -> CustomerEvaluation:
-        if os.getpid() != main_pid:
-            time.sleep(3600)
-        return engine(bundle, config, as_of)
-
-    ingestor = Ingestor(
-        store, HealthConfig(), evaluate=hangs_in_the_helper, refresh_chunk=10, helper_min_customers=1
-    )
-    result = ingestor.refresh_pending(AS_OF)
-
-    assert (result.refreshed, result.failed) == (30, [])
-    assert {c for c, _ in engine.calls} == {f"cus_{n:02}" for n in range(30)}
     assert store.dirty_customers() == set()
     store.close()
 
