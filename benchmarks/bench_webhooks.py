@@ -12,10 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +26,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from destination_perly.config import open_store, parse_config  # noqa: E402
+from integration_tests.demo import start_receiver, stop_receiver  # noqa: E402
 from integration_tests.postgres import store_settings  # noqa: E402
 from unit_tests.webhooks.builders import SECRET, T0, customer, event, failed_charge, sign, subscription  # noqa: E402
 
@@ -111,22 +109,8 @@ def main() -> None:
         tmp = Path(tmp_dir)
         config = store_config(args, tmp)
         (tmp / "config.json").write_text(json.dumps(config))
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "PERLY_WEBHOOK_SECRETS": SECRET}
-        command = [sys.executable, "-m", "destination_perly.webhooks", "--config", str(tmp / "config.json")]
-        server = subprocess.Popen(
-            [*command, "--port", str(port), "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL
-        )
+        server, url = start_receiver(tmp / "config.json", tmp / "server.log", SECRET, timeout_s=30)
         try:
-            for _ in range(300):
-                try:
-                    if httpx.get(f"{url}/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
             events = burst(args.events, args.customers)
             started = time.time()
             timings = asyncio.run(post_all(url, events, args.concurrency))
@@ -134,8 +118,7 @@ def main() -> None:
             while (stats := httpx.get(f"{url}/healthz").json())["in_progress"] > 0:
                 time.sleep(0.02)
         finally:
-            server.terminate()
-            server.wait(30)
+            stop_receiver(server)
 
         store = open_store(parse_config(config).store)
         rows = store.query("SELECT event_id, applied_ms FROM perly_webhook_events")

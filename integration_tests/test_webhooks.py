@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from destination_perly.config import open_store, parse_config
+from integration_tests.demo import start_receiver, stop_receiver
 from unit_tests.webhooks.builders import (
     OLD_SECRET,
     SECRET,
@@ -28,12 +28,6 @@ from unit_tests.webhooks.builders import (
 )
 
 pytestmark = pytest.mark.emulator
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -54,41 +48,12 @@ def server(tmp_path: Path) -> Iterator[Server]:
     }
     config_path = tmp_path / "destination_config.json"
     config_path.write_text(json.dumps(config))
-    port = free_port()
-    env = {**os.environ, "PERLY_WEBHOOK_SECRETS": f"{SECRET},{OLD_SECRET}"}
     log_path = tmp_path / "server.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "destination_perly.webhooks",
-                "--config",
-                str(config_path),
-                "--port",
-                str(port),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    url = f"http://127.0.0.1:{port}"
+    process, url = start_receiver(config_path, log_path, f"{SECRET},{OLD_SECRET}", timeout_s=30)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, f"perly-webhooks exited: {log_path.read_text()}"
-            assert time.monotonic() < deadline, "perly-webhooks did not start"
-            time.sleep(0.1)
         yield Server(url, config, process)
     finally:
-        process.terminate()
-        process.wait(20)
+        stop_receiver(process)
     # Secrets never reach the logs, whatever happened.
     logged = log_path.read_text()
     assert SECRET not in logged

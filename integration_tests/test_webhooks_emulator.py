@@ -4,9 +4,6 @@ failed payments raise flags in real time, and a later reconciliation sync agrees
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,8 +16,8 @@ import pytest
 from destination_perly.config import open_store, parse_config
 from destination_perly.ingest import Ingestor, customer_ids_of
 from destination_perly.store.base import Store
+from integration_tests.demo import start_receiver, stop_receiver
 from integration_tests.stripe_emulator import Emulator
-from integration_tests.test_webhooks import free_port
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 
@@ -49,28 +46,11 @@ def receiver_url(tmp_path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         # The emulated world's clock: the receiver's health follows its events from this time on.
         yield_config["as_of"] = datetime.fromtimestamp(seed_emulator.now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     (tmp_path / "config.json").write_text(json.dumps(yield_config))
-    port = free_port()
-    log = (tmp_path / "server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "destination_perly.webhooks", "--config", str(tmp_path / "config.json")]
-        + ["--port", str(port)],
-        env={**os.environ, "PERLY_WEBHOOK_SECRETS": SECRET},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    process, url = start_receiver(tmp_path / "config.json", tmp_path / "server.log", SECRET, timeout_s=30)
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
         yield url, yield_config
     finally:
-        process.terminate()
-        process.wait(20)
-        log.close()
+        stop_receiver(process)
     assert SECRET not in (tmp_path / "server.log").read_text()
 
 
