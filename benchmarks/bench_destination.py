@@ -35,6 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 STREAMS = ("products", "prices", "coupons", "customers", "subscriptions", "invoices", "charges", "events")
 PER_ACCOUNT = {"products", "prices", "coupons"}  # one account: not copied per replay
+# Rendered as the source lists them (its `expand[]` in source_perly_stripe/streams.py).
+EXPANDED = {"subscriptions": "discounts", "prices": "tiers"}
 STATE_EVERY = 500
 
 
@@ -42,7 +44,7 @@ def load_book(customers: int) -> tuple[int, dict[str, list[dict[str, Any]]]]:
     from integration_tests.stripe_emulator import Emulator
 
     emulator = Emulator(customers=customers)
-    return emulator.now, {s: emulator.objects(s) for s in STREAMS}
+    return emulator.now, {s: emulator.objects(s, variant=EXPANDED.get(s, "")) for s in STREAMS}
 
 
 def suffixed(obj: dict[str, Any], copy: int) -> dict[str, Any]:
