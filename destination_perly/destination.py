@@ -31,6 +31,7 @@ from destination_perly.config import (
 )
 from destination_perly.health.model import RiskPolicy
 from destination_perly.ingest import HELPER_MIN_CUSTOMERS, Evaluate, Ingestor
+from destination_perly.input_reader import can_read_in_helper, read_in_helper
 from destination_perly.store.base import Store, StoreError
 from destination_perly.writer import InputMessage, Writer, WriterLimits, parse_input_lines, plans_from_catalog
 
@@ -165,6 +166,16 @@ def connection_specification() -> dict[str, Any]:
     }
 
 
+class InputLines:
+    """stdin's lines, parsed lazily when iterated; `write` may instead hand them to a reader process."""
+
+    def __init__(self, lines: Iterable[str | bytes]) -> None:
+        self.lines = lines
+
+    def __iter__(self) -> Iterator[InputMessage]:
+        return parse_input_lines(self.lines)
+
+
 def _config_error(message: str) -> AirbyteTracedException:
     return AirbyteTracedException(
         message=message, internal_message=message, failure_type=FailureType.config_error
@@ -178,8 +189,11 @@ class DestinationPerly(Destination):
         evaluate: Evaluate | None = None,
         limits: WriterLimits | None = None,
         store_factory: Callable[[DestinationConfig], Store] | None = None,
+        input_reader: bool | None = None,
     ) -> None:
+        """`input_reader`: parse stdin in a helper process (None: when there is a second core)."""
         self.clock = clock
+        self.input_reader = can_read_in_helper() if input_reader is None else input_reader
         self.evaluate = evaluate
         self.limits = limits
         self.store_factory = store_factory
@@ -226,10 +240,10 @@ class DestinationPerly(Destination):
             return AirbyteConnectionStatus(status=Status.FAILED, message=f"Cannot write to {where}: {detail}")
         return AirbyteConnectionStatus(status=Status.SUCCEEDED)
 
-    def _parse_input_stream(self, input_stream: Iterable[str | bytes]) -> Iterable[InputMessage]:  # type: ignore[override]
+    def _parse_input_stream(self, input_stream: Iterable[str | bytes]) -> InputLines:  # type: ignore[override]
         """stdin lines through the writer's orjson path: RECORDs skip the CDK's per-message model, and a
         line that is not JSON is skipped without being echoed (the CDK's would log it whole)."""
-        return parse_input_lines(input_stream)
+        return InputLines(input_stream)
 
     def write(
         self,
@@ -257,7 +271,10 @@ class DestinationPerly(Destination):
             limits=self.limits,
         )
         self.last_writer = writer  # for benchmarks and diagnostics
+        messages: Iterable[InputMessage] = input_messages
+        if isinstance(input_messages, InputLines) and self.input_reader:
+            messages = read_in_helper(input_messages.lines, writer.preparer)
         try:
-            yield from writer.write(input_messages)
+            yield from writer.write(messages)
         finally:
             store.close()

@@ -13,6 +13,8 @@
   syncs, at a state flush, for customers touched since the last recompute.
 - `parse_input_lines` reads stdin lines with orjson, RECORDs without the CDK's per-message model
   (that model cost as much as the JSON parse itself); other messages still go through the CDK.
+  `RecordPreparer` turns a record into its row; both may run in a helper process
+  (`input_reader`), the writer then receiving `PreparedRecord`s.
 """
 
 from __future__ import annotations
@@ -51,7 +53,22 @@ class RawRecord(NamedTuple):
     data: Any
 
 
-InputMessage = AirbyteMessage | RawRecord
+class PreparedRecord(NamedTuple):
+    """A record made ready to buffer: its row and every customer it touches."""
+
+    stream: str
+    row: Row
+    customer_ids: list[str]
+
+
+class Skipped(NamedTuple):
+    """Input left out, and why (the message never quotes the input: it may hold customer data)."""
+
+    message: str
+    record: bool  # a malformed RECORD (counted), else a line that is not a message
+
+
+InputMessage = AirbyteMessage | RawRecord | PreparedRecord | Skipped
 
 
 def parse_input_lines(lines: Iterable[str | bytes]) -> Iterator[InputMessage]:
@@ -63,7 +80,7 @@ def parse_input_lines(lines: Iterable[str | bytes]) -> Iterator[InputMessage]:
         try:
             message = orjson.loads(line)
         except orjson.JSONDecodeError:
-            logger.info("ignoring an input line that is not an Airbyte message")
+            yield Skipped("ignoring an input line that is not an Airbyte message", record=False)
             continue
         if isinstance(message, dict) and message.get("type") == "RECORD":
             record = message.get("record")
@@ -116,6 +133,31 @@ class WriteStats:
     refresh_seconds: float = 0.0
 
 
+class RecordPreparer:
+    """Checks a record and builds its row without touching the store, so it can run in the input
+    reader process."""
+
+    def __init__(self, ingestor: Ingestor, plans: dict[str, StreamPlan]) -> None:
+        self.prepare = ingestor.prepare
+        self.generation_ids = {name: plan.generation_id for name, plan in plans.items()}
+        self.seen = 0
+
+    def __call__(self, stream: str, data: object) -> PreparedRecord | Skipped:
+        self.seen += 1
+        record_id = data.get("id") if isinstance(data, dict) else None
+        if isinstance(record_id, int) and not isinstance(record_id, bool):
+            record_id = str(record_id)
+        if not isinstance(data, dict) or not isinstance(record_id, str) or not record_id:
+            shape = "not an object" if not isinstance(data, dict) else "no string id"
+            where = f"record {self.seen} of the input"
+            return Skipped(f"skipped a malformed record in stream {stream!r} ({where}): {shape}", record=True)
+        if data["id"] is not record_id:  # an integer id, kept as text like Stripe's
+            data = {**data, "id": record_id}
+        # A stream the catalog did not announce is kept, appended by id (no generation).
+        row, ids = self.prepare(stream, data, self.generation_ids.get(stream))
+        return PreparedRecord(stream, row, ids)
+
+
 def plans_from_catalog(catalog: ConfiguredAirbyteCatalog) -> dict[str, StreamPlan]:
     return {
         s.stream.name: StreamPlan(
@@ -154,6 +196,7 @@ class Writer:
         self.completed: set[str] = set()
         self.heard_from: set[str] = set()
         self.last_refresh = monotonic()
+        self.preparer = RecordPreparer(ingestor, self.plans)
 
     # --- the message loop ---------------------------------------------------------------------
     def write(self, messages: Iterable[InputMessage]) -> Iterator[AirbyteMessage]:
@@ -164,15 +207,14 @@ class Writer:
                 self.store.begin_stage(plan.name, plan.generation_id)
         for message in messages:
             if isinstance(message, RawRecord):
-                self.heard_from.add(message.stream)
-                problem = self._add_record(message.stream, message.data)
-                if problem:
-                    yield _log(Level.ERROR, problem)
-            elif message.type == Type.RECORD and message.record is not None:
-                self.heard_from.add(message.record.stream)
-                problem = self._add_record(message.record.stream, message.record.data)
-                if problem:
-                    yield _log(Level.ERROR, problem)
+                message = self.preparer(message.stream, message.data)
+            elif isinstance(message, AirbyteMessage) and message.type == Type.RECORD and message.record:
+                message = self.preparer(message.record.stream, message.record.data)
+            if isinstance(message, PreparedRecord):
+                self._add_record(message)
+            elif isinstance(message, Skipped):
+                self.stats.malformed += message.record
+                yield _log(Level.ERROR if message.record else Level.INFO, message.message)
             elif message.type == Type.STATE and message.state is not None:
                 self._note_state_streams(message)
                 self._flush_for_state(message)
@@ -200,24 +242,14 @@ class Writer:
         )
 
     # --- records ------------------------------------------------------------------------------
-    def _add_record(self, stream: str, data: object) -> str | None:
-        record_id = data.get("id") if isinstance(data, dict) else None
-        if isinstance(record_id, int) and not isinstance(record_id, bool):
-            record_id = str(record_id)
-        if not isinstance(data, dict) or not isinstance(record_id, str) or not record_id:
-            self.stats.malformed += 1
-            shape = "not an object" if not isinstance(data, dict) else "no string id"
-            where = f"record {self.stats.records + self.stats.malformed} of the input"
-            return f"skipped a malformed record in stream {stream!r} ({where}): {shape}"
-        plan = self.plans.get(stream)
-        if plan is None:  # a stream the catalog did not announce: kept, appended by id
-            plan = self.plans[stream] = StreamPlan(name=stream)
-        if data["id"] is not record_id:  # an integer id, kept as text like Stripe's
-            data = {**data, "id": record_id}
-        row, ids = self.ingestor.prepare(stream, data, plan.generation_id)
+    def _add_record(self, record: PreparedRecord) -> None:
+        stream, row = record.stream, record.row
+        self.heard_from.add(stream)
+        if stream not in self.plans:  # a stream the catalog did not announce: kept, appended by id
+            self.plans[stream] = StreamPlan(name=stream)
         buffer = self.buffers.setdefault(stream, StreamBuffer())
         buffer.rows.append(row)
-        buffer.touched.update(ids)
+        buffer.touched.update(record.customer_ids)
         size = len(row.data)
         buffer.bytes += size
         self.total_bytes += size
@@ -229,7 +261,6 @@ class Writer:
             self._flush(stream)
         elif self.total_bytes >= self.limits.max_bytes_total:
             self._flush(max(self.buffers, key=lambda name: self.buffers[name].bytes))
-        return None
 
     def _flush(self, stream: str) -> None:
         """Commits one stream's buffer in one transaction; other buffers are not touched."""

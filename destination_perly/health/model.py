@@ -52,13 +52,21 @@ class MrrSnapshot:
     cause: str  # the Stripe object or event id that produced this observation
 
 
+# The stored charges and events the rules read: failed charges (payment failures), and events about
+# the customer, its subscriptions and discounts (invoice and charge events only repeat objects that
+# have streams of their own). The store hands the engine nothing else.
+BUNDLE_CHARGE_STATUSES = ("failed",)
+BUNDLE_EVENT_TYPE_PREFIX = "customer."
+
+
 @dataclass
 class CustomerBundle:
-    """Everything stored about one customer, as raw Stripe objects (latest version of each).
+    """What is stored about one customer that the rules read, as raw Stripe objects (latest version
+    of each).
 
-    `events` are the stored events whose object belongs to this customer (any age: the store keeps
-    them after Stripe's 30 days). `coupons`, `prices` and `products` are the whole account's, by id.
-    `snapshots` are this customer's earlier MRR observations, oldest first.
+    `charges` are its failed ones and `events` those whose type starts with `customer.` (see above),
+    any age: the store keeps events after Stripe's 30 days. `coupons`, `prices` and `products` are the
+    whole account's, by id. `snapshots` are this customer's earlier MRR observations, oldest first.
     """
 
     customer_id: str

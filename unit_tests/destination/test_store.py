@@ -160,6 +160,55 @@ def test_given_many_customers_then_each_bundle_holds_its_own_live_objects(
     assert store.load_bundle("cus_2").invoices == bundles["cus_2"].invoices
 
 
+def test_given_charges_and_events_then_a_bundle_holds_the_failed_charges_and_customer_events_only(
+    store: Store,
+) -> None:
+    charges = [
+        {"id": "ch_ok", "object": "charge", "customer": "cus_1", "status": "succeeded", "created": T0},
+        {"id": "ch_failed", "object": "charge", "customer": "cus_1", "status": "failed", "created": T0},
+        {"id": "ch_pending", "object": "charge", "customer": "cus_1", "status": "pending", "created": T0},
+    ]
+    store.upsert_records("charges", [{**charge, "updated": T0} for charge in charges])
+    kinds = ("customer.subscription.updated", "invoice.paid", "customer.deleted", "charge.failed")
+    events = [
+        {"id": f"evt_{n}", "object": "event", "type": kind, "created": T0 + n, "customer": "cus_1"}
+        for n, kind in enumerate(kinds)
+    ]
+    store.upsert_records("events", events)
+
+    bundle = store.load_bundle("cus_1")
+
+    assert [c["id"] for c in bundle.charges] == ["ch_failed"]
+    assert [e["type"] for e in bundle.events] == ["customer.subscription.updated", "customer.deleted"]
+    # Everything is still stored: the filter is only what the health rules are handed.
+    assert len(store.query(f"SELECT id FROM {table_for_stream('events')}")) == 4
+
+
+def test_given_a_store_from_before_the_type_column_then_ensure_schema_adds_and_fills_it(
+    store: Store,
+) -> None:
+    table = table_for_stream("events")
+    store.execute(
+        f"CREATE TABLE {table} (id TEXT PRIMARY KEY, updated BIGINT NOT NULL, deleted BIGINT NOT NULL"
+        " DEFAULT 0, customer_id TEXT, created BIGINT, status TEXT, data TEXT NOT NULL, generation_id BIGINT)"
+    )
+    for n, kind in enumerate(("customer.subscription.deleted", "invoice.created")):
+        event = {"id": f"evt_{n}", "object": "event", "type": kind, "created": T0 + n}
+        store.execute(
+            f"INSERT INTO {table} (id, updated, customer_id, created, data) VALUES (?, ?, ?, ?, ?)",
+            (event["id"], T0, "cus_1", T0 + n, orjson.dumps(event).decode()),
+        )
+
+    store.ensure_schema()
+    store.ensure_schema()  # a second start finds the column and leaves it be
+
+    assert [e["type"] for e in store.load_bundle("cus_1").events] == ["customer.subscription.deleted"]
+    assert store.query(f"SELECT type FROM {table} ORDER BY id") == [
+        {"type": "customer.subscription.deleted"},
+        {"type": "invoice.created"},
+    ]
+
+
 def test_given_evaluations_then_health_is_upserted_and_movements_replaced(store: Store) -> None:
     store.upsert_records("subscriptions", [subscription("sub_1", "cus_1", amount=1500)])
     engine = FakeEngine()

@@ -20,9 +20,17 @@ from airbyte_cdk.models import (
 
 from destination_perly.health.model import HealthConfig
 from destination_perly.ingest import Ingestor
+from destination_perly.input_reader import read_in_helper
 from destination_perly.store.base import Store, table_for_stream
 from destination_perly.store.sqlite import SqliteStore
-from destination_perly.writer import StreamPlan, Writer, WriterLimits, parse_input_lines, plans_from_catalog
+from destination_perly.writer import (
+    InputMessage,
+    StreamPlan,
+    Writer,
+    WriterLimits,
+    parse_input_lines,
+    plans_from_catalog,
+)
 from unit_tests.destination.builders import (
     AS_OF,
     T0,
@@ -451,7 +459,7 @@ def as_lines(messages: list[AirbyteMessage]) -> list[bytes]:
     return [orjson.dumps(AirbyteMessageSerializer.dump(m)) for m in messages]
 
 
-def test_given_stdin_lines_then_the_fast_parser_stores_and_acknowledges_like_the_cdk_models(
+def test_given_stdin_lines_then_the_fast_parser_and_the_reader_process_store_and_acknowledge_like_the_cdk(
     tmp_path: Path,
 ) -> None:
     messages = [
@@ -465,9 +473,16 @@ def test_given_stdin_lines_then_the_fast_parser_stores_and_acknowledges_like_the
         global_state(3),
     ]
     outputs = {}
-    for name, stream in (("cdk", messages), ("fast", list(parse_input_lines(as_lines(messages))))):
+    for name in ("cdk", "fast", "reader process"):
         opened = SqliteStore(tmp_path / f"{name}.db")
-        out = list(make_writer(opened).write(stream))
+        writer = make_writer(opened)
+        if name == "cdk":
+            stream: Iterable[InputMessage] = messages
+        elif name == "fast":
+            stream = parse_input_lines(as_lines(messages))
+        else:
+            stream = read_in_helper(as_lines(messages), writer.preparer)
+        out = list(writer.write(stream))
         outputs[name] = (
             [AirbyteMessageSerializer.dump(m) for m in out if m.type == Type.STATE],
             [m.log.message for m in out if m.type == Type.LOG and m.log.level == Level.ERROR],
@@ -477,6 +492,7 @@ def test_given_stdin_lines_then_the_fast_parser_stores_and_acknowledges_like_the
         )
         opened.close()
     assert outputs["fast"] == outputs["cdk"]
+    assert outputs["reader process"] == outputs["cdk"]
     states, errors, subscriptions, invoices, health = outputs["fast"]
     assert len(states) == 2
     assert len(errors) == 1
@@ -487,16 +503,15 @@ def test_given_stdin_lines_then_the_fast_parser_stores_and_acknowledges_like_the
     assert health == [{"customer_id": "cus_1", "mrr": 1200}]
 
 
-def test_given_a_line_that_is_not_json_then_it_is_skipped_without_echoing_it(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def test_given_a_line_that_is_not_json_then_it_is_skipped_without_echoing_it(store: SqliteStore) -> None:
     lines = [
         b'{"type": "RECORD", "record": {"stream": "customers", "data": {"id": "cus_1"}',
         b"oops sk_live_x",
     ]
-    with caplog.at_level("INFO", logger="airbyte"):
-        assert list(parse_input_lines(lines)) == []
-    assert "sk_live_x" not in caplog.text
-    assert "cus_1" not in caplog.text
+    output = list(make_writer(store).write(parse_input_lines(lines)))
+    logged = [m.log.message for m in output if m.type == Type.LOG and m.log.level == Level.INFO]
+    assert logged.count("ignoring an input line that is not an Airbyte message") == 2
+    assert not any("sk_live_x" in message or "cus_1" in message for message in logged)
+    assert ids(store, "customers") == []
     parsed = list(parse_input_lines([b'{"type": "LOG", "log": {"level": "INFO", "message": "hi"}}']))
     assert [m.type for m in parsed] == [Type.LOG]  # anything but a record goes through the CDK models

@@ -1,0 +1,149 @@
+"""Parsing and preparing the input in a helper process while the main process writes.
+
+A sync's time is split between turning stdin lines into rows (JSON parsing, re-serialising each
+object, finding its customers) and committing rows to the store, and one core does one at a time.
+`read_in_helper` forks a process that reads the lines, parses and prepares them and sends the results
+in order, in batches, through a pipe; the main process only buffers and commits. Acknowledgement does
+not change: the writer still sees every message in input order and echoes a state only after
+committing what it covers.
+
+A batch is sent at once when it holds anything but records (a state is never held back waiting for
+more input), else when full. A thread of the main process receives batches into a bounded queue, so
+the reader keeps going while a commit or checkpoint holds the writer, and blocks when the writer
+falls further behind: memory stays bounded. If the reader fails or dies, the writer raises: nothing
+after the failure is written or acknowledged.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import multiprocessing
+import os
+import pickle
+import queue
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from multiprocessing.connection import Connection
+from typing import Any
+
+from destination_perly.store.base import Row
+from destination_perly.writer import InputMessage, PreparedRecord, RawRecord, Skipped, parse_input_lines
+
+BATCH_ITEMS = 500
+BATCH_BYTES = 256 * 1024
+# The most a pipe may hold without privileges on Linux (the default, 64 KB, stalled the reader).
+PIPE_BYTES = 1024 * 1024
+# Batches received and not yet written: about 8 MB at most.
+QUEUED_BATCHES = 32
+# How long the reader may take to exit after sending its last batch before it is killed.
+EXIT_TIMEOUT_SECONDS = 10.0
+
+Prepare = Callable[[str, object], PreparedRecord | Skipped]
+
+
+class InputReaderError(RuntimeError):
+    """The input reader process failed; nothing after its failure was written."""
+
+
+def can_read_in_helper() -> bool:
+    """A second core to run on, and fork to start the process with (it shares our state)."""
+    return (os.cpu_count() or 1) > 1 and "fork" in multiprocessing.get_all_start_methods()
+
+
+def _reader_loop(conn: Connection, lines: Iterable[str | bytes], prepare: Prepare) -> None:
+    """The reader process: lines -> batches of prepared records and other messages, then None."""
+    batch: list[Any] = []
+    size = 0
+    try:
+        for message in parse_input_lines(lines):
+            if isinstance(message, RawRecord):
+                message = prepare(message.stream, message.data)
+            if isinstance(message, PreparedRecord):
+                # Sent as plain tuples: pickling named tuples cost four times as much.
+                batch.append((message.stream, tuple(message.row), message.customer_ids))
+                size += len(message.row.data)
+                if len(batch) < BATCH_ITEMS and size < BATCH_BYTES:
+                    continue
+            else:
+                batch.append(message)
+            conn.send(batch)
+            batch, size = [], 0
+        conn.send(batch)
+        conn.send(None)  # the end of the input
+    except BaseException:
+        try:
+            conn.send(traceback.format_exc())
+        except OSError:  # the writer has stopped listening
+            pass
+    finally:
+        conn.close()
+
+
+def _receive(conn: Connection, received: queue.Queue[bytes | None]) -> None:
+    """The main process's receiving thread (reads release the lock the writer's thread needs)."""
+    try:
+        while True:
+            received.put(conn.recv_bytes())
+    except (EOFError, OSError):
+        received.put(None)
+
+
+def read_in_helper(lines: Iterable[str | bytes], prepare: Prepare) -> Iterator[InputMessage]:
+    """The messages `parse_input_lines` would give, records already prepared, read by a forked
+    process. From the call on, only that process may read `lines`."""
+    # Anything buffered for stdout must go out once, from here, not again from the child.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    try:
+        fcntl.fcntl(sender.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:  # a lower system limit: the default size works, only slower
+        pass
+    process = context.Process(target=_reader_loop, args=(sender, lines, prepare), daemon=True)
+    # The child's collector must not walk (and so copy, page by page) the heap it shares with us.
+    gc.freeze()
+    try:
+        process.start()
+    finally:
+        gc.unfreeze()
+    sender.close()
+    received: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUED_BATCHES)
+    receiving = threading.Thread(target=_receive, args=(receiver, received), daemon=True)
+    receiving.start()
+    finished = False
+    try:
+        while True:
+            raw = received.get()
+            if raw is None:
+                process.join(timeout=EXIT_TIMEOUT_SECONDS)
+                raise InputReaderError(
+                    f"the input reader process stopped unexpectedly (exit code {process.exitcode})"
+                )
+            batch = pickle.loads(raw)  # noqa: S301 - sent by our own forked process
+            if batch is None:
+                finished = True
+                return
+            if isinstance(batch, str):
+                raise InputReaderError(f"reading the input failed:\n{batch}")
+            for item in batch:
+                if type(item) is tuple:  # a prepared record, as sent
+                    stream, row, ids = item
+                    yield PreparedRecord(stream, Row._make(row), ids)
+                else:
+                    yield item
+    finally:
+        if finished:
+            process.join(timeout=EXIT_TIMEOUT_SECONDS)
+        if process.is_alive():  # stuck, or the writer stopped early (an error): the rest is not needed
+            process.kill()
+            process.join()
+        while receiving.is_alive():  # let the thread see the end of the pipe and stop
+            try:
+                received.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        receiver.close()
