@@ -104,12 +104,15 @@ def read_in_helper(lines: Iterable[str | bytes], prepare: Prepare) -> Iterator[I
     except OSError:  # a lower system limit: the default size works, only slower
         pass
     process = context.Process(target=_reader_loop, args=(sender, lines, prepare), daemon=True)
+    # multiprocessing closes sys.stdin in a new process, and `lines` is usually stdin itself.
+    stdin, sys.stdin = sys.stdin, None
     # The child's collector must not walk (and so copy, page by page) the heap it shares with us.
     gc.freeze()
     try:
         process.start()
     finally:
         gc.unfreeze()
+        sys.stdin = stdin
     sender.close()
     received: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUED_BATCHES)
     receiving = threading.Thread(target=_receive, args=(receiver, received), daemon=True)

@@ -290,7 +290,9 @@ def run_sync(
                         progress(result, now - started)
                         last = now
             except BrokenPipeError:
-                pass  # the destination died; its exit code and messages tell why
+                # The destination died (its exit code and messages tell why): the source would
+                # block on a full pipe forever.
+                source.kill()
             finally:
                 try:
                     dst_in.close()
@@ -315,14 +317,15 @@ def run_sync(
     result.state = ledger.messages()
     if killed.is_set():
         raise SyncFailed(f"pipeline killed after {result.total} records (as asked)")
-    if source_code != 0:
-        stderr = (workdir / "source.stderr").read_text(errors="replace")
-        raise SyncFailed(f"source exited with {source_code}: {_errors(''.join(source_errors) + stderr)}")
+    # The destination first: when it dies, the source is stopped, and its exit says nothing.
     if destination_code != 0:
         stderr = (workdir / "destination.stderr").read_text(errors="replace")
         raise SyncFailed(
             f"destination exited with {destination_code}: {_errors(''.join(destination_errors) + stderr)}"
         )
+    if source_code != 0:
+        stderr = (workdir / "source.stderr").read_text(errors="replace")
+        raise SyncFailed(f"source exited with {source_code}: {_errors(''.join(source_errors) + stderr)}")
     if progress:
         progress(result, result.seconds)
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,24 @@ def test_given_many_records_then_batches_arrive_whole_and_in_order(tmp_path: Pat
     assert [m.state.stream.stream_state.updated for m in states_of(output)] == [count]  # type: ignore[union-attr]
     assert ids(store, "customers") == [f"cus_{n:05}" for n in range(count)]
     assert no_reader_left()
+
+
+def test_given_stdin_itself_then_the_reader_process_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    piped = tmp_path / "stdin.jsonl"
+    piped.write_bytes(
+        b"\n".join([line(record("customers", customer("cus_1"))), line(stream_state("customers", 1))])
+    )
+    store = SqliteStore(tmp_path / "perly.db")
+    writer = make_writer(store)
+
+    with piped.open() as stdin:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        output = list(writer.write(read_in_helper(sys.stdin.buffer, writer.preparer)))
+
+    assert len(states_of(output)) == 1
+    assert ids(store, "customers") == ["cus_1"]
 
 
 def test_given_the_input_fails_mid_way_then_the_error_names_it_and_only_committed_states_are_acknowledged(
