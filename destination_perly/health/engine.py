@@ -23,10 +23,10 @@ from destination_perly.health.model import (
 from destination_perly.health.mrr import (
     Catalog,
     ItemAmount,
+    SubscriptionAmounts,
     active_discounts,
     coupon_ids,
     known_discounts,
-    subscription_amount,
     subscription_discounts,
 )
 from destination_perly.health.payments import payment_facts, payment_risk
@@ -147,6 +147,7 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
     )
     invoices = _live(bundle.invoices, "invoices", problems)
     charges = _live(bundle.charges, "charges", problems)
+    amount_of = SubscriptionAmounts(customer, catalog)
 
     # MRR now.
     mrr_by_currency: dict[str, int] = {}
@@ -154,7 +155,7 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
     for sub in subscriptions:
         if not counts_now(sub, invoices, policy, as_of):
             continue
-        amount = subscription_amount(sub, customer, catalog, as_of)
+        amount = amount_of(sub, as_of)
         problems.extend(amount.problems)  # each names the item or discount it is about
         if amount.currency is None:
             problems.append(f"{sub.get('id')}: no currency, left out of MRR")
@@ -175,6 +176,7 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
         as_of,
         mrr_by_currency,
         charges,
+        amount_of,
     )
     window_start = as_of - timedelta(days=policy.mrr_contraction_window_days)
     currency = (
@@ -191,7 +193,7 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
     if not candidates:
         for sub in subscriptions:
             if sub.get("status") == "trialing" and not is_ended(sub, as_of):
-                candidates.extend(subscription_amount(sub, customer, catalog, as_of).items)
+                candidates.extend(amount_of(sub, as_of).items)
     if candidates:
         plan_item = sorted(candidates, key=lambda item: (-item.gross, item.price_id or ""))[0]
     plan_tier = tier_of(plan_item, config.tier_rules, catalog).name if plan_item else None

@@ -28,7 +28,7 @@ from typing import Any
 
 from destination_perly.health.counting import counted_at, ended_at, in_trial, is_delinquent
 from destination_perly.health.model import HealthConfig, MrrMovement, MrrSnapshot, PlanChange
-from destination_perly.health.mrr import Catalog, ItemAmount, SubscriptionAmount, subscription_amount
+from destination_perly.health.mrr import Catalog, ItemAmount, SubscriptionAmounts
 from destination_perly.health.payments import aging_reference, invoice_subscription_id
 from destination_perly.health.tiers import Tier, tier_of
 from destination_perly.health.values import StripeObject, as_dict, as_list, ref_id, text, to_time
@@ -424,9 +424,11 @@ def build_history(
     as_of: datetime,
     mrr_now: dict[str, int],
     charges: list[StripeObject] | None = None,
+    amount_of: SubscriptionAmounts | None = None,
 ) -> History:
     """The customer's MRR timeline, movements and plan changes up to `as_of` (see the module doc)."""
     policy = config.policy
+    amount_of = amount_of or SubscriptionAmounts(customer, catalog)
     by_sub_events = _subscription_events(events, as_of)
     current_by_id = {str(sub.get("id")): sub for sub in subscriptions}
     all_versions: dict[str, list[Version]] = {}
@@ -447,7 +449,6 @@ def build_history(
                 )
     times = sorted(moment for moment in moments if moment < as_of)
 
-    amounts: dict[tuple[int, tuple[bool, ...]], SubscriptionAmount] = {}
     since_always = datetime.min.replace(tzinfo=as_of.tzinfo)
     starts = {
         sub_id: [version.start or since_always for version in versions]
@@ -464,7 +465,7 @@ def build_history(
         counting = counted_at(state, invoices, policy, at)
         end = ended_at(state)
         trialing = not counting and (state.get("status") == "trialing" or in_trial(state, at))
-        amount = _amount(state, at) if counting or trialing else None
+        amount = amount_of(state, at) if counting or trialing else None
         plan = (
             max(amount.items, key=lambda item: (item.gross, item.price_id or ""), default=None)
             if amount
@@ -480,13 +481,6 @@ def build_history(
             state=state,
             cause=version.cause,
         )
-
-    def _amount(state: StripeObject, at: datetime) -> SubscriptionAmount:
-        # Cache per version and per which of its discounts are active: MRR depends on nothing else.
-        key = (id(state), _discount_key(state, customer, at, catalog))
-        if key not in amounts:
-            amounts[key] = subscription_amount(state, customer, catalog, at)
-        return amounts[key]
 
     history = History()
     previous_points: dict[str, _Point] = {}
@@ -518,25 +512,6 @@ def build_history(
     conversions = [change.at for change in history.plan_changes if change.kind == "trial_conversion"]
     history.trial_converted_at = max(conversions, default=None)
     return history
-
-
-def _discount_key(
-    state: StripeObject, customer: StripeObject | None, at: datetime, catalog: Catalog
-) -> tuple[bool, ...]:
-    discounts = as_list(state.get("discounts")) + [
-        discount
-        for item in as_list(state.get("items"))
-        for discount in as_list(as_dict(item).get("discounts"))
-    ]
-    if customer is not None:
-        discounts.append(customer.get("discount"))
-    key = []
-    for raw in discounts:
-        discount = as_dict(catalog.discounts.get(raw) if isinstance(raw, str) else raw)
-        start = to_time(discount.get("start"))
-        end = to_time(discount.get("end"))
-        key.append((start is None or start <= at) and (end is None or at < end))
-    return tuple(key)
 
 
 def _sum(points: Any) -> dict[str, int]:

@@ -16,6 +16,8 @@ from datetime import datetime
 from fractions import Fraction
 from typing import Any
 
+import orjson
+
 from destination_perly.health.values import (
     StripeObject,
     as_dict,
@@ -375,3 +377,47 @@ def subscription_amount(
         items=tuple(items),
         problems=tuple(problems),
     )
+
+
+# The fields `subscription_amount` reads, of a subscription and of its items; the customer and the
+# time only matter through which discounts are active.
+AMOUNT_FIELDS = ("discounts", "currency", "default_tax_rates")
+ITEM_AMOUNT_FIELDS = ("id", "price", "plan", "quantity", "discounts", "tax_rates")
+
+
+class SubscriptionAmounts:
+    """`subscription_amount` for one customer, remembered: the versions of a subscription that the
+    history rebuilds mostly differ in fields MRR never reads, and the current one is asked for
+    both now and in the history."""
+
+    def __init__(self, customer: StripeObject | None, catalog: Catalog) -> None:
+        self.customer = customer
+        self.catalog = catalog
+        self._known: dict[tuple[bytes, tuple[bool, ...]], SubscriptionAmount] = {}
+
+    def __call__(self, subscription: StripeObject, at: datetime) -> SubscriptionAmount:
+        items = [
+            [item.get(name) for name in ITEM_AMOUNT_FIELDS] if isinstance(item, dict) else item
+            for item in as_list(subscription.get("items"))
+        ]
+        key = (
+            orjson.dumps([items, *(subscription.get(name) for name in AMOUNT_FIELDS)]),
+            self._active_discounts(subscription, at),
+        )
+        found = self._known.get(key)
+        if found is None:
+            found = self._known[key] = subscription_amount(subscription, self.customer, self.catalog, at)
+        return found
+
+    def _active_discounts(self, subscription: StripeObject, at: datetime) -> tuple[bool, ...]:
+        discounts = as_list(subscription.get("discounts")) + [
+            discount
+            for item in as_list(subscription.get("items"))
+            for discount in as_list(as_dict(item).get("discounts"))
+        ]
+        if self.customer is not None:
+            discounts.append(self.customer.get("discount"))
+        return tuple(
+            discount_active(self.catalog.discounts.get(raw) if isinstance(raw, str) else raw, at)
+            for raw in discounts
+        )
