@@ -2,13 +2,14 @@
 
     python benchmarks/bench_destination.py [--customers 2000] [--scales 1,10] [--postgres-dsn DSN]
 
-Each scale runs in its own process (so peak RSS is that run's): the book's records are serialised
-as Airbyte RECORD lines (a STATE line every 500 records of a stream, as a source pages) into a file
-first (not timed), which is then read as stdin is: by the destination's own input path
+For each scale, one process builds the book and serialises its records as Airbyte RECORD lines (a
+STATE line every 500 records of a stream, as a source pages) into a file; then another process, which
+never holds the book (so its peak RSS is the destination's), reads that file as stdin is read: by the
+destination's own input path
 (`--parser destination`: parsed in its input reader process when there is a second core;
 `--parser inline` parses in the writer's process, `--parser cdk` uses the CDK's model path), written
 by `DestinationPerly.write` into a fresh SQLite file, and health is recomputed for every customer at
-the end (the real engine). Scale N replays the book N times with ids suffixed, so the store really
+the end (the real engine). Scale N replays the book N times with ids marked by copy, so the store really
 holds N times the objects and customers. Prints records/s (wall and per CPU second: it counts the
 main process and its helper processes, whose share is shown apart) and peak memory; the target is
 >= 20,000 records/s with memory flat in N.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import resource
 import subprocess
@@ -48,20 +50,29 @@ def load_book(customers: int) -> tuple[int, dict[str, list[dict[str, Any]]]]:
     return emulator.now, {s: emulator.objects(s, variant=EXPANDED.get(s, "")) for s in STREAMS}
 
 
-def suffixed(obj: dict[str, Any], copy: int) -> dict[str, Any]:
+def copied_id(object_id: str, copy: int) -> str:
+    """A new id of the same kind, as random as Stripe's: the copies of one customer are neither
+    neighbours in id order (each refresh chunk holds as varied a mix at scale N as at scale 1) nor
+    grouped (writes land all over the tables, as a real account's do)."""
+    head, _, _ = object_id.partition("_")
+    digest = hashlib.blake2b(f"{object_id}:{copy}".encode(), digest_size=9).hexdigest()
+    return f"{head}_{digest}"
+
+
+def copied(obj: dict[str, Any], copy: int) -> dict[str, Any]:
     """The object as if it belonged to another customer of the same account (copy 0 is unchanged)."""
     if copy == 0:
         return obj
     out = dict(obj)
-    out["id"] = f"{obj['id']}_{copy}"
+    out["id"] = copied_id(str(obj["id"]), copy)
     if isinstance(obj.get("customer"), str):
-        out["customer"] = f"{obj['customer']}_{copy}"
+        out["customer"] = copied_id(obj["customer"], copy)
     data = obj.get("data")
     if obj.get("object") == "event" and isinstance(data, dict) and isinstance(data.get("object"), dict):
         inner = dict(data["object"])
-        inner["id"] = f"{inner.get('id')}_{copy}"
+        inner["id"] = copied_id(str(inner.get("id")), copy)
         if isinstance(inner.get("customer"), str):
-            inner["customer"] = f"{inner['customer']}_{copy}"
+            inner["customer"] = copied_id(inner["customer"], copy)
         out["data"] = {**data, "object": inner}
     return out
 
@@ -73,7 +84,7 @@ def lines(now: int, book: dict[str, list[dict[str, Any]]], scale: int) -> Iterat
             if copy and stream in PER_ACCOUNT:
                 continue
             for n, obj in enumerate(book[stream], start=1):
-                data = suffixed(obj, copy)
+                data = copied(obj, copy)
                 data["updated"] = data.get("created", now) if stream == "events" else now
                 yield orjson.dumps(
                     {"type": "RECORD", "record": {"stream": stream, "data": data, "emitted_at": 0}}
@@ -131,14 +142,29 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def make_input(customers: int, scale: int, input_path: Path) -> dict[str, Any]:
+    """Writes the input file; returns what the measuring process needs to know about it."""
+    now, book = load_book(customers)
+    records = 0
+    with input_path.open("wb") as input_file:
+        for line in lines(now, book, scale):
+            records += line.startswith(b'{"type":"RECORD"')
+            input_file.write(line + b"\n")
+    return {"now": now, "records": records, "json_parse_mb_per_s": json_speed(book)}
+
+
 def run_one(
-    customers: int, scale: int, trace: bool, postgres_dsn: str | None = None, parser: str = "destination"
+    made: dict[str, Any],
+    input_path: Path,
+    trace: bool,
+    postgres_dsn: str | None = None,
+    parser: str = "destination",
 ) -> dict[str, Any]:
     from airbyte_cdk.models import AirbyteMessageSerializer, Type
 
     from destination_perly.destination import DestinationPerly
 
-    now, book = load_book(customers)
+    now, records = made["now"], made["records"]
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     destination = DestinationPerly(input_reader=parser == "destination")
 
@@ -148,12 +174,6 @@ def run_one(
         return destination._parse_input_stream(input_file)  # lines, as stdin gives
 
     with tempfile.TemporaryDirectory() as tmp:
-        input_path = Path(tmp) / "input.jsonl"
-        records = 0
-        with input_path.open("wb") as input_file:
-            for line in lines(now, book, scale):
-                records += line.startswith(b'{"type":"RECORD"')
-                input_file.write(line + b"\n")
         input_mb = input_path.stat().st_size / 1e6
         config = {"store": store_config(tmp, postgres_dsn), "as_of": now}
         if trace:
@@ -178,7 +198,6 @@ def run_one(
         else:
             db_mb = Path(f"{tmp}/perly.db").stat().st_size / 1e6
     return {
-        "scale": scale,
         "records": records,
         "states": states,
         "seconds": round(elapsed, 2),
@@ -190,13 +209,18 @@ def run_one(
         "health_seconds": round(stats.refresh_seconds, 2),
         "customers_recomputed": stats.refreshed,
         "write_only_records_per_s": round(records / (elapsed - stats.refresh_seconds)),
-        "json_parse_mb_per_s": json_speed(book),
+        "json_parse_mb_per_s": made["json_parse_mb_per_s"],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "rss_before_write_mb": round(baseline_rss / 1024, 1),
         "helper_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
         "traced_peak_mb": round(traced_peak / 1e6, 1) if traced_peak is not None else None,
         "db_mb": round(db_mb, 1),
     }
+
+
+def last_json_line(command: list[str]) -> dict[str, Any]:
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def main() -> None:
@@ -206,10 +230,16 @@ def main() -> None:
     parser.add_argument("--tracemalloc", action="store_true", help="also report Python heap peak (slower)")
     parser.add_argument("--postgres-dsn", help="write to this PostgreSQL server instead of SQLite")
     parser.add_argument("--parser", choices=("destination", "inline", "cdk"), default="destination")
-    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--make-input", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--scale", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--made", type=json.loads, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one is not None:
-        result = run_one(args.customers, args.one, args.tracemalloc, args.postgres_dsn, args.parser)
+    if args.make_input is not None:
+        print(json.dumps(make_input(args.customers, args.scale, args.make_input)))
+        return
+    if args.measure is not None:
+        result = run_one(args.made, args.measure, args.tracemalloc, args.postgres_dsn, args.parser)
         print(json.dumps(result))
         return
     backend = "PostgreSQL" if args.postgres_dsn else "SQLite"
@@ -232,16 +262,21 @@ def main() -> None:
     )
     print(" ".join(f"{h:>{max(len(h), 8)}}" for h in header))
     for scale in (int(s) for s in args.scales.split(",")):
-        command = [sys.executable, __file__, "--customers", str(args.customers), "--one", str(scale)]
-        command += ["--parser", args.parser]
-        if args.tracemalloc:
-            command.append("--tracemalloc")
-        if args.postgres_dsn:
-            command += ["--postgres-dsn", args.postgres_dsn]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
-        r = json.loads(done.stdout.strip().splitlines()[-1])
+        with tempfile.TemporaryDirectory() as tmp:
+            input_path = Path(tmp) / "input.jsonl"
+            made = last_json_line(
+                [sys.executable, __file__, "--customers", str(args.customers), "--scale", str(scale)]
+                + ["--make-input", str(input_path)]
+            )
+            command = [sys.executable, __file__, "--measure", str(input_path), "--made", json.dumps(made)]
+            command += ["--parser", args.parser]
+            if args.tracemalloc:
+                command.append("--tracemalloc")
+            if args.postgres_dsn:
+                command += ["--postgres-dsn", args.postgres_dsn]
+            r = last_json_line(command)
         values = (
-            r["scale"],
+            scale,
             r["records"],
             r["seconds"],
             r["records_per_s"],

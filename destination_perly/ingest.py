@@ -30,6 +30,8 @@ Evaluate = Callable[[CustomerBundle, HealthConfig, datetime], CustomerEvaluation
 # Customers evaluated per transaction: bounds the parsed objects held at once, and how long one
 # refresh holds SQLite's write lock (a webhook write waits at most about one chunk).
 REFRESH_CHUNK = 200
+# Dirty customers read from the ledger at once by `refresh_pending` (each page is one `refresh`).
+REFRESH_PAGE = 10_000
 # A refresh of at least this many customers evaluates half of each chunk in a helper process (the
 # second core), when the Ingestor is allowed one and the store can open another connection.
 HELPER_MIN_CUSTOMERS = 400
@@ -224,12 +226,20 @@ class Ingestor:
             self.store.upsert_rows(stream, rows, stage)
             self.store.mark_dirty(touched)
 
-    def time_sensitive_customers(self, as_of: datetime) -> set[str]:
-        return self.store.time_sensitive_customers(as_of, self.config.policy.uncollectible_window_days)
-
-    def refresh_pending(self, as_of: datetime) -> RefreshResult:
-        """Recomputes every dirty customer and every customer whose health can change with the clock."""
-        return self.refresh(self.store.dirty_customers() | self.time_sensitive_customers(as_of), as_of)
+    def refresh_pending(self, as_of: datetime, include_time_sensitive: bool = True) -> RefreshResult:
+        """Recomputes every dirty customer, after marking dirty every customer whose health can change
+        with the clock (unless told not to). Reads the ledger a page at a time, so memory does not
+        grow with the account; a customer that fails stays dirty for the next round."""
+        if include_time_sensitive:
+            self.store.mark_time_sensitive(as_of, self.config.policy.uncollectible_window_days)
+        result = RefreshResult()
+        after = ""
+        while page := self.store.dirty_page(after, REFRESH_PAGE):
+            done = self.refresh(page, as_of)
+            result.refreshed += done.refreshed
+            result.failed.extend(done.failed)
+            after = page[-1]
+        return result
 
     def refresh(self, customer_ids: Iterable[str], as_of: datetime) -> RefreshResult:
         """Recomputes and stores health, movements, plan changes and a snapshot when MRR changed.

@@ -303,19 +303,14 @@ class Writer:
 
     def _complete_staged(self, plan: StreamPlan) -> None:
         self._flush(plan.name)
-        with self.store.transaction():
-            affected = self.store.swap_stage(plan.name)
-            self.store.mark_dirty(affected)
+        self.store.swap_stage(plan.name)
         self.completed.add(plan.name)
 
     # --- health -------------------------------------------------------------------------------
     def _refresh(self, include_time_sensitive: bool) -> None:
         started = self.monotonic()
         as_of = self.as_of()
-        if include_time_sensitive:
-            result = self.ingestor.refresh_pending(as_of)
-        else:
-            result = self.ingestor.refresh(self.store.dirty_customers(), as_of)
+        result = self.ingestor.refresh_pending(as_of, include_time_sensitive)
         self.stats.refreshed += result.refreshed
         self.stats.refresh_failures += len(result.failed)
         self.last_refresh = self.monotonic()

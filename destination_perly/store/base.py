@@ -434,36 +434,18 @@ class Store(ABC):
             if generation_id is None or other[0]["n"]:
                 self._execute(f"DELETE FROM {table}")
 
-    def swap_stage(self, stream: str) -> set[str]:
+    def swap_stage(self, stream: str) -> None:
         """Replaces the live table with the stage in one transaction (the live table is never seen
-        empty); returns every customer on either side, whose health may have changed."""
+        empty), and marks dirty every customer on either side: their health may have changed."""
         live = self.ensure_stream_table(stream)
         stage = self.ensure_stream_table(stream, stage=True)
         with self.transaction():
-            rows = self._fetch(
-                f"SELECT customer_id FROM {live} WHERE customer_id IS NOT NULL"
-                f" UNION SELECT customer_id FROM {stage} WHERE customer_id IS NOT NULL"
-            )
+            for table in (live, stage):
+                self._mark_dirty_from(f"SELECT customer_id FROM {table} WHERE customer_id IS NOT NULL")
             self._execute(f"DELETE FROM {live}")
             columns = ", ".join(ROW_COLUMNS)
             self._execute(f"INSERT INTO {live} ({columns}) SELECT {columns} FROM {stage}")
             self._execute(f"DELETE FROM {stage}")
-        return {str(r["customer_id"]) for r in rows}
-
-    def discard_older_generations(self, stream: str, minimum_generation_id: int) -> set[str]:
-        """Drops rows from generations before `minimum_generation_id` (the end of a refresh)."""
-        table = self.ensure_stream_table(stream)
-        with self.transaction():
-            rows = self._fetch(
-                f"SELECT DISTINCT customer_id FROM {table} WHERE customer_id IS NOT NULL"
-                " AND (generation_id IS NULL OR generation_id < ?)",
-                (minimum_generation_id,),
-            )
-            self._execute(
-                f"DELETE FROM {table} WHERE generation_id IS NULL OR generation_id < ?",
-                (minimum_generation_id,),
-            )
-        return {str(r["customer_id"]) for r in rows}
 
     # --- customers to recompute ---------------------------------------------------------------
     def mark_dirty(self, customer_ids: Iterable[str]) -> None:
@@ -477,8 +459,23 @@ class Store(ABC):
                     [(c,) for c in ids],
                 )
 
+    def _mark_dirty_from(self, select_customer_ids: str, params: Sequence[Any] = ()) -> None:
+        """`mark_dirty` for the customer ids a query selects, without bringing them into memory
+        (the query must have a WHERE clause: SQLite needs one before ON CONFLICT)."""
+        self._execute(
+            f"INSERT INTO {DIRTY_TABLE} (customer_id, mark) SELECT DISTINCT found.customer_id, 1"
+            f" FROM ({select_customer_ids}) AS found WHERE found.customer_id IS NOT NULL"
+            f" ON CONFLICT (customer_id) DO UPDATE SET mark = {DIRTY_TABLE}.mark + 1",
+            params,
+        )
+
     def dirty_customers(self) -> set[str]:
         return {str(r["customer_id"]) for r in self._fetch(f"SELECT customer_id FROM {DIRTY_TABLE}")}
+
+    def dirty_page(self, after: str, limit: int) -> list[str]:
+        """Up to `limit` dirty customers, in id order, after `after` (pages keep memory flat)."""
+        sql = f"SELECT customer_id FROM {DIRTY_TABLE} WHERE customer_id > ? ORDER BY customer_id LIMIT ?"
+        return [str(row[0]) for row in self._fetch_tuples(sql, (after, limit))]
 
     def dirty_marks(self, customer_ids: Sequence[str]) -> dict[str, int]:
         """The current mark of each of these customers that is dirty."""
@@ -497,11 +494,10 @@ class Store(ABC):
                     f"DELETE FROM {DIRTY_TABLE} WHERE customer_id = ? AND mark = ?", sorted(seen.items())
                 )
 
-    def time_sensitive_customers(self, as_of: datetime, lookback_days: int = 90) -> set[str]:
-        """Customers whose health can change with the clock alone: open invoices, trials, past-due or
-        unpaid subscriptions, failed charges still inside a window, and any raised flag or risk that
-        may expire."""
-        found: set[str] = set()
+    def mark_time_sensitive(self, as_of: datetime, lookback_days: int = 90) -> None:
+        """Marks dirty the customers whose health can change with the clock alone: open invoices,
+        trials, past-due or unpaid subscriptions, failed charges still inside a window, and any raised
+        flag or risk that may expire."""
         tables = self.tables()
         queries: list[tuple[str, tuple[Any, ...]]] = []
         invoices, subscriptions, charges = (
@@ -509,13 +505,12 @@ class Store(ABC):
         )
         if invoices in tables:
             queries.append(
-                (f"SELECT DISTINCT customer_id FROM {invoices} WHERE deleted = 0 AND status = ?", ("open",))
+                (f"SELECT customer_id FROM {invoices} WHERE deleted = 0 AND status = ?", ("open",))
             )
         if subscriptions in tables:
             queries.append(
                 (
-                    f"SELECT DISTINCT customer_id FROM {subscriptions}"
-                    " WHERE deleted = 0 AND status IN (?, ?, ?)",
+                    f"SELECT customer_id FROM {subscriptions} WHERE deleted = 0 AND status IN (?, ?, ?)",
                     ("trialing", "past_due", "unpaid"),
                 )
             )
@@ -523,8 +518,7 @@ class Store(ABC):
             since = int(as_of.timestamp()) - lookback_days * 86400
             queries.append(
                 (
-                    f"SELECT DISTINCT customer_id FROM {charges}"
-                    " WHERE deleted = 0 AND status = ? AND created >= ?",
+                    f"SELECT customer_id FROM {charges} WHERE deleted = 0 AND status = ? AND created >= ?",
                     ("failed", since),
                 )
             )
@@ -536,9 +530,9 @@ class Store(ABC):
                 ("none",),
             )
         )
-        for sql, params in queries:
-            found.update(str(r["customer_id"]) for r in self._fetch(sql, params) if r["customer_id"])
-        return found
+        with self.transaction():
+            for sql, params in queries:
+                self._mark_dirty_from(sql, params)
 
     # --- bundles for the health engine --------------------------------------------------------
     def load_bundle(self, customer_id: str) -> CustomerBundle:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from destination_perly import ingest
 from destination_perly.health.model import CustomerBundle, CustomerEvaluation, HealthConfig
 from destination_perly.ingest import Ingestor
 from destination_perly.store.base import Store, table_for_stream
@@ -30,6 +31,22 @@ def test_upsert_returns_the_customers_touched_and_marks_them_pending(store: Stor
     assert ingestor.upsert("prices", [{"id": "price_1", "updated": T0}]) == set()
     assert store.dirty_customers() == {"cus_evt", "cus_1"}
     assert store.query("SELECT customer_id FROM stripe_events") == [{"customer_id": "cus_evt"}]
+
+
+def test_refresh_pending_reads_the_ledger_in_pages_and_a_failing_customer_stays_for_the_next_round(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest, "REFRESH_PAGE", 3)
+    engine = FakeEngine()
+    engine.fail_for = {"cus_4"}
+    ingestor = Ingestor(store, HealthConfig(), evaluate=engine)
+    ingestor.upsert("customers", [customer(f"cus_{n}") for n in range(8)])
+
+    result = ingestor.refresh_pending(AS_OF, include_time_sensitive=False)
+
+    assert [c for c, _ in engine.calls] == [f"cus_{n}" for n in range(8)]  # each once, in id order
+    assert (result.refreshed, result.failed) == (7, ["cus_4"])
+    assert store.dirty_customers() == {"cus_4"}
 
 
 def test_refresh_pending_covers_dirty_and_time_sensitive_customers_then_clears_them(store: Store) -> None:

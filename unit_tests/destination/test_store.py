@@ -235,7 +235,7 @@ def test_given_snapshots_then_bundles_list_them_oldest_first(store: Store) -> No
     assert [s.cause for s in store.load_bundle("cus_1").snapshots] == ["evt_1", "evt_2"]
 
 
-def test_given_open_invoices_trials_and_failures_then_those_are_time_sensitive(
+def test_given_open_invoices_trials_and_failures_then_those_are_marked_time_sensitive(
     store: Store,
 ) -> None:
     now = int(AS_OF.timestamp())
@@ -265,7 +265,9 @@ def test_given_open_invoices_trials_and_failures_then_those_are_time_sensitive(
             },
         ],
     )
-    assert store.time_sensitive_customers(AS_OF) == {"cus_open", "cus_trial", "cus_failed"}
+    store.mark_dirty(["cus_failed"])  # already dirty: marked again, not duplicated
+    store.mark_time_sensitive(AS_OF)
+    assert store.dirty_customers() == {"cus_open", "cus_trial", "cus_failed"}
 
 
 def test_given_the_dirty_ledger_then_marks_survive_until_cleared(store_factory: StoreFactory) -> None:
