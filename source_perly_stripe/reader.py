@@ -290,11 +290,13 @@ class SyncReader:
             data = page.get("data") or []
             if data:
                 observed = int(self._client.server_now())
+                # An object deleted since it was listed (e.g. a draft invoice) is left out: its
+                # deletion reaches the store as an event, or by its absence from the next full read.
+                kept = data if expand is None else [obj for obj in data if self._complete(key, expand, obj)]
                 if expand is not None:
-                    for obj in data:
-                        self._complete(key, expand, obj)
+                    for obj in kept:
                         obj["updated"] = observed
-                self._out.put(("page", key, data))
+                self._out.put(("page", key, kept))
             if not data or not page.get("has_more"):
                 break
             newest, last_created = int(data[0]["created"]), int(data[-1]["created"])
@@ -314,8 +316,9 @@ class SyncReader:
             cursor = str(data[-1]["id"])
         self._out.put(("window_done", key, (low, top)))
 
-    def _complete(self, key: str, stream: StreamDef, obj: dict[str, Any]) -> None:
-        """Make embedded lists whole: every subscription item, every invoice line."""
+    def _complete(self, key: str, stream: StreamDef, obj: dict[str, Any]) -> bool:
+        """Make embedded lists whole: every subscription item, every invoice line. False when the
+        object no longer exists."""
         if stream.name == "subscriptions":
             sub_path, sub_params = "/v1/subscription_items", [("subscription", obj["id"])]
             holder = "items"
@@ -323,17 +326,24 @@ class SyncReader:
             sub_path, sub_params = f"/v1/invoices/{obj['id']}/lines", []
             holder = "lines"
         else:
-            return
+            return True
         embedded = obj.get(holder)
         if not isinstance(embedded, dict) or not embedded.get("has_more"):
-            return
+            return True
         items: list[dict[str, Any]] = []
         cursor: str | None = None
         while True:
             params: list[tuple[str, str | int]] = [*sub_params, ("limit", PAGE_SIZE)]
             if cursor:
                 params.append(("starting_after", cursor))
-            page = self._get(key, sub_path, params)
+            try:
+                page = self._get(key, sub_path, params)
+            except StripeNotFoundError:
+                if cursor is None:
+                    return False
+                # The item we paged after was removed meanwhile: read the whole list again.
+                items, cursor = [], None
+                continue
             data = page.get("data") or []
             items.extend(data)
             if not data or not page.get("has_more"):
@@ -341,6 +351,7 @@ class SyncReader:
             cursor = str(data[-1]["id"])
         embedded["data"] = items
         embedded["has_more"] = False
+        return True
 
     def _refetch(self, stream: StreamDef, change: Change) -> None:
         """Fetch the current version of one changed object, as the backfill would have listed it."""
@@ -350,10 +361,9 @@ class SyncReader:
         except StripeNotFoundError:
             obj = {"deleted": True}
         observed = max(int(self._client.server_now()), change.at)
-        if obj.get("deleted"):
+        if obj.get("deleted") or not self._complete(key, stream, obj):
             record = _tombstone(stream, change, observed)
         else:
-            self._complete(key, stream, obj)
             obj["updated"] = observed
             record = obj
         self._out.put(("page", key, [record]))

@@ -316,6 +316,43 @@ def test_given_subscription_with_30_items_and_invoice_with_25_lines_when_read_th
     assert all(q.get("status") == ["all"] and q.get("expand[]") == ["data.discounts"] for q in sub_lists)
 
 
+GONE = {"error": {"type": "invalid_request_error", "code": "resource_missing", "message": "No such invoice"}}
+
+
+def test_given_an_invoice_deleted_before_its_lines_are_read_when_read_then_it_is_left_out() -> None:
+    fake = FakeStripe()
+    lines = [{"id": f"il_{i:03d}", "object": "line_item"} for i in range(25)]
+    fake.add("invoices", NOW - DAY, object_id="in_gone", lines={"object": "list", "data": lines})
+    fake.add("invoices", NOW - DAY, object_id="in_kept", lines={"object": "list", "data": lines})
+    fake.fail(r"^/v1/invoices/in_gone/lines$", 404, body=GONE)
+
+    output = sync(fake, "invoices")
+
+    assert [r["id"] for r in records(output, "invoices")] == ["in_kept"]
+    assert len(records(output, "invoices")[0]["lines"]["data"]) == 25
+    assert statuses(output, "invoices")[-1] == AirbyteStreamStatus.COMPLETE
+
+
+def test_given_an_item_removed_while_items_are_paged_when_read_then_the_list_is_read_again() -> None:
+    fake = FakeStripe()
+    # More than one page of items (100), so the list is paged with a cursor.
+    items = [{"id": f"si_{i:03d}", "object": "subscription_item", "created": NOW - DAY} for i in range(250)]
+    fake.add(
+        "subscriptions",
+        NOW - DAY,
+        object_id="sub_1",
+        status="active",
+        items={"object": "list", "data": items},
+    )
+    fake.fail(r"^/v1/subscription_items$", 404, body=GONE, only_if=lambda query: "starting_after" in query)
+
+    output = sync(fake, "subscriptions")
+
+    (subscription,) = records(output, "subscriptions")
+    assert sorted(i["id"] for i in subscription["items"]["data"]) == [i["id"] for i in items]
+    assert statuses(output, "subscriptions")[-1] == AirbyteStreamStatus.COMPLETE
+
+
 # ------------------------------------------------------------------------------------- events replay
 
 
@@ -382,6 +419,23 @@ def test_given_changed_object_that_no_longer_exists_when_read_then_tombstone() -
     invoice = fake.add("invoices", NOW - 5 * DAY, object_id="in_draft", customer="cus_9")
     fake.add_event("invoice.updated", invoice, cursor + 60)
     fake.delete("invoices", "in_draft")
+
+    output = sync(fake, "invoices", state=events_mode_state("invoices", cursor))
+
+    assert records(output, "invoices") == [
+        {"id": "in_draft", "object": "invoice", "deleted": True, "customer": "cus_9", "updated": NOW}
+    ]
+
+
+def test_given_changed_invoice_whose_lines_are_gone_when_read_then_tombstone() -> None:
+    fake = FakeStripe()
+    cursor = NOW - DAY
+    lines = [{"id": f"il_{i:03d}", "object": "line_item"} for i in range(25)]
+    invoice = fake.add(
+        "invoices", NOW - 5 * DAY, object_id="in_draft", customer="cus_9", lines={"data": lines}
+    )
+    fake.add_event("invoice.updated", invoice, cursor + 60)
+    fake.fail(r"^/v1/invoices/in_draft/lines$", 404, body=GONE)  # deleted between retrieve and lines
 
     output = sync(fake, "invoices", state=events_mode_state("invoices", cursor))
 
