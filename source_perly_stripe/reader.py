@@ -360,6 +360,9 @@ class SyncReader:
             obj = self._get(key, stream.retrieve_path(change.object_id), list(stream.retrieve_params))
         except StripeNotFoundError:
             obj = {"deleted": True}
+        created = obj.get("created")
+        if isinstance(created, int) and created < self._settings.start:
+            return  # created before `start_date` (seen through a related object's event)
         observed = max(int(self._client.server_now()), change.at)
         if obj.get("deleted") or not self._complete(key, stream, obj):
             record = _tombstone(stream, change, observed)
@@ -480,6 +483,8 @@ class SyncReader:
             changes = self._changes.get(stream.name)
             if changes is None or created < self._runs[stream.name].events_from:
                 continue
+            if change.created is not None and change.created < self._settings.start:
+                continue  # created before `start_date`: not synced by this connection
             known = changes.get(change.object_id)
             if known is None or (change.at, change.deleted) > (known.at, known.deleted):
                 changes[change.object_id] = change

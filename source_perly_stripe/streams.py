@@ -3,7 +3,7 @@ re-fetched, which events change it, and which restricted-key permission reads it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 Params = tuple[tuple[str, str | int], ...]
@@ -194,7 +194,7 @@ class Change:
     at: int  # created of the newest event about it
     deleted: bool = False
     customer: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    created: int | None = None  # the object's own `created`, when the event carries the object itself
 
 
 def change_from_event(event: dict[str, Any]) -> tuple[StreamDef, Change] | None:
@@ -205,11 +205,13 @@ def change_from_event(event: dict[str, Any]) -> tuple[StreamDef, Change] | None:
     if stream is None or not isinstance(obj, dict):
         return None
     object_id: Any = obj.get("id")
+    created: Any = obj.get("created")
     for prefix, id_field in RELATED_OBJECT_FIELD.items():
         if event_type.startswith(prefix):
             object_id = obj.get(id_field)
             if isinstance(object_id, dict):  # an expanded reference
                 object_id = object_id.get("id")
+            created = None  # the event's object is not the one that changed
             break
     if not isinstance(object_id, str) or not object_id:
         return None
@@ -219,4 +221,5 @@ def change_from_event(event: dict[str, Any]) -> tuple[StreamDef, Change] | None:
         at=int(event.get("created") or 0),
         deleted=event_type in DELETION_EVENTS,
         customer=customer if isinstance(customer, str) else None,
+        created=created if isinstance(created, int) and not isinstance(created, bool) else None,
     )

@@ -444,6 +444,30 @@ def test_given_changed_invoice_whose_lines_are_gone_when_read_then_tombstone() -
     ]
 
 
+def test_given_start_date_when_events_are_replayed_then_objects_created_before_it_stay_out() -> None:
+    fake = FakeStripe()
+    cursor = NOW - DAY
+    start = "2026-01-01T00:00:00Z"
+    old = fake.add("subscriptions", NOW - 400 * DAY, object_id="sub_old", status="active", items={"data": []})
+    new = fake.add("subscriptions", NOW - 10 * DAY, object_id="sub_new", status="active", items={"data": []})
+    gone = fake.add("subscriptions", NOW - 400 * DAY, object_id="sub_gone", status="canceled")
+    for obj in (old, new):
+        fake.add_event("customer.subscription.updated", obj, cursor + 60)
+    fake.add_event("customer.subscription.deleted", gone, cursor + 120)
+    old_charge = fake.add("charges", NOW - 400 * DAY, object_id="ch_old", status="succeeded")
+    fake.add_event(
+        "charge.dispute.created", {"id": "dp_1", "charge": "ch_old", "created": cursor}, cursor + 60
+    )
+    config = ConfigBuilder().with_start_date(start).build()
+    state = StateBuilder().with_stream_state("subscriptions", {"updated": cursor})
+    state = state.with_stream_state("charges", {"updated": cursor}).build()
+
+    output = sync(fake, "subscriptions", "charges", state=state, config=config)
+
+    assert [r["id"] for r in records(output, "subscriptions")] == ["sub_new"]
+    assert records(output, "charges") == [], f"{old_charge['id']} was created before start_date"
+
+
 def test_given_dispute_event_when_read_then_its_charge_is_refetched() -> None:
     fake = FakeStripe()
     cursor = NOW - DAY
