@@ -5,7 +5,9 @@ Two threads, each with its own store connection:
   (so a duplicate, a retry or the same event at another receiver process does nothing the second
   time, and a crash never leaves half an event). The HTTP answer waits for this commit only.
 - the refresher recomputes health for the customers the writes touched (batched under bursts) and
-  marks their events applied. Events stored but not yet applied are found again at start-up.
+  marks their events applied. Events stored but not yet applied are found again at start-up. Every
+  `clock_refresh_seconds` it also recomputes the customers whose health changes with the clock alone
+  (invoice aging, trial ends, failures leaving their window), so flags stay current between syncs.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ RETRY_BASE_SECONDS = 0.05
 REFRESH_BATCH_MAX_EVENTS = 500
 # Customers refreshed per transaction: bounds how long a refresh holds SQLite's write lock.
 REFRESH_CHUNK_CUSTOMERS = 50
+# How often the receiver recomputes the clock-sensitive customers (and any left dirty).
+CLOCK_REFRESH_SECONDS = 900.0
 
 Clock = Callable[[], datetime]
 
@@ -52,6 +56,8 @@ class Ingestor(Protocol):
     def upsert(self, stream: str, records: list[dict[str, Any]]) -> set[str]: ...
 
     def refresh(self, customer_ids: Iterable[str], as_of: datetime) -> Any: ...
+
+    def refresh_pending(self, as_of: datetime) -> Any: ...
 
 
 class Outcome(StrEnum):
@@ -142,10 +148,13 @@ class WebhookProcessor:
         open_store: Callable[[], Store],
         make_ingestor: Callable[[Store], Ingestor],
         clock: Clock = wall_clock,
+        clock_refresh_seconds: float | None = CLOCK_REFRESH_SECONDS,
     ) -> None:
+        """`clock_refresh_seconds`: None never recomputes the clock-sensitive customers (the syncs do)."""
         self._open_store = open_store
         self._make_ingestor = make_ingestor
         self._clock = clock
+        self._clock_refresh_seconds = clock_refresh_seconds
         self._writes: queue.Queue[tuple[EventPlan, Future[Outcome]] | None] = queue.Queue()
         self._refreshes: queue.Queue[tuple[str, set[str]] | None] = queue.Queue()
         self._idle = threading.Condition()
@@ -295,9 +304,17 @@ class WebhookProcessor:
             return
         started.set()
         stopping = False
+        interval = self._clock_refresh_seconds
+        next_clock_refresh = time.monotonic() + (interval or 0.0)
         try:
             while not stopping:
-                item = self._refreshes.get()
+                try:
+                    wait = None if interval is None else max(0.0, next_clock_refresh - time.monotonic())
+                    item = self._refreshes.get(timeout=wait)
+                except queue.Empty:
+                    self._refresh_clock_sensitive(ingestor)
+                    next_clock_refresh = time.monotonic() + (interval or 0.0)
+                    continue
                 if item is None:
                     break
                 batch = [item]
@@ -314,6 +331,18 @@ class WebhookProcessor:
                 self._refresh_batch(ingestor, ledger, batch)
         finally:
             store.close()
+
+    def _refresh_clock_sensitive(self, ingestor: Ingestor) -> None:
+        try:
+            result = _retry(
+                "refreshing clock-sensitive health",
+                REFRESH_ATTEMPTS,
+                lambda: ingestor.refresh_pending(self._clock()),
+            )
+        except Exception as error:  # the next round, or the next sync, tries again
+            log.error("clock-sensitive health refresh failed: %s", error)
+            return
+        log.info("recomputed %d clock-sensitive customers", result.refreshed)
 
     def _refresh_batch(
         self, ingestor: Ingestor, ledger: EventLedger, batch: list[tuple[str, set[str]]]

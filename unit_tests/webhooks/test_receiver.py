@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -287,3 +288,40 @@ def test_given_the_store_locked_longer_than_stripe_waits_then_503_and_the_retry_
     assert retry.status_code == 200
     assert retry.json()["status"] == "duplicate"
     assert settings.processor.stats()["applied"] == 1
+
+
+def test_given_a_quiet_day_then_the_receiver_recomputes_health_that_changes_with_the_clock(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    config = parse_config(sqlite_config(tmp_path))
+    store = open_store(config.store, customer_ids_of)
+    store.ensure_schema()
+    ingestor = Ingestor(store, config.health)
+    ingestor.upsert("customers", [customer()])
+    ingestor.upsert("charges", [failed_charge("ch_1", created=T0 - 86400)])
+    ingestor.refresh_pending(clock())
+    assert store.query("SELECT failed_payments_30d FROM perly_customer_health")[0]["failed_payments_30d"] == 1
+
+    def make_store() -> Any:
+        opened = open_store(config.store, customer_ids_of)
+        opened.ensure_schema()
+        return opened
+
+    clock.now += timedelta(days=40)  # no event at all: the failure has left its 30-day window
+    processor = WebhookProcessor(
+        make_store, lambda s: Ingestor(s, config.health), clock, clock_refresh_seconds=0.05
+    )
+    processor.start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            (row,) = store.query(
+                "SELECT as_of, failed_payments_30d, failed_payments_90d FROM perly_customer_health"
+            )
+            if row["as_of"] == clock.now.strftime("%Y-%m-%dT%H:%M:%SZ"):
+                break
+            time.sleep(0.05)
+    finally:
+        processor.stop()
+        store.close()
+    assert row == {"as_of": "2026-12-11T01:00:00Z", "failed_payments_30d": 0, "failed_payments_90d": 1}
