@@ -230,7 +230,9 @@ def _proration_changes(
     changes: dict[datetime, tuple[list[StripeObject], set[str]]] = {}
     for line in as_list(invoice.get("lines")):
         line = as_dict(line)
-        details = as_dict(as_dict(line.get("parent")).get("subscription_item_details"))
+        # A proration is billed through a pending invoice item: either parent may describe it.
+        parent = as_dict(line.get("parent"))
+        details = as_dict(parent.get(str(parent.get("type") or "subscription_item_details")))
         amount = line.get("amount")
         price_id = ref_id(_line_price(line))
         at = to_time(as_dict(line.get("period")).get("start"))

@@ -191,8 +191,20 @@ def invoice(
 
 
 def line(
-    start: int, end: int, price_id: str, amount: int, quantity: int = 1, proration: bool = False
+    start: int,
+    end: int,
+    price_id: str,
+    amount: int,
+    quantity: int = 1,
+    proration: bool = False,
+    parent_type: str = "subscription_item_details",
 ) -> dict[str, Any]:
+    """An invoice line; a proration may come from a pending invoice item (`invoice_item_details`)."""
+    details: dict[str, Any] = {"subscription": "sub_1", "proration": proration}
+    if parent_type == "subscription_item_details":
+        details.update(subscription_item="si_1", invoice_item=None)
+    else:
+        details.update(invoice_item=f"ii_{start}_{price_id}")
     return {
         "id": f"il_{start}_{price_id}",
         "object": "line_item",
@@ -201,15 +213,7 @@ def line(
         "quantity": quantity,
         "period": {"start": start, "end": end},
         "pricing": {"type": "price_details", "price_details": {"price": price_id, "product": "prod"}},
-        "parent": {
-            "type": "subscription_item_details",
-            "subscription_item_details": {
-                "subscription": "sub_1",
-                "subscription_item": "si_1",
-                "proration": proration,
-                "invoice_item": None,
-            },
-        },
+        "parent": {"type": parent_type, parent_type: details},
     }
 
 

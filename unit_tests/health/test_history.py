@@ -405,24 +405,34 @@ BASIC_Y = price("price_basic_y", amount=12000, interval="year", product="prod_ba
 PRO_Y = price("price_pro_y36", amount=36000, interval="year", product="prod_pro")
 
 
-def proration_invoice(at: int, end: int, removed: tuple[str, int], added: tuple[str, int]) -> dict[str, Any]:
+def proration_invoice(
+    at: int,
+    end: int,
+    removed: tuple[str, int],
+    added: tuple[str, int],
+    parent_type: str = "subscription_item_details",
+) -> dict[str, Any]:
     from unit_tests.health.builders import line
 
     found = paid_invoice("in_prorate", at, end, removed[0], 0)
     found["lines"]["data"] = [
-        line(at, end, removed[0], -5000, removed[1], proration=True),
-        line(at, end, added[0], 7000, added[1], proration=True),
+        line(at, end, removed[0], -5000, removed[1], proration=True, parent_type=parent_type),
+        line(at, end, added[0], 7000, added[1], proration=True, parent_type=parent_type),
     ]
     return found
 
 
-def test_given_mid_year_upgrade_only_in_proration_lines_when_first_sync_then_dated_at_the_change() -> None:
+# Stripe bills a proration through a pending invoice item: its line names either parent.
+@pytest.mark.parametrize("parent_type", ["subscription_item_details", "invoice_item_details"])
+def test_given_mid_year_upgrade_only_in_proration_lines_when_first_sync_then_dated_at_the_change(
+    parent_type: str,
+) -> None:
     # yearly Basic 12000 (1000/month) from 300 days ago;
     # prorated to yearly Pro 36000 (3000/month) 100 days ago
     start, change, end = days_ago(300), days_ago(100), days_ago(-65)
     invoices = [
         paid_invoice("in_year", start, end, "price_basic_y", 12000),
-        proration_invoice(change, end, ("price_basic_y", 1), ("price_pro_y36", 1)),
+        proration_invoice(change, end, ("price_basic_y", 1), ("price_pro_y36", 1), parent_type),
     ]
     sub = subscription(item(PRO_Y), start=start)
     evaluation = evaluate(bundle([sub], invoices, prices=[BASIC_Y, PRO_Y], products=PRODUCTS))
