@@ -14,6 +14,7 @@ import json
 import sqlite3
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from fractions import Fraction
 from math import floor
 from pathlib import Path
@@ -42,6 +43,11 @@ DAY = 86_400
 
 # ---------------------------------------------------------------------------------------------------
 # What the store should hold, computed independently from the emulator
+
+
+def unix(text: str) -> int:
+    """A stored time (ISO-8601 UTC) as Unix seconds."""
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
 
 
 def days_past_due(invoice: dict[str, Any], now: int) -> int | None:
@@ -194,11 +200,14 @@ class Phase:
     scenarios: dict[str, set[str]]
     health: dict[str, dict[str, Any]]
     stored: dict[str, dict[str, dict[str, Any]]]
+    plan_changes: list[dict[str, Any]]
     records: int
     clock_sensitive: set[str]  # customers whose flags can move with the clock alone
 
 
-def read_store(db: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
+def read_store(
+    db: Path,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]], list[dict[str, Any]]]:
     connection = sqlite3.connect(db)
     connection.row_factory = sqlite3.Row
     health = {
@@ -208,12 +217,13 @@ def read_store(db: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str,
     for stream in ("customers", "subscriptions", "invoices", "charges"):
         rows = connection.execute(f"SELECT id, deleted, data FROM stripe_{stream}")
         stored[stream] = {row["id"]: {"deleted": row["deleted"], **json.loads(row["data"])} for row in rows}
+    plan_changes = [dict(row) for row in connection.execute("SELECT * FROM perly_plan_changes")]
     connection.close()
-    return health, stored
+    return health, stored, plan_changes
 
 
 def capture(name: str, emulator: Emulator, db: Path, records: int) -> Phase:
-    health, stored = read_store(db)
+    health, stored, plan_changes = read_store(db)
     statuses = {
         stream: {obj["id"]: obj["status"] for obj in visible(emulator.objects(stream), emulator.now)}
         for stream in ("subscriptions", "invoices", "charges")
@@ -230,6 +240,7 @@ def capture(name: str, emulator: Emulator, db: Path, records: int) -> Phase:
         emulator.scenarios(),
         health,
         stored,
+        plan_changes,
         records,
         {
             obj["customer"]
@@ -394,6 +405,21 @@ def test_mrr_contraction_is_raised_after_downgrades_and_never_for_steady_custome
     assert steady
     wrong = {c: (sorted(phase.scenarios[c]), health[c]["risk_reasons"]) for c in raised & steady}
     assert not wrong, f"steady customers flagged for MRR contraction: {wrong}"
+
+
+def test_upgrades_older_than_the_events_are_dated_by_their_proration_lines(phases: dict[str, Any]) -> None:
+    phase = phases["full"]  # the first sync: before the last 30 days, only invoices tell the story
+    oldest_event = phase.now - 30 * DAY
+    expected = set()
+    for invoice in phase.stored["invoices"].values():
+        lines = (invoice.get("lines") or {}).get("data") or []
+        prorations = [line for line in lines if line["parent"]["subscription_item_details"]["proration"]]
+        prices = {line["pricing"]["price_details"]["price"] for line in prorations}
+        if len(prices) == 2 and invoice["created"] < oldest_event:  # another price: a tier change
+            expected.add((invoice["customer"], invoice["created"]))
+    assert expected, "the seeded book should have old upgrades"
+    upgrades = {(c["customer_id"], unix(c["at"])) for c in phase.plan_changes if c["kind"] == "upgrade"}
+    assert expected <= upgrades, f"not dated at their proration: {sorted(expected - upgrades)}"
 
 
 @pytest.mark.parametrize("name", PHASES)

@@ -176,6 +176,36 @@ def test_given_plan_changes_then_update_events_carry_previous_attributes(
         assert any(s["status"] == "canceled" and s["ended_at"] == s["canceled_at"] for s in view.subs[cid])
 
 
+def test_given_upgrades_then_the_rest_of_the_period_is_invoiced_at_once_with_proration_lines(
+    view: View, labels: dict[str, set[str]]
+) -> None:
+    prorated = [
+        (cid, i)
+        for cid in set(having(labels, "upgraded")) | set(having(labels, "seat_change"))
+        for i in view.invoices[cid]
+        if any(is_proration(line) for line in i["lines"]["data"])
+    ]
+    assert prorated
+    for cid, invoice in prorated:
+        credit, charge = invoice["lines"]["data"]
+        assert invoice["billing_reason"] == "subscription_update"
+        assert all(is_proration(line) for line in (credit, charge))
+        assert credit["amount"] < 0 < charge["amount"], "unused time credited, remaining time charged"
+        assert credit["period"] == charge["period"]  # from the change to the end of the period
+        assert credit["period"]["start"] == invoice["created"]
+        assert invoice["subtotal"] == credit["amount"] + charge["amount"] >= 0
+        if invoice["status"] == "paid" and invoice["amount_paid"]:
+            assert any(c["amount"] == invoice["amount_paid"] for c in view.charges[cid])
+    # A downgrade takes effect with no credit: no invoice carries a negative proration alone.
+    for cid in having(labels, "downgraded"):
+        for invoice in view.invoices[cid]:
+            assert invoice["subtotal"] >= 0
+
+
+def is_proration(line: dict[str, Any]) -> bool:
+    return bool(line["parent"]["subscription_item_details"]["proration"])
+
+
 def test_given_coupons_currencies_and_prices_then_objects_match(
     view: View, labels: dict[str, set[str]]
 ) -> None:
@@ -196,7 +226,13 @@ def test_given_coupons_currencies_and_prices_then_objects_match(
     for currency in ("jpy", "eur"):
         for cid in having(labels, currency):
             assert {i["currency"] for i in view.invoices[cid]} == {currency}
-    jpy_amounts = [i["total"] for cid in having(labels, "jpy") for i in view.invoices[cid] if i["total"]]
+    # Yen are whole units: a full period costs thousands (a proration for a few days may not).
+    jpy_amounts = [
+        i["total"]
+        for cid in having(labels, "jpy")
+        for i in view.invoices[cid]
+        if i["total"] and not any(is_proration(line) for line in i["lines"]["data"])
+    ]
     assert jpy_amounts
     assert min(jpy_amounts) >= 1000
     for cid in having(labels, "tiered"):

@@ -17,6 +17,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from fractions import Fraction
 from typing import Any
 
 from .model import (
@@ -785,16 +786,24 @@ class Book:
 
     # ---- billing -----------------------------------------------------------------------------
     def make_invoice(
-        self, sub: Subscription, at: int, reason: str, zero: bool = False, finalize: bool = True
+        self,
+        sub: Subscription,
+        at: int,
+        reason: str,
+        zero: bool = False,
+        finalize: bool = True,
+        prorations: list[InvoiceLine] | None = None,
     ) -> Invoice:
-        """A subscription invoice: created, then (unless `finalize` is false) finalized at once."""
+        """A subscription invoice: created, then (unless `finalize` is false) finalized at once. With
+        `prorations`, it bills those lines only (a mid-period change invoiced at once)."""
         customer = sub.customer
         invoice = Invoice(self.new_id("in_"), at, self.next_seq(), customer, sub.id, sub.currency)
         invoice.billing_reason = reason
         invoice.collection_method = sub.collection_method
         invoice.tax_rates = list(sub.tax_rates)
+        invoice.lines.extend(prorations or [])
         last_bill = sub.sim.last_bill
-        for item in sub.items:
+        for item in [] if prorations else sub.items:
             price = item.price
             start, end = item.period_start, item.period_end
             if price.usage_type == "metered":
@@ -828,7 +837,7 @@ class Book:
                 if discount.coupon.duration == "once":
                     sub.sim.once_used = True
         invoice.period_start = invoice.period_end = at
-        if not zero:
+        if not zero and not prorations:
             sub.sim.last_bill = at
         sub.sim.invoices.append(invoice)
         self.stores["invoices"].add(invoice)
@@ -1248,9 +1257,11 @@ class Book:
             item.price = new_price
             item.quantity = quantity
 
+        old_price, old_quantity = item.price, item.quantity
         self.update_subscription(sub, at, switch, requested=True)
         self.label(sub.customer, "upgraded" if step > 0 else "downgraded")
         self.change("upgraded" if step > 0 else "downgraded", sub)
+        self.invoice_proration(sub, item, at, old_price, old_quantity)
 
     def do_seat_change(self, sub: Subscription, at: int, data: Any) -> None:
         item = self._main_item(sub)
@@ -1268,9 +1279,50 @@ class Book:
         def seats() -> None:
             item.quantity = quantity
 
+        old_quantity = item.quantity
         self.update_subscription(sub, at, seats, requested=True)
         self.label(sub.customer, "seat_change")
         self.change("seat_change", sub)
+        self.invoice_proration(sub, item, at, item.price, old_quantity)
+
+    def invoice_proration(
+        self, sub: Subscription, item: SubscriptionItem, at: int, old_price: Price, old_quantity: int
+    ) -> None:
+        """A mid-period change as this account prorates it: an upgrade or added seats are invoiced and
+        charged at once for the rest of the period (Stripe's `proration_behavior=always_invoice`: a
+        credit line for the old price's unused time, a line for the new one's); a downgrade takes
+        effect with no credit (`none`). Invoices sent for manual payment are left to the next cycle."""
+        start, end = item.period_start, item.period_end
+        old_amount = old_price.amount_for(old_quantity)
+        new_amount = item.price.amount_for(item.quantity)
+        if (
+            new_amount <= old_amount
+            or not start < at < end
+            or sub.collection_method != "charge_automatically"
+            or sub.pause_collection is not None
+        ):
+            return
+        left = Fraction(end - at, end - start)
+        after = datetime.fromtimestamp(at, UTC).strftime("%d %b %Y")
+        lines = [
+            InvoiceLine(
+                self.new_id("il_"),
+                price,
+                quantity,
+                sign * round(amount * left),
+                at,
+                end,
+                f"{what} time on {quantity} × {self.product_name(price)} after {after}",
+                item.id,
+                invoice_item=self.new_id("ii_"),
+            )
+            for price, quantity, amount, sign, what in (
+                (old_price, old_quantity, old_amount, -1, "Unused"),
+                (item.price, item.quantity, new_amount, 1, "Remaining"),
+            )
+        ]
+        invoice = self.make_invoice(sub, at, "subscription_update", prorations=lines)
+        self.pay_invoice(sub, invoice, at, None)
 
     def do_interval_switch(self, sub: Subscription, at: int, data: Any) -> None:
         item = self._main_item(sub)

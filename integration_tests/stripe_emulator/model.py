@@ -624,7 +624,17 @@ class Subscription(StripeObject):
 
 
 class InvoiceLine:
-    __slots__ = ("id", "price", "quantity", "amount", "period_start", "period_end", "description", "item_id")
+    __slots__ = (
+        "id",
+        "price",
+        "quantity",
+        "amount",
+        "period_start",
+        "period_end",
+        "description",
+        "item_id",
+        "invoice_item",
+    )
 
     def __init__(
         self,
@@ -636,6 +646,7 @@ class InvoiceLine:
         period_end: int,
         description: str,
         item_id: str,
+        invoice_item: str | None = None,
     ) -> None:
         self.id = id
         self.price = price
@@ -645,6 +656,7 @@ class InvoiceLine:
         self.period_end = period_end
         self.description = description
         self.item_id = item_id
+        self.invoice_item = invoice_item  # a proration: billed through this pending invoice item
 
     def render(self, invoice: Invoice) -> Json:
         return {
@@ -662,8 +674,8 @@ class InvoiceLine:
             "parent": {
                 "invoice_item_details": None,
                 "subscription_item_details": {
-                    "invoice_item": None,
-                    "proration": False,
+                    "invoice_item": self.invoice_item,
+                    "proration": self.invoice_item is not None,
                     "proration_details": {"credited_items": None},
                     "subscription": invoice.subscription,
                     "subscription_item": self.item_id,
