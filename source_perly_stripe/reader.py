@@ -290,8 +290,8 @@ class SyncReader:
             data = page.get("data") or []
             if data:
                 observed = int(self._client.server_now())
-                # An object deleted since it was listed (e.g. a draft invoice) is left out: its
-                # deletion reaches the store as an event, or by its absence from the next full read.
+                # An object deleted since it was listed (e.g. a draft invoice) is left out, as a
+                # listing a moment later would leave it out; a stored one gets its deletion event.
                 kept = data if expand is None else [obj for obj in data if self._complete(key, expand, obj)]
                 if expand is not None:
                     for obj in kept:
