@@ -407,7 +407,9 @@ def test_mrr_contraction_is_raised_after_downgrades_and_never_for_steady_custome
     assert not wrong, f"steady customers flagged for MRR contraction: {wrong}"
 
 
-def test_upgrades_older_than_the_events_are_dated_by_their_proration_lines(phases: dict[str, Any]) -> None:
+def test_tier_changes_older_than_the_events_are_dated_by_their_proration_lines(
+    phases: dict[str, Any],
+) -> None:
     phase = phases["full"]  # the first sync: before the last 30 days, only invoices tell the story
     oldest_event = phase.now - 30 * DAY
     expected = set()
@@ -417,9 +419,11 @@ def test_upgrades_older_than_the_events_are_dated_by_their_proration_lines(phase
         prices = {line["pricing"]["price_details"]["price"] for line in prorations}
         if len(prices) == 2 and invoice["created"] < oldest_event:  # another price: a tier change
             expected.add((invoice["customer"], invoice["created"]))
-    assert expected, "the seeded book should have old upgrades"
-    upgrades = {(c["customer_id"], unix(c["at"])) for c in phase.plan_changes if c["kind"] == "upgrade"}
-    assert expected <= upgrades, f"not dated at their proration: {sorted(expected - upgrades)}"
+    assert expected, "the seeded book should have old tier changes"
+    dated = {
+        (c["customer_id"], unix(c["at"])) for c in phase.plan_changes if c["kind"] in ("upgrade", "downgrade")
+    }
+    assert expected <= dated, f"not dated at their proration: {sorted(expected - dated)}"
 
 
 @pytest.mark.parametrize("name", PHASES)

@@ -176,16 +176,18 @@ def test_given_plan_changes_then_update_events_carry_previous_attributes(
         assert any(s["status"] == "canceled" and s["ended_at"] == s["canceled_at"] for s in view.subs[cid])
 
 
-def test_given_upgrades_then_the_rest_of_the_period_is_invoiced_at_once_with_proration_lines(
+def test_given_plan_and_seat_changes_then_the_rest_of_the_period_is_invoiced_at_once_with_prorations(
     view: View, labels: dict[str, set[str]]
 ) -> None:
+    changed = {label: set(having(labels, label)) for label in ("upgraded", "downgraded", "seat_change")}
     prorated = [
         (cid, i)
-        for cid in set(having(labels, "upgraded")) | set(having(labels, "seat_change"))
+        for cid in set().union(*changed.values())
         for i in view.invoices[cid]
         if any(is_proration(line) for line in i["lines"]["data"])
     ]
-    assert prorated
+    assert any(i["total"] > 0 for _, i in prorated), "an upgrade is charged"
+    assert any(i["total"] < 0 for _, i in prorated), "a downgrade is credited"
     for cid, invoice in prorated:
         credit, charge = invoice["lines"]["data"]
         assert invoice["billing_reason"] == "subscription_update"
@@ -193,13 +195,18 @@ def test_given_upgrades_then_the_rest_of_the_period_is_invoiced_at_once_with_pro
         assert credit["amount"] < 0 < charge["amount"], "unused time credited, remaining time charged"
         assert credit["period"] == charge["period"]  # from the change to the end of the period
         assert credit["period"]["start"] == invoice["created"]
-        assert invoice["subtotal"] == credit["amount"] + charge["amount"] >= 0
+        assert invoice["subtotal"] == credit["amount"] + charge["amount"]
+        # Customer credit is used before anything is charged; a credit total adds to it.
+        assert invoice["amount_due"] == max(0, invoice["total"] + invoice["starting_balance"])
+        assert invoice["ending_balance"] == min(0, invoice["total"] + invoice["starting_balance"])
         if invoice["status"] == "paid" and invoice["amount_paid"]:
             assert any(c["amount"] == invoice["amount_paid"] for c in view.charges[cid])
-    # A downgrade takes effect with no credit: no invoice carries a negative proration alone.
-    for cid in having(labels, "downgraded"):
-        for invoice in view.invoices[cid]:
-            assert invoice["subtotal"] >= 0
+    credited = {cid for cid, i in prorated if i["total"] < 0}
+    later = [
+        i for cid in credited for i in view.invoices[cid] if i["starting_balance"] < 0 and i["total"] > 0
+    ]
+    assert later, "a later invoice uses the credit"
+    assert all(i["amount_due"] < i["total"] for i in later)
 
 
 def is_proration(line: dict[str, Any]) -> bool:
@@ -216,10 +223,11 @@ def test_given_coupons_currencies_and_prices_then_objects_match(
             i
             for cid in customers
             for i in view.invoices[cid]
-            if i["total_discount_amounts"] and i["subtotal"]
+            if any(d["amount"] for d in i["total_discount_amounts"]) and i["subtotal"]
         ]
         assert discounted
-        assert all(i["total"] < i["subtotal"] for i in discounted)
+        # A discount lowers a charge, and the credit for unused discounted time alike.
+        assert all(abs(i["total"]) < abs(i["subtotal"]) for i in discounted)
     for cid in having(labels, "coupon_forever"):
         for sub in view.subs[cid]:
             assert all(view.coupons[d["source"]["coupon"]]["duration"] == "forever" for d in sub["discounts"])

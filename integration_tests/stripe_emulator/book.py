@@ -848,6 +848,8 @@ class Book:
             self.change("invoice", invoice)
             return invoice
         invoice.status = "open"
+        # Finalizing applies the customer's credit balance (and keeps a credit total as credit).
+        invoice.starting_balance = customer.balance
         # Numbers are given at finalization: a draft kept back does not use one up.
         invoice.number = f"{customer.invoice_prefix}-{customer.next_invoice_sequence:04d}"
         customer.next_invoice_sequence += 1
@@ -856,10 +858,22 @@ class Book:
         if invoice.collection_method == "send_invoice":
             invoice.due_date = at + (sub.days_until_due or 30) * DAY
         self.emit_obj("invoice.finalized", at, invoice)
+        self.set_balance(customer, invoice.ending_balance, at)
         if invoice.collection_method == "send_invoice":
             self.emit_obj("invoice.sent", at, invoice)
         self.change("invoice", invoice)
         return invoice
+
+    def set_balance(self, customer: Customer, balance: int, at: int) -> None:
+        """The customer's credit balance moves (an invoice used or added credit): `customer.updated`."""
+        if balance == customer.balance:
+            return
+        previous = customer.balance
+        customer.balance = balance
+        customer.touch()
+        if self.in_window(at):
+            rendered = customer.render(self)
+            self.emit("customer.updated", at, rendered, {"balance": previous}, False, customer.id)
 
     def product_name(self, price: Price) -> str:
         product = self.stores["products"].by_id[price.product]
@@ -872,7 +886,7 @@ class Book:
             at,
             self.next_seq(),
             customer,
-            invoice.total,
+            invoice.amount_due,
             invoice.currency,
             decline,
             customer.payment_method or self.new_id("pm_"),
@@ -888,15 +902,15 @@ class Book:
 
     def pay_invoice(self, sub: Subscription, invoice: Invoice, at: int, decline: str | None) -> bool:
         """One payment attempt on an open invoice (a charge when there is something to pay)."""
-        if invoice.total > 0:
+        if invoice.amount_due > 0:
             invoice.attempt_count += 1
             self.charge(sub, invoice, at, decline)
-        if decline is not None and invoice.total > 0:
+        if decline is not None and invoice.amount_due > 0:
             invoice.touch()
             self.emit_obj("invoice.payment_failed", at, invoice)
             return False
         invoice.status = "paid"
-        invoice.amount_paid = invoice.total
+        invoice.amount_paid = invoice.amount_due
         invoice.paid_at = at
         invoice.next_payment_attempt = None
         invoice.touch()
@@ -927,7 +941,7 @@ class Book:
 
     def decide_failure(self, sub: Subscription, invoice: Invoice, at: int, reason: str) -> str | None:
         sim = sub.sim
-        if invoice.total == 0 or not sub.customer.payment_method:
+        if invoice.amount_due == 0 or not sub.customer.payment_method:
             return None
         fate = sim.fate
         if fate in (
@@ -1101,6 +1115,9 @@ class Book:
         self.void_invoice(invoice, at)
 
     def void_invoice(self, invoice: Invoice, at: int) -> None:
+        # The credit it used (or added) goes back to what it was without it.
+        customer = invoice.customer
+        self.set_balance(customer, customer.balance - (invoice.ending_balance - invoice.starting_balance), at)
         invoice.status = "void"
         invoice.voided_at = at
         invoice.next_payment_attempt = None
@@ -1288,15 +1305,15 @@ class Book:
     def invoice_proration(
         self, sub: Subscription, item: SubscriptionItem, at: int, old_price: Price, old_quantity: int
     ) -> None:
-        """A mid-period change as this account prorates it: an upgrade or added seats are invoiced and
-        charged at once for the rest of the period (Stripe's `proration_behavior=always_invoice`: a
-        credit line for the old price's unused time, a line for the new one's); a downgrade takes
-        effect with no credit (`none`). Invoices sent for manual payment are left to the next cycle."""
+        """A mid-period change invoiced at once for the rest of the period (Stripe's
+        `proration_behavior=always_invoice`): a credit line for the old price's unused time and a line
+        for the new one's. An upgrade is charged; a downgrade's credit total becomes customer credit
+        that the next invoices use up. Subscriptions paid by sent invoice are not prorated (`none`)."""
         start, end = item.period_start, item.period_end
         old_amount = old_price.amount_for(old_quantity)
         new_amount = item.price.amount_for(item.quantity)
         if (
-            new_amount <= old_amount
+            new_amount == old_amount
             or not start < at < end
             or sub.collection_method != "charge_automatically"
             or sub.pause_collection is not None

@@ -291,7 +291,7 @@ class Coupon(StripeObject):
         if self.percent_off is not None:
             # Half-up rounding on integer minor units, no floats on money.
             return (subtotal * round(self.percent_off * 100) + 5000) // 10000
-        return min(self.amount_off or 0, subtotal)
+        return min(self.amount_off or 0, max(subtotal, 0))  # a fixed amount comes off a charge only
 
     def render(self, book: Any, variant: str = "") -> Json:
         return {
@@ -411,6 +411,7 @@ class Customer(StripeObject):
         "metadata",
         "index",
         "discount",
+        "balance",
     )
     object_name = "customer"
 
@@ -422,6 +423,7 @@ class Customer(StripeObject):
         self.name = name
         self.email = email
         self.currency = currency
+        self.balance = 0  # negative: credit the next invoices use up (from downgrade prorations)
         self.payment_method: str | None = None
         self.invoice_prefix = ""
         self.next_invoice_sequence = 1
@@ -438,7 +440,7 @@ class Customer(StripeObject):
             "id": self.id,
             "object": "customer",
             "address": None,
-            "balance": 0,
+            "balance": self.balance,
             "created": self.created,
             "currency": self.currency,
             "default_source": None,
@@ -721,6 +723,7 @@ class Invoice(StripeObject):
         "period_start",
         "period_end",
         "tax_rates",
+        "starting_balance",
     )
     object_name = "invoice"
 
@@ -750,6 +753,7 @@ class Invoice(StripeObject):
         self.period_start = created
         self.period_end = created
         self.tax_rates: list[TaxRate] = []  # inclusive rates only: the total already holds the tax
+        self.starting_balance = 0  # the customer's balance when the invoice was finalized
 
     @property
     def customer_id(self) -> str:  # type: ignore[override]
@@ -759,9 +763,19 @@ class Invoice(StripeObject):
     def total(self) -> int:
         return self.subtotal - self.discount_amount
 
+    @property
+    def amount_due(self) -> int:
+        """The total less the customer's credit, never below zero (a credit total is kept as credit)."""
+        return 0 if self.status == "void" else max(0, self.total + self.starting_balance)
+
+    @property
+    def ending_balance(self) -> int:
+        """The customer's balance after this invoice: credit left over, or added by a credit total."""
+        return min(0, self.total + self.starting_balance)
+
     def render(self, book: Any, variant: str = "") -> Json:
         total = self.total
-        due = 0 if self.status == "void" else total
+        due = self.amount_due
         remaining = 0 if self.status in ("paid", "void", "draft") else due - self.amount_paid
         if self.status == "draft":
             remaining = due
@@ -813,7 +827,7 @@ class Invoice(StripeObject):
             "discounts": list(self.discount_ids),
             "due_date": self.due_date,
             "effective_at": self.finalized_at,
-            "ending_balance": None if self.status == "draft" else 0,
+            "ending_balance": None if self.status == "draft" else self.ending_balance,
             "footer": None,
             "from_invoice": None,
             "hosted_invoice_url": None
@@ -849,7 +863,7 @@ class Invoice(StripeObject):
             "rendering": None,
             "shipping_cost": None,
             "shipping_details": None,
-            "starting_balance": 0,
+            "starting_balance": self.starting_balance,
             "statement_descriptor": None,
             "status": self.status,
             "status_transitions": {
