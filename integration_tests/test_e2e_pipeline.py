@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -104,15 +105,50 @@ for line in sys.stdin:
 """
 
 
-@pytest.fixture
-def fake_connectors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+# A source with far more to say than a pipe holds: it only stops when it is stopped.
+ENDLESS_SOURCE = """
+import json, itertools
+for n in itertools.count(1):
+    record = {"stream": "customers", "data": {"id": n}, "emitted_at": 0}
+    print(json.dumps({"type": "RECORD", "record": record}))
+"""
+
+
+def use_connectors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, destination: str) -> None:
     scripts = {}
-    for name, body in (("source-perly-stripe", FAKE_SOURCE), ("destination-perly", FAKE_DESTINATION)):
+    for name, body in (("source-perly-stripe", source), ("destination-perly", destination)):
         path = tmp_path / name
         path.write_text(f"#!{sys.executable}\n{body}")
         path.chmod(0o755)
         scripts[name] = str(path)
     monkeypatch.setattr(demo, "executable", scripts.__getitem__)
+
+
+@pytest.fixture
+def fake_connectors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_connectors(tmp_path, monkeypatch, FAKE_SOURCE, FAKE_DESTINATION)
+
+
+def test_when_the_destination_dies_then_the_source_is_stopped_and_the_destinations_error_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_connectors(tmp_path, monkeypatch, ENDLESS_SOURCE, FAKE_DESTINATION)
+    catalog = demo.configured_catalog(CATALOG, ["customers"])
+    outcome: list[BaseException] = []
+
+    def sync() -> None:
+        try:
+            demo.run_sync(tmp_path / "run", {"api_key": "sk_test_x"}, {}, catalog, tmp_path / "state.json")
+        except BaseException as error:
+            outcome.append(error)
+
+    runner = threading.Thread(target=sync, daemon=True)
+    runner.start()
+    runner.join(timeout=60)
+
+    assert not runner.is_alive(), "the sync hung: the source was left blocked on a full pipe"
+    assert isinstance(outcome[0], demo.SyncFailed)
+    assert "destination exited with 1: store is full" in str(outcome[0])
 
 
 @pytest.mark.usefixtures("fake_connectors")
