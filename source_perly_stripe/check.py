@@ -30,58 +30,16 @@ from source_perly_stripe.client import (
     client_from_config,
     validate_api_key,
 )
+from source_perly_stripe.streams import CORE_STREAMS, STREAM_PATHS, STREAMS_BY_NAME
 
-CORE_STREAMS = ("customers", "subscriptions", "invoices", "charges")
 ACCOUNT_PERMISSION = "rak_connected_account_read"
 
-# Used until (or unless) source_perly_stripe.streams exports its own maps.
-_FALLBACK_PATHS = {
-    "customers": "/v1/customers",
-    "subscriptions": "/v1/subscriptions",
-    "invoices": "/v1/invoices",
-    "charges": "/v1/charges",
-    "coupons": "/v1/coupons",
-    "prices": "/v1/prices",
-    "products": "/v1/products",
-    "events": "/v1/events",
-}
-_FALLBACK_PERMISSIONS = {
-    "customers": "rak_customer_read",
-    "subscriptions": "rak_subscription_read",
-    "invoices": "rak_invoice_read",
-    "charges": "rak_charge_read",
-    "coupons": "rak_coupon_read",
-    "prices": "rak_plan_read",
-    "products": "rak_product_read",
-    "events": "rak_event_read",
-}
 _MODE_MIXUP_RE = re.compile(
     r"exists in (live|test) mode, but an? (live|test) mode key was used", re.IGNORECASE
 )
 _START_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?Z")
 _NOTES_LOCK = threading.Lock()
 _DASHBOARD_HINT = "Edit the key in Stripe Dashboard > Developers > API keys and give it Read access to"
-
-
-def stream_paths() -> dict[str, str]:
-    try:
-        from source_perly_stripe.streams import STREAM_PATHS
-    except ImportError:
-        return dict(_FALLBACK_PATHS)
-    return dict(STREAM_PATHS)
-
-
-def stream_permissions() -> dict[str, str]:
-    permissions = dict(_FALLBACK_PERMISSIONS)
-    try:
-        from source_perly_stripe.streams import STREAMS_BY_NAME
-    except ImportError:
-        return permissions
-    for name, stream in STREAMS_BY_NAME.items():
-        slug = getattr(stream, "permission", None)
-        if isinstance(slug, str):
-            permissions[name] = slug
-    return permissions
 
 
 @dataclass
@@ -160,16 +118,14 @@ def diagnose(
 
 
 def _diagnose(client: StripeClient, stream_names: Iterable[str] | None) -> CheckReport:
-    paths = stream_paths()
-    permissions = stream_permissions()
-    wanted = list(paths) if stream_names is None else [name for name in stream_names if name in paths]
+    wanted = [*STREAM_PATHS] if stream_names is None else [n for n in stream_names if n in STREAM_PATHS]
     to_probe = [*CORE_STREAMS, *(name for name in wanted if name not in CORE_STREAMS)]
     notes: list[str] = []
 
     _probe_account(client, notes)
 
     with ThreadPoolExecutor(max_workers=min(8, len(to_probe))) as pool:
-        outcomes = list(pool.map(lambda name: _probe_stream(client, name, paths[name], notes), to_probe))
+        outcomes = list(pool.map(lambda name: _probe_stream(client, name, notes), to_probe))
 
     readable: list[str] = []
     unreadable: dict[str, str] = {}
@@ -179,7 +135,7 @@ def _diagnose(client: StripeClient, stream_names: Iterable[str] | None) -> Check
         elif isinstance(outcome, StripePermissionError) and (
             outcome.permission or client.key_kind == "restricted"
         ):
-            unreadable[name] = outcome.permission or permissions.get(name, "read access")
+            unreadable[name] = outcome.permission or STREAMS_BY_NAME[name].permission
         else:
             raise _CheckFailed(_failure_message(client, outcome, f"the {name} stream"))
 
@@ -225,8 +181,9 @@ def _probe_account(client: StripeClient, notes: list[str]) -> None:
         )
 
 
-def _probe_stream(client: StripeClient, name: str, path: str, notes: list[str]) -> StripeError | None:
+def _probe_stream(client: StripeClient, name: str, notes: list[str]) -> StripeError | None:
     """None when one page of the stream's endpoint can be read, else the error."""
+    path = STREAM_PATHS[name]
     try:
         page = client.get(path, [("limit", 1)])
     except StripeError as exc:
