@@ -13,40 +13,17 @@ from typing import Any
 
 from destination_perly.health.model import CustomerEvaluation, CustomerHealth, MrrMovement, MrrSnapshot
 from destination_perly.store.base import Store
+from unit_tests.destination.builders import quiet_health
 
 AS_OF = datetime(2026, 11, 8, tzinfo=UTC)
 
-BLANK = CustomerHealth(
-    customer_id="",
-    email=None,
-    name=None,
+BLANK = quiet_health(
+    "",
+    AS_OF,
     created_at=datetime(2025, 1, 1, tzinfo=UTC),
     tenure_days=676,
     currency="usd",
-    mrr=0,
-    mrr_by_currency={},
-    mrr_30d_ago=0,
-    mrr_change_30d=0,
-    plan_id=None,
-    plan_tier=None,
     subscription_health="healthy",
-    payment_risk="none",
-    flag_payment_failures=False,
-    flag_downgrade=False,
-    flag_invoice_aging=False,
-    flag_trial_expiring=False,
-    flag_mrr_contraction=False,
-    failed_payments_30d=0,
-    failed_payments_90d=0,
-    past_due_amount=0,
-    max_days_past_due=0,
-    trial_end=None,
-    trial_converted_at=None,
-    cancel_at_period_end=False,
-    active_coupon_ids=[],
-    risk_score=0,
-    risk_reasons=[],
-    as_of=AS_OF,
 )
 
 

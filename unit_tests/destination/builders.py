@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,6 +69,43 @@ def customer_ids(stream: str, record: dict[str, Any]) -> list[str]:
     return [value] if isinstance(value, str) else []
 
 
+def quiet_health(customer_id: str, as_of: datetime, **fields: Any) -> CustomerHealth:
+    """A health row with nothing in it (no MRR, no flag, no risk); `fields` set what a test needs."""
+    quiet = CustomerHealth(
+        customer_id=customer_id,
+        email=None,
+        name=None,
+        created_at=None,
+        tenure_days=None,
+        currency=None,
+        mrr=0,
+        mrr_by_currency={},
+        mrr_30d_ago=0,
+        mrr_change_30d=0,
+        plan_id=None,
+        plan_tier=None,
+        subscription_health="none",
+        payment_risk="none",
+        flag_payment_failures=False,
+        flag_downgrade=False,
+        flag_invoice_aging=False,
+        flag_trial_expiring=False,
+        flag_mrr_contraction=False,
+        failed_payments_30d=0,
+        failed_payments_90d=0,
+        past_due_amount=0,
+        max_days_past_due=0,
+        trial_end=None,
+        trial_converted_at=None,
+        cancel_at_period_end=False,
+        active_coupon_ids=[],
+        risk_score=0,
+        risk_reasons=[],
+        as_of=as_of,
+    )
+    return replace(quiet, **fields)
+
+
 class FakeEngine:
     """Stands in for the health engine: MRR = the sum of active subscriptions' first item amounts.
 
@@ -86,37 +124,15 @@ class FakeEngine:
             for s in bundle.subscriptions
             if s.get("status") == "active"
         )
-        health = CustomerHealth(
-            customer_id=bundle.customer_id,
+        health = quiet_health(
+            bundle.customer_id,
+            as_of,
             email=(bundle.customer or {}).get("email"),
-            name=None,
-            created_at=None,
-            tenure_days=None,
             currency="usd" if mrr else None,
             mrr=mrr,
             mrr_by_currency={"usd": mrr} if mrr else {},
-            mrr_30d_ago=0,
-            mrr_change_30d=0,
-            plan_id=None,
-            plan_tier=None,
             subscription_health="healthy" if mrr else "none",
             payment_risk="low" if any(i.get("status") == "open" for i in bundle.invoices) else "none",
-            flag_payment_failures=False,
-            flag_downgrade=False,
-            flag_invoice_aging=False,
-            flag_trial_expiring=False,
-            flag_mrr_contraction=False,
-            failed_payments_30d=0,
-            failed_payments_90d=0,
-            past_due_amount=0,
-            max_days_past_due=0,
-            trial_end=None,
-            trial_converted_at=None,
-            cancel_at_period_end=False,
-            active_coupon_ids=[],
-            risk_score=0,
-            risk_reasons=[],
-            as_of=as_of,
             deleted=bool((bundle.customer or {}).get("deleted")),
         )
         movements = (
