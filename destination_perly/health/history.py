@@ -28,7 +28,12 @@ from typing import Any
 
 from destination_perly.health.counting import counted_at, ended_at, in_trial, is_delinquent
 from destination_perly.health.model import HealthConfig, MrrMovement, MrrSnapshot, PlanChange
-from destination_perly.health.mrr import Catalog, ItemAmount, SubscriptionAmounts
+from destination_perly.health.mrr import (
+    Catalog,
+    ItemAmount,
+    SubscriptionAmounts,
+    subscription_and_item_discounts,
+)
 from destination_perly.health.payments import aging_reference, invoice_subscription_id
 from destination_perly.health.tiers import Tier, tier_of
 from destination_perly.health.values import StripeObject, as_dict, as_list, ref_id, text, to_time
@@ -369,13 +374,8 @@ def _moments(
         to_time(state.get(key)) for key in ("start_date", "created", "trial_start", "trial_end", "cancel_at")
     ]
     found.append(ended_at(state))
-    discounts = as_list(state.get("discounts")) + [
-        discount
-        for item in as_list(state.get("items"))
-        for discount in as_list(as_dict(item).get("discounts"))
-    ]
-    for raw in discounts:
-        discount = as_dict(catalog.discounts.get(raw) if isinstance(raw, str) else raw)
+    for raw in subscription_and_item_discounts(state, catalog):
+        discount = as_dict(raw)
         found.extend([to_time(discount.get("start")), to_time(discount.get("end"))])
     if state.get("status") == "past_due":
         for invoice in invoices:

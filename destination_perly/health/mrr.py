@@ -313,6 +313,17 @@ def _apply(amounts: list[Fraction], coupon: StripeObject, months: Fraction, curr
         amounts[:] = [amount - monthly_off * amount / total for amount in amounts]
 
 
+def subscription_and_item_discounts(subscription: StripeObject, catalog: Catalog) -> list[Any]:
+    """The subscription's own discounts and its items', ids resolved through the catalog where it
+    knows them (an unknown id is left as it is)."""
+    listed = as_list(subscription.get("discounts")) + [
+        discount
+        for item in as_list(subscription.get("items"))
+        for discount in as_list(as_dict(item).get("discounts"))
+    ]
+    return [catalog.discounts.get(raw, raw) if isinstance(raw, str) else raw for raw in listed]
+
+
 def coupon_ids(discounts: list[StripeObject], catalog: Catalog) -> list[str]:
     ids = []
     for discount in discounts:
@@ -410,14 +421,7 @@ class SubscriptionAmounts:
         return found
 
     def _active_discounts(self, subscription: StripeObject, at: datetime) -> tuple[bool, ...]:
-        discounts = as_list(subscription.get("discounts")) + [
-            discount
-            for item in as_list(subscription.get("items"))
-            for discount in as_list(as_dict(item).get("discounts"))
-        ]
+        discounts = subscription_and_item_discounts(subscription, self.catalog)
         if self.customer is not None:
             discounts.append(self.customer.get("discount"))
-        return tuple(
-            discount_active(self.catalog.discounts.get(raw) if isinstance(raw, str) else raw, at)
-            for raw in discounts
-        )
+        return tuple(discount_active(discount, at) for discount in discounts)
