@@ -36,7 +36,8 @@ WRITE_ATTEMPTS = 5
 REFRESH_ATTEMPTS = 5
 RETRY_BASE_SECONDS = 0.05
 REFRESH_BATCH_MAX_EVENTS = 500
-# Customers refreshed per transaction: bounds how long a refresh holds SQLite's write lock.
+# Customers the receiver's Ingestor refreshes per transaction: bounds how long a refresh holds
+# SQLite's write lock, so a sync's writes wait at most one small chunk.
 REFRESH_CHUNK_CUSTOMERS = 50
 # How often the receiver recomputes the clock-sensitive customers (and any left dirty).
 CLOCK_REFRESH_SECONDS = 900.0
@@ -115,14 +116,6 @@ class EventLedger:
     def get(self, event_id: str) -> dict[str, Any] | None:
         rows = self.store.query(f"SELECT * FROM {LEDGER_TABLE} WHERE event_id = ?", (event_id,))
         return rows[0] if rows else None
-
-
-def refresh_in_chunks(ingestor: Ingestor, customer_ids: Iterable[str], as_of: datetime) -> None:
-    """The shared Ingestor's refresh (each call reads, evaluates and saves in one transaction holding
-    its customers), in small chunks so a sync's writes wait at most one chunk for SQLite's lock."""
-    ids = sorted(set(customer_ids))
-    for start in range(0, len(ids), REFRESH_CHUNK_CUSTOMERS):
-        ingestor.refresh(ids[start : start + REFRESH_CHUNK_CUSTOMERS], as_of)
 
 
 def _retry(what: str, attempts: int, action: Callable[[], Any]) -> Any:
@@ -352,7 +345,7 @@ class WebhookProcessor:
 
         def refresh() -> None:
             if customers:
-                refresh_in_chunks(ingestor, customers, self._clock())
+                ingestor.refresh(customers, self._clock())
             ledger.mark_applied(event_ids, now_ms())
 
         try:

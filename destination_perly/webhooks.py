@@ -30,7 +30,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from destination_perly.webhook_apply import Clock, Ingestor, WebhookProcessor, wall_clock
+from destination_perly.webhook_apply import (
+    REFRESH_CHUNK_CUSTOMERS,
+    Clock,
+    Ingestor,
+    WebhookProcessor,
+    wall_clock,
+)
 from destination_perly.webhook_events import MalformedEvent, plan_event
 from destination_perly.webhook_signature import (
     DEFAULT_TOLERANCE_SECONDS,
@@ -185,7 +191,7 @@ def settings_from_config(
         return store
 
     def make_ingestor(store: Any) -> Ingestor:
-        return Ingestor(store, config.health)
+        return Ingestor(store, config.health, refresh_chunk=REFRESH_CHUNK_CUSTOMERS)
 
     processor = WebhookProcessor(make_store, make_ingestor, clock)
     return ReceiverSettings(
