@@ -12,18 +12,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from unit_tests.shared_files import shared_file
+
 ROOT = Path(__file__).resolve().parents[1]
-# The CI clone and the workstation both keep the shared tools next to the repository.
-VALIDATOR = ROOT.parent / "shared" / "tools" / "validate-airbyte-metadata"
 SOURCE_METADATA = ROOT / "metadata.yaml"
 DESTINATION_METADATA = ROOT / "destination_perly" / "metadata.yaml"
 
 
 def validate(*paths: Path) -> subprocess.CompletedProcess[str]:
-    if not VALIDATOR.is_file():
-        pytest.fail(f"Airbyte's metadata validator is missing: expected {VALIDATOR}")
+    validator = shared_file("tools", "validate-airbyte-metadata")
     return subprocess.run(
-        [sys.executable, str(VALIDATOR), *map(str, paths)], capture_output=True, text=True, check=False
+        [sys.executable, str(validator), *map(str, paths)], capture_output=True, text=True, check=False
     )
 
 

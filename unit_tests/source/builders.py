@@ -12,11 +12,12 @@ import email.utils
 import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
 from airbyte_cdk.test.mock_http import HttpRequest, HttpResponse
+
+from unit_tests.shared_files import shared_file
 
 DEFAULT_BASE_URL = "https://api.stripe.com"
 TEST_SECRET_KEY = "sk_test_builderKey0123456789abcd"
@@ -27,7 +28,6 @@ ACCOUNT_ID = "acct_1BuilderAccount"
 DEFAULT_NOW = 1793491200
 
 # Stripe's example objects, used as record templates (shape reference only).
-FIXTURES_PATH = Path(__file__).resolve().parents[3] / "shared" / "stripe" / "fixtures3.json"
 
 
 def http_date(unix_seconds: int | float) -> str:
@@ -177,7 +177,7 @@ def stripe_fixture(object_name: str) -> dict[str, Any]:
     """A deep copy of Stripe's example object (`customer`, `subscription`, `invoice`, ...)."""
     global _fixtures_cache
     if _fixtures_cache is None:
-        _fixtures_cache = json.loads(FIXTURES_PATH.read_text())["resources"]
+        _fixtures_cache = json.loads(shared_file("stripe", "fixtures3.json").read_text())["resources"]
     return copy.deepcopy(_fixtures_cache[object_name])
 
 
