@@ -741,7 +741,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     where.add_argument("--db", help="SQLite store file (default: var/perly.db)")
     where.add_argument("--config", help="the destination's config JSON (its `store` section is used)")
     parser.add_argument("--html", metavar="FILE", help="also write the report as a self-contained HTML page")
-    parser.add_argument("--top", type=int, default=20, help="customers to show per list (0: all; default 20)")
+    parser.add_argument(
+        "--top",
+        type=int,
+        default=20,
+        help="customers per list in the terminal (0: all; default 20); the HTML lists all",
+    )
     parser.add_argument("--as-of", type=_parse_time, help="report time (default: newest as_of in the store)")
     parser.add_argument(
         "--since", type=_parse_time, help="start of the movements period (default: as-of - days)"
@@ -762,7 +767,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(render_at_risk(report, args.top or None))
     if args.html:
-        Path(args.html).write_text(render_html(report, args.top or None), encoding="utf-8")
+        Path(args.html).write_text(render_html(report), encoding="utf-8")
         print(f"\nHTML report written to {args.html}")
     return 0
 

@@ -61,7 +61,7 @@ def chromium(tmp_path: Path, *args: str) -> str:
 def page(tmp_path: Path) -> Path:
     html = tmp_path / "report.html"
     store = write_store(tmp_path / "perly.db", [*CUSTOMERS, UNBROKEN])
-    assert main(["--db", str(store), "--html", str(html), "--top", "0"]) == 0
+    assert main(["--db", str(store), "--html", str(html)]) == 0
     return html
 
 
