@@ -111,26 +111,33 @@ class MovementTotal:
 
 
 class BacktestResult(Protocol):
-    """What the report shows of a backtest (score every customer as of a past date with only what was
-    known then, and compare with the churn of the following days). Rates are fractions (0.25 = 25%);
-    None when the sample cannot give one (for example nobody churned)."""
+    """What the report shows of a backtest (destination_perly.backtest's result): every customer scored
+    as of a past date with only what was known then, against the churn (MRR to 0) of the following
+    `horizon_days`. Rates are fractions (0.25 = 25%), None when the sample cannot give one; churned MRR
+    is per currency, never summed across."""
 
     @property
-    def as_of(self) -> datetime: ...  # the past date the customers were scored at
+    def as_of(self) -> datetime: ...
     @property
     def horizon_days(self) -> int: ...
     @property
-    def customers(self) -> int: ...  # customers scored (not churned at `as_of`)
+    def customers(self) -> int: ...  # the population scored (paying at as_of)
     @property
-    def churned(self) -> int: ...  # of them, those whose MRR went to 0 within the horizon
+    def churned(self) -> int: ...  # of them, MRR to 0 within the horizon
     @property
-    def roc_auc(self) -> float | None: ...
+    def auc(self) -> float | None: ...  # ROC AUC of the score for that churn
     @property
-    def top_decile_precision(self) -> float | None: ...
+    def top_decile(self) -> int: ...  # customers in the top 10% by score
     @property
-    def top_decile_recall(self) -> float | None: ...
+    def top_decile_churned(self) -> int: ...
     @property
-    def top_decile_churned_mrr_share(self) -> float | None: ...
+    def precision(self) -> float | None: ...  # churned share of the top decile
+    @property
+    def recall(self) -> float | None: ...  # share of the churned found in the top decile
+    @property
+    def churned_mrr_by_currency(self) -> dict[str, int]: ...
+    @property
+    def captured_mrr_by_currency(self) -> dict[str, int]: ...  # of it, in the top decile
 
 
 @dataclass
@@ -335,17 +342,27 @@ def _percent(fraction: float | None) -> str:
 
 def backtest_rows(result: BacktestResult) -> list[tuple[str, str]]:
     """The backtest's figures as (label, value) lines."""
-    auc = "n/a (needs churned and retained customers)" if result.roc_auc is None else f"{result.roc_auc:.3f}"
-    return [
+    auc = "n/a (needs churned and retained customers)" if result.auc is None else f"{result.auc:.3f}"
+    rows = [
         ("Scored as of", _when(result.as_of)),
         ("Churn looked for within", f"{result.horizon_days} days"),
-        ("Customers scored (not churned then)", f"{result.customers:,}"),
+        ("Customers scored (paying then)", f"{result.customers:,}"),
         ("Of them, churned within the horizon", f"{result.churned:,}"),
         ("ROC AUC (0.5 is chance, 1.0 a perfect ranking)", auc),
-        ("Precision of the top 10% by score", _percent(result.top_decile_precision)),
-        ("Recall of the top 10% by score", _percent(result.top_decile_recall)),
-        ("Share of churned MRR in the top 10%", _percent(result.top_decile_churned_mrr_share)),
+        ("Top 10% by score", f"{result.top_decile:,} customers, {result.top_decile_churned:,} churned"),
+        ("Precision of the top 10%", _percent(result.precision)),
+        ("Recall of the top 10%", _percent(result.recall)),
     ]
+    for currency, total in sorted(result.churned_mrr_by_currency.items()):
+        caught = result.captured_mrr_by_currency.get(currency, 0)
+        share = _percent(caught / total if total else None)
+        rows.append(
+            (
+                f"Churned {currency.upper()} MRR caught by the top 10%",
+                f"{format_money(caught, currency)} of {format_money(total, currency)} ({share})",
+            )
+        )
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -397,12 +414,8 @@ def render_summary(report: Report) -> str:
     return _terminal(lines)
 
 
-def _top_note(total: int, shown: int) -> str:
-    return f" (top {shown} shown)" if shown < total else ""
-
-
 def _shown_count(title: str, total: int, shown: int) -> str:
-    return f"{title}: {total}{_top_note(total, shown)}"
+    return f"{title}: {total}" + (f" (top {shown} shown)" if shown < total else "")
 
 
 def render_at_risk(report: Report, top: int | None = None) -> str:
@@ -447,12 +460,6 @@ def render_at_risk(report: Report, top: int | None = None) -> str:
             for c in churned
         ]
         lines += _table(["customer", "name", "churned", "MRR lost", "type", "Stripe Dashboard"], rows, {3})
-    return _terminal(lines)
-
-
-def render_backtest(result: BacktestResult) -> str:
-    lines = ["Backtest: how well the score ranked the churn that followed"]
-    lines += [f"  {label}: {value}" for label, value in backtest_rows(result)]
     return _terminal(lines)
 
 
@@ -569,7 +576,8 @@ def _template() -> Template:
     return Template(text)
 
 
-def render_html(report: Report, top: int | None = None) -> str:
+def render_html(report: Report) -> str:
+    """The self-contained page: every list in full (the terminal's `--top` does not apply)."""
     esc = _esc
     charts = "".join(_chart_figure(report, c) for c in sorted({m.currency for m in report.movements}))
     mrr = "".join(f"<li>{esc(format_money(a, c))}</li>" for c, a in sorted(report.mrr_by_currency.items()))
@@ -579,7 +587,6 @@ def render_html(report: Report, top: int | None = None) -> str:
         f'<td class="num">{count}</td><td class="num">{esc(amount)}</td></tr>'
         for code, kind, count, amount in movement_rows(report)
     )
-    shown = report.at_risk[:top] if top else report.at_risk
     risk_rows = "".join(
         f'<tr class="at-risk" data-customer="{esc(c.customer_id)}"><td class="num">{rank}</td>'
         f'<td class="num score">{c.risk_score}</td><td>{_customer_cell(c.customer_id, c.dashboard_url)}</td>'
@@ -588,16 +595,15 @@ def render_html(report: Report, top: int | None = None) -> str:
         f"<td>{esc(c.payment_risk)}</td>"
         f"<td>{''.join(f'<span class=flag>{esc(f)}</span>' for f in c.flags)}</td>"
         f"<td><ul>{''.join(f'<li>{esc(r)}</li>' for r in c.reasons)}</ul></td></tr>"
-        for rank, c in enumerate(shown, 1)
+        for rank, c in enumerate(report.at_risk, 1)
     )
-    churned = report.recently_churned[:top] if top else report.recently_churned
     churned_rows = "".join(
         f'<tr class="churned" data-customer="{esc(c.customer_id)}">'
         f"<td>{_customer_cell(c.customer_id, c.dashboard_url)}</td>"
         f'<td class="who">{esc(c.name or "")}<br><small>{esc(c.email or "")}</small></td>'
         f'<td>{esc(_when(c.churned_at))}</td><td class="num">{esc(format_money(c.mrr_lost, c.currency))}</td>'
         f"<td>{esc(c.churn_type or '-')}</td></tr>"
-        for c in churned
+        for c in report.recently_churned
     )
     if report.backtest is None:
         backtest = (
@@ -620,10 +626,8 @@ def render_html(report: Report, top: int | None = None) -> str:
         states=states,
         at_risk_title=esc(AT_RISK_TITLE),
         at_risk_count=len(report.at_risk),
-        at_risk_shown=_top_note(len(report.at_risk), len(shown)),
         churned_title=esc(CHURNED_TITLE),
         churned_count=len(report.recently_churned),
-        churned_shown=_top_note(len(report.recently_churned), len(churned)),
         mrr=mrr or "<li>none</li>",
         charts=charts or "<p>No MRR movements in this period.</p>",
         movement_rows=table_rows or '<tr><td colspan="4">none</td></tr>',

@@ -256,31 +256,45 @@ def test_movement_chart_has_a_signed_bar_per_kind_and_the_net(store: Path) -> No
 
 @dataclass(frozen=True)
 class Backtest:
+    """The fields of destination_perly.backtest's result that the report shows."""
+
     as_of: datetime
     horizon_days: int
     customers: int
     churned: int
-    roc_auc: float | None
-    top_decile_precision: float | None
-    top_decile_recall: float | None
-    top_decile_churned_mrr_share: float | None
+    auc: float | None
+    top_decile: int
+    top_decile_churned: int
+    precision: float | None
+    recall: float | None
+    churned_mrr_by_currency: dict[str, int]
+    captured_mrr_by_currency: dict[str, int]
 
 
 def test_the_html_page_shows_the_backtest_figures_when_the_report_has_them(store: Path) -> None:
     report = read_report(sqlite_query(store))
     assert "No backtest in this report" in render_html(report)
 
-    report.backtest = Backtest(datetime(2026, 10, 1, tzinfo=UTC), 30, 1800, 64, 0.8123, 0.25, 0.4219, 0.5)
+    churned_mrr, caught = {"usd": 250000, "jpy": 90000}, {"usd": 125000}
+    report.backtest = Backtest(
+        datetime(2026, 10, 1, tzinfo=UTC), 30, 1800, 64, 0.8123, 180, 27, 0.15, 0.4219, churned_mrr, caught
+    )
     section = re.search(r'<section id="backtest">.*?</section>', render_html(report), re.S)
 
     assert section is not None
     figures = dict(re.findall(r'<th scope="row">([^<]+)</th><td class="num">([^<]+)</td>', section[0]))
-    assert figures["Customers scored (not churned then)"] == "1,800"
-    assert figures["Of them, churned within the horizon"] == "64"
-    assert figures["ROC AUC (0.5 is chance, 1.0 a perfect ranking)"] == "0.812"
-    assert figures["Precision of the top 10% by score"] == "25.0%"
-    assert figures["Recall of the top 10% by score"] == "42.2%"
-    assert figures["Share of churned MRR in the top 10%"] == "50.0%"
+    assert figures == {
+        "Scored as of": "2026-10-01 00:00 UTC",
+        "Churn looked for within": "30 days",
+        "Customers scored (paying then)": "1,800",
+        "Of them, churned within the horizon": "64",
+        "ROC AUC (0.5 is chance, 1.0 a perfect ranking)": "0.812",
+        "Top 10% by score": "180 customers, 27 churned",
+        "Precision of the top 10%": "15.0%",
+        "Recall of the top 10%": "42.2%",
+        "Churned JPY MRR caught by the top 10%": "JPY 0 of JPY 90,000 (0.0%)",
+        "Churned USD MRR caught by the top 10%": "USD 1,250.00 of USD 2,500.00 (50.0%)",
+    }
 
 
 def test_empty_store_reports_no_customers_instead_of_failing() -> None:
