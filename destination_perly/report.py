@@ -558,17 +558,19 @@ def _chart_figure(report: Report, currency: str) -> str:
         f"{_esc(format_money(report.net_change(currency), currency, signed=True))}"
         f'<small class="scale">Axis from {_esc(format_money(ticks[0], currency, signed=True))} to '
         f"{_esc(format_money(ticks[-1], currency, signed=True))}, a gridline every "
-        f"{_esc(format_money(ticks[1] - ticks[0], currency))}. Each chart has its own currency and scale;"
-        f" every axis spans at least {CHART_FLOOR_PERCENT}% of its currency's MRR either way, so a bar's"
-        " height also shows how large the change is next to that MRR.</small>"
+        f"{_esc(format_money(ticks[1] - ticks[0], currency))}.</small>"
         f"</figcaption>{render_chart_svg(report, currency)}</figure>"
     )
 
 
-def _customer_cell(customer_id: str, url: str | None) -> str:
-    if url is None:
-        return _esc(customer_id)
-    return f'<a href="{_esc(url)}" rel="noopener noreferrer">{_esc(customer_id)}</a>'
+def _customer_cell(customer: AtRiskCustomer | ChurnedCustomer) -> str:
+    """Name, email and id (linked to the Stripe Dashboard) in one cell that wraps anywhere."""
+    url = customer.dashboard_url
+    link = _esc(customer.customer_id)
+    if url is not None:
+        link = f'<a href="{_esc(url)}" rel="noopener noreferrer">{link}</a>'
+    name, email = _esc(customer.name or ""), _esc(customer.email or "")
+    return f'<td class="who">{name}<br><small>{email}<br>{link}</small></td>'
 
 
 def _template() -> Template:
@@ -589,18 +591,16 @@ def render_html(report: Report) -> str:
     )
     risk_rows = "".join(
         f'<tr class="at-risk" data-customer="{esc(c.customer_id)}"><td class="num">{rank}</td>'
-        f'<td class="num score">{c.risk_score}</td><td>{_customer_cell(c.customer_id, c.dashboard_url)}</td>'
-        f'<td class="who">{esc(c.name or "")}<br><small>{esc(c.email or "")}</small></td>'
+        f'<td class="num score">{c.risk_score}</td>{_customer_cell(c)}'
         f'<td class="num">{esc(format_money(c.mrr, c.currency))}</td><td>{esc(c.subscription_health)}</td>'
         f"<td>{esc(c.payment_risk)}</td>"
         f"<td>{''.join(f'<span class=flag>{esc(f)}</span>' for f in c.flags)}</td>"
-        f"<td><ul>{''.join(f'<li>{esc(r)}</li>' for r in c.reasons)}</ul></td></tr>"
+        f'<td class="reasons"><ul>{"".join(f"<li>{esc(r)}</li>" for r in c.reasons)}</ul></td></tr>'
         for rank, c in enumerate(report.at_risk, 1)
     )
     churned_rows = "".join(
         f'<tr class="churned" data-customer="{esc(c.customer_id)}">'
-        f"<td>{_customer_cell(c.customer_id, c.dashboard_url)}</td>"
-        f'<td class="who">{esc(c.name or "")}<br><small>{esc(c.email or "")}</small></td>'
+        f"{_customer_cell(c)}"
         f'<td>{esc(_when(c.churned_at))}</td><td class="num">{esc(format_money(c.mrr_lost, c.currency))}</td>'
         f"<td>{esc(c.churn_type or '-')}</td></tr>"
         for c in report.recently_churned
@@ -629,10 +629,11 @@ def render_html(report: Report) -> str:
         churned_title=esc(CHURNED_TITLE),
         churned_count=len(report.recently_churned),
         mrr=mrr or "<li>none</li>",
+        chart_floor=CHART_FLOOR_PERCENT,
         charts=charts or "<p>No MRR movements in this period.</p>",
         movement_rows=table_rows or '<tr><td colspan="4">none</td></tr>',
-        risk_rows=risk_rows or '<tr><td colspan="9">No customer at risk.</td></tr>',
-        churned_rows=churned_rows or '<tr><td colspan="5">No customer churned in this period.</td></tr>',
+        risk_rows=risk_rows or '<tr><td colspan="8">No customer at risk.</td></tr>',
+        churned_rows=churned_rows or '<tr><td colspan="4">No customer churned in this period.</td></tr>',
         backtest=backtest,
     )
 
