@@ -339,12 +339,13 @@ class SyncReader:
         return self._client.get(path, params)
 
     def _is_failed(self, key: str) -> bool:
-        """Whether a stream's remaining work is pointless. After a 403 it is; after other errors the
-        stream's other windows still finish, so that the next sync has less to read again."""
+        """Whether a stream's remaining work is pointless. After a 403 or an answer that is not what
+        Stripe sends it is; after other errors the stream's other windows still finish, so that the
+        next sync has less to read again."""
         if key == EVENTS_KEY:
             return self._events_failed is not None
         run = self._runs.get(key)
-        return run is not None and isinstance(run.failed, StripePermissionError)
+        return run is not None and isinstance(run.failed, StripePermissionError | StripeResponseError)
 
     # ---- work done on worker threads -----------------------------------------------------------
 
@@ -375,6 +376,7 @@ class SyncReader:
                 pages = _PageGuard(path)
                 continue
             data = pages.objects(page, cursor, need_created=True)
+            pages.check_range(data, low, end)
             if data:
                 observed = int(self._client.server_now())
                 # An object deleted since it was listed (e.g. a draft invoice) is left out, as a
@@ -882,6 +884,17 @@ class _PageGuard:
                 )
             self.seen.add(obj["id"])
         return data
+
+    def check_range(self, data: list[dict[str, Any]], low: int, end: int) -> None:
+        """A server that ignores the `created` filter would make the windows split without end."""
+        for obj in data:
+            if not low <= obj["created"] < end:
+                raise StripeResponseError(
+                    f"GET {self.path} answered object {obj['id']} created at {obj['created']}, outside the "
+                    f"requested created[gte]={low} and created[lt]={end}: the server ignores the filter, so "
+                    "the read stopped.",
+                    path=self.path,
+                )
 
 
 def _check_object(path: str, obj: object, *, need_created: bool) -> None:
