@@ -8,8 +8,9 @@ account; this summary stays a few kilobytes, and subtracting today's summary fro
 back the ids that left, as long as they are fewer than about half the cells.
 
 Each id is added to one cell in each of three parts of the table: a cell holds how many ids it got,
-the XOR of those ids (as integers) and the XOR of their 64-bit checks. A cell holding one id (count
-±1 and a check that matches its key) names that id; removing it from its other cells frees more."""
+the sum of those ids (as integers) and the sum of their 64-bit checks. A cell holding one id (maybe
+more than once: a resumed read can list an object twice) names it, as its sums divide by its count
+into an id whose check matches; taking that id out of its other cells frees more."""
 
 from __future__ import annotations
 
@@ -45,12 +46,12 @@ class IdSketch:
     def _cells(self, spreads: list[int]) -> list[int]:
         return [i * self.part + spread % self.part for i, spread in enumerate(spreads)]
 
-    def add(self, object_id: str, sign: int = 1) -> None:
+    def add(self, object_id: str) -> None:
         key, spreads, check = _digest(object_id)
         for cell in self._cells(spreads):
-            self.counts[cell] += sign
-            self.keys[cell] ^= key
-            self.checks[cell] ^= check
+            self.counts[cell] += 1
+            self.keys[cell] += key
+            self.checks[cell] += check
 
     def add_all(self, object_ids: Iterable[str]) -> IdSketch:
         for object_id in object_ids:
@@ -59,31 +60,31 @@ class IdSketch:
 
     def departed(self, now: IdSketch) -> list[str] | None:
         """The ids in this (earlier) set that are not in `now`; None when too many ids differ to name
-        them all. Ids only in `now` are peeled too, but not returned."""
+        them all. Ids only in `now` are taken out too, but not returned."""
         if len(now.counts) != len(self.counts):
             return None
         counts = [a - b for a, b in zip(self.counts, now.counts, strict=True)]
-        keys = [a ^ b for a, b in zip(self.keys, now.keys, strict=True)]
-        checks = [a ^ b for a, b in zip(self.checks, now.checks, strict=True)]
+        keys = [a - b for a, b in zip(self.keys, now.keys, strict=True)]
+        checks = [a - b for a, b in zip(self.checks, now.checks, strict=True)]
         found: list[str] = []
         progress = True
         while progress:
             progress = False
             for cell, count in enumerate(counts):
-                if count not in (1, -1):
+                if count == 0 or keys[cell] % count or checks[cell] % count:
                     continue
-                object_id = _as_id(keys[cell])
+                object_id = _as_id(keys[cell] // count)
                 if object_id is None:
                     continue
                 key, spreads, check = _digest(object_id)
                 cells = self._cells(spreads)
-                if check != checks[cell] or cell not in cells:
+                if check != checks[cell] // count or cell not in cells:
                     continue
                 for other in cells:
                     counts[other] -= count
-                    keys[other] ^= key
-                    checks[other] ^= check
-                if count == 1:
+                    keys[other] -= count * key
+                    checks[other] -= count * check
+                if count > 0:
                     found.append(object_id)
                 progress = True
         if any(counts) or any(keys) or any(checks):
@@ -93,13 +94,11 @@ class IdSketch:
     # ---- in the connector state ----------------------------------------------------------------
 
     def to_state(self) -> dict[str, Any]:
-        width = max(1, *((key.bit_length() + 7) // 8 for key in self.keys))
         return {
             "cells": len(self.counts),
             "counts": self.counts,
-            "width": width,
-            "keys": _b64(b"".join(key.to_bytes(width, "big") for key in self.keys)),
-            "checks": _b64(b"".join(check.to_bytes(8, "big") for check in self.checks)),
+            "keys": _pack(self.keys),
+            "checks": _pack(self.checks),
         }
 
     @classmethod
@@ -108,23 +107,15 @@ class IdSketch:
         if not isinstance(blob, dict):
             return None
         try:
-            size, width = int(blob["cells"]), int(blob["width"])
-            keys = base64.b64decode(blob["keys"], validate=True)
-            checks = base64.b64decode(blob["checks"], validate=True)
+            size = int(blob["cells"])
             counts = [int(c) for c in blob["counts"]]
-        except (KeyError, TypeError, ValueError):
+            keys, checks = _unpack(blob["keys"], size), _unpack(blob["checks"], size)
+        except (KeyError, TypeError, ValueError, AttributeError):
             return None
         sketch = cls(size)
-        if (
-            len(counts) != size
-            or len(sketch.counts) != size
-            or len(keys) != size * width
-            or len(checks) != size * 8
-        ):
+        if not len(counts) == len(sketch.counts) == size:
             return None
-        sketch.counts = counts
-        sketch.keys = [int.from_bytes(keys[i * width : (i + 1) * width], "big") for i in range(size)]
-        sketch.checks = [int.from_bytes(checks[i * 8 : (i + 1) * 8], "big") for i in range(size)]
+        sketch.counts, sketch.keys, sketch.checks = counts, keys, checks
         return sketch
 
 
@@ -137,5 +128,16 @@ def _as_id(key: int) -> str | None:
         return None
 
 
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
+def _pack(numbers: list[int]) -> dict[str, Any]:
+    """Non-negative integers as one base64 string of equal-width big-endian numbers."""
+    width = max(1, *((n.bit_length() + 7) // 8 for n in numbers))
+    data = base64.b64encode(b"".join(n.to_bytes(width, "big") for n in numbers)).decode()
+    return {"width": width, "data": data}
+
+
+def _unpack(packed: Any, size: int) -> list[int]:
+    width = int(packed["width"])
+    raw = base64.b64decode(packed["data"], validate=True)
+    if width < 1 or len(raw) != size * width:
+        raise ValueError("not a packed list of that size")
+    return [int.from_bytes(raw[i * width : (i + 1) * width], "big") for i in range(size)]

@@ -30,6 +30,16 @@ def test_given_no_change_when_compared_then_nothing_is_named() -> None:
     assert IdSketch().add_all(same).departed(IdSketch().add_all(reversed(same))) == []
 
 
+def test_given_ids_listed_twice_by_a_resumed_read_when_compared_then_they_are_still_named() -> None:
+    before = ids("sub", 1_000)
+    twice = IdSketch().add_all(before).add_all(before[:50])  # a resumed backfill listed 50 again
+
+    named = twice.departed(IdSketch().add_all(before[25:]))
+
+    assert named is not None
+    assert set(named) == set(before[:50]), "those that left, and those counted twice (fetched: harmless)"
+
+
 def test_given_more_departures_than_the_sketch_holds_when_compared_then_it_says_it_cannot_tell() -> None:
     before = ids("in", 10_000)
 
@@ -52,5 +62,6 @@ def test_given_state_without_a_valid_sketch_when_read_then_none() -> None:
 
     assert IdSketch.from_state(None) is None
     assert IdSketch.from_state({"cells": 3}) is None
-    assert IdSketch.from_state(valid | {"keys": "not base64!"}) is None
+    assert IdSketch.from_state(valid | {"keys": {"width": 1, "data": "not base64!"}}) is None
+    assert IdSketch.from_state(valid | {"keys": "not packed"}) is None
     assert IdSketch.from_state(valid | {"counts": [1, 2]}) is None
