@@ -251,6 +251,9 @@ class SyncReader:
                 run.mode = "reconcile"
                 run.previous, run.previous_upper = previous, cursor + 1
                 run.present = IdSketch() if previous is not None else None
+                last_records = state.get("records")
+                if isinstance(last_records, int):
+                    yield _estimate(stream.name, last_records)  # about as many as the last time
             elif isinstance(cursor, int) and replays_events and cursor < retention_edge:
                 yield _log(
                     Level.WARN,
@@ -299,8 +302,8 @@ class SyncReader:
                 "The API key cannot read events (it lacks 'rak_event_read'): "
                 f"{', '.join(reconciled)} read only what can still change: objects created since the last "
                 "sync, every customer, subscriptions not canceled, draft, open and uncollectible invoices, "
-                "charges of the last 30 days, and the objects that left those lists since. Grant the key "
-                "Events: Read to sync only what changed.",
+                f"charges of the last {RECONCILIATIONS['charges'].recent_days} days, and the objects that "
+                "left those lists since. Grant the key Events: Read to sync only what changed.",
             )
 
     @staticmethod
@@ -778,6 +781,8 @@ class SyncReader:
                     new_state["full_read_requests"] = run.previous_full_requests
                 if run.sketch is not None:
                     new_state["watch"] = run.sketch.to_state()
+                if run.mode == "reconcile":
+                    new_state["records"] = run.records
             yield self._state_message(run, new_state)
         yield status_message(descriptor, AirbyteStreamStatus.COMPLETE)
 

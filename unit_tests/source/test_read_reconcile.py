@@ -102,3 +102,17 @@ def test_given_too_many_departures_to_name_when_incremental_then_the_stream_is_r
 
     assert {r["id"]: r["status"] for r in records(second, "invoices")} == {i["id"]: "paid" for i in opened}
     assert second.is_in_logs("read in full this once")
+
+
+def test_given_a_reconciliation_when_the_next_one_starts_then_it_estimates_as_many_records() -> None:
+    fake = FakeStripe()
+    for i in range(30):
+        fake.add("charges", NOW - 10 * DAY + i * 60, status="succeeded")
+    first = sync(fake, "charges", config=restricted())
+    second = sync(fake, "charges", state=final_states(first), config=restricted())
+
+    third = sync(fake, "charges", state=final_states(second), config=restricted())
+
+    estimates = [m.trace.estimate for m in third.trace_messages if m.trace.estimate is not None]
+    assert [(e.name, e.row_estimate) for e in estimates] == [("charges", len(records(second, "charges")))]
+    assert len(records(second, "charges")) == 30
