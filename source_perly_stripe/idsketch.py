@@ -5,7 +5,8 @@ Without events, the source cannot ask Stripe "what changed". It can list what ma
 invoices, subscriptions not canceled, every customer) but not what left those lists since the last
 sync (paid, canceled, deleted). Keeping the ids of the listed objects in the state would grow with the
 account; this summary stays a few kilobytes, and subtracting today's summary from the last one gives
-back the ids that left, as long as they are fewer than about half the cells.
+back the ids that left, as long as they are fewer than about half the cells (a few more can differ:
+the peeling succeeds up to about 80% of the cells, and fails safely beyond).
 
 Each id is added to one cell in each of three parts of the table: a cell holds how many ids it got,
 the sum of those ids (as integers) and the sum of their 64-bit checks. A cell holding one id (maybe
@@ -24,7 +25,7 @@ _PARTS = 3
 
 
 def _digest(object_id: str) -> tuple[int, list[int], int]:
-    """The id as an integer, its cell in each part of a table of `cells` cells, and its check."""
+    """The id as an integer, three numbers that pick its cell in each part, and its check."""
     raw = object_id.encode()
     digest = hashlib.blake2b(raw, digest_size=20).digest()
     check = int.from_bytes(digest[:8], "big")
