@@ -3,6 +3,7 @@ resume, events replay, deletions, the 30-day fallback, permissions and errors, G
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -12,6 +13,7 @@ from airbyte_cdk.models import AirbyteStateMessage, AirbyteStreamStatus, Failure
 from airbyte_cdk.test.catalog_builder import CatalogBuilder, ConfiguredAirbyteStreamBuilder
 from airbyte_cdk.test.entrypoint_wrapper import EntrypointOutput, read
 from airbyte_cdk.test.state_builder import StateBuilder
+from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from source_perly_stripe.client import API_VERSION, StripeClient
 from source_perly_stripe.reader import EVENTS_OVERLAP
@@ -662,3 +664,42 @@ def test_given_key_revoked_during_sync_when_read_then_config_error_without_the_k
     assert error.failure_type == FailureType.config_error
     assert ConfigBuilder().build()["api_key"] not in error.message
     assert len(fake.requests) < 40, "the sync stops instead of failing request after request"
+
+
+def test_given_key_without_the_core_billing_streams_when_read_then_config_error_naming_permissions() -> None:
+    fake = FakeStripe()
+    seed_customers(fake, 5, NOW - 10 * DAY, DAY)
+    fake.keys["rk_test_customersOnly0123456789"] = {"rak_customer_read"}
+    key_config = ConfigBuilder().with_api_key("rk_test_customersOnly0123456789").build()
+
+    output = sync(
+        fake,
+        "customers",
+        "subscriptions",
+        "invoices",
+        "charges",
+        config=key_config,
+        expecting_exception=True,
+    )
+
+    error = output.errors[-1].trace.error
+    assert error.failure_type == FailureType.config_error
+    for permission in ("rak_subscription_read", "rak_invoice_read", "rak_charge_read"):
+        assert permission in error.message
+    assert "rak_customer_read" not in error.message
+    # What the key could read is still delivered and checkpointed: the next sync does not redo it.
+    assert len(records(output, "customers")) == 5
+    assert statuses(output, "customers")[-1] == AirbyteStreamStatus.COMPLETE
+    assert any(m.state.stream.stream_descriptor.name == "customers" for m in output.state_messages)
+
+
+def test_given_an_impossible_start_date_when_read_is_called_directly_then_config_error() -> None:
+    config = ConfigBuilder().with_start_date("2024-13-45T00:00:00Z").build()
+    messages = make_source(FakeStripe()).read(logging.getLogger("test"), config, catalog("customers"), None)
+
+    with pytest.raises(AirbyteTracedException) as raised:
+        next(iter(messages))
+
+    assert raised.value.failure_type == FailureType.config_error
+    assert raised.value.message is not None
+    assert "start date" in raised.value.message
