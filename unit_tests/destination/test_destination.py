@@ -26,6 +26,8 @@ from unit_tests.destination.messages import catalog, configured
 
 LOG = logging.getLogger("test")
 SECRET = "pw-Do-Not-Leak-7731"
+PG = {"store_type": "postgres", "host": "h", "database": "d", "username": "u"}
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 
 def free_port() -> int:
@@ -53,6 +55,16 @@ def test_spec_marks_the_password_secret_and_as_of_hidden() -> None:
     postgres = schema["properties"]["store"]["oneOf"][1]["properties"]
     assert postgres["password"]["airbyte_secret"] is True
     assert schema["properties"]["as_of"]["airbyte_hidden"] is True
+
+
+def test_spec_explains_every_postgres_field_with_an_example_but_the_password() -> None:
+    postgres = spec()["properties"]["store"]["oneOf"][1]["properties"]
+    fields = {name: field for name, field in postgres.items() if name != "store_type"}
+
+    assert all(field.get("description") for field in fields.values())
+    assert sorted(name for name, field in fields.items() if not field.get("examples")) == ["password"]
+    assert "ca_certificate" in fields
+    assert "airbyte_secret" not in fields["ca_certificate"]  # a CA certificate is public
 
 
 def test_spec_risk_policy_defaults_are_the_contracts() -> None:
@@ -107,8 +119,20 @@ def test_config_defaults_to_a_sqlite_file() -> None:
         ({"risk_policy": {"trial_expiring_days": -1}}, "trial_expiring_days"),
         ({"plan_tiers": [{"tier": "Pro"}]}, "plan_tiers[0]"),
         ({"as_of": "yesterday"}, "as_of"),
+        ({"store": {**PG, "ssl_mode": "require", "ca_certificate": CA_PEM}}, "verify-ca or verify-full"),
+        ({"store": {**PG, "ssl_mode": "verify-ca", "ca_certificate": "/etc/ssl/ca.pem"}}, "PEM text"),
     ],
-    ids=["store-type", "pg-missing", "pg-port", "policy-typo", "policy-negative", "tier-no-match", "as-of"],
+    ids=[
+        "store-type",
+        "pg-missing",
+        "pg-port",
+        "policy-typo",
+        "policy-negative",
+        "tier-no-match",
+        "as-of",
+        "ca-without-verifying",
+        "ca-not-pem",
+    ],
 )
 def test_bad_config_says_what_is_wrong(raw: dict, complaint: str) -> None:
     with pytest.raises(ConfigError, match=complaint.replace("[", r"\[").replace("]", r"\]")):
