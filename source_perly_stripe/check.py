@@ -352,7 +352,16 @@ class ClearConfigEntrypoint(AirbyteEntrypoint):
 
 
 def secret_forms(value: object) -> set[str]:
-    """`value` as it may appear in a message: as is, stripped, and escaped the JSON and Python ways."""
+    """`value` as it may appear in a message: as is or stripped, each raw or escaped (JSON, Python)."""
     text = str(value)
-    forms = {text, json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1], repr(text)[1:-1]}
-    return {shape for form in forms for shape in (form, form.strip()) if shape}
+    return {
+        shown
+        for form in (text, text.strip())
+        for shown in (
+            form,
+            json.dumps(form)[1:-1],
+            json.dumps(form, ensure_ascii=False)[1:-1],
+            repr(form)[1:-1],
+        )
+        if shown
+    }

@@ -206,3 +206,28 @@ def test_an_impossible_start_date_is_refused_by_the_connector_and_where_it_can_b
     assert "start date" in message
     # A pattern cannot know month lengths; it does know months, days and hours.
     assert is_valid(schema, config) is (start_date == "2024-02-30T00:00:00Z")
+
+
+def test_the_entrypoint_masks_a_padded_key_also_as_the_client_uses_it_and_as_messages_escape_it(
+    spec: dict[str, Any],
+) -> None:
+    from airbyte_cdk.utils.airbyte_secrets_utils import filter_secrets, update_secrets
+
+    from source_perly_stripe.check import ClearConfigEntrypoint
+
+    padded = '\t rk_test_builder"Key\\0123456789\n'
+    try:
+        ClearConfigEntrypoint.set_up_secret_filter({"api_key": padded}, spec["connectionSpecification"])
+        shown = [
+            padded,
+            padded.strip(),
+            repr(padded)[1:-1],
+            json.dumps(padded)[1:-1],
+            json.dumps(padded.strip()),
+        ]
+
+        assert [filter_secrets(f"key {form} here") for form in shown] == ["key **** here"] * 4 + [
+            'key "****" here'
+        ]
+    finally:
+        update_secrets([])
