@@ -4,6 +4,7 @@ owner only, whatever the umask. Files and directories that already exist keep th
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 PRIVATE_FILE = 0o600
@@ -34,4 +35,12 @@ def write_private(path: Path, data: bytes) -> Path:
         os.fchmod(descriptor, PRIVATE_FILE)  # a leftover .tmp from an older run may have another mode
         file.write(data)
     os.replace(tmp, path)
+    return path
+
+
+def private_temp_file(text: str, prefix: str) -> str:
+    """A new temporary file holding `text`, owner-only (mkstemp creates it 0600); the caller removes it."""
+    descriptor, path = tempfile.mkstemp(prefix=prefix)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
     return path

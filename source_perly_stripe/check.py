@@ -121,7 +121,7 @@ class _FieldRule:
 
 
 def _field_rules(fields: Mapping[str, Any]) -> dict[str, _FieldRule]:
-    """The optional fields' rules (but start_date's), from the spec so that form and connector agree."""
+    """The optional fields' rules (start_date has its own), from the spec, so form and connector agree."""
 
     def number(name: str, message: str) -> _FieldRule:
         field_spec = fields[name]

@@ -8,8 +8,6 @@ transaction-scoped advisory lock so concurrent `CREATE TABLE IF NOT EXISTS` neve
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 
+from destination_perly.private_files import private_temp_file
 from destination_perly.store.base import CustomerIdsOf, Store, StoreError
 
 CONNECT_TIMEOUT_S = 10
@@ -65,7 +64,8 @@ class PostgresStore(Store):
             ca_certificate=ca_certificate,
             customer_ids_of=customer_ids_of,
         )
-        self._ca_file = _private_file(ca_certificate) if ca_certificate else None
+        # libpq reads the CA from a file: a 0600 temporary one, removed when the store closes.
+        self._ca_file = private_temp_file(ca_certificate, "perly-ca-") if ca_certificate else None
         params: dict[str, Any] = {
             "connect_timeout": CONNECT_TIMEOUT_S,
             "application_name": "destination-perly",
@@ -168,11 +168,3 @@ class PostgresStore(Store):
         if self._ca_file is not None:
             Path(self._ca_file).unlink(missing_ok=True)
             self._ca_file = None
-
-
-def _private_file(text: str) -> str:
-    """A file only the owner can read (mkstemp creates it 0600) holding `text`; the caller removes it."""
-    descriptor, path = tempfile.mkstemp(prefix="perly-ca-", suffix=".pem")
-    with os.fdopen(descriptor, "w") as file:
-        file.write(text)
-    return path
