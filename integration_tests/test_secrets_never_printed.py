@@ -43,13 +43,12 @@ def forms(secret: str) -> set[str]:
     } | {CANARY}
 
 
-def run(script: str, verb: str, tmp_path: Path, config: Any, stdin: str = "") -> tuple[str, int]:
+def run(script: str, verb: str | None, tmp_path: Path, config: Any, stdin: str = "") -> tuple[str, int]:
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps(config))
     catalog_file = tmp_path / "catalog.json"
     catalog_file.write_text(json.dumps(CATALOG))
-    args = [console_script(script), verb]
-    args += ["--config", str(config_file)]
+    args = [console_script(script), *([verb] if verb else []), "--config", str(config_file)]
     if verb in ("read", "write"):
         args += ["--catalog", str(catalog_file)]
     done = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=120, check=False)
@@ -195,3 +194,14 @@ def test_a_password_is_never_shown(tmp_path: Path, verb: str, store: dict[str, A
 
     assert_never_shown(output, password)
     assert "store" in output or "PostgreSQL" in output
+
+
+def test_the_report_reading_a_destination_config_never_shows_its_password(tmp_path: Path) -> None:
+    password = f" Back\\slash\t{CANARY}'\"\n"
+    store = {"store_type": "postgresql", "host": "127.0.0.1", "database": "perly", "username": "perly"}
+
+    output, returncode = run("perly-report", None, tmp_path, {"store": {**store, "password": password}})
+
+    assert_never_shown(output, password)
+    assert returncode != 0
+    assert "store_type" in output
