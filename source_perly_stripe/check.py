@@ -78,7 +78,7 @@ def config_problem(config: object) -> str | None:
             return rule.message
     if "start_date" in config:
         try:
-            parse_start_date(config["start_date"])
+            parse_start_date(config["start_date"] or "")  # present, it must be a time (null is not)
         except ValueError as bad_date:
             return str(bad_date)
     return None

@@ -174,11 +174,17 @@ _FIELD_VALUES = st.one_of(
 
 @settings(max_examples=400, deadline=None)
 @given(
-    st.dictionaries(
-        st.sampled_from(
-            ["api_key", "start_date", "account_id", "max_requests_per_second", "base_url", "concurrency"]
-        ),
-        _FIELD_VALUES,
+    st.fixed_dictionaries(
+        # Mostly a good key, so that the other fields get checked too.
+        {
+            "api_key": st.one_of(
+                st.just(TEST_RESTRICTED_KEY), st.just(f" {TEST_RESTRICTED_KEY}\n"), _FIELD_VALUES
+            )
+        },
+        optional={
+            name: _FIELD_VALUES
+            for name in ("start_date", "account_id", "max_requests_per_second", "base_url", "concurrency")
+        },
     )
 )
 def test_the_connector_rejects_every_config_the_spec_rejects(config: dict[str, Any]) -> None:
