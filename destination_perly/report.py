@@ -772,7 +772,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(render_at_risk(report, args.top or None))
     if args.html:
-        Path(args.html).write_text(render_html(report), encoding="utf-8")
+        from destination_perly.private_files import write_private
+
+        write_private(Path(args.html), render_html(report).encode())  # names and emails: owner-only
         print(f"\nHTML report written to {args.html}")
     return 0
 
