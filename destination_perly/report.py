@@ -24,6 +24,9 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from destination_perly.backtest import BacktestUnavailable, render_backtest, run_backtest
+from destination_perly.store.base import Store
+
 Row = dict[str, Any]
 QueryFn = Callable[[str], list[Row]]
 
@@ -423,6 +426,24 @@ def query_for_config(raw_config: dict[str, Any]) -> QueryFn:
 # Command line
 
 
+def open_store_for(db: str | None, config_path: str | None) -> Store:
+    """The store the command line names (`--config` or `--db`), for the backtest's bundles; a missing
+    SQLite file is an error, never created."""
+    from destination_perly.config import ConfigError, SqliteSettings, open_store, parse_config
+    from destination_perly.store import StoreError
+
+    try:
+        if config_path:
+            settings = parse_config(json.loads(Path(config_path).read_text(encoding="utf-8"))).store
+        else:
+            settings = SqliteSettings(path=db or "var/perly.db")
+        if isinstance(settings, SqliteSettings) and not Path(settings.path).is_file():
+            raise StoreUnavailable(f"no SQLite store at {settings.path}: run a sync first")
+        return open_store(settings)
+    except (ConfigError, StoreError) as exc:  # their messages never quote a secret
+        raise StoreUnavailable(str(exc)) from exc
+
+
 def _parse_time(text: str) -> datetime:
     try:
         parsed = _as_datetime(text)
@@ -445,7 +466,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--since", type=_parse_time, help="start of the movements period (default: as-of - days)"
     )
     parser.add_argument("--days", type=int, default=30, help="length of the movements period (default 30)")
+    parser.add_argument(
+        "--backtest",
+        action="store_true",
+        help="score every customer as of --as-of (default: newest data - horizon) with what was known "
+        "then, and compare with the churn that followed",
+    )
+    parser.add_argument("--horizon-days", type=int, default=30, help="backtest horizon (default 30)")
     args = parser.parse_args(argv)
+    if args.backtest:
+        return _print_backtest(args)
 
     try:
         if args.config:
@@ -462,6 +492,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.html:
         Path(args.html).write_text(render_html(report, args.top or None), encoding="utf-8")
         print(f"\nHTML report written to {args.html}")
+    return 0
+
+
+def _print_backtest(args: argparse.Namespace) -> int:
+    try:
+        store = open_store_for(args.db, args.config)
+        try:
+            result = run_backtest(store, args.as_of, args.horizon_days)
+        finally:
+            store.close()
+    except (StoreUnavailable, BacktestUnavailable) as exc:
+        print(f"perly-report: {exc}", file=sys.stderr)
+        return 2
+    print(render_backtest(result))
     return 0
 
 
