@@ -1,0 +1,103 @@
+"""Over the emulator's book: every customer with a warning sign scores above 0 with the matching reason,
+and `perly-report --backtest` prints its figures on the synced store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from destination_perly import report
+from destination_perly.store.sqlite import SqliteStore
+from integration_tests.emulator_store import synced_store
+from integration_tests.stripe_emulator import Emulator
+
+pytestmark = pytest.mark.emulator
+
+# A warning sign in the health row -> the start of the reason that must explain it.
+SIGNS: dict[str, tuple[Any, str]] = {
+    "cancel_at_period_end": (lambda row: bool(row["cancel_at_period_end"]), "cancels on "),
+    "payment_risk_high": (lambda row: row["payment_risk"] == "high", "payment risk high: "),
+    "payment_risk_critical": (lambda row: row["payment_risk"] == "critical", "payment risk critical: "),
+    "flag_payment_failures": (lambda row: bool(row["flag_payment_failures"]), "failed payments in the last"),
+    "flag_downgrade": (lambda row: bool(row["flag_downgrade"]), "Downgraded from "),
+    "flag_invoice_aging": (lambda row: bool(row["flag_invoice_aging"]), "open invoice(s) past due, oldest"),
+    "flag_trial_expiring": (lambda row: bool(row["flag_trial_expiring"]), "Trial of "),
+    "flag_mrr_contraction": (lambda row: bool(row["flag_mrr_contraction"]), "MRR fell from "),
+}
+
+
+@pytest.fixture(scope="module")
+def synced(emulator: Emulator, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("score") / "perly.db"
+    synced_store(emulator, path).close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def rows(synced: Path) -> list[dict[str, Any]]:
+    store = SqliteStore(synced)
+    try:
+        found = store.query("SELECT * FROM perly_customer_health WHERE deleted = 0")
+    finally:
+        store.close()
+    for row in found:
+        row["risk_reasons"] = json.loads(row["risk_reasons"])
+    return found
+
+
+@pytest.mark.parametrize("sign", SIGNS)
+def test_every_customer_with_a_warning_sign_scores_above_0_with_the_matching_reason(
+    rows: list[dict[str, Any]], sign: str
+) -> None:
+    shows, reason_start = SIGNS[sign]
+    having = [row for row in rows if row["subscription_health"] != "churned" and shows(row)]
+    missed = {
+        row["customer_id"]: (row["risk_score"], row["risk_reasons"])
+        for row in having
+        if row["risk_score"] <= 0 or not any(reason_start in reason for reason in row["risk_reasons"])
+    }
+    assert not missed, f"{sign} without a score or its reason: {missed}"
+    if sign in ("cancel_at_period_end", "payment_risk_high", "flag_payment_failures", "flag_downgrade"):
+        assert having, f"the seeded book should hold customers with {sign}"
+
+
+def test_churned_customers_have_no_score_and_everyone_else_with_a_score_has_reasons(
+    rows: list[dict[str, Any]],
+) -> None:
+    churned = [row for row in rows if row["subscription_health"] == "churned"]
+    assert churned
+    assert all(row["risk_score"] == 0 and row["risk_reasons"] == [] for row in churned)
+    assert all(row["risk_reasons"] for row in rows if row["risk_score"] > 0)
+
+
+def test_backtest_command_prints_sample_sizes_auc_and_top_decile_figures(
+    synced: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert report.main(["--backtest", "--db", str(synced), "--horizon-days", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "churn (MRR to 0) until" in out
+    assert "(20 days)" in out
+    paying = int(out.split("customers paying at as-of: ")[1].split(",")[0])
+    assert paying > 100
+    for figure in ("ROC AUC: ", "top 10% by score: ", "precision", "recall"):
+        assert figure in out
+    assert "churned MRR caught by the top 10%" in out
+
+
+def test_backtest_command_refuses_a_horizon_not_observed_yet(
+    synced: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert report.main(["--backtest", "--db", str(synced), "--as-of", "2026-10-20T00:00:00Z"]) == 2
+    assert "not known yet" in capsys.readouterr().err
+
+
+def test_backtest_command_on_a_missing_store_is_a_clear_error_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nothing.db"
+    assert report.main(["--backtest", "--db", str(missing)]) == 2
+    assert "no SQLite store" in capsys.readouterr().err
+    assert not missing.exists()
