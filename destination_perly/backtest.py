@@ -49,8 +49,8 @@ from destination_perly.health.payments import (
     invoice_subscription_id,
     was_open_at,
 )
-from destination_perly.health.values import StripeObject, as_dict, format_money, ref_id, to_time
-from destination_perly.store.base import HEALTH_TABLE, MOVEMENTS_TABLE, Store, parse_iso
+from destination_perly.health.values import StripeObject, as_dict, as_list, format_money, ref_id, to_time
+from destination_perly.store.base import HEALTH_TABLE, MOVEMENTS_TABLE, Store, parse_iso, table_for_stream
 
 TOP_SHARE = 0.10  # the top decile by score
 TERMINAL = {"canceled", "incomplete_expired"}
@@ -190,8 +190,20 @@ def _invoice_at(invoice: StripeObject, at: datetime) -> StripeObject | None:
     return state
 
 
-def state_at(bundle: CustomerBundle, at: datetime) -> CustomerBundle | None:
-    """The bundle as it was known at `at` (see the module's docstring); None: no customer yet."""
+def _expanded_like(state: StripeObject, stored: StripeObject) -> StripeObject:
+    """An event's object lists its discounts by id; the stored object has them expanded."""
+    known = {found["id"]: found for found in as_list(stored.get("discounts")) if isinstance(found, dict)}
+    listed = as_list(state.get("discounts"))
+    return {**state, "discounts": [known.get(d, d) if isinstance(d, str) else d for d in listed]}
+
+
+def state_at(
+    bundle: CustomerBundle, at: datetime, events_since: datetime | None = None
+) -> CustomerBundle | None:
+    """The bundle as it was known at `at` (see the module's docstring); None: no customer yet.
+
+    `events_since`: from when on every event is stored (the oldest stored event). From then on, an
+    object with no later event has not changed since `at`; before it, its dates are all we have."""
     events = [event for event in bundle.events if isinstance(event, dict)]
     customer = bundle.customer
     if isinstance(customer, dict):
@@ -214,7 +226,9 @@ def state_at(bundle: CustomerBundle, at: datetime) -> CustomerBundle | None:
         decided, earlier = _from_events(by_subscription.get(str(sub.get("id")), []), at)
         if decided and earlier is None:
             continue  # created after `at`
-        subscriptions.append(_subscription_by_dates(earlier or sub, invoices, at, status_known=decided))
+        state = _expanded_like(earlier, sub) if earlier is not None else sub
+        unchanged = not decided and events_since is not None and events_since <= at
+        subscriptions.append(_subscription_by_dates(state, invoices, at, status_known=decided or unchanged))
     return replace(
         bundle,
         customer=customer,
@@ -226,9 +240,11 @@ def state_at(bundle: CustomerBundle, at: datetime) -> CustomerBundle | None:
     )
 
 
-def score_at(bundle: CustomerBundle, config: HealthConfig, at: datetime) -> CustomerHealth | None:
+def score_at(
+    bundle: CustomerBundle, config: HealthConfig, at: datetime, events_since: datetime | None = None
+) -> CustomerHealth | None:
     """The health row (score, reasons, MRR) as Perly would have computed it at `at`."""
-    earlier = state_at(bundle, at)
+    earlier = state_at(bundle, at, events_since)
     return None if earlier is None else evaluate_customer(earlier, config, at).health
 
 
@@ -261,15 +277,16 @@ def backtest(
     as_of: datetime,
     horizon_days: int = 30,
     config: HealthConfig | None = None,
+    events_since: datetime | None = None,
 ) -> BacktestResult:
     """Score every customer paying at `as_of` with what was known then; a customer churned when a churn
-    movement falls in (as_of, as_of + horizon]."""
+    movement falls in (as_of, as_of + horizon]. `events_since`: see `state_at`."""
     config = config or HealthConfig()
     end = as_of + timedelta(days=horizon_days)
     churned_ids = {churn.customer_id for churn in churns if as_of < churn.at <= end}
     scored: list[ScoredCustomer] = []
     for bundle in bundles:
-        health = score_at(bundle, config, as_of)
+        health = score_at(bundle, config, as_of, events_since)
         if health is None or health.deleted or health.mrr <= 0:
             continue
         churned = bundle.customer_id in churned_ids
@@ -340,12 +357,15 @@ def run_backtest(
         str(row["customer_id"]) for row in store.query("SELECT customer_id FROM perly_customer_health")
     )
     lookups = store.load_lookups()
+    events = table_for_stream("events")
+    oldest = store.query(f"SELECT MIN(created) AS oldest FROM {events}") if store.has_table(events) else []
+    events_since = to_time(oldest[0]["oldest"]) if oldest else None
 
     def bundles() -> Iterable[CustomerBundle]:
         for start in range(0, len(ids), 200):
             yield from store.load_bundles(ids[start : start + 200], lookups).values()
 
-    return backtest(bundles(), churns, as_of, horizon_days, config)
+    return backtest(bundles(), churns, as_of, horizon_days, config, events_since)
 
 
 def _share(value: float | None) -> str:

@@ -4,12 +4,16 @@ and `perly-report --backtest` prints its figures on the synced store."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from destination_perly import report
+from destination_perly.backtest import score_at
+from destination_perly.health import HealthConfig
+from destination_perly.health.values import to_time
 from destination_perly.store.sqlite import SqliteStore
 from integration_tests.emulator_store import synced_store
 from integration_tests.stripe_emulator import Emulator
@@ -101,3 +105,30 @@ def test_backtest_command_on_a_missing_store_is_a_clear_error_and_creates_nothin
     assert report.main(["--backtest", "--db", str(missing)]) == 2
     assert "no SQLite store" in capsys.readouterr().err
     assert not missing.exists()
+
+
+def test_scores_rebuilt_for_a_past_date_match_the_scores_computed_on_that_date(
+    emulator_factory: Any, tmp_path: Path
+) -> None:
+    # Sync on day T, let 20 days pass, sync again: the backtest's scores for day T, from the second
+    # store, are the ones the first store computed on day T (the few left differ by the MRR history
+    # older than Stripe's 30 days of events, which the live history rebuilds from invoices).
+    emulator = emulator_factory(customers=300, seed=7)
+    then_store = synced_store(emulator, tmp_path / "then.db")
+    then = {row["customer_id"]: row for row in then_store.query("SELECT * FROM perly_customer_health")}
+    as_of = datetime.fromtimestamp(emulator.now, UTC)
+    emulator.advance(days=20)
+    now_store = synced_store(emulator, tmp_path / "now.db")
+    oldest_event = now_store.query("SELECT MIN(created) AS oldest FROM stripe_events")[0]["oldest"]
+    bundles = now_store.load_bundles(list(then))
+    differ = {}
+    for customer_id, row in then.items():
+        rebuilt = score_at(bundles[customer_id], HealthConfig(), as_of, to_time(oldest_event))
+        assert rebuilt is not None
+        if (rebuilt.risk_score, rebuilt.mrr, rebuilt.subscription_health) != (
+            row["risk_score"],
+            row["mrr"],
+            row["subscription_health"],
+        ):
+            differ[customer_id] = (row["risk_reasons"], rebuilt.risk_reasons)
+    assert len(differ) <= len(then) * 0.02, differ

@@ -29,7 +29,7 @@ from destination_perly.health.mrr import (
     subscription_discounts,
 )
 from destination_perly.health.payments import payment_facts, payment_risk
-from destination_perly.health.score import RiskEvidence, assess
+from destination_perly.health.score import LONG_WINDOW_DAYS, RiskEvidence, assess
 from destination_perly.health.tiers import tier_of
 from destination_perly.health.values import (
     StripeObject,
@@ -217,7 +217,16 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
         **flags,
     )
     health.risk_score, health.risk_reasons = assess(
-        health, RiskEvidence(live_subs, customer, charges, facts, downgrades, policy)
+        health,
+        RiskEvidence(
+            live_subs,
+            customer,
+            charges,
+            facts,
+            downgrades,
+            policy,
+            history.mrr_by_currency_at(as_of - timedelta(days=LONG_WINDOW_DAYS)).get(currency or "", 0),
+        ),
     )
     snapshot = MrrSnapshot(at=as_of, mrr_by_currency=dict(mrr_by_currency), cause="as_of")
     return CustomerEvaluation(

@@ -25,6 +25,8 @@ Weights (judgment from how Stripe billing ends, checked by the backtest in `dest
     flag_mrr_contraction         0.05  plus 0.25 x the share of MRR lost over 30 days (the MRR trend)
     flag_payment_failures        0.10  on top of payment_risk: repeated failures
     flag_invoice_aging           0.10  on top of payment_risk: money owed and late
+    earlier_payment_failures     0.10  failed charges 31-90 days ago: a card that failed fails again
+    mrr_trend_90d                0.05  plus 0.20 x the share lost: MRR below 90 days ago (not in 30)
 
 A customer who has already churned has no score (0, no reasons): the report shows them apart.
 """
@@ -56,8 +58,12 @@ WEIGHTS: dict[str, float] = {
     "flag_mrr_contraction": 0.05,
     "flag_payment_failures": 0.10,
     "flag_invoice_aging": 0.10,
+    "earlier_payment_failures": 0.10,
+    "mrr_trend_90d": 0.05,
 }
 MRR_TREND_WEIGHT = 0.25  # added to flag_mrr_contraction, times the share of MRR lost
+LONG_TREND_WEIGHT = 0.20  # added to mrr_trend_90d, times the share of MRR lost
+LONG_WINDOW_DAYS = 90
 STATUS_SIGNALS = ("unpaid", "paused", "incomplete", "past_due")
 
 
@@ -71,6 +77,7 @@ class RiskEvidence:
     facts: PaymentFacts
     downgrades: list[PlanChange]  # in the policy's downgrade window
     policy: RiskPolicy
+    mrr_90d_ago: int  # in the health row's currency
 
 
 @dataclass(frozen=True)
@@ -262,6 +269,26 @@ def signals(health: CustomerHealth, evidence: RiskEvidence) -> list[Signal]:
                 f"MRR fell from {format_money(health.mrr_30d_ago, currency)} to "
                 f"{format_money(health.mrr, currency)} in the last {policy.mrr_contraction_window_days} days "
                 f"(-{lost:.0%})",
+            )
+        )
+    if not health.flag_mrr_contraction and 0 <= health.mrr < evidence.mrr_90d_ago:
+        lost = (evidence.mrr_90d_ago - health.mrr) / evidence.mrr_90d_ago
+        found.append(
+            Signal(
+                "mrr_trend_90d",
+                WEIGHTS["mrr_trend_90d"] + LONG_TREND_WEIGHT * lost,
+                f"MRR fell from {format_money(evidence.mrr_90d_ago, currency)} to "
+                f"{format_money(health.mrr, currency)} in the last {LONG_WINDOW_DAYS} days (-{lost:.0%})",
+            )
+        )
+    earlier = health.failed_payments_90d - health.failed_payments_30d
+    if earlier > 0:
+        found.append(
+            Signal(
+                "earlier_payment_failures",
+                WEIGHTS["earlier_payment_failures"],
+                f"{earlier} failed charge{'s' if earlier != 1 else ''} "
+                f"{policy.failed_payments_window_days + 1}-{LONG_WINDOW_DAYS} days ago",
             )
         )
     if health.flag_payment_failures:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from destination_perly.health.model import CustomerBundle
+from destination_perly.health.model import CustomerBundle, MrrSnapshot
 from destination_perly.health.score import WEIGHTS, combine
 from unit_tests.health.builders import (
     AS_OF,
@@ -124,6 +124,24 @@ SIGNALS = [
         "flag_payment_failures",
         "2 failed payments in the last 30 days",
         id="flag-payment-failures",
+    ),
+    pytest.param(
+        bundle([subscription()], charges=[charge("ch_a", days=40), charge("ch_b", days=75)]),
+        "earlier_payment_failures",
+        "2 failed charges 31-90 days ago",
+        id="earlier-payment-failures",
+    ),
+    pytest.param(
+        bundle(
+            [subscription()],
+            snapshots=[
+                MrrSnapshot(AS_OF - timedelta(days=95), {"usd": 4000}, "evt_a"),
+                MrrSnapshot(AS_OF - timedelta(days=40), {"usd": 1000}, "evt_b"),
+            ],
+        ),
+        "mrr_trend_90d",
+        "MRR fell from 40.00 USD to 10.00 USD in the last 90 days (-75%)",
+        id="mrr-trend-90-days",
     ),
     pytest.param(
         bundle([subscription()], [invoice(due_date=days_ago(12))]),
