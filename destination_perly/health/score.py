@@ -140,9 +140,10 @@ def _scheduled_cancellations(evidence: RiskEvidence, as_of: datetime) -> list[Si
     return [Signal("scheduled_cancellation", WEIGHTS["scheduled_cancellation"], "; ".join(reasons))]
 
 
-def _failures_text(evidence: RiskEvidence, as_of: datetime) -> str:
+def _recent_failures(evidence: RiskEvidence, as_of: datetime) -> list[StripeObject]:
+    """The failed charges of the policy's window, oldest first."""
     window = evidence.policy.failed_payments_window_days
-    failed = sorted(
+    return sorted(
         (
             charge
             for charge in evidence.charges
@@ -150,6 +151,9 @@ def _failures_text(evidence: RiskEvidence, as_of: datetime) -> str:
         ),
         key=lambda charge: (to_time(charge.get("created")) or as_of, str(charge.get("id"))),
     )
+
+
+def _failures_text(failed: list[StripeObject], window: int) -> str:
     figure = f"{len(failed)} failed charge{'s' if len(failed) != 1 else ''} in {window} days"
     if not failed:
         return figure
@@ -176,7 +180,8 @@ def _payment_causes(evidence: RiskEvidence, as_of: datetime) -> dict[str, list[s
             add("medium", f"invoice {invoice_id} is {days} days past due")
     for invoice_id in facts.uncollectible_recent:
         add("critical", f"invoice {invoice_id} was marked uncollectible")
-    failures = _failures_text(evidence, as_of)
+    failed = _recent_failures(evidence, as_of)
+    failures = _failures_text(failed, evidence.policy.failed_payments_window_days)
     if facts.failed_30d >= 3:
         add("high", failures)
     elif facts.failed_30d == 2:
@@ -184,7 +189,7 @@ def _payment_causes(evidence: RiskEvidence, as_of: datetime) -> dict[str, list[s
     elif facts.failed_30d == 1:
         add("low", failures)
     if facts.hard_declines_30d:
-        hard = [charge for charge in evidence.charges if is_hard_decline(charge)]
+        hard = [charge for charge in failed if is_hard_decline(charge)]
         codes = sorted({text(as_dict(c.get("outcome")).get("reason")) or "do_not_try_again" for c in hard})
         add("high", f"{facts.hard_declines_30d} hard decline(s): {', '.join(codes)}")
     for invoice_id in facts.retries_exhausted:

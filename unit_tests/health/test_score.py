@@ -220,3 +220,13 @@ def test_given_reasons_when_scoring_then_strongest_signal_comes_first() -> None:
     both = subscription(cancel_at=days_ago(-29), status="past_due")
     health = evaluate(bundle([both]), as_of=AS_OF + timedelta(hours=1)).health
     assert health.risk_reasons[0].startswith("cancels on 2026-11-30")
+
+
+def test_given_an_old_and_a_recent_hard_decline_when_scoring_then_only_the_recent_one_is_quoted() -> None:
+    charges = [
+        charge("ch_old", days=60, reason="stolen_card"),
+        charge("ch_new", days=2, reason="expired_card"),
+    ]
+    reasons = evaluate(bundle([subscription()], charges=charges)).health.risk_reasons
+    assert any("1 hard decline(s): expired_card" in reason for reason in reasons), reasons
+    assert not any("stolen_card" in reason for reason in reasons)
