@@ -306,11 +306,12 @@ def signals(health: CustomerHealth, evidence: RiskEvidence) -> list[Signal]:
             )
         )
     if health.flag_invoice_aging:
+        late = sum(1 for _, days in evidence.facts.aged_days if days >= policy.invoice_aging_flag_days)
         found.append(
             Signal(
                 "flag_invoice_aging",
                 WEIGHTS["flag_invoice_aging"],
-                f"open invoice(s) past due, oldest {health.max_days_past_due} days, "
+                f"{late} open invoice(s) past due, oldest {health.max_days_past_due} days, "
                 f"{format_money(health.past_due_amount, currency)} outstanding",
             )
         )

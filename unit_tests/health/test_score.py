@@ -146,7 +146,7 @@ SIGNALS = [
     pytest.param(
         bundle([subscription()], [invoice(due_date=days_ago(12))]),
         "flag_invoice_aging",
-        "oldest 12 days, 10.00 USD outstanding",
+        "1 open invoice(s) past due, oldest 12 days, 10.00 USD outstanding",
         id="flag-invoice-aging",
     ),
 ]
