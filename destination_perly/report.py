@@ -25,6 +25,7 @@ from string import Template
 from typing import Any
 
 from destination_perly.backtest import BacktestUnavailable, render_backtest, run_backtest
+from destination_perly.health import HealthConfig
 from destination_perly.store.base import Store
 
 Row = dict[str, Any]
@@ -426,20 +427,23 @@ def query_for_config(raw_config: dict[str, Any]) -> QueryFn:
 # Command line
 
 
-def open_store_for(db: str | None, config_path: str | None) -> Store:
-    """The store the command line names (`--config` or `--db`), for the backtest's bundles; a missing
-    SQLite file is an error, never created."""
+def open_store_for(db: str | None, config_path: str | None) -> tuple[Store, HealthConfig]:
+    """The store the command line names (`--config` or `--db`) and the health settings to score with
+    (the config's, else the defaults), for the backtest; a missing SQLite file is an error, never
+    created."""
     from destination_perly.config import ConfigError, SqliteSettings, open_store, parse_config
     from destination_perly.store import StoreError
 
     try:
+        health = HealthConfig()
         if config_path:
-            settings = parse_config(json.loads(Path(config_path).read_text(encoding="utf-8"))).store
+            parsed = parse_config(json.loads(Path(config_path).read_text(encoding="utf-8")))
+            settings, health = parsed.store, parsed.health
         else:
             settings = SqliteSettings(path=db or "var/perly.db")
         if isinstance(settings, SqliteSettings) and not Path(settings.path).is_file():
             raise StoreUnavailable(f"no SQLite store at {settings.path}: run a sync first")
-        return open_store(settings)
+        return open_store(settings), health
     except (ConfigError, StoreError) as exc:  # their messages never quote a secret
         raise StoreUnavailable(str(exc)) from exc
 
@@ -497,9 +501,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _print_backtest(args: argparse.Namespace) -> int:
     try:
-        store = open_store_for(args.db, args.config)
+        store, health = open_store_for(args.db, args.config)
         try:
-            result = run_backtest(store, args.as_of, args.horizon_days)
+            result = run_backtest(store, args.as_of, args.horizon_days, health)
         finally:
             store.close()
     except (StoreUnavailable, BacktestUnavailable) as exc:

@@ -132,3 +132,12 @@ def test_scores_rebuilt_for_a_past_date_match_the_scores_computed_on_that_date(
         ):
             differ[customer_id] = (row["risk_reasons"], rebuilt.risk_reasons)
     assert len(differ) <= len(then) * 0.02, differ
+
+
+def test_backtest_command_reads_the_store_a_destination_config_names(
+    synced: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "destination.json"
+    config.write_text(json.dumps({"store": {"store_type": "sqlite", "path": str(synced)}}), encoding="utf-8")
+    assert report.main(["--backtest", "--config", str(config)]) == 0
+    assert "customers paying at as-of: " in capsys.readouterr().out
