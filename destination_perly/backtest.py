@@ -42,7 +42,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from destination_perly.health import CustomerBundle, CustomerHealth, HealthConfig, evaluate_customer
-from destination_perly.health.counting import in_trial
+from destination_perly.health.counting import ended_at, in_trial
 from destination_perly.health.history import _overlay  # the live history's own rule for previous_attributes
 from destination_perly.health.payments import (
     days_past_due_at,
@@ -53,7 +53,6 @@ from destination_perly.health.values import StripeObject, as_dict, as_list, form
 from destination_perly.store.base import HEALTH_TABLE, MOVEMENTS_TABLE, Store, parse_iso, table_for_stream
 
 TOP_SHARE = 0.10  # the top decile by score
-TERMINAL = {"canceled", "incomplete_expired"}
 PENDING_RETRY = 86_400  # a placeholder next attempt a day later: retries are taken as pending
 
 
@@ -145,8 +144,8 @@ def _subscription_by_dates(
         invoice_subscription_id(invoice) == sub.get("id") and (days_past_due_at(invoice, at) or 0) >= 1
         for invoice in invoices
     )
-    ended = to_time(state.get("ended_at"))
-    if ended is not None and ended > at or (ended is None and state.get("status") in TERMINAL):
+    ended = ended_at(state)
+    if ended is not None and ended > at:
         state["ended_at"] = None
         state["status"] = "active"
         status_known = False
@@ -182,9 +181,9 @@ def _invoice_at(invoice: StripeObject, at: datetime) -> StripeObject | None:
     if later or was_open_at(invoice, at):
         transitions.update(later)
         amount_due = invoice.get("amount_due")
-        state.update(status="open", status_transitions=transitions, amount_paid=0)
+        state.update(status="open", status_transitions=transitions)
         if invoice.get("status") != "open" and isinstance(amount_due, int):
-            state["amount_remaining"] = amount_due
+            state.update(amount_remaining=amount_due, amount_paid=0)
         if state.get("collection_method", "charge_automatically") == "charge_automatically":
             state["next_payment_attempt"] = int(at.timestamp()) + PENDING_RETRY
     return state
