@@ -5,7 +5,8 @@ what was known then, and compare with the churn (MRR to 0) that followed.
     print(render_backtest(result))
 
 `as_of` defaults to the newest `as_of` in `perly_customer_health` minus the horizon, so the whole
-horizon has been observed. The pure core is `backtest(bundles, churns, as_of, horizon_days, config)`.
+horizon has been observed. The pure core is `backtest(bundles, churns, as_of, horizon_days, config,
+events_since)`; the population is every customer paying (MRR > 0) at `as_of`.
 
 What was known at `as_of` is rebuilt from the stored objects (`state_at`), each at its latest version:
 
@@ -14,11 +15,13 @@ What was known at `as_of` is rebuilt from the stored objects (`state_at`), each 
 - a subscription or customer with events after `as_of` is taken as it was then: the object of its
   latest event up to `as_of`, else the first later event's object with its `previous_attributes`
   laid over it (a `created` event: it did not exist yet);
-- without such events (older than the stored events: Stripe keeps 30 days), a subscription is
+- without such events, when every event since `as_of` is stored (the oldest stored event is not
+  later), nothing changed: the stored object is the one of then;
+- otherwise (`as_of` older than the stored events: Stripe keeps 30 days), a subscription is
   rebuilt from its own dates: not ended if it ended later (`active`, or `trialing` inside its
   trial, or `past_due` when one of its invoices was open and past due then); a cancellation
   requested later (`canceled_at`) is removed; `unpaid`/`past_due` that no invoice open then
-  explains is `active`;
+  explains is `active`, and `unpaid` that one does is `past_due`;
 - invoices are taken back along `status_transitions`: not finalized yet is a `draft`, paid,
   voided or marked uncollectible later is `open` with the whole amount remaining.
 
