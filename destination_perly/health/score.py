@@ -199,6 +199,17 @@ def _payment_causes(evidence: RiskEvidence, as_of: datetime) -> dict[str, list[s
     return causes
 
 
+def _mrr_fall(name: str, slope: float, before: int, days: int, health: CustomerHealth) -> Signal:
+    """MRR lower than `days` ago: the signal's weight grows with the share lost (the MRR trend)."""
+    lost = (before - health.mrr) / before
+    return Signal(
+        name,
+        WEIGHTS[name] + slope * lost,
+        f"MRR fell from {format_money(before, health.currency)} to "
+        f"{format_money(health.mrr, health.currency)} in the last {days} days (-{lost:.0%})",
+    )
+
+
 def signals(health: CustomerHealth, evidence: RiskEvidence) -> list[Signal]:
     """Every billing signal present, strongest first, each with the sentence that explains it."""
     as_of, policy, currency = health.as_of, evidence.policy, health.currency
@@ -266,25 +277,11 @@ def signals(health: CustomerHealth, evidence: RiskEvidence) -> list[Signal]:
             )
         )
     if health.flag_mrr_contraction and health.mrr_30d_ago > 0:
-        lost = (health.mrr_30d_ago - health.mrr) / health.mrr_30d_ago
-        found.append(
-            Signal(
-                "flag_mrr_contraction",
-                WEIGHTS["flag_mrr_contraction"] + MRR_TREND_WEIGHT * lost,
-                f"MRR fell from {format_money(health.mrr_30d_ago, currency)} to "
-                f"{format_money(health.mrr, currency)} in the last {policy.mrr_contraction_window_days} days "
-                f"(-{lost:.0%})",
-            )
-        )
+        window = policy.mrr_contraction_window_days
+        found.append(_mrr_fall("flag_mrr_contraction", MRR_TREND_WEIGHT, health.mrr_30d_ago, window, health))
     if not health.flag_mrr_contraction and 0 <= health.mrr < evidence.mrr_90d_ago:
-        lost = (evidence.mrr_90d_ago - health.mrr) / evidence.mrr_90d_ago
         found.append(
-            Signal(
-                "mrr_trend_90d",
-                WEIGHTS["mrr_trend_90d"] + LONG_TREND_WEIGHT * lost,
-                f"MRR fell from {format_money(evidence.mrr_90d_ago, currency)} to "
-                f"{format_money(health.mrr, currency)} in the last {LONG_WINDOW_DAYS} days (-{lost:.0%})",
-            )
+            _mrr_fall("mrr_trend_90d", LONG_TREND_WEIGHT, evidence.mrr_90d_ago, LONG_WINDOW_DAYS, health)
         )
     earlier = health.failed_payments_90d - health.failed_payments_30d
     if earlier > 0:
