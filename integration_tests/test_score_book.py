@@ -4,6 +4,7 @@ and `perly-report --backtest` prints its figures on the synced store."""
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from destination_perly.backtest import score_at
 from destination_perly.health import HealthConfig
 from destination_perly.health.values import to_time
 from destination_perly.store.sqlite import SqliteStore
-from integration_tests.emulator_store import synced_store
+from integration_tests.emulator_store import fill, synced_store
+from integration_tests.postgres import postgres_dsn, store_settings
 from integration_tests.stripe_emulator import Emulator
 
 pytestmark = pytest.mark.emulator
@@ -141,3 +143,28 @@ def test_backtest_command_reads_the_store_a_destination_config_names(
     config.write_text(json.dumps({"store": {"store_type": "sqlite", "path": str(synced)}}), encoding="utf-8")
     assert report.main(["--backtest", "--config", str(config)]) == 0
     assert "customers paying at as-of: " in capsys.readouterr().out
+
+
+@pytest.mark.postgres
+def test_backtest_on_postgresql_gives_the_figures_of_sqlite(
+    emulator: Emulator, synced: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import psycopg
+
+    from destination_perly.store.postgres import PostgresStore
+
+    dsn = postgres_dsn()
+    schema = f"perly_backtest_{uuid.uuid4().hex[:8]}"
+    config = tmp_path / "destination.json"
+    config.write_text(json.dumps({"store": store_settings(dsn, schema)}), encoding="utf-8")
+    try:
+        store = PostgresStore(dsn=dsn, schema=schema)
+        fill(emulator, store)
+        store.close()
+        assert report.main(["--backtest", "--config", str(config)]) == 0
+        on_postgres = capsys.readouterr().out
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    assert report.main(["--backtest", "--db", str(synced)]) == 0
+    assert on_postgres == capsys.readouterr().out
