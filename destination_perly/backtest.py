@@ -2,7 +2,7 @@
 what was known then, and compare with the churn (MRR to 0) that followed.
 
     result = run_backtest(store, as_of=None, horizon_days=30)   # -> BacktestResult
-    print(render_backtest(result))
+    # perly-report --backtest prints it; its HTML page has a section for it (report.backtest_rows)
 
 `as_of` defaults to the newest `as_of` in `perly_customer_health` minus the horizon, so the whole
 horizon has been observed. The pure core is `backtest(bundles, churns, as_of, horizon_days, config,
@@ -52,7 +52,7 @@ from destination_perly.health.payments import (
     invoice_subscription_id,
     was_open_at,
 )
-from destination_perly.health.values import StripeObject, as_dict, as_list, format_money, ref_id, to_time
+from destination_perly.health.values import StripeObject, as_dict, as_list, ref_id, to_time
 from destination_perly.store.base import HEALTH_TABLE, MOVEMENTS_TABLE, Store, parse_iso, table_for_stream
 
 TOP_SHARE = 0.10  # the top decile by score
@@ -368,28 +368,3 @@ def run_backtest(
             yield from store.load_bundles(ids[start : start + 200], lookups).values()
 
     return backtest(bundles(), churns, as_of, horizon_days, config, events_since)
-
-
-def _share(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0%}"
-
-
-def render_backtest(result: BacktestResult) -> str:
-    """The figures as terminal text."""
-    end = result.as_of + timedelta(days=result.horizon_days)
-    lines = [
-        f"Backtest: scored as of {result.as_of:%Y-%m-%d %H:%M} UTC with what was known then, "
-        f"churn (MRR to 0) until {end:%Y-%m-%d %H:%M} UTC ({result.horizon_days} days)",
-        f"  customers paying at as-of: {result.customers}, churned within {result.horizon_days} days: "
-        f"{result.churned}",
-        f"  ROC AUC: {'n/a' if result.auc is None else f'{result.auc:.3f}'}",
-        f"  top 10% by score: {result.top_decile} customers, {result.top_decile_churned} churned; "
-        f"precision {_share(result.precision)}, recall {_share(result.recall)}",
-    ]
-    for currency, total in result.churned_mrr_by_currency.items():
-        caught = result.captured_mrr_by_currency.get(currency, 0)
-        lines.append(
-            f"  churned MRR caught by the top 10%: {format_money(caught, currency)} of "
-            f"{format_money(total, currency)} ({_share(result.captured_share(currency))})"
-        )
-    return "\n".join(lines)

@@ -83,14 +83,14 @@ def test_backtest_command_prints_sample_sizes_auc_and_top_decile_figures(
     synced: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert report.main(["--backtest", "--db", str(synced), "--horizon-days", "20"]) == 0
-    out = capsys.readouterr().out
-    assert "churn (MRR to 0) until" in out
-    assert "(20 days)" in out
-    paying = int(out.split("customers paying at as-of: ")[1].split(",")[0])
-    assert paying > 100
-    for figure in ("ROC AUC: ", "top 10% by score: ", "precision", "recall"):
-        assert figure in out
-    assert "churned MRR caught by the top 10%" in out
+    figures = dict(line.strip().split(": ", 1) for line in capsys.readouterr().out.splitlines()[1:])
+    assert figures["Churn looked for within"] == "20 days"
+    assert int(figures["Customers scored (paying then)"].replace(",", "")) > 100
+    assert 0 < int(figures["Of them, churned within the horizon"]) < 100
+    assert 0.5 < float(figures["ROC AUC (0.5 is chance, 1.0 a perfect ranking)"]) <= 1
+    for figure in ("Top 10% by score", "Precision of the top 10%", "Recall of the top 10%"):
+        assert figure in figures
+    assert " of USD " in figures["Churned USD MRR caught by the top 10%"]
 
 
 def test_backtest_command_refuses_a_horizon_not_observed_yet(
@@ -142,7 +142,7 @@ def test_backtest_command_reads_the_store_a_destination_config_names(
     config = tmp_path / "destination.json"
     config.write_text(json.dumps({"store": {"store_type": "sqlite", "path": str(synced)}}), encoding="utf-8")
     assert report.main(["--backtest", "--config", str(config)]) == 0
-    assert "customers paying at as-of: " in capsys.readouterr().out
+    assert "Customers scored (paying then): " in capsys.readouterr().out
 
 
 @pytest.mark.postgres

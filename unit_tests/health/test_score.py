@@ -116,7 +116,7 @@ SIGNALS = [
     pytest.param(
         downgraded(),
         "flag_mrr_contraction",
-        "MRR fell from 30.00 USD to 10.00 USD in the last 30 days (-67%)",
+        "MRR fell from USD 30.00 to USD 10.00 in the last 30 days (-67%)",
         id="flag-mrr-contraction",
     ),
     pytest.param(
@@ -140,13 +140,13 @@ SIGNALS = [
             ],
         ),
         "mrr_trend_90d",
-        "MRR fell from 40.00 USD to 10.00 USD in the last 90 days (-75%)",
+        "MRR fell from USD 40.00 to USD 10.00 in the last 90 days (-75%)",
         id="mrr-trend-90-days",
     ),
     pytest.param(
         bundle([subscription()], [invoice(due_date=days_ago(12))]),
         "flag_invoice_aging",
-        "1 open invoice(s) past due, oldest 12 days, 10.00 USD outstanding",
+        "1 open invoice(s) past due, oldest 12 days, USD 10.00 outstanding",
         id="flag-invoice-aging",
     ),
 ]
