@@ -730,10 +730,11 @@ def query_for_config(raw_config: dict[str, Any]) -> QueryFn:
 
 def open_store_for(db: str | None, config_path: str | None) -> tuple[Store, HealthConfig]:
     """The store the command line names (`--config` or `--db`) and the health settings to score with
-    (the config's, else the defaults), for the backtest; a missing SQLite file is an error, never
-    created."""
+    (the config's, else the defaults), for the backtest; a SQLite file is opened read-only (a missing
+    one is an error, never created)."""
     from destination_perly.config import ConfigError, SqliteSettings, open_store, parse_config
     from destination_perly.store import StoreError
+    from destination_perly.store.sqlite import SqliteStore
 
     try:
         health = HealthConfig()
@@ -742,8 +743,10 @@ def open_store_for(db: str | None, config_path: str | None) -> tuple[Store, Heal
             settings, health = parsed.store, parsed.health
         else:
             settings = SqliteSettings(path=db or "var/perly.db")
-        if isinstance(settings, SqliteSettings) and not Path(settings.path).is_file():
-            raise StoreUnavailable(f"no SQLite store at {settings.path}: run a sync first")
+        if isinstance(settings, SqliteSettings):
+            if not Path(settings.path).is_file():
+                raise StoreUnavailable(f"no SQLite store at {settings.path}: run a sync first")
+            return SqliteStore(settings.path, read_only=True), health
         return open_store(settings), health
     except (ConfigError, StoreError) as exc:  # their messages never quote a secret
         raise StoreUnavailable(str(exc)) from exc

@@ -4,6 +4,7 @@ and `perly-report --backtest` prints its figures on the synced store."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -168,3 +169,17 @@ def test_backtest_on_postgresql_gives_the_figures_of_sqlite(
             connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     assert report.main(["--backtest", "--db", str(synced)]) == 0
     assert on_postgres == capsys.readouterr().out
+
+
+def test_backtest_command_leaves_the_sqlite_file_as_it_was(
+    synced: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A store whose journal mode is not WAL: opening it to write would switch it (a write)
+    copy = tmp_path / "copy.db"
+    with sqlite3.connect(synced) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+        target.execute("PRAGMA journal_mode = DELETE")
+    before = copy.read_bytes()
+    assert report.main(["--backtest", "--db", str(copy)]) == 0
+    assert "Customers scored (paying then): " in capsys.readouterr().out
+    assert copy.read_bytes() == before
