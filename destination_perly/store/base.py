@@ -497,7 +497,7 @@ class Store(ABC):
     def mark_time_sensitive(self, as_of: datetime, lookback_days: int = 90) -> None:
         """Marks dirty the customers whose health can change with the clock alone: open invoices,
         trials, past-due or unpaid subscriptions, failed charges still inside a window, and any raised
-        flag or risk that may expire."""
+        flag, risk or risk score (its signals, such as the 90-day MRR trend, expire)."""
         tables = self.tables()
         queries: list[tuple[str, tuple[Any, ...]]] = []
         invoices, subscriptions, charges = (
@@ -526,7 +526,8 @@ class Store(ABC):
             (
                 f"SELECT customer_id FROM {HEALTH_TABLE} WHERE deleted = 0 AND (payment_risk <> ?"
                 " OR flag_payment_failures = 1 OR flag_downgrade = 1 OR flag_invoice_aging = 1"
-                " OR flag_trial_expiring = 1 OR flag_mrr_contraction = 1 OR mrr_change_30d <> 0)",
+                " OR flag_trial_expiring = 1 OR flag_mrr_contraction = 1 OR mrr_change_30d <> 0"
+                " OR risk_score > 0)",
                 ("none",),
             )
         )

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from destination_perly.health.model import HealthConfig, MrrSnapshot
+from destination_perly.health.model import CustomerEvaluation, HealthConfig, MrrSnapshot
 from destination_perly.store.base import Store, table_for_stream
 from destination_perly.store.sqlite import SqliteStore
 from unit_tests.destination.builders import (
@@ -19,6 +19,7 @@ from unit_tests.destination.builders import (
     FakeEngine,
     customer,
     invoice,
+    quiet_health,
     subscription,
     tombstone,
 )
@@ -403,3 +404,21 @@ def test_given_a_snapshots_table_from_an_older_version_then_ensure_schema_upgrad
     upgraded.ensure_schema()  # a second start finds it done
     upgraded.save_results([], [("cus_1", MrrSnapshot(at=AS_OF, mrr_by_currency={"usd": 2}, cause="evt_c"))])
     assert [s.cause for s in upgraded.load_bundle("cus_1").snapshots] == ["evt_a", "evt_b", "evt_c"]
+
+
+def test_given_a_risk_score_with_no_flag_then_the_customer_is_marked_time_sensitive(store: Store) -> None:
+    # e.g. MRR fell 60 days ago: no flag is raised, yet the score's 90-day trend expires with time
+    store.ensure_schema()
+    scored = quiet_health("cus_trend", AS_OF, risk_score=11, mrr=1000)
+    quiet = quiet_health("cus_quiet", AS_OF, mrr=1000)
+    store.save_results(
+        [
+            CustomerEvaluation(
+                health=h, movements=[], plan_changes=[], snapshot=MrrSnapshot(AS_OF, {}, "as_of")
+            )
+            for h in (scored, quiet)
+        ],
+        [],
+    )
+    store.mark_time_sensitive(AS_OF)
+    assert store.dirty_customers() == {"cus_trend"}
