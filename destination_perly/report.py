@@ -810,9 +810,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.html:
         from destination_perly.private_files import write_private
 
+        report.backtest = default_backtest(args.db, args.config, args.horizon_days)
         write_private(Path(args.html), render_html(report).encode())  # names and emails: owner-only
         print(f"\nHTML report written to {args.html}")
     return 0
+
+
+def default_backtest(
+    db: str | None, config_path: str | None, horizon_days: int = 30
+) -> BacktestResult | None:
+    """The backtest the HTML page shows: as of the newest data less the horizon, or None when the
+    store cannot give one yet (the page then says what a backtest is)."""
+    try:
+        store, health = open_store_for(db, config_path)
+    except StoreUnavailable:
+        return None
+    try:
+        return run_backtest(store, None, horizon_days, health)
+    except BacktestUnavailable:
+        return None
+    finally:
+        store.close()
 
 
 def _print_backtest(args: argparse.Namespace) -> int:
