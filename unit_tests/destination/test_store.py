@@ -256,6 +256,38 @@ def test_given_stored_history_when_saving_again_then_no_row_is_rewritten_and_bun
     assert store.load_bundle("cus_2").history is None  # never evaluated: nothing stored
 
 
+def test_given_history_stored_by_an_earlier_version_then_it_is_kept_loaded_in_order_and_appended_to(
+    store_factory: StoreFactory,
+) -> None:
+    # An earlier version created the history tables from the dataclasses alone (no insertion-order
+    # column on PostgreSQL) and stored a whole recomputed history; nothing of it may be lost.
+    store = store_factory.open()
+    texts = ("customer_id", "at", "kind", "churn_type", "currency")
+    numbers = ("mrr_before", "mrr_after", "delta")
+    columns = ", ".join(
+        [*(f"{n} TEXT" for n in texts), *(f"{n} {store.int_type}" for n in numbers), "cause TEXT"]
+    )
+    store.execute(f"CREATE TABLE perly_mrr_movements ({columns})")
+    old = [
+        ("cus_1", "2026-10-01T00:00:00Z", "new", None, "usd", 0, 1500, 1500, "sub_1"),
+        ("cus_1", "2026-10-02T00:00:00Z", "expansion", None, "usd", 1500, 2000, 500, "sub_1"),
+    ]
+    for row in reversed(old):
+        store.execute("INSERT INTO perly_mrr_movements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+    store.ensure_schema()
+
+    later = MrrMovement("cus_1", AS_OF, "contraction", None, "usd", 2000, 1000, -1000, "as_of")
+    store.save_results([evaluation_of("cus_1", AS_OF, [later], [])], [])
+
+    history = store.load_bundle("cus_1").history
+    assert history is not None
+    assert [(m.kind, m.delta) for m in history.movements] == [
+        ("new", 1500),
+        ("expansion", 500),
+        ("contraction", -1000),
+    ]
+
+
 def evaluation_of(
     customer_id: str, as_of: datetime, movements: list[MrrMovement], plan_changes: list[PlanChange]
 ) -> CustomerEvaluation:
