@@ -7,8 +7,10 @@ Each subscription's past is rebuilt as a list of versions, each valid from a mom
    the subscription did not exist before);
 2. before the events (or with none), its paid/open invoices: each full subscription period gives
    the items (price, quantity) billed from its start, and proration lines give mid-period changes
-   (credited prices removed, charged ones added) at their start. The latest billed moment is left to
-   the subscription object itself, so a change seen only in the current object is placed there;
+   (credited items removed, charged ones added) at their start. From the latest billed moment on,
+   the subscription object itself holds; if its items differ from what was billed then and nothing
+   dates the change (an item's `created` may), the change is dated at the end of the interval:
+   `as_of`, or the first event;
 3. the current object, which is the truth at `as_of` and, lacking the above, for all earlier time
    (an `unpaid` one counted as past_due until its last failed retry).
 
@@ -17,6 +19,9 @@ oldest open invoice became delinquent. The customer's MRR is evaluated at every 
 the same rules as now. Snapshots the pipeline stored earlier override the rebuilt values between
 the first and last snapshot (they are what was actually observed); a change between two
 snapshots is dated by the latest rebuilt change in between when there is one.
+
+The stored history is append-only: the rebuilt timeline only decides what happened after the stored
+rows (see `_append_new` and docs/DESIGN.md).
 """
 
 from __future__ import annotations
