@@ -276,10 +276,15 @@ def _versions(
             base = after_states[0]
     else:
         base = current
-    versions = [Version(None, base, sub_id)]
     first_event_at = to_time(events[0].get("created")) if events else None
-    if base is not None:
-        versions.extend(_invoice_versions(sub_id, base, invoices, catalog, first_event_at or as_of))
+    before = first_event_at or as_of
+    billed = _invoice_versions(sub_id, base, invoices, catalog, before) if base is not None else []
+    earliest = base
+    if base is not None and billed and billed[0].state is not base:
+        # Before the first period an invoice shows (e.g. its invoice was voided), the items billed
+        # nearest in time, not today's.
+        earliest = {**base, "items": as_dict(billed[0].state).get("items")}
+    versions = [Version(None, earliest, sub_id), *billed]
     for event, state in zip(events, after_states, strict=True):
         created = to_time(event.get("created"))
         versions.append(Version(created, state, str(event.get("id"))))
@@ -478,11 +483,12 @@ def _undated_change_at(
 
 
 def _billed_state(base: StripeObject, items: list[StripeObject]) -> StripeObject:
-    """The subscription as it was while these items were billed: counting, with today's terms."""
+    """The subscription as it was while these items were billed: counting, with today's terms (a
+    past_due one stays past_due, so its open invoices still make it delinquent on the day they do)."""
     return {
         **base,
         "items": {"data": _with_item_terms(items, base)},
-        "status": "active",
+        "status": "past_due" if base.get("status") == "past_due" else "active",
         "ended_at": None,
         "canceled_at": None,
         "cancel_at": None,

@@ -208,3 +208,31 @@ def test_given_stored_history_telling_the_past_differently_then_it_stands_and_mr
     assert story(evaluation.movements) == [("expansion", "usd", 1000, 2000)]
     assert evaluation.movements[0].at == AS_OF
     assert (evaluation.health.mrr_30d_ago, evaluation.health.flag_mrr_contraction) == (5000, True)
+
+
+def test_given_past_due_billed_on_open_invoices_without_events_then_churn_on_the_delinquency_day() -> None:
+    # paid monthly until 90 days ago; the invoices of the last three periods are open (due at their
+    # start): the oldest makes it delinquent 31 days after, 59 days ago, not when the last was billed
+    invoices = monthly_invoices("price_basic", 1000, 1, periods=5, last_start=days_ago(30))
+    for found in invoices[2:]:
+        start = found["lines"]["data"][0]["period"]["start"]
+        found.update(status="open", amount_remaining=1000, due_date=start)
+        found["status_transitions"].update(paid_at=None, finalized_at=start)
+    sub = subscription(item(BASIC), status="past_due", start=days_ago(150))
+    evaluation = evaluate(bundle([sub], invoices, prices=[BASIC]))
+
+    assert [(m.kind, m.churn_type) for m in evaluation.movements] == [("new", None), ("churn", "involuntary")]
+    assert evaluation.movements[1].at == to_time(days_ago(90) + 31 * 86400)
+
+
+def test_given_the_first_periods_invoice_was_voided_then_that_period_has_the_earliest_billed_items() -> None:
+    # Basic from 100 days ago (the first invoice voided), Pro since 10 days ago: today's Pro is not
+    # assumed for the first month, so there is no made-up new 3000 then contraction
+    invoices = monthly_invoices("price_basic", 1000, 1, periods=3, last_start=days_ago(40))
+    invoices[0]["status"] = "void"
+    invoices += monthly_invoices("price_pro", 3000, 1, periods=1, last_start=days_ago(10))
+    sub = subscription(item(PRO), start=days_ago(100))
+    evaluation = evaluate(bundle([sub], invoices, prices=[BASIC, PRO], products=PRODUCTS))
+
+    assert story(evaluation.movements) == [("new", "usd", 0, 1000), ("expansion", "usd", 1000, 3000)]
+    assert evaluation.movements[0].at == to_time(days_ago(100))
