@@ -120,6 +120,7 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
         mrr_by_currency,
         charges,
         amount_of,
+        bundle.history,
     )
     window_start = as_of - timedelta(days=policy.mrr_contraction_window_days)
     currency = (
@@ -231,8 +232,8 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
     snapshot = MrrSnapshot(at=as_of, mrr_by_currency=dict(mrr_by_currency), cause="as_of")
     return CustomerEvaluation(
         health=health,
-        movements=history.movements,
-        plan_changes=history.plan_changes,
+        movements=history.new_movements,
+        plan_changes=history.new_plan_changes,
         snapshot=snapshot,
         problems=sorted(set(problems + ignored)),
     )
