@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from destination_perly.health.model import HealthConfig, MrrSnapshot
+from destination_perly.health.model import CustomerEvaluation, HealthConfig, MrrSnapshot
 from destination_perly.store.base import Store, table_for_stream
 from destination_perly.store.sqlite import SqliteStore
 from unit_tests.destination.builders import (
@@ -19,6 +19,7 @@ from unit_tests.destination.builders import (
     FakeEngine,
     customer,
     invoice,
+    quiet_health,
     subscription,
     tombstone,
 )
@@ -403,3 +404,13 @@ def test_given_a_snapshots_table_from_an_older_version_then_ensure_schema_upgrad
     upgraded.ensure_schema()  # a second start finds it done
     upgraded.save_results([], [("cus_1", MrrSnapshot(at=AS_OF, mrr_by_currency={"usd": 2}, cause="evt_c"))])
     assert [s.cause for s in upgraded.load_bundle("cus_1").snapshots] == ["evt_a", "evt_b", "evt_c"]
+
+
+def test_given_a_row_counting_failed_payments_of_the_last_90_days_then_it_is_time_sensitive(
+    store: Store,
+) -> None:
+    # The failed charge has left the window at the new as_of, but the stored row still counts it.
+    row = quiet_health("cus_aged_failure", AS_OF - timedelta(days=7), failed_payments_90d=1)
+    store.save_results([CustomerEvaluation(row, [], [], MrrSnapshot(AS_OF, {}, "as_of"))], [])
+    store.mark_time_sensitive(AS_OF)
+    assert "cus_aged_failure" in store.dirty_customers()
