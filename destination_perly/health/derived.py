@@ -154,6 +154,36 @@ def _terms(applied: list[tuple[int, int]], currency: str | None) -> StripeObject
     return {"percent_off": fine} if fine is not None else {}
 
 
+def _discount_amounts(invoice: StripeObject, item_of: dict[str, str | None]) -> list[tuple[str, int, int]]:
+    """(discount id, amount it applied to, amount off) on one invoice. An item's discount is read on
+    its item's line; a subscription's or customer's on the subtotal left after item discounts."""
+    found: list[tuple[str, int, int]] = []
+    item_total = 0
+    for line in as_list(invoice.get("lines")):
+        line = as_dict(line)
+        item_id = ref_id(
+            as_dict(as_dict(line.get("parent")).get("subscription_item_details")).get("subscription_item")
+        )
+        base = line.get("amount")
+        for entry in as_list(line.get("discount_amounts")):
+            discount_id, amount = ref_id(as_dict(entry).get("discount")), as_dict(entry).get("amount")
+            if discount_id and item_of.get(discount_id) and item_of[discount_id] == item_id:
+                if isinstance(amount, int) and isinstance(base, int):
+                    found.append((discount_id, base, amount))
+                    item_total += amount
+    subtotal = invoice.get("subtotal")
+    for entry in as_list(invoice.get("total_discount_amounts")):
+        discount_id, amount = ref_id(as_dict(entry).get("discount")), as_dict(entry).get("amount")
+        if (
+            discount_id
+            and not item_of.get(discount_id)
+            and isinstance(amount, int)
+            and isinstance(subtotal, int)
+        ):
+            found.append((discount_id, subtotal - item_total, amount))
+    return found
+
+
 def coupons_seen(
     discounts: Iterable[Any], invoices: list[StripeObject]
 ) -> tuple[dict[str, StripeObject], dict[str, str]]:
@@ -162,6 +192,7 @@ def coupons_seen(
     coupon_of_discount: dict[str, str] = {}
     evidence: dict[str, _Evidence] = {}
     subscription_of: dict[str, str | None] = {}
+    item_of: dict[str, str | None] = {}
     for discount in discounts:
         discount = as_dict(discount)
         coupon_id = ref_id(as_dict(discount.get("source")).get("coupon")) or ref_id(discount.get("coupon"))
@@ -170,6 +201,7 @@ def coupons_seen(
             continue
         coupon_of_discount[discount_id] = coupon_id
         subscription_of[discount_id] = ref_id(discount.get("subscription"))
+        item_of[discount_id] = ref_id(discount.get("subscription_item"))
         found = evidence.setdefault(coupon_id, _Evidence())
         found.repeating = found.repeating or discount.get("end") is not None
     renewals = sorted(
@@ -184,19 +216,16 @@ def coupons_seen(
     )
     last_use: dict[str, int] = {}
     for created, invoice in renewals:
-        subtotal = invoice.get("subtotal")
-        for entry in as_list(invoice.get("total_discount_amounts")):
-            discount_id = ref_id(as_dict(entry).get("discount"))
-            amount = as_dict(entry).get("amount")
-            coupon_id = coupon_of_discount.get(discount_id or "")
-            if coupon_id is None or not isinstance(amount, int) or not isinstance(subtotal, int):
+        for discount_id, base, amount in _discount_amounts(invoice, item_of):
+            coupon_id = coupon_of_discount.get(discount_id)
+            if coupon_id is None:
                 continue
             found = evidence[coupon_id]
             found.invoices += 1
             found.currency = currency_of(invoice.get("currency"))
-            if amount > 0:
-                found.applied.append((subtotal, amount))
-            last_use[str(discount_id)] = created
+            if amount > 0 and base > 0:
+                found.applied.append((base, amount))
+            last_use[discount_id] = created
     for discount_id, used in last_use.items():
         sub_id = subscription_of.get(discount_id)
         for created, invoice in renewals:

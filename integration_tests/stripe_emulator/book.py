@@ -109,6 +109,7 @@ FORCED_FATES = (
     "tax_inclusive",
     "weekly",
     "quarterly",
+    "item_coupon_forever",
 )
 
 WORDS_A = ["Acme", "Blue", "Cedar", "Delta", "Ember", "Fable", "Granite", "Harbor", "Indigo", "Juniper"]
@@ -549,6 +550,9 @@ class Book:
         if fate in ("coupon_forever", "coupon_once", "coupon_repeating"):
             signup = now - rng.randint(20, 50) * DAY
             return signup, signup
+        if fate == "item_coupon_forever":
+            signup = now - rng.randint(40, 80) * DAY  # renewed at least once: the coupon shows it lasts
+            return signup, signup
         return at, at
 
     def sign_up(self, at: int, index: int, fate: str | None = None) -> Subscription:
@@ -605,6 +609,7 @@ class Book:
             "tax_inclusive",
             "weekly",
             "quarterly",
+            "item_coupon_forever",
         )
         yearly = fate not in monthly_fates and rng.random() < 0.18
         interval = "year" if yearly else "month"
@@ -665,6 +670,19 @@ class Book:
             coupon.times_redeemed += 1
             coupon.touch()
             self.label(customer, f"coupon_{coupon_kind}")
+        if fate == "item_coupon_forever":
+            # A forever coupon on the main item, and another on the whole subscription after it.
+            main = sub.items[0]
+            item_coupon = next(c for c in self.coupons["forever"] if c.currency == currency)
+            main.discounts.append(
+                Discount(self.new_id("di_"), item_coupon, customer.id, sub.id, at, None, main.id)
+            )
+            sub_coupon = next(c for c in self.coupons["forever"] if c.percent_off is not None)
+            sub.discounts.append(Discount(self.new_id("di_"), sub_coupon, customer.id, sub.id, at, None))
+            for coupon in (item_coupon, sub_coupon):
+                coupon.times_redeemed += 1
+                coupon.touch()
+            self.label(customer, "item_coupon_forever")
         if fate == "customer_discount":
             # On the customer, not the subscription: it applies to every invoice of theirs.
             coupon = next(c for c in self.coupons["forever"] if c.currency in (None, currency))
@@ -824,15 +842,23 @@ class Book:
                     else f"{price.interval_count} {price.interval}s"
                 )
                 description = f"{quantity} × {self.product_name(price)} (per {every})"
-            invoice.lines.append(
-                InvoiceLine(self.new_id("il_"), price, quantity, amount, start, end, description, item.id)
-            )
+            line = InvoiceLine(self.new_id("il_"), price, quantity, amount, start, end, description, item.id)
+            # An item's own discounts come off its line first (PERLY_CONTRACT section 3).
+            line.discount_amounts = [
+                (found.id, found.coupon.discount_on(amount))
+                for found in item.discounts
+                if amount > 0 and (found.end is None or found.end > at)
+            ]
+            invoice.lines.append(line)
         invoice.subtotal = sum(line.amount for line in invoice.lines)
+        invoice.discount_amount = invoice.item_discount_amount
         # A customer's own discount applies only where the subscription has none (as on Stripe).
         discount = sub.discounts[0] if sub.discounts else customer.discount
         if discount is not None and invoice.subtotal:
             if discount.end is None or discount.end > at:
-                invoice.discount_amount = discount.coupon.discount_on(invoice.subtotal)
+                invoice.discount_amount += discount.coupon.discount_on(
+                    invoice.subtotal - invoice.discount_amount
+                )
                 invoice.discount_ids = [discount.id]
                 if discount.coupon.duration == "once":
                     sub.sim.once_used = True
