@@ -264,7 +264,9 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
 
     active_coupons = sorted(set(coupon_ids(discounts, catalog)))
     limitations.extend(
-        coupon_limitations[coupon] for coupon in active_coupons if coupon in coupon_limitations
+        coupon_limitations[coupon]
+        for coupon in active_coupons
+        if coupon in coupon_limitations and coupon not in bundle.coupons  # read with a fuller key
     )
     plan_price = as_dict(catalog.prices.get(plan_item.price_id or "")) if plan_item else {}
     if plan_tier and not plan_tier.from_map and plan_price.get("billing_scheme") == "tiered":

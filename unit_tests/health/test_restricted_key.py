@@ -113,6 +113,9 @@ def test_coupon_seen_on_one_invoice_only_is_not_taken_off_and_is_named() -> None
 
     assert restricted.health.mrr == 3000
     assert any("co_x" in text and "rak_coupon_read" in text for text in restricted.health.limitations)
+    # A key that reads the coupon knows it lasts forever.
+    full = evaluate(bundle([sub], invoices=invoices, coupons=[coupon("co_x", percent_off=20.0)])).health
+    assert (full.mrr, full.limitations) == (2400, [])
 
 
 def test_repeating_coupon_is_known_by_its_end_and_never_changes_mrr() -> None:
