@@ -187,7 +187,7 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
     )
     window_start = as_of - timedelta(days=policy.mrr_contraction_window_days)
     facts = payment_facts(invoices, charges, policy, as_of)
-    past_due_by_currency = {c: a for c, a in sorted(facts.past_due_amount_by_currency.items()) if a > 0}
+    past_due_by_currency = {c: a for c, a in sorted(facts.past_due_amount_by_currency.items()) if c and a > 0}
     currency = (
         _main_currency(mrr_by_currency, history.mrr_by_currency_at(window_start), past_due_by_currency)
         or currency_of(as_dict(customer).get("currency"))
