@@ -437,3 +437,17 @@ def test_given_an_expansion_deeper_than_four_levels_then_refused(emulator: Emula
     response = raw_get(emulator, "/v1/subscriptions", **{"expand[]": deep})
     assert response.status_code == 400
     assert "more than 4 levels" in response.json()["error"]["message"]
+
+
+def test_given_expand_discounts_when_listing_subscription_items_then_discount_objects(
+    emulator: Emulator,
+) -> None:
+    subscriptions = fetch_all(emulator, "subscriptions", status="all")
+    with_item_discount = next(s for s in subscriptions if any(i["discounts"] for i in s["items"]["data"]))
+    page = raw_get(
+        emulator,
+        "/v1/subscription_items",
+        subscription=with_item_discount["id"],
+        **{"expand[]": "data.discounts"},
+    ).json()
+    assert [d["object"] for i in page["data"] for d in i["discounts"]] == ["discount"]

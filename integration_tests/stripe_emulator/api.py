@@ -472,12 +472,12 @@ class Api:
 
     def list_subscription_items(self, params: Params) -> bytes:
         self.check_params(params, COMMON | {"subscription"})
-        self.check_expand(params, {}, "")
+        variant = self.check_expand(params, {"data.discounts": "discounts"}, "")
         sub_id = one(params, "subscription")
         if not sub_id:
             raise ApiError(400, "Missing required param: subscription.", param="subscription")
         sub: Any = self.book.stores["subscriptions"].get(sub_id)
         if sub is None:
             raise self.missing("subscription", sub_id, "subscription")
-        rendered = [(item.id, lambda item=item: item.render(self.book)) for item in sub.items]
+        rendered = [(item.id, lambda item=item: item.render(self.book, variant)) for item in sub.items]
         return self.ordered_page(rendered, params, "/v1/subscription_items", "subscription_item")
