@@ -6,10 +6,11 @@ sees a price's tiers, a product or a coupon, but those four resources carry most
 - a subscription item embeds its whole price except `tiers`;
 - an invoice line names its price and product, with the unit amount and the period it billed, and
   its `amount` is what a full period of a tiered price cost for that quantity;
-- a discount names its coupon and ends (`end`) only when the coupon repeats; the invoices it was
-  applied to show, in `total_discount_amounts`, how much it took off which subtotal.
+- a discount names its coupon and ends (`end`) only when the coupon repeats; a `once` discount is
+  removed as soon as an invoice used it; the invoices show, in `total_discount_amounts` (an item's
+  discount: on its line's `discount_amounts`), how much it took off which amount.
 
-What cannot be told from them (a coupon seen on one invoice only: `once` or `forever`?) is returned
+What cannot be told from them (a coupon no invoice has used yet: `once` or `forever`?) is returned
 as a limitation naming the permission that would settle it. Stored objects read with a fuller key
 always win over these reconstructions (the engine lays them over).
 """
@@ -123,9 +124,7 @@ def billed_amounts(invoices: list[StripeObject]) -> dict[tuple[str, int], Fracti
 class _Evidence:
     currency: str | None = None
     repeating: bool = False
-    applied: list[tuple[int, int]] = field(default_factory=list)  # (subtotal, amount off)
-    invoices: int = 0  # subscription invoices it was applied to
-    later_without: bool = False  # a later renewal of its subscription went without it
+    applied: list[tuple[int, int]] = field(default_factory=list)  # (amount it applied to, amount off)
 
 
 def _nicest_percent(applied: list[tuple[int, int]], step: int) -> str | None:
@@ -187,12 +186,15 @@ def _discount_amounts(invoice: StripeObject, item_of: dict[str, str | None]) -> 
 def coupons_seen(
     discounts: Iterable[Any], invoices: list[StripeObject]
 ) -> tuple[dict[str, StripeObject], dict[str, str]]:
-    """Coupons rebuilt from the discounts that name them and the invoices they were applied to, by
-    coupon id, with what is left unknown about each (a coupon whose duration cannot be told)."""
+    """Coupons rebuilt from the discounts attached now (the subscriptions', their items' and the
+    customer's) and the invoices they were applied to, by coupon id, with what is left unknown.
+
+    Stripe removes a `once` discount as soon as an invoice has used it, and gives a `repeating` one
+    an `end`. So a discount still attached, without an end, that an invoice has used lasts forever;
+    one no invoice has used yet may be `once` or `forever`: unknown without the coupon."""
     coupon_of_discount: dict[str, str] = {}
-    evidence: dict[str, _Evidence] = {}
-    subscription_of: dict[str, str | None] = {}
     item_of: dict[str, str | None] = {}
+    evidence: dict[str, _Evidence] = {}
     for discount in discounts:
         discount = as_dict(discount)
         coupon_id = ref_id(as_dict(discount.get("source")).get("coupon")) or ref_id(discount.get("coupon"))
@@ -200,55 +202,31 @@ def coupons_seen(
         if coupon_id is None or discount_id is None:
             continue
         coupon_of_discount[discount_id] = coupon_id
-        subscription_of[discount_id] = ref_id(discount.get("subscription"))
         item_of[discount_id] = ref_id(discount.get("subscription_item"))
         found = evidence.setdefault(coupon_id, _Evidence())
         found.repeating = found.repeating or discount.get("end") is not None
-    renewals = sorted(
-        (
-            (as_dict(invoice).get("created") or 0, as_dict(invoice))
-            for invoice in invoices
-            if as_dict(invoice).get("status") in ("open", "paid")
-            and as_dict(invoice).get("billing_reason") in ("subscription_create", "subscription_cycle")
-            and (as_dict(invoice).get("subtotal") or 0) > 0
-        ),
-        key=lambda pair: (pair[0], str(pair[1].get("id"))),
-    )
-    last_use: dict[str, int] = {}
-    for created, invoice in renewals:
+    for invoice in invoices:
+        if invoice.get("status") not in ("open", "paid"):
+            continue
         for discount_id, base, amount in _discount_amounts(invoice, item_of):
             coupon_id = coupon_of_discount.get(discount_id)
-            if coupon_id is None:
+            if coupon_id is None or amount <= 0 or base <= 0:
                 continue
             found = evidence[coupon_id]
-            found.invoices += 1
             found.currency = currency_of(invoice.get("currency"))
-            if amount > 0 and base > 0:
-                found.applied.append((base, amount))
-            last_use[discount_id] = created
-    for discount_id, used in last_use.items():
-        sub_id = subscription_of.get(discount_id)
-        for created, invoice in renewals:
-            subscription = as_dict(as_dict(invoice.get("parent")).get("subscription_details")).get(
-                "subscription"
-            )
-            listed = discount_id in {ref_id(entry) for entry in as_list(invoice.get("discounts"))}
-            if created > used and sub_id and ref_id(subscription) == sub_id and not listed:
-                evidence[coupon_of_discount[discount_id]].later_without = True
+            found.applied.append((base, amount))
     coupons: dict[str, StripeObject] = {}
     limitations: dict[str, str] = {}
     for coupon_id, found in sorted(evidence.items()):
         coupon: StripeObject = {"id": coupon_id, "object": "coupon"}
         if found.repeating:
             coupon["duration"] = "repeating"
-        elif found.later_without:
-            coupon["duration"] = "once"
-        elif found.invoices >= 2:
+        elif found.applied:
             coupon["duration"] = "forever"
         else:
             limitations[coupon_id] = (
-                f"MRR: coupon {coupon_id} was applied to one invoice so far, so whether it lasts forever "
-                f"is unknown; it is not taken off MRR ({COUPON_PERMISSION} tells)"
+                f"MRR: coupon {coupon_id} has not been applied to an invoice yet, so whether it lasts "
+                f"forever is unknown; it is not taken off MRR ({COUPON_PERMISSION} tells)"
             )
         terms = _terms(found.applied, found.currency)
         if not terms and coupon.get("duration") == "forever":

@@ -143,7 +143,8 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
     invoices = _live(bundle.invoices, "invoices", problems)
     # What the core resources show of prices and coupons, under what a fuller key stored (section 9).
     discounts_seen = known_discounts(*event_objects, customer, *subscriptions)
-    coupons_rebuilt, coupon_limitations = coupons_seen(discounts_seen.values(), invoices)
+    attached = known_discounts(customer, *subscriptions)
+    coupons_rebuilt, coupon_limitations = coupons_seen(attached.values(), invoices)
     catalog = Catalog(
         prices={**prices_seen([*event_objects, *subscriptions], invoices), **bundle.prices},
         coupons={**coupons_rebuilt, **bundle.coupons},

@@ -169,7 +169,6 @@ class SimState:
         "fate",
         "fate_at",
         "dunning",
-        "once_used",
         "random",
         "stuck",
         "last_bill",
@@ -185,7 +184,6 @@ class SimState:
         self.fate = fate
         self.fate_at = fate_at
         self.dunning: Dunning | None = None
-        self.once_used = False
         self.random = fate is None  # forced scenarios follow their script only
         self.stuck = False  # send_invoice: invoices stay unpaid from now on
         self.last_bill: int | None = None  # metered usage is billed in arrears from here
@@ -861,7 +859,7 @@ class Book:
                 )
                 invoice.discount_ids = [discount.id]
                 if discount.coupon.duration == "once":
-                    sub.sim.once_used = True
+                    self.consume(sub, discount, at)
         invoice.period_start = invoice.period_end = at
         if not zero and not prorations:
             sub.sim.last_bill = at
@@ -889,6 +887,18 @@ class Book:
             self.emit_obj("invoice.sent", at, invoice)
         self.change("invoice", invoice)
         return invoice
+
+    def consume(self, sub: Subscription, discount: Discount, at: int) -> None:
+        """A `once` discount is gone as soon as an invoice has used it (as on Stripe: a subscription
+        created with one shows no discount once its first invoice is made)."""
+        if discount in sub.discounts:
+            self.update_subscription(sub, at, lambda: sub.discounts.remove(discount))
+            return
+        customer = sub.customer
+        customer.discount = None
+        customer.touch()
+        if self.in_window(at):
+            self.emit("customer.discount.deleted", at, discount.render(), customer=customer.id)
 
     def set_balance(self, customer: Customer, balance: int, at: int) -> None:
         """The customer's credit balance moves (an invoice used or added credit): `customer.updated`."""
@@ -1193,16 +1203,11 @@ class Book:
             self.cancel(sub, at, "cancellation_requested", requested=False)
             return
         end = self.period_end(sub, at)
-        sim = sub.sim
 
         def roll_period() -> None:
             self.set_period(sub, at, end)
-            # A `once` coupon ends after its invoice; a `repeating` one when its months are up.
-            sub.discounts = [
-                d
-                for d in sub.discounts
-                if not (d.coupon.duration == "once" and sim.once_used) and (d.end is None or d.end > at)
-            ]
+            # A `repeating` coupon ends when its months are up (a `once` one went with its invoice).
+            sub.discounts = [d for d in sub.discounts if d.end is None or d.end > at]
 
         self.update_subscription(sub, at, roll_period)
         self.change("renewal", sub)

@@ -106,9 +106,17 @@ def test_percent_coupon_is_told_from_amount_when_subtotals_differ() -> None:
     assert evaluate(bundle([sub], invoices=invoices)).health.mrr == 4800  # 20% off, not a fixed 900
 
 
-def test_coupon_seen_on_one_invoice_only_is_not_taken_off_and_is_named() -> None:
+def test_coupon_still_attached_after_one_invoice_used_it_lasts_forever() -> None:
+    # Stripe removes a `once` discount as soon as an invoice used it: still there, it is forever.
     invoices = [with_discount(found, "co_x", 600) for found in monthly_invoices("price_basic", 3000, 1, 1)]
     sub = subscription(item(price(amount=3000)), discounts=[discount("co_x")])
+    restricted = evaluate(bundle([sub], invoices=invoices)).health
+    assert (restricted.mrr, restricted.limitations) == (2400, [])
+
+
+def test_coupon_no_invoice_has_used_yet_is_not_taken_off_and_is_named() -> None:
+    invoices = monthly_invoices("price_basic", 3000, 1, 1)  # billed before the coupon came
+    sub = subscription(item(price(amount=3000)), discounts=[discount("co_x", start=days_ago(2))])
     restricted = evaluate(bundle([sub], invoices=invoices))
 
     assert restricted.health.mrr == 3000
