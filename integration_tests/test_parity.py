@@ -8,9 +8,9 @@ After each, every figure of `perly_customer_health` must be equal, except:
 - the tier *name*, also where a downgrade's reason quotes it (without Read on Products it is the
   price's lookup key, else its nickname, else the product id);
 - `as_of` and `tenure_days` of rows one pipeline did not recompute (nothing about them changed);
-- a row whose `limitations` names what the 4 permissions cannot tell (a coupon applied to one
-  invoice so far: `once` or `forever`?), with the permission that restores it: there only the
-  figures that limitation is about (MRR and what follows from it) may differ.
+- a row whose `limitations` names what the 4 permissions cannot tell (a coupon no invoice has used
+  yet: `once` or `forever`?), with the permission that restores it: there only the figures that
+  limitation is about (MRR and what follows from it) may differ.
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ ACCOUNT_PERMISSION = "rak_connected_account_read"
 # rebuilt from the four core resources; each such row also lists these in `limitations`.
 FIGURES_WITHOUT: dict[str, str] = {
     "rak_coupon_read": (
-        "MRR of a subscription whose coupon has been applied to one invoice only (Stripe does not say "
-        "whether it lasts forever) is left undiscounted"
+        "MRR of a subscription whose coupon no invoice has used yet (only the coupon says whether it "
+        "lasts forever) is left undiscounted"
     ),
     "rak_plan_read": (
         "MRR of a tiered price not yet billed for a full period at its current quantity is left out, "
