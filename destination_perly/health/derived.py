@@ -140,15 +140,17 @@ def _nicest_percent(applied: list[tuple[int, int]], step: int) -> str | None:
 
 def _terms(applied: list[tuple[int, int]], currency: str | None) -> StripeObject:
     """percent_off or amount_off that explains the amounts taken off: a whole percent first, then a
-    fixed amount when every invoice lost the same, then a percent with up to two decimals."""
+    fixed amount (every invoice lost the same, or all it had), then a percent with up to two
+    decimals."""
     if not applied:
         return {}
     whole = _nicest_percent(applied, 100)
     if whole is not None:
         return {"percent_off": whole}
-    amounts = {amount for _, amount in applied}
-    if len(amounts) == 1:
-        return {"amount_off": amounts.pop(), "currency": currency}
+    # A fixed amount comes off whole, or takes all of an amount smaller than itself.
+    fixed = max(amount for _, amount in applied)
+    if all(amount == fixed or amount == base < fixed for base, amount in applied):
+        return {"amount_off": fixed, "currency": currency}
     fine = _nicest_percent(applied, 1)
     return {"percent_off": fine} if fine is not None else {}
 

@@ -95,6 +95,15 @@ def test_forever_coupon_seen_on_two_invoices_reduces_mrr_as_the_coupon_would(
     assert restricted.health.limitations == []
 
 
+def test_fixed_coupon_that_took_all_of_a_small_proration_is_still_a_fixed_amount() -> None:
+    invoices = [with_discount(found, "co_x", 1000) for found in monthly_invoices("price_basic", 2900, 1, 2)]
+    small = with_discount(monthly_invoices("price_basic", 35, 1, 1)[0], "co_x", 35)
+    small["id"] = "in_proration"
+    sub = subscription(item(price(amount=3000)), discounts=[discount("co_x")])
+    found = evaluate(bundle([sub], invoices=[*invoices, small])).health
+    assert (found.mrr, found.limitations) == (2000, [])
+
+
 def test_percent_coupon_is_told_from_amount_when_subtotals_differ() -> None:
     invoices = [
         with_discount(found, "co_x", found["subtotal"] // 5)
