@@ -27,7 +27,6 @@ from typing import Any
 from destination_perly.health.values import StripeObject, as_dict, as_list, currency_of, ref_id, to_time
 
 COUPON_PERMISSION = "rak_coupon_read"
-PRICE_PERMISSION = "rak_plan_read"
 # Months in a period of this many days, for prices seen only on invoice lines.
 _DAYS_PER_MONTH = Fraction(36525, 1200)
 
