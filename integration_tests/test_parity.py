@@ -41,9 +41,9 @@ pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 FULL_KEY, BILLING_KEY = "sk_test_perly_demo", "rk_test_perly_billing"
 ADVANCE_DAYS = 7
 # (customers, seed, plan map): the first book holds every scripted scenario (tiered, metered,
-# discounted, item discount, multi-currency, paused...) twice and maps the plan ladder; the second,
-# small and random, has no map, so plans are ranked by monthly unit price.
-BOOKS = [(70, 42, True), (30, 2026, False)]
+# discounted, item discount, multi-currency, paused...) twice and maps the plan ladder; the others
+# are small books of other seeds, one without a map (plans ranked by monthly unit price).
+BOOKS = [(70, 42, True), (30, 2026, False), (20, 7, True)]
 # A downgrade's reason names the tiers: without Read on Products those names differ, nothing else.
 TIER_NAMES = re.compile(r"^Downgraded from .* to .* on ")
 # Figures a coupon whose duration the key cannot tell moves (the limitation says MRR).
