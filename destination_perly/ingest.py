@@ -222,7 +222,7 @@ class Ingestor:
 
     def upsert_rows(self, stream: str, rows: list[Row], touched: set[str], stage: bool = False) -> None:
         """One transaction: the rows and the dirty marks of their customers."""
-        with self.store.transaction():
+        with self.store.batched(), self.store.transaction():
             self.store.upsert_rows(stream, rows, stage)
             self.store.mark_dirty(touched)
 

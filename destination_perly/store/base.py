@@ -15,7 +15,7 @@ import hashlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -300,6 +300,11 @@ class Store(ABC):
                 self._tx_depth = 0
             raise
         self._tx_depth = 0
+
+    def batched(self) -> AbstractContextManager[None]:
+        """Around a transaction that reads nothing: PostgreSQL sends all its statements at once (one
+        round trip, not one each; errors then surface at the end, and still undo it all)."""
+        return nullcontext()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Run one statement (for parts keeping their own tables); `?` placeholders on both backends."""

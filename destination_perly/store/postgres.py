@@ -8,7 +8,8 @@ transaction-scoped advisory lock so concurrent `CREATE TABLE IF NOT EXISTS` neve
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,17 @@ class PostgresStore(Store):
     def _executemany(self, text: str, rows: Sequence[Sequence[Any]]) -> None:
         with self._conn.cursor() as cur:
             cur.executemany(self._convert(text), rows)
+
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        try:
+            with self._conn.pipeline():
+                yield
+        except BaseException:
+            # A statement that failed inside the pipeline leaves its transaction open and aborted.
+            self._tables = None
+            self._rollback()
+            raise
 
     # --- bulk writes ---------------------------------------------------------------------------
     @functools.cached_property
