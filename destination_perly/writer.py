@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -197,6 +198,11 @@ class Writer:
         self.heard_from: set[str] = set()
         self.last_refresh = monotonic()
         self.preparer = RecordPreparer(ingestor, self.plans)
+        # Commits run in a thread while the next records are read (the database works meanwhile).
+        self._committer: ThreadPoolExecutor | None = None
+        self._committing: Future[None] | None = None
+        self._unacknowledged: list[AirbyteMessage] = []  # states whose commits may be in flight
+        self._acknowledgeable: list[AirbyteMessage] = []  # states whose records are all committed
 
     # --- the message loop ---------------------------------------------------------------------
     def write(self, messages: Iterable[InputMessage]) -> Iterator[AirbyteMessage]:
@@ -205,6 +211,16 @@ class Writer:
         for plan in self.plans.values():
             if plan.staged:
                 self.store.begin_stage(plan.name, plan.generation_id)
+        try:
+            yield from self._write(messages)
+        except Exception:
+            # States whose records are committed are still acknowledged before the error goes on.
+            yield from self._acknowledged(wait=True)
+            raise
+        finally:
+            self._stop_committer()
+
+    def _write(self, messages: Iterable[InputMessage]) -> Iterator[AirbyteMessage]:
         for message in messages:
             if isinstance(message, RawRecord):
                 message = self.preparer(message.stream, message.data)
@@ -219,11 +235,14 @@ class Writer:
                 self._note_state_streams(message)
                 self._flush_for_state(message)
                 self.stats.states += 1
-                yield message
+                self._unacknowledged.append(message)
                 if self.monotonic() - self.last_refresh >= self.limits.refresh_interval_s:
+                    yield from self._acknowledged(wait=True)
                     self._refresh(include_time_sensitive=False)
             elif message.type == Type.TRACE and message.trace is not None:
+                yield from self._acknowledged(wait=True)  # (rare) the states before a stream completes
                 self._on_trace(message)
+            yield from self._acknowledged(wait=False)
         for name in list(self.buffers):
             self._flush(name)
         if not self.saw_stream_status:
@@ -232,6 +251,7 @@ class Writer:
             for plan in self.plans.values():
                 if plan.staged and plan.name not in self.completed and plan.name in self.heard_from:
                     self._complete_staged(plan)
+        yield from self._acknowledged(wait=True)
         self._refresh(include_time_sensitive=True)
         yield _log(
             Level.INFO,
@@ -263,17 +283,57 @@ class Writer:
             self._flush(max(self.buffers, key=lambda name: self.buffers[name].bytes))
 
     def _flush(self, stream: str) -> None:
-        """Commits one stream's buffer in one transaction; other buffers are not touched."""
+        """Hands one stream's buffer to the committer thread, to commit in one transaction while the
+        next records are read; other buffers are not touched. One commit at a time: a buffer waits for
+        the one before it, so memory holds at most one batch beyond the buffers."""
         buffer = self.buffers.get(stream)
         if buffer is None or not buffer.rows:
             return
         plan = self.plans[stream]
-        self.ingestor.upsert_rows(stream, buffer.rows, buffer.touched, stage=plan.staged)
+        self._wait_committed()
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="perly-commit")
+        self._committing = self._committer.submit(
+            self.ingestor.upsert_rows, stream, buffer.rows, buffer.touched, plan.staged
+        )
         self.total_bytes -= buffer.bytes
         del self.buffers[stream]
         self.stats.flushes += 1
 
+    def _wait_committed(self) -> None:
+        """Waits for the commit in flight (raising its failure); then every state received so far has
+        all its records committed."""
+        committing, self._committing = self._committing, None
+        if committing is not None:
+            try:
+                committing.result()
+            except BaseException:
+                self._unacknowledged = []  # their records may not all be committed: never acknowledged
+                raise
+            finally:
+                # The future holds its error, whose traceback holds this frame: no cycle left to keep
+                # the error's other frames (and the input they read) alive.
+                del committing
+        self._acknowledgeable += self._unacknowledged
+        self._unacknowledged = []
+
+    def _stop_committer(self) -> None:
+        """Lets the commit in flight end (the store is never left to a running thread) and stops the
+        thread (before a refresh forks its helper, and at the end)."""
+        if self._committing is not None:
+            self._committing.exception()  # waits; a failure is raised by whoever waits for it first
+        if self._committer is not None:
+            self._committer.shutdown()
+            self._committer = None
+
     # --- state --------------------------------------------------------------------------------
+    def _acknowledged(self, wait: bool) -> Iterator[AirbyteMessage]:
+        """The states whose records are committed, in order; with `wait`, all of them."""
+        if wait or self._committing is None or self._committing.done():
+            self._wait_committed()
+        acknowledgeable, self._acknowledgeable = self._acknowledgeable, []
+        yield from acknowledgeable
+
     def _note_state_streams(self, message: AirbyteMessage) -> None:
         state = message.state
         assert state is not None
@@ -303,11 +363,14 @@ class Writer:
 
     def _complete_staged(self, plan: StreamPlan) -> None:
         self._flush(plan.name)
+        self._wait_committed()
         self.store.swap_stage(plan.name)
         self.completed.add(plan.name)
 
     # --- health -------------------------------------------------------------------------------
     def _refresh(self, include_time_sensitive: bool) -> None:
+        self._wait_committed()
+        self._stop_committer()
         started = self.monotonic()
         as_of = self.as_of()
         result = self.ingestor.refresh_pending(as_of, include_time_sensitive)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from airbyte_cdk.models import (
 from destination_perly.health.model import HealthConfig
 from destination_perly.ingest import Ingestor
 from destination_perly.input_reader import read_in_helper
-from destination_perly.store.base import Store, table_for_stream
+from destination_perly.store.base import Row, Store, table_for_stream
 from destination_perly.store.sqlite import SqliteStore
 from destination_perly.writer import (
     InputMessage,
@@ -46,9 +47,16 @@ from unit_tests.destination.messages import catalog, configured, global_state, r
 
 
 class CrashingStore(SqliteStore):
-    """A store whose next commit fails once `armed` (a full disk, a killed connection...)."""
+    """A store whose commits fail once `armed` (a full disk, a killed connection...): armed by the
+    write of `arming_id` (commits run in the writer's commit thread, at their own pace)."""
 
     armed = False
+    arming_id = "cus_2"
+
+    def upsert_rows(self, stream: str, rows: Iterable[Row], stage: bool = False) -> set[str]:
+        rows = list(rows)
+        self.armed = self.armed or any(row.id == self.arming_id for row in rows)
+        return super().upsert_rows(stream, rows, stage)
 
     def _commit(self) -> None:
         if self.armed:
@@ -145,8 +153,7 @@ def test_given_a_commit_that_fails_then_the_state_after_those_records_is_never_a
     def messages() -> Iterator[AirbyteMessage]:
         yield record("customers", customer("cus_1"))
         yield stream_state("customers", 1)
-        yield record("customers", customer("cus_2"))
-        store.armed = True  # the commit that would cover cus_2 fails
+        yield record("customers", customer("cus_2"))  # the commit that would cover cus_2 fails
         yield stream_state("customers", 2)
 
     def run() -> None:
@@ -191,6 +198,36 @@ def test_given_a_tombstone_then_the_object_is_deleted_and_health_sees_it_gone(st
         {"id": "sub_2", "deleted": 1},
     ]
     assert store.query("SELECT mrr FROM perly_customer_health WHERE customer_id = 'cus_1'") == [{"mrr": 700}]
+
+
+def test_given_a_commit_in_flight_then_the_next_records_are_read_meanwhile_and_its_state_waits(
+    tmp_path: Path,
+) -> None:
+    """The database commits one batch while the writer reads the next (they overlap), and a state is
+    still echoed only once its records are committed."""
+    read_on = threading.Event()
+
+    class SlowStore(SqliteStore):
+        overlapped = False
+
+        def upsert_rows(self, stream: str, rows: Iterable[Row], stage: bool = False) -> set[str]:
+            self.overlapped = self.overlapped or read_on.wait(timeout=5)
+            return super().upsert_rows(stream, rows, stage)
+
+    store = SlowStore(tmp_path / "perly.db")
+
+    def messages() -> Iterator[AirbyteMessage]:
+        yield record("customers", customer("cus_1"))
+        yield stream_state("customers", 1)
+        read_on.set()  # the writer asks for more while cus_1's commit is in flight
+        yield record("customers", customer("cus_2"))
+
+    committed_at_state = [
+        ids(store, "customers") for out in make_writer(store).write(messages()) if out.type == Type.STATE
+    ]
+    assert store.overlapped
+    assert ["cus_1" in committed for committed in committed_at_state] == [True]
+    assert ids(store, "customers") == ["cus_1", "cus_2"]
 
 
 def test_given_overwrite_then_the_live_table_keeps_its_rows_until_the_stream_completes(
