@@ -302,8 +302,8 @@ class Store(ABC):
         self._tx_depth = 0
 
     def batched(self) -> AbstractContextManager[None]:
-        """Around a transaction that reads nothing: PostgreSQL sends all its statements at once (one
-        round trip, not one each; errors then surface at the end, and still undo it all)."""
+        """Around statements that read nothing: PostgreSQL sends them all at once (one round trip, not
+        one each); an error then surfaces at the end and rolls the whole transaction back."""
         return nullcontext()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
