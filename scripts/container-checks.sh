@@ -86,7 +86,7 @@ run_source discover --config /config/source.json >"$work/discover.out"
 "$py" - "$work" <<'PY'
 import json, sys
 from pathlib import Path
-from integration_tests.demo import configured_catalog
+from perly_runner.pipeline import configured_catalog
 work = Path(sys.argv[1])
 catalog = next(json.loads(l)["catalog"] for l in (work / "discover.out").read_text().splitlines()
                if l.startswith('{"type":"CATALOG"') or l.startswith('{"type": "CATALOG"'))
