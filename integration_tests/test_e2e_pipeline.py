@@ -224,3 +224,29 @@ def test_sync_command_runs_full_then_incremental_from_saved_state(
     assert (tmp_path / "report.html").read_text().startswith("<!DOCTYPE html>")
     assert demo.DEMO_KEY not in first + second
     assert not (tmp_path / "sync-run" / "source_config.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "cannot read"),
+        ('{"api_key": "sk_test_secret1234",', "is not valid JSON"),
+        ("[1]", "JSON object"),
+    ],
+    ids=["missing", "broken", "not-an-object"],
+)
+def test_sync_command_with_an_unusable_config_says_why_without_a_traceback_or_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, expected: str
+) -> None:
+    source = tmp_path / "source.json"
+    if content is not None:
+        source.write_text(content)
+
+    code = cli.main(["sync", "--source-config", str(source), "--destination-config", str(source)])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("perly sync failed: ")
+    assert expected in err
+    assert "Traceback" not in err
+    assert "sk_test_secret1234" not in err
