@@ -418,7 +418,12 @@ def demo(
     html = VAR / "perly-report.html" if workdir == VAR / "demo" else workdir / "perly-report.html"
     html.write_text(render_html(report), encoding="utf-8")  # the page lists every at-risk customer
     print(f"\nStore: {_shown(store)}   HTML report: {_shown(html)}")
-    print(f"Report again any time: perly-report --db {_shown(store)} --html {_shown(html)}")
+    # The exact command that prints this report again: the same time, period and list length.
+    as_of = report.as_of.isoformat().replace("+00:00", "Z") if report.as_of else first_as_of
+    print(
+        f"Report again any time: perly-report --db {_shown(store)} --as-of {as_of} --since {first_as_of} "
+        f"--top {top} --html {_shown(html)}"
+    )
     return 0
 
 
