@@ -33,7 +33,10 @@ from string import Template
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from destination_perly.backtest import BacktestUnavailable, run_backtest
+from destination_perly.health import HealthConfig
 from destination_perly.health.values import format_money
+from destination_perly.store.base import Store
 
 Row = dict[str, Any]
 QueryFn = Callable[[str], list[Row]]
@@ -725,6 +728,30 @@ def query_for_config(raw_config: dict[str, Any]) -> QueryFn:
 # Command line
 
 
+def open_store_for(db: str | None, config_path: str | None) -> tuple[Store, HealthConfig]:
+    """The store the command line names (`--config` or `--db`) and the health settings to score with
+    (the config's, else the defaults), for the backtest; a SQLite file is opened read-only (a missing
+    one is an error, never created)."""
+    from destination_perly.config import ConfigError, SqliteSettings, open_store, parse_config
+    from destination_perly.store import StoreError
+    from destination_perly.store.sqlite import SqliteStore
+
+    try:
+        health = HealthConfig()
+        if config_path:
+            parsed = parse_config(json.loads(Path(config_path).read_text(encoding="utf-8")))
+            settings, health = parsed.store, parsed.health
+        else:
+            settings = SqliteSettings(path=db or "var/perly.db")
+        if isinstance(settings, SqliteSettings):
+            if not Path(settings.path).is_file():
+                raise StoreUnavailable(f"no SQLite store at {settings.path}: run a sync first")
+            return SqliteStore(settings.path, read_only=True), health
+        return open_store(settings), health
+    except (ConfigError, StoreError) as exc:  # their messages never quote a secret
+        raise StoreUnavailable(str(exc)) from exc
+
+
 def _parse_time(text: str) -> datetime:
     try:
         parsed = _as_datetime(text)
@@ -757,7 +784,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--since", type=_parse_time, help="start of the movements period (default: as-of - days)"
     )
     parser.add_argument("--days", type=int, default=30, help="length of the movements period (default 30)")
+    parser.add_argument(
+        "--backtest",
+        action="store_true",
+        help="score every customer as of --as-of (default: newest data - horizon) with what was known "
+        "then, and compare with the churn that followed",
+    )
+    parser.add_argument("--horizon-days", type=int, default=30, help="backtest horizon (default 30)")
     args = parser.parse_args(argv)
+    if args.backtest:
+        return _print_backtest(args)
 
     try:
         if args.config:
@@ -772,8 +808,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(render_at_risk(report, args.top or None))
     if args.html:
-        Path(args.html).write_text(render_html(report), encoding="utf-8")
+        from destination_perly.private_files import write_private
+
+        report.backtest = default_backtest(args.db, args.config, args.horizon_days)
+        write_private(Path(args.html), render_html(report).encode())  # names and emails: owner-only
         print(f"\nHTML report written to {args.html}")
+    return 0
+
+
+def default_backtest(
+    db: str | None, config_path: str | None, horizon_days: int = 30
+) -> BacktestResult | None:
+    """The backtest the HTML page shows: as of the newest data less the horizon, or None when the
+    store cannot give one yet (the page then says what a backtest is)."""
+    try:
+        store, health = open_store_for(db, config_path)
+    except StoreUnavailable:
+        return None
+    try:
+        return run_backtest(store, None, horizon_days, health)
+    except BacktestUnavailable:
+        return None
+    finally:
+        store.close()
+
+
+def _print_backtest(args: argparse.Namespace) -> int:
+    try:
+        store, health = open_store_for(args.db, args.config)
+        try:
+            result = run_backtest(store, args.as_of, args.horizon_days, health)
+        finally:
+            store.close()
+    except (StoreUnavailable, BacktestUnavailable) as exc:
+        print(f"perly-report: {safe_text(exc)}", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, StoreUnavailable) else 2
+    print("Backtest of the risk score: how well it would have warned of the churn that followed")
+    for label, value in backtest_rows(result):
+        print(f"  {label}: {value}")
     return 0
 
 

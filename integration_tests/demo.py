@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
+from destination_perly.private_files import write_private
 from perly_runner.pipeline import (
     SyncFailed,
     configured_catalog,
@@ -353,6 +354,8 @@ def demo(
     """The whole demo. `workdir` (default var/demo) holds the store, state and logs; a started
     `emulator` may be passed in (tests keep it to check the store against), else one is started."""
     from destination_perly.report import (
+        backtest_rows,
+        default_backtest,
         read_report,
         render_at_risk,
         render_html,
@@ -414,9 +417,10 @@ def demo(
     report = read_report(sqlite_query(store), period_start=datetime.fromisoformat(first_as_of))
     print("\n" + render_summary(report) + "\n")
     print(render_at_risk(report, top))
+    report.backtest = default_backtest(str(store), None)
     # The default run writes var/perly-report.html (where the README points); another workdir keeps its own.
     html = VAR / "perly-report.html" if workdir == VAR / "demo" else workdir / "perly-report.html"
-    html.write_text(render_html(report), encoding="utf-8")  # the page lists every at-risk customer
+    write_private(html, render_html(report).encode())  # the page lists every at-risk customer
     print(f"\nStore: {_shown(store)}   HTML report: {_shown(html)}")
     # The exact command that prints this report again: the same time, period and list length.
     as_of = report.as_of.isoformat().replace("+00:00", "Z") if report.as_of else first_as_of
@@ -424,6 +428,10 @@ def demo(
         f"Report again any time: perly-report --db {_shown(store)} --as-of {as_of} --since {first_as_of} "
         f"--top {top} --html {_shown(html)}"
     )
+    if report.backtest is not None:
+        print(f"\nBacktest of the risk score on this store (perly-report --db {_shown(store)} --backtest):")
+        for label, value in backtest_rows(report.backtest):
+            print(f"  {label}: {value}")
     return 0
 
 

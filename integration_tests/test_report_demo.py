@@ -38,3 +38,4 @@ def test_the_command_the_demo_prints_reproduces_the_demos_report(
     assert again[: again.index("\nHTML report written")].strip() == demo_report
     assert (tmp_path / "again.html").read_text(encoding="utf-8") == demo_html.read_text(encoding="utf-8")
     assert "net" in demo_report  # the comparison covered the movements of the period
+    assert "ROC AUC" in demo_html.read_text(encoding="utf-8")  # the page carries the backtest's proof

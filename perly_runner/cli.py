@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from destination_perly.private_files import write_private
 from perly_runner import schedule
 from perly_runner.pipeline import (
     SyncFailed,
@@ -60,7 +61,7 @@ def sync(source_config: Path, destination_config: Path, state_path: Path, top: i
     print("\n" + render_summary(report) + "\n")
     print(render_at_risk(report, top))
     if html:
-        html.write_text(render_html(report), encoding="utf-8")
+        write_private(html, render_html(report).encode())  # names and emails: owner-only
         print(f"\nHTML report: {html}")
     return 0
 

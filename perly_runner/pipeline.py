@@ -23,6 +23,8 @@ from typing import IO, Any
 
 import orjson
 
+from destination_perly.private_files import make_private_dirs, write_private
+
 SOURCE_SCRIPT = "source-perly-stripe"
 DESTINATION_SCRIPT = "destination-perly"
 
@@ -51,13 +53,9 @@ def executable(name: str, bin_dir: Path | None = None) -> str:
 
 
 def write_json(path: Path, value: Any) -> Path:
-    """Write atomically, so a reader (or a crash) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(orjson.dumps(value, option=orjson.OPT_INDENT_2))
-    tmp.chmod(0o600)  # configs hold API keys and passwords
-    os.replace(tmp, path)
-    return path
+    """Write atomically and owner-only: configs hold API keys and passwords."""
+    make_private_dirs(path.parent)
+    return write_private(path, orjson.dumps(value, option=orjson.OPT_INDENT_2))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from airbyte_cdk.models import (  # type: ignore[attr-defined,unused-ignore]
 from airbyte_cdk.utils.stream_status_utils import as_airbyte_message as status_message
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
+from .check import missing_core_message
 from .client import (
     StripeAuthError,
     StripeError,
@@ -48,6 +49,7 @@ from .client import (
 from .idsketch import IdSketch
 from .reconcile import RECONCILIATIONS, Reconciliation, filtered_params, lists_everything
 from .streams import (
+    CORE_STREAMS,
     EVENTS,
     MAX_EVENT_TYPES_PER_REQUEST,
     OBJECT_STREAMS,
@@ -813,6 +815,18 @@ class SyncReader:
 
     def _finish(self) -> Iterator[AirbyteMessage]:
         failed = [r for r in self._runs.values() if r.failed is not None]
+        # Without a core stream every customer's health would read "none": fail, after the other streams
+        # have been read and checkpointed (nothing read is lost), naming the permissions to grant.
+        denied_core = {
+            r.stream.name: getattr(r.failed, "permission", None) or r.stream.permission
+            for r in failed
+            if isinstance(r.failed, StripePermissionError) and r.stream.name in CORE_STREAMS
+        }
+        if denied_core:
+            message = missing_core_message("API key", denied_core)
+            raise AirbyteTracedException(
+                message=message, internal_message=message, failure_type=FailureType.config_error
+            )
         hard = [r for r in failed if not isinstance(r.failed, StripePermissionError)]
         if not hard:
             return

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from destination_perly.health.model import RiskPolicy
 from destination_perly.health.payments import days_past_due_at, invoice_subscription_id
-from destination_perly.health.values import StripeObject, text, to_time
+from destination_perly.health.values import StripeObject, as_dict, text, to_time
 
 ENDED_STATUSES = frozenset({"canceled", "incomplete_expired"})
 COUNTING_STATUSES = frozenset({"active", "past_due"})
@@ -28,6 +28,17 @@ def is_ended(subscription: StripeObject, at: datetime) -> bool:
 
 def collection_paused(subscription: StripeObject) -> bool:
     return bool(subscription.get("pause_collection"))
+
+
+def has_payment_method(subscription: StripeObject, customer: StripeObject | None) -> bool:
+    """A default payment method (or source) on the subscription or on its customer."""
+    customer = customer or {}
+    return bool(
+        subscription.get("default_payment_method")
+        or subscription.get("default_source")
+        or as_dict(customer.get("invoice_settings")).get("default_payment_method")
+        or customer.get("default_source")
+    )
 
 
 def set_to_cancel(subscription: StripeObject, at: datetime) -> bool:

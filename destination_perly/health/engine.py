@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from destination_perly.health import history as history_rules
 from destination_perly.health.counting import (
     counts_now,
+    has_payment_method,
     is_ended,
     set_to_cancel,
     subscription_health,
@@ -17,8 +18,6 @@ from destination_perly.health.model import (
     CustomerHealth,
     HealthConfig,
     MrrSnapshot,
-    PlanChange,
-    RiskPolicy,
 )
 from destination_perly.health.mrr import (
     Catalog,
@@ -30,14 +29,13 @@ from destination_perly.health.mrr import (
     subscription_discounts,
 )
 from destination_perly.health.payments import payment_facts, payment_risk
-from destination_perly.health.score import risk_score
+from destination_perly.health.score import LONG_WINDOW_DAYS, RiskEvidence, assess
 from destination_perly.health.tiers import tier_of
 from destination_perly.health.values import (
     StripeObject,
     as_dict,
     as_list,
     currency_of,
-    format_money,
     to_time,
     whole_days,
 )
@@ -59,61 +57,6 @@ def _main_currency(*candidates: dict[str, int]) -> str | None:
         if positive:
             return sorted(positive, key=lambda currency: (-positive[currency], currency))[0]
     return None
-
-
-def _has_payment_method(subscription: StripeObject, customer: StripeObject | None) -> bool:
-    customer = customer or {}
-    return bool(
-        subscription.get("default_payment_method")
-        or subscription.get("default_source")
-        or as_dict(customer.get("invoice_settings")).get("default_payment_method")
-        or customer.get("default_source")
-    )
-
-
-def _reasons(
-    flags: dict[str, bool],
-    policy: RiskPolicy,
-    currency: str | None,
-    *,
-    failed_30d: int,
-    aged_late: list[tuple[str, int]],
-    past_due_amount: int,
-    mrr: int,
-    mrr_30d_ago: int,
-    downgrades: list[PlanChange],
-    expiring: list[tuple[datetime, StripeObject]],
-    as_of: datetime,
-) -> list[str]:
-    """One sentence per raised flag, with the figures behind it (in the score's weight order)."""
-    reasons: list[str] = []
-    if flags["flag_payment_failures"]:
-        reasons.append(f"{failed_30d} failed payments in the last {policy.failed_payments_window_days} days")
-    if flags["flag_invoice_aging"]:
-        oldest = max(days for _, days in aged_late)
-        reasons.append(
-            f"{len(aged_late)} open invoice(s) past due, oldest {oldest} days, "
-            f"{format_money(past_due_amount, currency)} outstanding"
-        )
-    if flags["flag_mrr_contraction"]:
-        reasons.append(
-            f"MRR fell from {format_money(mrr_30d_ago, currency)} to {format_money(mrr, currency)} "
-            f"in the last {policy.mrr_contraction_window_days} days"
-        )
-    if flags["flag_downgrade"]:
-        last = max(downgrades, key=lambda change: (change.at, change.subscription_id))
-        reasons.append(
-            f"Downgraded from {last.from_tier or last.from_plan} to {last.to_tier or last.to_plan} "
-            f"on {last.at.date().isoformat()}"
-        )
-    if flags["flag_trial_expiring"]:
-        end, sub = expiring[0]
-        hours = int((end - as_of).total_seconds() // 3600)
-        reasons.append(
-            f"Trial of {sub.get('id')} ends {end.strftime('%Y-%m-%d %H:%M')} UTC (in {hours} hours) "
-            "with no payment method on file"
-        )
-    return reasons
 
 
 def _deleted_by_event(bundle: CustomerBundle, raw_customer: StripeObject | None) -> bool:
@@ -177,6 +120,7 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
         mrr_by_currency,
         charges,
         amount_of,
+        bundle.history,
     )
     window_start = as_of - timedelta(days=policy.mrr_contraction_window_days)
     currency = (
@@ -212,7 +156,7 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
         (end, sub)
         for end, sub in trials
         if as_of <= end <= as_of + timedelta(days=policy.trial_expiring_days)
-        and not _has_payment_method(sub, customer)
+        and not has_payment_method(sub, customer)
     ]
     downgrades = [
         change
@@ -231,19 +175,6 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
         "flag_mrr_contraction": mrr < mrr_30d_ago,
     }
     past_due_amount = facts.past_due_amount_by_currency.get(currency or "", 0)
-    reasons = _reasons(
-        flags,
-        policy,
-        currency,
-        failed_30d=facts.failed_30d,
-        aged_late=aged_late,
-        past_due_amount=past_due_amount,
-        mrr=mrr,
-        mrr_30d_ago=mrr_30d_ago,
-        downgrades=downgrades,
-        expiring=expiring,
-        as_of=as_of,
-    )
 
     discounts: list[StripeObject] = []
     ignored: list[str] = []
@@ -280,17 +211,29 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
         trial_converted_at=history.trial_converted_at,
         cancel_at_period_end=any(set_to_cancel(sub, as_of) for sub in live_subs),
         active_coupon_ids=sorted(set(coupon_ids(discounts, catalog))),
-        risk_score=risk_score(flags),
-        risk_reasons=reasons,
+        risk_score=0,
+        risk_reasons=[],
         as_of=as_of,
         deleted=deleted,
         **flags,
     )
+    health.risk_score, health.risk_reasons = assess(
+        health,
+        RiskEvidence(
+            live_subs,
+            customer,
+            charges,
+            facts,
+            downgrades,
+            policy,
+            history.mrr_by_currency_at(as_of - timedelta(days=LONG_WINDOW_DAYS)).get(currency or "", 0),
+        ),
+    )
     snapshot = MrrSnapshot(at=as_of, mrr_by_currency=dict(mrr_by_currency), cause="as_of")
     return CustomerEvaluation(
         health=health,
-        movements=history.movements,
-        plan_changes=history.plan_changes,
+        movements=history.new_movements,
+        plan_changes=history.new_plan_changes,
         snapshot=snapshot,
         problems=sorted(set(problems + ignored)),
     )

@@ -7,8 +7,10 @@ Each subscription's past is rebuilt as a list of versions, each valid from a mom
    the subscription did not exist before);
 2. before the events (or with none), its paid/open invoices: each full subscription period gives
    the items (price, quantity) billed from its start, and proration lines give mid-period changes
-   (credited prices removed, charged ones added) at their start. The latest billed moment is left to
-   the subscription object itself, so a change seen only in the current object is placed there;
+   (credited items removed, charged ones added) at their start. From the latest billed moment on,
+   the subscription object itself holds; if its items differ from what was billed then and nothing
+   dates the change (an item's `created` may), the change is dated at the end of the interval:
+   `as_of`, or the first event;
 3. the current object, which is the truth at `as_of` and, lacking the above, for all earlier time
    (an `unpaid` one counted as past_due until its last failed retry).
 
@@ -17,21 +19,26 @@ oldest open invoice became delinquent. The customer's MRR is evaluated at every 
 the same rules as now. Snapshots the pipeline stored earlier override the rebuilt values between
 the first and last snapshot (they are what was actually observed); a change between two
 snapshots is dated by the latest rebuilt change in between when there is one.
+
+The stored history is append-only: the rebuilt timeline only decides what happened after the stored
+rows (see `_append_new` and docs/DESIGN.md).
 """
 
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from destination_perly.health.counting import counted_at, ended_at, in_trial, is_delinquent
-from destination_perly.health.model import HealthConfig, MrrMovement, MrrSnapshot, PlanChange
+from destination_perly.health.model import HealthConfig, MrrMovement, MrrSnapshot, PlanChange, StoredHistory
 from destination_perly.health.mrr import (
     Catalog,
     ItemAmount,
     SubscriptionAmounts,
+    resolve_price,
     subscription_and_item_discounts,
 )
 from destination_perly.health.payments import aging_reference, invoice_subscription_id
@@ -63,19 +70,31 @@ class Change:
 
 @dataclass
 class History:
+    """`movements` and `plan_changes`: the stored rows followed by the `new_*` ones (oldest first);
+    `changes`: the timeline rebuilt from the evidence (it decides what is new)."""
+
     movements: list[MrrMovement] = field(default_factory=list)
     plan_changes: list[PlanChange] = field(default_factory=list)
+    new_movements: list[MrrMovement] = field(default_factory=list)
+    new_plan_changes: list[PlanChange] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     trial_converted_at: datetime | None = None
 
     def mrr_by_currency_at(self, at: datetime) -> dict[str, int]:
-        """The timeline's MRR per currency at a moment (empty before any change)."""
-        index = bisect.bisect_right([change.at for change in self.changes], at)
-        return dict(self.changes[index - 1].mrr) if index else {}
+        """MRR per currency at a moment, as the movements tell it (empty before any)."""
+        return _level([movement for movement in self.movements if movement.at <= at])
 
     @property
     def ever_counted(self) -> bool:
-        return any(amount > 0 for change in self.changes for amount in change.mrr.values())
+        return any(amount > 0 for change in self.changes for amount in change.mrr.values()) or any(
+            movement.mrr_after > 0 for movement in self.movements
+        )
+
+
+def _level(movements: Iterable[MrrMovement]) -> dict[str, int]:
+    """MRR per currency after these movements (oldest first)."""
+    found = {movement.currency: movement.mrr_after for movement in movements}
+    return {currency: amount for currency, amount in sorted(found.items()) if amount > 0}
 
 
 def _overlay(after: StripeObject, previous: StripeObject) -> StripeObject:
@@ -108,6 +127,65 @@ def _subscription_events(events: list[StripeObject], as_of: datetime) -> dict[st
     for found in by_subscription.values():
         found.sort(key=lambda event: (event.get("created"), str(event.get("id"))))
     return by_subscription
+
+
+def _event_objects(by_subscription: dict[str, list[StripeObject]]) -> list[StripeObject]:
+    return [
+        as_dict(as_dict(event.get("data")).get("object"))
+        for found in by_subscription.values()
+        for event in found
+    ]
+
+
+def _known_prices(catalog: Catalog, states: list[StripeObject], invoices: list[StripeObject]) -> Catalog:
+    """The catalog completed with the prices the subscriptions carry expanded, then the per-unit prices
+    full-period invoice lines show: invoice lines name prices by id only, and a key without Read on
+    Prices has no other copy of them (an old plan is on no subscription any more)."""
+    found = _prices_from_lines(invoices)
+    found.update(
+        (str(price["id"]), price)
+        for state in states
+        for raw in as_list(state.get("items"))
+        if isinstance(price := as_dict(raw).get("price"), dict) and isinstance(price.get("id"), str)
+    )
+    missing = {price_id: price for price_id, price in found.items() if price_id not in catalog.prices}
+    return replace(catalog, prices={**catalog.prices, **missing}) if missing else catalog
+
+
+def _prices_from_lines(invoices: list[StripeObject]) -> dict[str, StripeObject]:
+    """Per-unit recurring prices as full-period subscription lines show them: the line's unit amount
+    times its quantity is its amount (a tiered price's is not, and is left out)."""
+    found: dict[str, StripeObject] = {}
+    for invoice in invoices:
+        for line in as_list(invoice.get("lines")):
+            line = as_dict(line)
+            details = as_dict(as_dict(line.get("parent")).get("subscription_item_details"))
+            pricing = as_dict(line.get("pricing"))
+            price_id = as_dict(pricing.get("price_details")).get("price")
+            period = as_dict(line.get("period"))
+            start, end = to_time(period.get("start")), to_time(period.get("end"))
+            unit = str(pricing.get("unit_amount_decimal") or "")
+            amount, quantity = line.get("amount"), line.get("quantity")
+            if (
+                not details
+                or details.get("proration") is not False
+                or not isinstance(price_id, str)
+                or start is None
+                or end is None
+                or not unit.isdigit()
+                or not isinstance(quantity, int)
+                or amount != int(unit) * quantity
+            ):
+                continue
+            found[price_id] = {
+                "id": price_id,
+                "product": as_dict(pricing.get("price_details")).get("product"),
+                "currency": line.get("currency"),
+                "recurring": {**_interval_of_days((end - start).days), "usage_type": "licensed"},
+                "unit_amount": int(unit),
+                "type": "recurring",
+            }
+    return found
 
 
 def _line_price(line: StripeObject) -> Any:
@@ -152,22 +230,26 @@ def _invoice_items(
             continue  # usage is billed in arrears for the previous period: not this period's plan
         if start is None or line_start > start:
             start, end = line_start, line_end
-        quantity = line.get("quantity")
-        quantity = quantity if isinstance(quantity, int) and quantity > 0 else 1
+        quantity = _quantity(line.get("quantity"))
         amount = line.get("amount")
         total += amount if isinstance(amount, int) else 0
         price = _line_price(line)
-        if ref_id(price) is None or (isinstance(price, str) and price not in catalog.prices):
+        if isinstance(price, str) and isinstance(catalog.prices.get(price), dict):
+            price = catalog.prices[price]  # whole: the engine's catalog may not hold it (see _known_prices)
+        elif ref_id(price) is None or isinstance(price, str):
             if not isinstance(amount, int):
                 continue
-            # Unknown price: the billed amount is what the whole period cost (kept exact: one unit).
+            # Unknown price: the billed amount is what the period cost, per unit when it divides
+            # exactly (else as one unit); its id and product are the line's, so tiers still match.
+            if amount % quantity:
+                quantity = 1
             price = {
-                "id": f"billed:{amount}",
+                "id": price if isinstance(price, str) else f"billed:{amount}",
+                "product": as_dict(as_dict(line.get("pricing")).get("price_details")).get("product"),
                 "recurring": {**_interval_of_days((line_end - line_start).days), "usage_type": "licensed"},
-                "unit_amount": amount,
+                "unit_amount": amount // quantity,
                 "type": "recurring",
             }
-            quantity = 1
         items.append({"id": ref_id(details.get("subscription_item")), "price": price, "quantity": quantity})
     if not items or start is None or end is None or total <= 0:
         return None  # nothing billed (e.g. a trial's zero invoice): not evidence of MRR
@@ -194,10 +276,15 @@ def _versions(
             base = after_states[0]
     else:
         base = current
-    versions = [Version(None, base, sub_id)]
     first_event_at = to_time(events[0].get("created")) if events else None
-    if base is not None:
-        versions.extend(_invoice_versions(sub_id, base, invoices, catalog, first_event_at or as_of))
+    before = first_event_at or as_of
+    billed = _invoice_versions(sub_id, base, invoices, catalog, before) if base is not None else []
+    earliest = base
+    if base is not None and billed and billed[0].state is not base:
+        # Before the first period an invoice shows (e.g. its invoice was voided), the items billed
+        # nearest in time, not today's.
+        earliest = {**base, "items": as_dict(billed[0].state).get("items")}
+    versions = [Version(None, earliest, sub_id), *billed]
     for event, state in zip(events, after_states, strict=True):
         created = to_time(event.get("created"))
         versions.append(Version(created, state, str(event.get("id"))))
@@ -229,7 +316,8 @@ def _proration_changes(
     invoice: StripeObject, catalog: Catalog
 ) -> list[tuple[datetime, list[StripeObject], set[str]]]:
     """Mid-period changes shown by proration lines: at each line's period start, the prices credited
-    (negative lines: removed) and the items charged for the rest of the period (positive: added)."""
+    (negative lines: removed, by price and item) and the items charged for the rest of the period
+    (positive: added)."""
     if as_dict(invoice.get("lines")).get("has_more") is True:
         return []
     changes: dict[datetime, tuple[list[StripeObject], set[str]]] = {}
@@ -250,12 +338,15 @@ def _proration_changes(
             continue
         added, removed = changes.setdefault(at, ([], set()))
         if amount < 0:
-            removed.add(price_id)
-        elif amount > 0 and price_id in catalog.prices:
-            quantity = line.get("quantity")
-            quantity = quantity if isinstance(quantity, int) and quantity > 0 else 1
+            # By price, and by item too: a billed item whose price is unknown has a made-up price id.
+            removed.update(key for key in (price_id, ref_id(details.get("subscription_item"))) if key)
+        elif amount > 0 and isinstance(known := catalog.prices.get(price_id), dict):
             added.append(
-                {"id": ref_id(details.get("subscription_item")), "price": price_id, "quantity": quantity}
+                {
+                    "id": ref_id(details.get("subscription_item")),
+                    "price": known,
+                    "quantity": _quantity(line.get("quantity")),
+                }
             )
     return [(at, added, removed) for at, (added, removed) in changes.items()]
 
@@ -306,7 +397,7 @@ def _invoice_versions(
 
     The latest billed moment belongs to the subscription object itself, so only changes before it
     come from invoices; a gap after a billed period is left to the subscription object too."""
-    # (moment, kind, cause, items, removed prices); kind orders same-moment entries.
+    # (moment, kind, cause, items, removed prices and items); kind orders same-moment entries.
     moments: list[tuple[datetime, str, str, list[StripeObject], set[str]]] = []
     ends: set[datetime] = set()
     for invoice in invoices:
@@ -329,33 +420,75 @@ def _invoice_versions(
     versions: list[Version] = []
     items: list[StripeObject] = []
     last_signature: Any = None
+    last_cause = sub_id
     for at, kind, cause, billed, removed in moments:
-        if at >= cutoff:
-            break
         if kind == "0-gap":
             versions.append(Version(at, base, cause))
             items, last_signature = [], None
             continue
         items = (
-            billed if kind == "1-period" else [i for i in items if ref_id(i["price"]) not in removed] + billed
+            billed
+            if kind == "1-period"
+            else [i for i in items if not {ref_id(i["price"]), ref_id(i.get("id"))} & removed] + billed
         )
-        signature = sorted(
-            (str(ref_id(i["price"])), str(as_dict(i["price"]).get("unit_amount")), i["quantity"])
-            for i in items
-        )
-        if signature != last_signature:
+        signature = _signature(items)
+        if at < cutoff and signature != last_signature:
             versions.append(Version(at, _billed_state(base, items), cause))
             last_signature = signature
-    versions.append(Version(cutoff, base, sub_id))
+        last_cause = cause
+    if _signature(items) == _signature(_licensed_items(base, catalog)):
+        versions.append(Version(cutoff, base, sub_id))
+        return versions
+    # The object differs from what was last billed, and no invoice says when it changed: the change
+    # is dated by the item it added when that item is newer, else at the end of the interval
+    # (`before`: as_of or the first event), never back-dated to the billed period.
+    versions.append(Version(cutoff, {**base, "items": {"data": _with_item_terms(items, base)}}, last_cause))
+    versions.append(Version(_undated_change_at(items, base, cutoff, before), base, sub_id))
     return versions
 
 
+def _signature(items: list[StripeObject]) -> list[tuple[str, int]]:
+    """What was billed, by price and quantity (an unknown price's id names its billed amount)."""
+    return sorted((str(ref_id(i.get("price"))), _quantity(i.get("quantity"))) for i in items)
+
+
+def _quantity(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+
+
+def _licensed_items(state: StripeObject, catalog: Catalog) -> list[StripeObject]:
+    """The subscription's items an invoice bills for a full period (metered usage is billed later)."""
+    found = []
+    for raw in as_list(state.get("items")):
+        raw = as_dict(raw)
+        price = as_dict(resolve_price(raw, catalog))
+        if price.get("id") is None or as_dict(price.get("recurring")).get("usage_type") == "metered":
+            continue
+        found.append({"price": price, "quantity": raw.get("quantity")})
+    return found
+
+
+def _undated_change_at(
+    billed: list[StripeObject], base: StripeObject, cutoff: datetime, before: datetime
+) -> datetime:
+    billed_ids = {ref_id(item.get("id")) for item in billed}
+    added = [
+        created
+        for raw in as_list(base.get("items"))
+        if ref_id(as_dict(raw).get("id")) not in billed_ids
+        and (created := to_time(as_dict(raw).get("created"))) is not None
+        and cutoff < created <= before
+    ]
+    return max(added, default=before)
+
+
 def _billed_state(base: StripeObject, items: list[StripeObject]) -> StripeObject:
-    """The subscription as it was while these items were billed: counting, with today's terms."""
+    """The subscription as it was while these items were billed: counting, with today's terms (a
+    past_due one stays past_due, so its open invoices still make it delinquent on the day they do)."""
     return {
         **base,
         "items": {"data": _with_item_terms(items, base)},
-        "status": "active",
+        "status": "past_due" if base.get("status") == "past_due" else "active",
         "ended_at": None,
         "canceled_at": None,
         "cancel_at": None,
@@ -427,17 +560,19 @@ def build_history(
     mrr_now: dict[str, int],
     charges: list[StripeObject] | None = None,
     amount_of: SubscriptionAmounts | None = None,
+    stored: StoredHistory | None = None,
 ) -> History:
     """The customer's MRR timeline, movements and plan changes up to `as_of` (see the module doc)."""
     policy = config.policy
     amount_of = amount_of or SubscriptionAmounts(customer, catalog)
     by_sub_events = _subscription_events(events, as_of)
     current_by_id = {str(sub.get("id")): sub for sub in subscriptions}
+    billed_catalog = _known_prices(catalog, [*subscriptions, *_event_objects(by_sub_events)], invoices)
     all_versions: dict[str, list[Version]] = {}
     moments: set[datetime] = set()
     for sub_id in sorted(set(current_by_id) | set(by_sub_events)):
         versions = _versions(
-            sub_id, current_by_id.get(sub_id), by_sub_events.get(sub_id, []), invoices, catalog, as_of
+            sub_id, current_by_id.get(sub_id), by_sub_events.get(sub_id, []), invoices, billed_catalog, as_of
         )
         if not by_sub_events.get(sub_id):
             versions = _unpaid_history(versions, sub_id, invoices, charges or [])
@@ -504,16 +639,60 @@ def build_history(
     final_points = previous_points
 
     history.changes = _merge_snapshots(rebuilt, snapshots, as_of, mrr_now)
-    history.movements = _movements(customer_id, history.changes, config)
-    for movement in history.movements:
-        if movement.kind == "reactivation":
-            _reactivation_changes(history, customer_id, movement, final_points)
-    history.plan_changes = sorted(
-        set(history.plan_changes), key=lambda change: (change.at, change.subscription_id, change.kind)
-    )
-    conversions = [change.at for change in history.plan_changes if change.kind == "trial_conversion"]
+    _append_new(history, customer_id, stored or StoredHistory(), config, as_of, mrr_now, final_points)
+    conversions = [
+        change.at
+        for change in history.plan_changes
+        if change.kind == "trial_conversion" and change.at <= as_of
+    ]
     history.trial_converted_at = max(conversions, default=None)
     return history
+
+
+def _append_new(
+    history: History,
+    customer_id: str,
+    stored: StoredHistory,
+    config: HealthConfig,
+    as_of: datetime,
+    mrr_now: dict[str, int],
+    final_points: dict[str, _Point],
+) -> None:
+    """Reconciles the rebuilt timeline with the stored history (append-only, contract section 7).
+
+    The stored rows are the truth up to the horizon (the last evaluation that stored them). Only the
+    rebuilt changes after it become new rows, each measured from the stored level; evidence found
+    later about an earlier time (a proration line dating a change a past sync dated at its own as_of)
+    is already told by the stored rows and adds nothing."""
+    horizon = _horizon(stored)
+    level = _level(stored.movements)
+    changes = _changes_after(history.changes, horizon, level, as_of, mrr_now)
+    paid_before = any(movement.mrr_after > 0 for movement in stored.movements)
+    new_movements = _movements(customer_id, changes, config, level, paid_before)
+    reactivations: list[PlanChange] = []
+    for movement in new_movements:
+        if movement.kind == "reactivation":
+            reactivations.extend(_reactivation_changes(history, customer_id, movement, final_points))
+    candidates = sorted(
+        {
+            change
+            for change in [*history.plan_changes, *reactivations]
+            if horizon is None or horizon < change.at <= as_of
+        },
+        key=lambda change: (change.at, change.subscription_id, change.kind),
+    )
+    # Each subscription's last plan change: one the rebuild dates after the horizon but that leads to
+    # where the stored history already is (its plan at the horizon) is already told.
+    last = {change.subscription_id: change for change in stored.plan_changes}
+    new_plan_changes: list[PlanChange] = []
+    for plan_change in candidates:
+        if not _already_told(plan_change, last.get(plan_change.subscription_id)):
+            new_plan_changes.append(plan_change)
+            last[plan_change.subscription_id] = plan_change
+    history.new_movements = new_movements
+    history.new_plan_changes = new_plan_changes
+    history.movements = [*stored.movements, *new_movements]
+    history.plan_changes = [*stored.plan_changes, *history.new_plan_changes]
 
 
 def _sum(points: Any) -> dict[str, int]:
@@ -594,14 +773,58 @@ def _direction(old: Tier, new: Tier) -> str | None:
     return "upgrade" if new.rank > old.rank else "downgrade"
 
 
+def _horizon(stored: StoredHistory) -> datetime | None:
+    """Up to when the stored history is the truth: the evaluation that stored it, or its newest row."""
+    times = [
+        *([stored.until] if stored.until else []),
+        *(movement.at for movement in stored.movements),
+        *(change.at for change in stored.plan_changes),
+    ]
+    return max(times, default=None)
+
+
+def _changes_after(
+    changes: list[Change],
+    horizon: datetime | None,
+    level: dict[str, int],
+    as_of: datetime,
+    mrr_now: dict[str, int],
+) -> list[Change]:
+    """The rebuilt changes after the horizon that move MRR away from the stored `level`, then, when MRR
+    now is still not reached, a change at `as_of` (seen only as a difference: dated at the end of the
+    interval it happened in)."""
+    if horizon is None:
+        return changes
+    if as_of <= horizon:
+        return []
+    found: list[Change] = []
+    value = level
+    for change in changes:
+        if change.at > horizon and change.mrr != value:
+            found.append(change)
+            value = change.mrr
+    if value != mrr_now:
+        found.append(Change(as_of, dict(mrr_now), "as_of", None, ()))
+    return found
+
+
+def _already_told(change: PlanChange, last: PlanChange | None) -> bool:
+    if last is None:
+        return False
+    if change.kind == "cancellation":
+        return last.kind == "cancellation"
+    return last.kind != "cancellation" and change.to_plan == last.to_plan
+
+
 def _reactivation_changes(
     history: History, customer_id: str, movement: MrrMovement, final_points: dict[str, _Point]
-) -> None:
+) -> list[PlanChange]:
+    found = []
     for change in history.changes:
         if change.at == movement.at:
             for sub_id in change.risers:
                 plan = final_points[sub_id].plan if sub_id in final_points else None
-                history.plan_changes.append(
+                found.append(
                     PlanChange(
                         customer_id,
                         sub_id,
@@ -614,6 +837,7 @@ def _reactivation_changes(
                         movement.cause,
                     )
                 )
+    return found
 
 
 def _merge_snapshots(
@@ -652,8 +876,15 @@ def _merge_snapshots(
     return merged
 
 
-def _movements(customer_id: str, changes: list[Change], config: HealthConfig) -> list[MrrMovement]:
-    """Group changes within the policy's window and classify each currency's net change."""
+def _movements(
+    customer_id: str,
+    changes: list[Change],
+    config: HealthConfig,
+    before: dict[str, int],
+    paid_before: bool,
+) -> list[MrrMovement]:
+    """Group changes within the policy's window and classify each currency's net change, from the MRR
+    `before` them (`paid_before`: the customer paid before them)."""
     window = timedelta(seconds=config.policy.movement_grouping_seconds)
     groups: list[list[Change]] = []
     for change in changes:
@@ -662,8 +893,6 @@ def _movements(customer_id: str, changes: list[Change], config: HealthConfig) ->
         else:
             groups.append([change])
     movements: list[MrrMovement] = []
-    before: dict[str, int] = {}
-    paid_before = False
     for group in groups:
         after = group[-1].mrr
         hints = [change.churn_hint for change in group if change.churn_hint]

@@ -67,6 +67,7 @@ class CustomerBundle:
     `charges` are its failed ones and `events` those whose type starts with `customer.` (see above),
     any age: the store keeps events after Stripe's 30 days. `coupons`, `prices` and `products` are the
     whole account's, by id. `snapshots` are this customer's earlier MRR observations, oldest first.
+    `history` is what the store already holds of its movements and plan changes (append-only).
     """
 
     customer_id: str
@@ -79,6 +80,7 @@ class CustomerBundle:
     prices: dict[str, StripeObject]
     products: dict[str, StripeObject]
     snapshots: list[MrrSnapshot] = field(default_factory=list)
+    history: StoredHistory | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,17 @@ class PlanChange:
     from_tier: str | None
     to_tier: str | None
     cause: str
+
+
+@dataclass(frozen=True)
+class StoredHistory:
+    """A customer's movements and plan changes as stored (oldest first), and `until`: the `as_of` of
+    the evaluation that last stored them. They are the truth up to `until`; a later evaluation only
+    appends what happened after it (PERLY_CONTRACT.md section 7)."""
+
+    movements: tuple[MrrMovement, ...] = ()
+    plan_changes: tuple[PlanChange, ...] = ()
+    until: datetime | None = None
 
 
 @dataclass
@@ -148,9 +161,10 @@ class CustomerHealth:
 class CustomerEvaluation:
     """The engine's answer for one customer.
 
-    `movements` and `plan_changes` are the customer's whole history, recomputed deterministically
-    from the bundle (so re-running never duplicates a row). `snapshot` is the MRR observed at
-    `as_of`, for the store to append when it differs from the last one.
+    `movements` and `plan_changes` are the rows to append to the customer's stored history: what
+    happened after `bundle.history.until` (all of it when nothing is stored yet); re-running at the
+    same `as_of` appends nothing. `snapshot` is the MRR observed at `as_of`, for the store to append
+    when it differs from the last one.
     """
 
     health: CustomerHealth

@@ -30,6 +30,7 @@ from destination_perly.health.model import (
     MrrMovement,
     MrrSnapshot,
     PlanChange,
+    StoredHistory,
 )
 
 Record = dict[str, Any]
@@ -314,7 +315,8 @@ class Store(ABC):
                 f"CREATE TABLE IF NOT EXISTS {SNAPSHOTS_TABLE} (customer_id TEXT NOT NULL, at TEXT NOT NULL,"
                 " mrr_by_currency TEXT NOT NULL, cause TEXT)"
             )
-            self._ensure_insertion_order(SNAPSHOTS_TABLE)
+            for table in (MOVEMENTS_TABLE, PLAN_CHANGES_TABLE, SNAPSHOTS_TABLE):
+                self._ensure_insertion_order(table)
             # `mark` grows with every write, so a refresh clears only the marks it has seen.
             self._execute(
                 f"CREATE TABLE IF NOT EXISTS {DIRTY_TABLE} (customer_id TEXT PRIMARY KEY,"
@@ -497,7 +499,7 @@ class Store(ABC):
     def mark_time_sensitive(self, as_of: datetime, lookback_days: int = 90) -> None:
         """Marks dirty the customers whose health can change with the clock alone: open invoices,
         trials, past-due or unpaid subscriptions, failed charges still inside a window, and any raised
-        flag or risk that may expire."""
+        flag, risk or risk score (its signals, such as the 90-day MRR trend, expire)."""
         tables = self.tables()
         queries: list[tuple[str, tuple[Any, ...]]] = []
         invoices, subscriptions, charges = (
@@ -526,7 +528,8 @@ class Store(ABC):
             (
                 f"SELECT customer_id FROM {HEALTH_TABLE} WHERE deleted = 0 AND (payment_risk <> ?"
                 " OR flag_payment_failures = 1 OR flag_downgrade = 1 OR flag_invoice_aging = 1"
-                " OR flag_trial_expiring = 1 OR flag_mrr_contraction = 1 OR mrr_change_30d <> 0)",
+                " OR flag_trial_expiring = 1 OR flag_mrr_contraction = 1 OR mrr_change_30d <> 0"
+                " OR risk_score > 0)",
                 ("none",),
             )
         )
@@ -603,14 +606,43 @@ class Store(ABC):
                         at=parse_iso(str(at)), mrr_by_currency=orjson.loads(mrr), cause=str(cause or "")
                     )
                 )
+            for customer_id, history in self._stored_histories(chunk).items():
+                bundles[customer_id].history = history
         return bundles
+
+    def _stored_histories(self, customer_ids: Sequence[str]) -> dict[str, StoredHistory]:
+        """The stored movements and plan changes of these customers (oldest first), and the `as_of`
+        of the evaluation that last stored them (their health row's)."""
+        marks = ", ".join("?" * len(customer_ids))
+        rows: dict[str, dict[str, list[Any]]] = {}
+        for table, model in ((MOVEMENTS_TABLE, MrrMovement), (PLAN_CHANGES_TABLE, PlanChange)):
+            names = [f.name for f in dataclasses.fields(model)]
+            sql = (
+                f"SELECT {', '.join(names)} FROM {table} WHERE customer_id IN ({marks})"
+                f" ORDER BY at, {self.insertion_order}"
+            )
+            for values in self._fetch_tuples(sql, customer_ids):
+                row = dict(zip(names, values, strict=True))
+                row["at"] = parse_iso(str(row["at"]))
+                rows.setdefault(str(row["customer_id"]), {}).setdefault(table, []).append(model(**row))
+        sql = f"SELECT customer_id, as_of FROM {HEALTH_TABLE} WHERE customer_id IN ({marks})"
+        until = {str(c): parse_iso(str(at)) for c, at in self._fetch_tuples(sql, customer_ids) if at}
+        return {
+            customer_id: StoredHistory(
+                tuple(rows.get(customer_id, {}).get(MOVEMENTS_TABLE, [])),
+                tuple(rows.get(customer_id, {}).get(PLAN_CHANGES_TABLE, [])),
+                until.get(customer_id),
+            )
+            for customer_id in set(rows) | set(until)
+        }
 
     # --- health results -----------------------------------------------------------------------
     def save_results(
         self, evaluations: Sequence[CustomerEvaluation], snapshots: Sequence[tuple[str, MrrSnapshot]]
     ) -> None:
-        """Upserts health rows, replaces each customer's movements and plan changes with the
-        recomputed set and appends snapshots, in one transaction."""
+        """Upserts health rows and appends the new movements, plan changes and snapshots, in one
+        transaction. Stored movements and plan changes are never rewritten or deleted (contract
+        section 7): the engine hands over only what happened after them."""
         if not evaluations and not snapshots:
             return
         health_fields = [f.name for f in dataclasses.fields(CustomerHealth)]
@@ -626,11 +658,6 @@ class Store(ABC):
                     health_sql,
                     [[_db_value(getattr(e.health, name)) for name in health_fields] for e in evaluations],
                 )
-                ids = sorted({e.health.customer_id for e in evaluations})
-                for chunk in _chunks(ids):
-                    marks = ", ".join("?" * len(chunk))
-                    self._execute(f"DELETE FROM {MOVEMENTS_TABLE} WHERE customer_id IN ({marks})", chunk)
-                    self._execute(f"DELETE FROM {PLAN_CHANGES_TABLE} WHERE customer_id IN ({marks})", chunk)
                 self._insert_dataclasses(
                     MOVEMENTS_TABLE, MrrMovement, [m for e in evaluations for m in e.movements]
                 )

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from destination_perly.private_files import create_private_file, make_private_dirs
 from destination_perly.store.base import CustomerIdsOf, Store, StoreError
 
 BUSY_TIMEOUT_MS = 30_000
@@ -22,28 +23,43 @@ LOCK_RETRIES = 5
 class SqliteStore(Store):
     int_type = "INTEGER"
 
-    def __init__(self, path: str | Path, customer_ids_of: CustomerIdsOf | None = None) -> None:
+    def __init__(
+        self, path: str | Path, customer_ids_of: CustomerIdsOf | None = None, read_only: bool = False
+    ) -> None:
+        """`read_only`: an existing file opened for reading only (the report): never created, and its
+        settings (page size, journal mode) left as they are."""
         super().__init__(customer_ids_of)
         self.path = Path(path)
-        if str(path) != ":memory:":
+        if str(path) != ":memory:" and not read_only:
             parent = self.path.parent
             if not parent.is_dir():
                 try:
-                    parent.mkdir(parents=True, exist_ok=True)
+                    make_private_dirs(parent)
                 except OSError as exc:
                     raise StoreError(
                         f"cannot create the directory {parent} for the SQLite file: {exc}"
                     ) from exc
+            try:
+                # The store holds names and emails: owner-only. SQLite gives its -wal and -shm files
+                # the database file's mode, so creating the file first covers them too.
+                create_private_file(self.path)
+            except OSError as exc:
+                raise StoreError(f"cannot create the SQLite file {path}: {exc}") from exc
         try:
             self._conn = sqlite3.connect(
-                str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+                f"{self.path.resolve().as_uri()}?mode=ro" if read_only else str(path),
+                uri=read_only,
+                isolation_level=None,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                check_same_thread=False,
             )
             self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             # Rows are whole Stripe objects (often several KB): 32 KB pages need fewer overflow pages,
             # a smaller file and about a tenth less CPU for a bulk load than the 4 KB default. Only a
             # new file takes it (before WAL is on); an existing one keeps its page size.
-            self._conn.execute("PRAGMA page_size = 32768")
-            self._conn.execute("PRAGMA journal_mode = WAL")
+            if not read_only:
+                self._conn.execute("PRAGMA page_size = 32768")
+                self._conn.execute("PRAGMA journal_mode = WAL")
             # WAL + NORMAL: a commit survives a process crash; only an OS crash can lose the last ones.
             self._conn.execute("PRAGMA synchronous = NORMAL")
             # Sorts and temporary indexes in memory; a 64 MB page cache (negative: KiB) for bulk loads.

@@ -76,6 +76,25 @@ HARD_DECLINES = ["expired_card", "stolen_card", "lost_card"]
 RETRY_DAYS = (3, 7, 12)  # retries after the first failed attempt
 DUNNING_DAYS = 15  # when the last retry has failed: cancel or mark unpaid
 
+# The churn model of the random customers (README, "How churn happens"). Hidden per subscription: how
+# fragile its card is (the chance a renewal charge fails) and how unhappy the customer is (the chance
+# of leaving at a monthly renewal). Unhappiness moves with what happens: payment trouble, downgrades
+# and seat cuts raise it, upgrades and added seats lower it; unhappy customers also shrink before
+# they leave. A card that failed before is less likely to recover the next time.
+CARD_RISKS = ((0.01, 85), (0.08, 11), (0.3, 4))  # (chance a renewal charge fails, weight)
+BASE_UNHAPPINESS = 0.004  # median; spread x lognormal(0, 0.7): leaving with no warning sign
+EARLY_LIFE_FACTOR = 2.0  # in the first 90 days, leaving is this much likelier
+PAYMENT_TROUBLE_UNHAPPINESS = 0.03  # added at each failed renewal
+DOWNGRADE_UNHAPPINESS = 0.08
+SEAT_CUT_UNHAPPINESS = 0.05
+UPGRADE_RELIEF = 0.6  # unhappiness multiplied by this after an upgrade or added seats
+SHRINK_BEFORE_LEAVING = 3.0  # chance of a downgrade or seat cut at a renewal: this x unhappiness
+LEAVE_AT_PERIOD_END = 0.7  # share of leavers who schedule it (the rest cancel at once, no warning)
+REVOKE_SCHEDULED = 0.15  # share of scheduled cancellations taken back before the period ends
+# Soft-decline dunning outcomes (recovered, canceled, unpaid): a first one, and after earlier trouble.
+FIRST_DUNNING = (75, 15, 10)
+REPEATED_DUNNING = (35, 40, 25)
+
 FORCED_FATES = (
     "trial_converting",
     "trial_no_payment_method",
@@ -174,6 +193,9 @@ class SimState:
         "last_bill",
         "invoices",
         "step_days",
+        "card_risk",
+        "unhappiness",
+        "troubles",
     )
 
     def __init__(self, step: int, anchor_day: int, fate: str | None, fate_at: int) -> None:
@@ -189,6 +211,9 @@ class SimState:
         self.stuck = False  # send_invoice: invoices stay unpaid from now on
         self.last_bill: int | None = None  # metered usage is billed in arrears from here
         self.invoices: list[Invoice] = []
+        self.card_risk = 0.03  # random customers draw theirs at sign-up (CARD_RISKS)
+        self.unhappiness = 0.0  # random customers draw theirs at sign-up (BASE_UNHAPPINESS)
+        self.troubles = 0  # failed renewals so far
 
 
 class AdvanceSummary:
@@ -617,6 +642,9 @@ class Book:
         sub = Subscription(self.new_id("sub_"), at, self.next_seq(), customer, currency)
         anchor_day = day_of(fate_at if fate in RENEWAL_FATES else at)
         sub.sim = SimState(12 if yearly else 1, anchor_day, fate, fate_at)
+        if fate is None:
+            sub.sim.card_risk = rng.choices([r for r, _ in CARD_RISKS], [w for _, w in CARD_RISKS])[0]
+            sub.sim.unhappiness = BASE_UNHAPPINESS * rng.lognormvariate(0, 0.7)
         if send_invoice:
             sub.collection_method = "send_invoice"
             sub.days_until_due = 30
@@ -954,7 +982,7 @@ class Book:
             if abs(at - sim.fate_at) < 2 * DAY:
                 return self.rng.choice(HARD_DECLINES if fate == "hard_decline" else SOFT_DECLINES)
             return None
-        if sim.random and reason != "subscription_create" and self.roll() < 0.03:
+        if sim.random and reason != "subscription_create" and self.roll() < sim.card_risk:
             return self.rng.choice(HARD_DECLINES) if self.roll() < 0.2 else self.rng.choice(SOFT_DECLINES)
         return None
 
@@ -969,7 +997,10 @@ class Book:
         elif hard:
             outcome = self.rng.choice(("unpaid", "canceled"))
         else:
-            outcome = self.rng.choices(("recovered", "canceled", "unpaid"), (60, 25, 15))[0]
+            weights = REPEATED_DUNNING if sim.troubles else FIRST_DUNNING
+            outcome = self.rng.choices(("recovered", "canceled", "unpaid"), weights)[0]
+        sim.troubles += 1
+        sim.unhappiness += PAYMENT_TROUBLE_UNHAPPINESS if sim.random else 0.0
         recover_at = self.rng.randint(0, len(RETRY_DAYS) - 1)
         sim.dunning = Dunning(invoice, outcome, hard, recover_at, at)
         self.label(sub.customer, "dunning")
@@ -1184,20 +1215,32 @@ class Book:
         self.schedule(sub, end, "renew")
 
     def maybe_random_change(self, sub: Subscription, at: int) -> None:
-        """After a paid renewal, sometimes plan a change before the next one."""
+        """After a paid renewal, sometimes plan a change before the next one: leaving (likelier the
+        unhappier the customer, and early in its life), shrinking first, or an everyday change."""
         sim = sub.sim
         if not sim.random:
             return
         roll = self.roll()
         span = max(1, (sub.items[0].period_end - at) // DAY - 2)
         when = at + self.rng.randint(1, span) * DAY + self.rng.randint(0, 23) * HOUR
+        months = sim.step_days / 30 if sim.step_days else sim.step
+        early = EARLY_LIFE_FACTOR if at - sub.created < 90 * DAY else 1.0
+        leave = min(0.5, 1 - (1 - sim.unhappiness * early) ** months)  # per period, from per month
+        shrink = min(0.3, SHRINK_BEFORE_LEAVING * sim.unhappiness)
+        if roll < leave:
+            leaving = "cancel_at_period_end" if self.roll() < LEAVE_AT_PERIOD_END else "canceled_immediately"
+            self.schedule(sub, when, leaving)
+            return
+        roll -= leave
+        if roll < shrink:
+            self.schedule(sub, when, "downgraded" if self.roll() < 0.4 else "seat_change", "fewer")
+            return
+        roll -= shrink
         for kind, threshold in (
-            ("cancel_at_period_end", 0.012),
-            ("canceled_immediately", 0.016),
-            ("upgraded", 0.036),
-            ("downgraded", 0.048),
-            ("seat_change", 0.085),
-            ("interval_switch", 0.09),
+            ("upgraded", 0.02),
+            ("downgraded", 0.026),
+            ("seat_change", 0.063),
+            ("interval_switch", 0.068),
         ):
             if roll < threshold:
                 self.schedule(sub, when, kind)
@@ -1229,6 +1272,24 @@ class Book:
         self.update_subscription(sub, at, request, requested=True)
         self.label(sub.customer, "cancel_at_period_end")
         self.change("cancel_requested", sub)
+        if sub.sim.random and end - at > 2 * DAY and self.roll() < REVOKE_SCHEDULED:
+            self.schedule(sub, at + self.rng.randint(1, (end - at) // DAY - 1) * DAY, "revoke_cancellation")
+
+    def do_revoke_cancellation(self, sub: Subscription, at: int, data: Any) -> None:
+        """The customer changed its mind: the scheduled cancellation is taken back."""
+        if not sub.cancel_at_period_end or sub.status not in ("active", "past_due"):
+            return
+
+        def revoke() -> None:
+            sub.cancel_at_period_end = False
+            sub.cancel_at = None
+            sub.canceled_at = None
+            sub.cancel_reason = None
+
+        self.update_subscription(sub, at, revoke, requested=True)
+        self.unlabel(sub.customer, "cancel_at_period_end")
+        self.label(sub.customer, "cancellation_revoked")
+        self.change("cancel_revoked", sub)
 
     def do_canceled_immediately(self, sub: Subscription, at: int, data: Any) -> None:
         self.label(sub.customer, "canceled_immediately")
@@ -1276,6 +1337,7 @@ class Book:
 
         old_price, old_quantity = item.price, item.quantity
         self.update_subscription(sub, at, switch, requested=True)
+        self._feel(sub, DOWNGRADE_UNHAPPINESS if step < 0 else None)
         self.label(sub.customer, "upgraded" if step > 0 else "downgraded")
         self.change("upgraded" if step > 0 else "downgraded", sub)
         self.invoice_proration(sub, item, at, old_price, old_quantity)
@@ -1288,10 +1350,11 @@ class Book:
         low, high = LADDER[rank][2]
         if low == high:
             return
-        delta = self.rng.choice((-3, -2, -1, 1, 2, 3, 5))
+        delta = self.rng.choice((-3, -2, -1) if data == "fewer" else (-3, -2, -1, 1, 2, 3, 5))
         quantity = min(max(item.quantity + delta, low), high)
         if quantity == item.quantity:
             quantity = item.quantity + 1 if item.quantity < high else item.quantity - 1
+        self._feel(sub, SEAT_CUT_UNHAPPINESS if quantity < item.quantity else None)
 
         def seats() -> None:
             item.quantity = quantity
@@ -1301,6 +1364,13 @@ class Book:
         self.label(sub.customer, "seat_change")
         self.change("seat_change", sub)
         self.invoice_proration(sub, item, at, item.price, old_quantity)
+
+    def _feel(self, sub: Subscription, worse: float | None) -> None:
+        """A random customer's unhappiness after a change: up by `worse`, else relieved (it grew)."""
+        if sub.sim.random:
+            sub.sim.unhappiness = (
+                sub.sim.unhappiness + worse if worse else sub.sim.unhappiness * UPGRADE_RELIEF
+            )
 
     def invoice_proration(
         self, sub: Subscription, item: SubscriptionItem, at: int, old_price: Price, old_quantity: int

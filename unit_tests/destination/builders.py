@@ -135,8 +135,12 @@ class FakeEngine:
             payment_risk="low" if any(i.get("status") == "open" for i in bundle.invoices) else "none",
             deleted=bool((bundle.customer or {}).get("deleted")),
         )
+        # Like the engine, only what the stored history does not hold yet is handed over.
+        stored = bundle.history.movements if bundle.history else ()
         movements = (
-            [MrrMovement(bundle.customer_id, as_of, "new", None, "usd", 0, mrr, mrr, "test")] if mrr else []
+            [MrrMovement(bundle.customer_id, as_of, "new", None, "usd", 0, mrr, mrr, "test")]
+            if mrr and not stored
+            else []
         )
         snapshot = MrrSnapshot(at=as_of, mrr_by_currency=dict(health.mrr_by_currency), cause="test")
         return CustomerEvaluation(health=health, movements=movements, plan_changes=[], snapshot=snapshot)

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import orjson
 import pytest
 
-from destination_perly.health.model import HealthConfig, MrrSnapshot
+from destination_perly.health.model import (
+    CustomerEvaluation,
+    HealthConfig,
+    MrrMovement,
+    MrrSnapshot,
+    PlanChange,
+)
 from destination_perly.store.base import Store, table_for_stream
 from destination_perly.store.sqlite import SqliteStore
 from unit_tests.destination.builders import (
@@ -19,6 +25,7 @@ from unit_tests.destination.builders import (
     FakeEngine,
     customer,
     invoice,
+    quiet_health,
     subscription,
     tombstone,
 )
@@ -209,7 +216,7 @@ def test_given_a_store_from_before_the_type_column_then_ensure_schema_adds_and_f
     ]
 
 
-def test_given_evaluations_then_health_is_upserted_and_movements_replaced(store: Store) -> None:
+def test_given_evaluations_then_health_is_upserted_and_movements_appended_once(store: Store) -> None:
     store.upsert_records("subscriptions", [subscription("sub_1", "cus_1", amount=1500)])
     engine = FakeEngine()
     for _ in range(2):  # recomputing twice must not duplicate the history
@@ -226,6 +233,67 @@ def test_given_evaluations_then_health_is_upserted_and_movements_replaced(store:
     snapshots = store.load_bundle("cus_1").snapshots
     assert [s.mrr_by_currency for s in snapshots] == [{"usd": 1500}, {"usd": 1500}]
     assert snapshots[0].at == AS_OF
+
+
+def test_given_stored_history_when_saving_again_then_no_row_is_rewritten_and_bundles_carry_it(
+    store: Store,
+) -> None:
+    # The first evaluation stored a movement and a plan change; a later one (a recompute that would
+    # tell the past differently) only appends. The bundle hands the engine what is stored, and when.
+    first = MrrMovement("cus_1", AS_OF - timedelta(days=9), "new", None, "usd", 0, 1500, 1500, "sub_1")
+    change = PlanChange(
+        "cus_1", "sub_1", AS_OF - timedelta(days=9), "upgrade", "p_a", "p_b", "A", "B", "evt_1"
+    )
+    later = MrrMovement("cus_1", AS_OF, "expansion", None, "usd", 1500, 2000, 500, "as_of")
+    store.save_results([evaluation_of("cus_1", AS_OF - timedelta(days=1), [first], [change])], [])
+    store.save_results([evaluation_of("cus_1", AS_OF, [later], [])], [])
+
+    history = store.load_bundle("cus_1").history
+    assert history is not None
+    assert history.movements == (first, later)
+    assert history.plan_changes == (change,)
+    assert history.until == AS_OF
+    assert store.load_bundle("cus_2").history is None  # never evaluated: nothing stored
+
+
+def test_given_history_stored_by_an_earlier_version_then_it_is_kept_loaded_in_order_and_appended_to(
+    store_factory: StoreFactory,
+) -> None:
+    # An earlier version created the history tables from the dataclasses alone (no insertion-order
+    # column on PostgreSQL) and stored a whole recomputed history; nothing of it may be lost.
+    store = store_factory.open()
+    texts = ("customer_id", "at", "kind", "churn_type", "currency")
+    numbers = ("mrr_before", "mrr_after", "delta")
+    columns = ", ".join(
+        [*(f"{n} TEXT" for n in texts), *(f"{n} {store.int_type}" for n in numbers), "cause TEXT"]
+    )
+    store.execute(f"CREATE TABLE perly_mrr_movements ({columns})")
+    old = [
+        ("cus_1", "2026-10-01T00:00:00Z", "new", None, "usd", 0, 1500, 1500, "sub_1"),
+        ("cus_1", "2026-10-02T00:00:00Z", "expansion", None, "usd", 1500, 2000, 500, "sub_1"),
+    ]
+    for row in reversed(old):
+        store.execute("INSERT INTO perly_mrr_movements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+    store.ensure_schema()
+
+    later = MrrMovement("cus_1", AS_OF, "contraction", None, "usd", 2000, 1000, -1000, "as_of")
+    store.save_results([evaluation_of("cus_1", AS_OF, [later], [])], [])
+
+    history = store.load_bundle("cus_1").history
+    assert history is not None
+    assert [(m.kind, m.delta) for m in history.movements] == [
+        ("new", 1500),
+        ("expansion", 500),
+        ("contraction", -1000),
+    ]
+
+
+def evaluation_of(
+    customer_id: str, as_of: datetime, movements: list[MrrMovement], plan_changes: list[PlanChange]
+) -> CustomerEvaluation:
+    health = quiet_health(customer_id, as_of)
+    snapshot = MrrSnapshot(at=as_of, mrr_by_currency={}, cause="test")
+    return CustomerEvaluation(health, movements, plan_changes, snapshot)
 
 
 def test_given_snapshots_then_bundles_list_them_oldest_first(store: Store) -> None:
@@ -403,3 +471,21 @@ def test_given_a_snapshots_table_from_an_older_version_then_ensure_schema_upgrad
     upgraded.ensure_schema()  # a second start finds it done
     upgraded.save_results([], [("cus_1", MrrSnapshot(at=AS_OF, mrr_by_currency={"usd": 2}, cause="evt_c"))])
     assert [s.cause for s in upgraded.load_bundle("cus_1").snapshots] == ["evt_a", "evt_b", "evt_c"]
+
+
+def test_given_a_risk_score_with_no_flag_then_the_customer_is_marked_time_sensitive(store: Store) -> None:
+    # e.g. MRR fell 60 days ago: no flag is raised, yet the score's 90-day trend expires with time
+    store.ensure_schema()
+    scored = quiet_health("cus_trend", AS_OF, risk_score=11, mrr=1000)
+    quiet = quiet_health("cus_quiet", AS_OF, mrr=1000)
+    store.save_results(
+        [
+            CustomerEvaluation(
+                health=h, movements=[], plan_changes=[], snapshot=MrrSnapshot(AS_OF, {}, "as_of")
+            )
+            for h in (scored, quiet)
+        ],
+        [],
+    )
+    store.mark_time_sensitive(AS_OF)
+    assert store.dirty_customers() == {"cus_trend"}

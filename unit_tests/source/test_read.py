@@ -20,6 +20,7 @@ from airbyte_cdk.models import (  # type: ignore[attr-defined]
 from airbyte_cdk.test.catalog_builder import CatalogBuilder, ConfiguredAirbyteStreamBuilder
 from airbyte_cdk.test.entrypoint_wrapper import EntrypointOutput, read
 from airbyte_cdk.test.state_builder import StateBuilder
+from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from source_perly_stripe import source as source_module
 from source_perly_stripe.client import API_VERSION, StripeClient
@@ -810,3 +811,42 @@ def test_given_backfill_when_read_then_estimates_per_stream_and_totals_logged() 
     assert all(e.type == EstimateType.STREAM and e.row_estimate >= 0 for e in estimates)
     assert output.is_in_logs("customers: done: 1500 records in")
     assert output.is_in_logs("products: done: 1 records in")
+
+
+def test_given_key_without_the_core_billing_streams_when_read_then_config_error_naming_permissions() -> None:
+    fake = FakeStripe()
+    seed_customers(fake, 5, NOW - 10 * DAY, DAY)
+    fake.keys["rk_test_customersOnly0123456789"] = {"rak_customer_read"}
+    key_config = ConfigBuilder().with_api_key("rk_test_customersOnly0123456789").build()
+
+    output = sync(
+        fake,
+        "customers",
+        "subscriptions",
+        "invoices",
+        "charges",
+        config=key_config,
+        expecting_exception=True,
+    )
+
+    error = output.errors[-1].trace.error
+    assert error.failure_type == FailureType.config_error
+    for permission in ("rak_subscription_read", "rak_invoice_read", "rak_charge_read"):
+        assert permission in error.message
+    assert "rak_customer_read" not in error.message
+    # What the key could read is still delivered and checkpointed: the next sync does not redo it.
+    assert len(records(output, "customers")) == 5
+    assert statuses(output, "customers")[-1] == AirbyteStreamStatus.COMPLETE
+    assert any(m.state.stream.stream_descriptor.name == "customers" for m in output.state_messages)
+
+
+def test_given_an_impossible_start_date_when_read_is_called_directly_then_config_error() -> None:
+    config = ConfigBuilder().with_start_date("2024-13-45T00:00:00Z").build()
+    messages = make_source(FakeStripe()).read(logging.getLogger("test"), config, catalog("customers"), None)
+
+    with pytest.raises(AirbyteTracedException) as raised:
+        next(iter(messages))
+
+    assert raised.value.failure_type == FailureType.config_error
+    assert raised.value.message is not None
+    assert "start date" in raised.value.message
