@@ -98,6 +98,12 @@ def expected_mrr(emulator: Emulator) -> dict[str, dict[str, int]]:
                 continue
             months = price.interval_count * MONTHS_PER_INTERVAL[price.interval]
             amount = Fraction(price.amount_for(item.quantity))
+            for discount in filter(active, item.discounts):  # an item's own discounts come first
+                coupon = discount.coupon
+                if coupon.percent_off is not None:
+                    amount *= 1 - Fraction(str(coupon.percent_off)) / 100
+                elif coupon.amount_off:
+                    amount = max(amount - coupon.amount_off, Fraction(0))
             if price.tax_behavior == "inclusive":
                 amount = amount * 100 / (100 + inclusive)  # the tax inside the price is not revenue
             monthly += amount / months
@@ -170,7 +176,17 @@ def downgrades_seen_in_events(emulator: Emulator) -> set[str]:
 
 
 # Scenario labels that change nothing about MRR over time: such customers never show a contraction.
-STEADY_LABELS = {"usd", "eur", "jpy", "annual", "tiered", "metered", "many_items", "coupon_forever"}
+STEADY_LABELS = {
+    "usd",
+    "eur",
+    "jpy",
+    "annual",
+    "tiered",
+    "metered",
+    "many_items",
+    "coupon_forever",
+    "item_coupon_forever",
+}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -378,3 +378,76 @@ def test_given_rate_limit_when_exceeded_then_rate_limit_error_with_headers(emula
     assert caught.value.headers["Retry-After"] == "1"
     # The live mode has its own bucket.
     assert client(emu, "sk_live_perly_demo").v1.customers.list().data
+
+
+@pytest.mark.parametrize(
+    ("path", "slug"),
+    [
+        ("data.discounts.source.coupon", "rak_coupon_read"),
+        ("data.items.data.discounts.source.coupon", "rak_coupon_read"),
+        ("data.items.data.price.product", "rak_product_read"),
+        ("data.items.data.price.tiers", "rak_plan_read"),
+    ],
+)
+def test_given_billing_key_when_expanding_into_an_object_it_cannot_read_then_the_request_is_refused(
+    emulator: Emulator, path: str, slug: str
+) -> None:
+    refused = raw_get(emulator, "/v1/subscriptions", "rk_test_perly_billing", limit=3, **{"expand[]": path})
+    assert refused.status_code == 403
+    assert (
+        f"Having the '{slug}' permission would allow this request to continue."
+        in (refused.json()["error"]["message"])
+    )
+    # The full key reads the same expansion.
+    assert raw_get(emulator, "/v1/subscriptions", limit=3, **{"expand[]": path}).status_code == 200
+
+
+def test_given_billing_key_when_expanding_discounts_then_objects_naming_their_coupon_by_id(
+    emulator: Emulator,
+) -> None:
+    paths = ["data.discounts", "data.items.data.discounts"]
+    subscriptions = fetch_all(
+        emulator, "subscriptions", key="rk_test_perly_billing", status="all", **{"expand[]": paths}
+    )
+    item_discounts = [d for s in subscriptions for i in s["items"]["data"] for d in i["discounts"]]
+    assert item_discounts, "the book has a forever coupon on a subscription item"
+    for discount in item_discounts:
+        assert discount["object"] == "discount"
+        assert isinstance(discount["source"]["coupon"], str)  # an id: the coupon needs rak_coupon_read
+        assert discount["subscription_item"]
+    bare = fetch_all(emulator, "subscriptions", status="all")
+    assert all(isinstance(d, str) for s in bare for i in s["items"]["data"] for d in i["discounts"])
+
+
+def test_given_full_key_when_expanding_price_product_and_coupon_then_whole_objects(
+    emulator: Emulator,
+) -> None:
+    paths = ["data.items.data.price.product", "data.discounts.source.coupon"]
+    subscriptions = fetch_all(emulator, "subscriptions", status="all", **{"expand[]": paths})
+    assert all(
+        i["price"]["product"]["object"] == "product" for s in subscriptions for i in s["items"]["data"]
+    )
+    coupons = [d["source"]["coupon"] for s in subscriptions for d in s["discounts"]]
+    assert coupons
+    assert all(c["object"] == "coupon" and c["duration"] for c in coupons)
+
+
+def test_given_an_expansion_deeper_than_four_levels_then_refused(emulator: Emulator) -> None:
+    deep = "data.items.data.discounts.source.coupon.applies_to"
+    response = raw_get(emulator, "/v1/subscriptions", **{"expand[]": deep})
+    assert response.status_code == 400
+    assert "more than 4 levels" in response.json()["error"]["message"]
+
+
+def test_given_expand_discounts_when_listing_subscription_items_then_discount_objects(
+    emulator: Emulator,
+) -> None:
+    subscriptions = fetch_all(emulator, "subscriptions", status="all")
+    with_item_discount = next(s for s in subscriptions if any(i["discounts"] for i in s["items"]["data"]))
+    page = raw_get(
+        emulator,
+        "/v1/subscription_items",
+        subscription=with_item_discount["id"],
+        **{"expand[]": "data.discounts"},
+    ).json()
+    assert [d["object"] for i in page["data"] for d in i["discounts"]] == ["discount"]

@@ -31,6 +31,7 @@ REQUIRED = [
     "cancel_at_period_end",
     "canceled_immediately",
     "coupon_forever",
+    "item_coupon_forever",
     "coupon_once",
     "coupon_repeating",
     "jpy",
@@ -50,7 +51,7 @@ class View:
     def __init__(self, emu: Emulator) -> None:
         self.customers = {c["id"]: c for c in emu.objects("customers")}
         self.subs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for sub in emu.objects("subscriptions", variant="discounts"):
+        for sub in emu.objects("subscriptions", variant="discounts,items.data.discounts"):
             self.subs[sub["customer"]].append(sub)
         self.invoices: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for invoice in emu.objects("invoices"):
@@ -211,6 +212,29 @@ def test_given_plan_and_seat_changes_then_the_rest_of_the_period_is_invoiced_at_
 
 def is_proration(line: dict[str, Any]) -> bool:
     return bool(line["parent"]["subscription_item_details"]["proration"])
+
+
+def test_given_an_item_coupon_then_its_line_loses_it_before_the_subscription_discount(
+    view: View, labels: dict[str, set[str]]
+) -> None:
+    customers = having(labels, "item_coupon_forever")
+    assert customers
+    for cid in customers:
+        (sub,) = view.subs[cid]
+        item_discount = sub["items"]["data"][0]["discounts"][0]
+        assert item_discount["subscription_item"] == sub["items"]["data"][0]["id"]
+        assert view.coupons[item_discount["source"]["coupon"]]["duration"] == "forever"
+        (sub_discount,) = sub["discounts"]
+        renewals = [i for i in view.invoices[cid] if i["billing_reason"] == "subscription_cycle"]
+        assert renewals, "renewed at least once"
+        for invoice in renewals:
+            line = invoice["lines"]["data"][0]
+            (item_off,) = line["discount_amounts"]
+            assert item_off["discount"] == item_discount["id"]
+            # the subscription's 20% applies to what is left after the item's $10
+            taken = {d["discount"]: d["amount"] for d in invoice["total_discount_amounts"]}
+            assert taken[sub_discount["id"]] == ((invoice["subtotal"] - item_off["amount"]) * 20 + 50) // 100
+            assert invoice["total"] == invoice["subtotal"] - item_off["amount"] - taken[sub_discount["id"]]
 
 
 def test_given_coupons_currencies_and_prices_then_objects_match(

@@ -37,6 +37,26 @@ from source_perly_stripe.client import (
 from source_perly_stripe.streams import CORE_STREAMS, STREAM_PATHS, STREAMS_BY_NAME
 
 ACCOUNT_PERMISSION = "rak_connected_account_read"
+# The health figures a missing permission changes (PERLY_CONTRACT.md section 9). Everything else is
+# rebuilt from the four core resources; each such row also lists these in `limitations`.
+FIGURES_WITHOUT: dict[str, str] = {
+    "rak_coupon_read": (
+        "MRR of a subscription whose coupon no invoice has used yet (only the coupon says whether it "
+        "lasts forever) is left undiscounted"
+    ),
+    "rak_plan_read": (
+        "MRR of a tiered price not yet billed for a full period at its current quantity is left out, "
+        "and an unmapped tiered price is ranked by its average unit price"
+    ),
+    "rak_product_read": (
+        "tier names fall back to the price's lookup key, else its nickname, else the product id "
+        "(ranks are unchanged)"
+    ),
+    "rak_event_read": (
+        "changes are dated from invoices and sync-to-sync differences instead of Stripe's events, and a "
+        "customer deleted before the first sync is not known as deleted"
+    ),
+}
 
 _MODE_MIXUP_RE = re.compile(
     r"exists in (live|test) mode, but an? (live|test) mode key was used", re.IGNORECASE
@@ -54,6 +74,8 @@ class CheckReport:
     readable: list[str] = field(default_factory=list)
     unreadable: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # permission -> the health figures its absence changes (see FIGURES_WITHOUT)
+    limited_figures: dict[str, str] = field(default_factory=dict)
 
 
 class _CheckFailed(Exception):
@@ -217,15 +239,22 @@ def _diagnose(client: StripeClient, stream_names: Iterable[str] | None) -> Check
             message += f" Also unreadable (optional, would be skipped): {', '.join(optional)}."
         return CheckReport(False, message, readable, unreadable, notes)
 
+    limited = {slug: FIGURES_WITHOUT[slug] for slug in unreadable.values() if slug in FIGURES_WITHOUT}
     if unreadable:
         skipped = ", ".join(f"{name} (needs {slug})" for name, slug in unreadable.items())
         notes.append(
             f"The key {client.masked_key} cannot read these streams; they will be skipped: {skipped}. "
             f"{_DASHBOARD_HINT} those resources to sync them too."
         )
+    if limited:
+        figures = "; ".join(f"without {slug}, {figure}" for slug, figure in limited.items())
+        notes.append(
+            f"Every other health figure is the same as with a full key. The exceptions: {figures}. "
+            "Each customer row these touch says so in its `limitations`."
+        )
     if client.mode == "test":
         notes.append("This is a test-mode key: Perly will sync test-mode data, not live billing.")
-    return CheckReport(True, " ".join(notes) or None, readable, unreadable, notes)
+    return CheckReport(True, " ".join(notes) or None, readable, unreadable, notes, limited)
 
 
 def missing_core_message(key: str, unreadable: Mapping[str, str]) -> str:

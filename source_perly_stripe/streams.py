@@ -45,8 +45,15 @@ OBJECT_STREAMS: tuple[StreamDef, ...] = (
         object_type="subscription",
         permission="rak_subscription_read",
         # The default list leaves out canceled subscriptions: churn is exactly what we must see.
-        list_params=(("status", "all"), ("expand[]", "data.discounts")),
-        retrieve_params=(("expand[]", "discounts"),),
+        # Discounts (the subscription's and its items') are expanded: as ids they say nothing. Only
+        # what the subscription permission reads is expanded: a coupon, product or price tiers would
+        # need their own permission, and Stripe refuses the whole request without it.
+        list_params=(
+            ("status", "all"),
+            ("expand[]", "data.discounts"),
+            ("expand[]", "data.items.data.discounts"),
+        ),
+        retrieve_params=(("expand[]", "discounts"), ("expand[]", "items.data.discounts")),
         event_types=(
             "customer.subscription.created",
             "customer.subscription.updated",

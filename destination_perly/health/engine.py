@@ -12,6 +12,7 @@ from destination_perly.health.counting import (
     set_to_cancel,
     subscription_health,
 )
+from destination_perly.health.derived import billed_amounts, coupons_seen, prices_seen
 from destination_perly.health.model import (
     CustomerBundle,
     CustomerEvaluation,
@@ -82,13 +83,19 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
     problems: list[str] = []
     subscriptions = _live(bundle.subscriptions, "subscriptions", problems)
     event_objects = [as_dict(as_dict(event).get("data")).get("object") for event in bundle.events]
-    catalog = Catalog(
-        prices=bundle.prices,
-        coupons=bundle.coupons,
-        products=bundle.products,
-        discounts=known_discounts(*event_objects, customer, *subscriptions),
-    )
     invoices = _live(bundle.invoices, "invoices", problems)
+    # What the core resources show of prices and coupons, under what a fuller key stored (section 9).
+    discounts_seen = known_discounts(*event_objects, customer, *subscriptions)
+    attached = known_discounts(customer, *subscriptions)
+    coupons_rebuilt, coupon_limitations = coupons_seen(attached.values(), invoices)
+    catalog = Catalog(
+        prices={**prices_seen([*event_objects, *subscriptions], invoices), **bundle.prices},
+        coupons={**coupons_rebuilt, **bundle.coupons},
+        products=bundle.products,
+        discounts=discounts_seen,
+        billed=billed_amounts(invoices),
+    )
+    limitations: list[str] = []
     charges = _live(bundle.charges, "charges", problems)
     amount_of = SubscriptionAmounts(customer, catalog)
 
@@ -100,6 +107,7 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
             continue
         amount = amount_of(sub, as_of)
         problems.extend(amount.problems)  # each names the item or discount it is about
+        limitations.extend(amount.limitations)
         if amount.currency is None:
             problems.append(f"{sub.get('id')}: no currency, left out of MRR")
             continue
@@ -123,8 +131,10 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
         bundle.history,
     )
     window_start = as_of - timedelta(days=policy.mrr_contraction_window_days)
+    facts = payment_facts(invoices, charges, policy, as_of)
+    past_due_by_currency = {c: a for c, a in sorted(facts.past_due_amount_by_currency.items()) if c and a > 0}
     currency = (
-        _main_currency(mrr_by_currency, history.mrr_by_currency_at(window_start))
+        _main_currency(mrr_by_currency, history.mrr_by_currency_at(window_start), past_due_by_currency)
         or currency_of(as_dict(customer).get("currency"))
         or next((c for sub in subscriptions if (c := currency_of(sub.get("currency")))), None)
     )
@@ -140,9 +150,8 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
                 candidates.extend(amount_of(sub, as_of).items)
     if candidates:
         plan_item = sorted(candidates, key=lambda item: (-item.gross, item.price_id or ""))[0]
-    plan_tier = tier_of(plan_item, config.tier_rules, catalog).name if plan_item else None
+    plan_tier = tier_of(plan_item, config.tier_rules, catalog) if plan_item else None
 
-    facts = payment_facts(invoices, charges, policy, as_of)
     live_subs = [sub for sub in subscriptions if not is_ended(sub, as_of)]
     trials = sorted(
         (
@@ -174,7 +183,7 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
         "flag_trial_expiring": bool(expiring),
         "flag_mrr_contraction": mrr < mrr_30d_ago,
     }
-    past_due_amount = facts.past_due_amount_by_currency.get(currency or "", 0)
+    past_due_amount = past_due_by_currency.get(currency or "", 0)
 
     discounts: list[StripeObject] = []
     ignored: list[str] = []
@@ -185,6 +194,19 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
     if customer is not None:
         discounts.extend(active_discounts(customer.get("discount"), as_of, ignored, catalog))
 
+    active_coupons = sorted(set(coupon_ids(discounts, catalog)))
+    limitations.extend(
+        coupon_limitations[coupon]
+        for coupon in active_coupons
+        if coupon in coupon_limitations and coupon not in bundle.coupons  # read with a fuller key
+    )
+    plan_price = as_dict(catalog.prices.get(plan_item.price_id or "")) if plan_item else {}
+    if plan_tier and not plan_tier.from_map and plan_price.get("billing_scheme") == "tiered":
+        if plan_price.get("tiers") is None:
+            limitations.append(
+                f"plan rank: tiered price {plan_price.get('id')} is ranked by its average unit price, as"
+                " its tiers are unreadable (rak_plan_read tells, or map it in plan_tiers)"
+            )
     created_at = to_time(as_dict(customer).get("created"))
     name = as_dict(customer).get("name")
     email = as_dict(customer).get("email")
@@ -200,7 +222,7 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
         mrr_30d_ago=mrr_30d_ago,
         mrr_change_30d=mrr - mrr_30d_ago,
         plan_id=(plan_item.price_id or plan_item.plan_id) if plan_item else None,
-        plan_tier=plan_tier,
+        plan_tier=plan_tier.name if plan_tier else None,
         subscription_health=subscription_health(subscriptions, invoices, policy, as_of, history.ever_counted),
         payment_risk=payment_risk(facts),
         failed_payments_30d=facts.failed_30d,
@@ -210,11 +232,13 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
         trial_end=trials[0][0] if trials else None,
         trial_converted_at=history.trial_converted_at,
         cancel_at_period_end=any(set_to_cancel(sub, as_of) for sub in live_subs),
-        active_coupon_ids=sorted(set(coupon_ids(discounts, catalog))),
+        active_coupon_ids=active_coupons,
         risk_score=0,
         risk_reasons=[],
         as_of=as_of,
         deleted=deleted,
+        past_due_by_currency=past_due_by_currency,
+        limitations=sorted(set(limitations)),
         **flags,
     )
     health.risk_score, health.risk_reasons = assess(

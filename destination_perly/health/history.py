@@ -42,7 +42,7 @@ from destination_perly.health.mrr import (
     subscription_and_item_discounts,
 )
 from destination_perly.health.payments import aging_reference, invoice_subscription_id
-from destination_perly.health.tiers import Tier, tier_of
+from destination_perly.health.tiers import direction, tier_of
 from destination_perly.health.values import StripeObject, as_dict, as_list, ref_id, text, to_time
 
 INVOLUNTARY_REASONS = frozenset({"payment_failed", "payment_disputed"})
@@ -743,7 +743,7 @@ def _plan_changes(
         elif (
             was.counting and now.counting and was.plan and now.plan and was.plan.price_id != now.plan.price_id
         ):
-            kind = _direction(
+            kind = direction(
                 tier_of(was.plan, config.tier_rules, catalog), tier_of(now.plan, config.tier_rules, catalog)
             )
         if kind is None:
@@ -764,13 +764,6 @@ def _plan_changes(
                 cause=now.cause,
             )
         )
-
-
-def _direction(old: Tier, new: Tier) -> str | None:
-    """Upgrade or downgrade by rank; the same tier (e.g. the same product on another interval) is neither."""
-    if old.name == new.name or old.rank == new.rank:
-        return None
-    return "upgrade" if new.rank > old.rank else "downgrade"
 
 
 def _horizon(stored: StoredHistory) -> datetime | None:

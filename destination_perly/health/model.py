@@ -155,6 +155,11 @@ class CustomerHealth:
     risk_reasons: list[str]
     as_of: datetime
     deleted: bool = False
+    # Open invoices 1+ days past due, per currency (`past_due_amount` is the main currency's).
+    past_due_by_currency: dict[str, int] = field(default_factory=dict)
+    # Figures the key's permissions left unknown or estimated, each naming the permission that would
+    # restore it (contract section 9); empty with a full key.
+    limitations: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -47,6 +47,9 @@ class Catalog:
     # Expanded discount objects seen anywhere for this customer, by id: event payloads and older
     # versions carry discounts as bare ids.
     discounts: Mapping[str, StripeObject] = field(default_factory=dict)
+    # What invoices charged for one full period of a tiered price, by (price id, quantity): a key
+    # without Read on Prices never sees the tiers themselves.
+    billed: Mapping[tuple[str, int], Fraction] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class ItemAmount:
     plan_id: str | None
     product_id: str | None
     lookup_key: str | None
+    nickname: str | None
     quantity: int
     months: Fraction  # months in one billing period
     gross: Fraction  # monthly amount before discounts and tax
@@ -72,6 +76,8 @@ class SubscriptionAmount:
     mrr: int  # what the subscription adds to MRR when it counts
     items: tuple[ItemAmount, ...]
     problems: tuple[str, ...]
+    # Figures the key's permissions left unknown, each naming the permission that tells (section 9).
+    limitations: tuple[str, ...] = ()
 
 
 def months_in_period(recurring: StripeObject) -> Fraction | None:
@@ -167,9 +173,12 @@ def tiered_amount(tiers: list[Any], mode: str, quantity: int) -> Fraction | None
     return None
 
 
-def period_amount(price: StripeObject, quantity: int) -> Fraction | None:
-    """What one billing period of `quantity` units costs, before discounts and tax."""
+def period_amount(price: StripeObject, quantity: int, catalog: Catalog | None = None) -> Fraction | None:
+    """What one billing period of `quantity` units costs, before discounts and tax. A tiered price
+    whose tiers are not known costs what an invoice charged for a full period of that quantity."""
     if price.get("billing_scheme") == "tiered":
+        if price.get("tiers") is None and catalog is not None:
+            return catalog.billed.get((str(price.get("id")), quantity))
         return tiered_amount(as_list(price.get("tiers")), str(price.get("tiers_mode")), quantity)
     unit = exact(price.get("unit_amount_decimal"))
     if unit is None:
@@ -188,7 +197,11 @@ def tax_divisor(item: StripeObject, subscription: StripeObject, price: StripeObj
 
 
 def item_amount(
-    item: StripeObject, subscription: StripeObject, catalog: Catalog, problems: list[str]
+    item: StripeObject,
+    subscription: StripeObject,
+    catalog: Catalog,
+    problems: list[str],
+    limitations: list[str] | None = None,
 ) -> ItemAmount | None:
     """The item's monthly gross amount, or None when it does not count (metered, one-time, malformed)."""
     price = resolve_price(item, catalog)
@@ -208,11 +221,19 @@ def item_amount(
     if months is None or not isinstance(quantity, int) or isinstance(quantity, bool) or quantity < 0:
         problems.append(f"item {item_id}: unusable interval or quantity")
         return None
-    amount = period_amount(price, quantity)
-    unit = period_amount(price, 1)
-    if amount is None or unit is None:
+    amount = period_amount(price, quantity, catalog)
+    if amount is None:
+        if price.get("billing_scheme") == "tiered" and price.get("tiers") is None and limitations is not None:
+            limitations.append(
+                f"MRR: tiered price {ref_id(price.get('id'))} has not been billed for a full period of "
+                f"{quantity} units yet and its tiers are unreadable; left out of MRR (rak_plan_read tells)"
+            )
         problems.append(f"item {item_id}: unusable price {ref_id(price.get('id'))}")
         return None
+    unit = period_amount(price, 1, catalog)
+    if unit is None:
+        # Tiers unknown and one unit never billed alone: the average unit stands in for the rank.
+        unit = amount / quantity if quantity else amount
     plan = item.get("plan")
     return ItemAmount(
         item_id=item_id,
@@ -220,6 +241,7 @@ def item_amount(
         plan_id=ref_id(plan) if plan is not None else ref_id(price.get("id")),
         product_id=ref_id(price.get("product")),
         lookup_key=price.get("lookup_key") if isinstance(price.get("lookup_key"), str) else None,
+        nickname=price.get("nickname") if isinstance(price.get("nickname"), str) else None,
         quantity=quantity,
         months=months,
         gross=max(amount, Fraction(0)) / months,
@@ -353,10 +375,12 @@ def subscription_amount(
 ) -> SubscriptionAmount:
     """The subscription's MRR contribution as if it counts at `at` (discounts judged at `at`)."""
     problems: list[str] = []
+    limitations: list[str] = []
     items = [
         amount
         for raw in as_list(subscription.get("items"))
-        if isinstance(raw, dict) and (amount := item_amount(raw, subscription, catalog, problems)) is not None
+        if isinstance(raw, dict)
+        and (amount := item_amount(raw, subscription, catalog, problems, limitations)) is not None
     ]
     currency = currency_of(subscription.get("currency"))
     if currency is None:
@@ -387,6 +411,7 @@ def subscription_amount(
         mrr=round_half_up(max(net, Fraction(0))),
         items=tuple(items),
         problems=tuple(problems),
+        limitations=tuple(limitations),
     )
 
 

@@ -199,6 +199,11 @@ def _payment_causes(evidence: RiskEvidence, as_of: datetime) -> dict[str, list[s
     return causes
 
 
+def _amounts(by_currency: dict[str, int]) -> str:
+    """Every currency's amount (currencies are never added together)."""
+    return ", ".join(format_money(amount, code) for code, amount in sorted(by_currency.items()))
+
+
 def _mrr_fall(name: str, slope: float, before: int, days: int, health: CustomerHealth) -> Signal:
     """MRR lower than `days` ago: the signal's weight grows with the share lost (the MRR trend)."""
     lost = (before - health.mrr) / before
@@ -212,7 +217,7 @@ def _mrr_fall(name: str, slope: float, before: int, days: int, health: CustomerH
 
 def signals(health: CustomerHealth, evidence: RiskEvidence) -> list[Signal]:
     """Every billing signal present, strongest first, each with the sentence that explains it."""
-    as_of, policy, currency = health.as_of, evidence.policy, health.currency
+    as_of, policy = health.as_of, evidence.policy
     found = _scheduled_cancellations(evidence, as_of)
 
     if health.payment_risk in ("low", "medium", "high", "critical"):
@@ -309,7 +314,7 @@ def signals(health: CustomerHealth, evidence: RiskEvidence) -> list[Signal]:
                 "flag_invoice_aging",
                 WEIGHTS["flag_invoice_aging"],
                 f"{late} open invoice(s) past due, oldest {health.max_days_past_due} days, "
-                f"{format_money(health.past_due_amount, currency)} outstanding",
+                f"{_amounts(health.past_due_by_currency)} outstanding",
             )
         )
     return sorted(found, key=lambda signal: -signal.weight)

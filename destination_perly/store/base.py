@@ -529,7 +529,7 @@ class Store(ABC):
                 f"SELECT customer_id FROM {HEALTH_TABLE} WHERE deleted = 0 AND (payment_risk <> ?"
                 " OR flag_payment_failures = 1 OR flag_downgrade = 1 OR flag_invoice_aging = 1"
                 " OR flag_trial_expiring = 1 OR flag_mrr_contraction = 1 OR mrr_change_30d <> 0"
-                " OR risk_score > 0)",
+                " OR risk_score > 0 OR failed_payments_90d > 0)",
                 ("none",),
             )
         )

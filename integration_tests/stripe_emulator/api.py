@@ -48,6 +48,25 @@ class ListSpec:
     retrieve_expand: dict[str, str]
 
 
+# What a subscription's expandable paths reach, and the permission each needs beyond the
+# subscription's own. Stripe asks, for every object an expansion returns, the permission that reads
+# that object: a key without it gets the whole request refused with a 403 naming it (Stripe's
+# permissions reference: "If you're expanding objects ... you must also request at least one
+# corresponding permission for each API object you expand"). A price's `tiers` are taken to need
+# the price's permission too (inferred: Stripe does not document it). Discounts are read with the
+# subscription.
+SUBSCRIPTION_EXPANSIONS: dict[str, str | None] = {
+    "discounts": None,
+    "discounts.source.coupon": "rak_coupon_read",
+    "items.data.discounts": None,
+    "items.data.discounts.source.coupon": "rak_coupon_read",
+    "items.data.price.tiers": "rak_plan_read",
+    "items.data.price.product": "rak_product_read",
+}
+# Stripe expands at most 4 levels deep (a list's `data` is not a level).
+MAX_EXPAND_DEPTH = 4
+
+
 COMMON = frozenset({"limit", "starting_after", "ending_before", "expand"})
 
 SPECS: dict[str, ListSpec] = {
@@ -56,8 +75,8 @@ SPECS: dict[str, ListSpec] = {
         "rak_subscription_read",
         "subscription",
         frozenset({"customer", "status", "price", "collection_method"}),
-        {"data.discounts": "discounts"},
-        {"discounts": "discounts"},
+        {f"data.{path}": path for path in SUBSCRIPTION_EXPANSIONS},
+        {path: path for path in SUBSCRIPTION_EXPANSIONS},
     ),
     "invoices": ListSpec(
         "rak_invoice_read",
@@ -194,6 +213,8 @@ class Api:
         if spec is None or len(parts) > 4:
             raise self.unknown_url(path)
         self.require(permissions, spec.permission, key_label)
+        if resource == "subscriptions":
+            self.require_expansions(params, permissions, key_label)
         if len(parts) == 2:
             return self.list(resource, spec, params)
         if len(parts) == 4:
@@ -225,6 +246,21 @@ class Api:
                 "continue.",
             )
 
+    @classmethod
+    def require_expansions(cls, params: Params, permissions: frozenset[str] | None, key_label: str) -> None:
+        """An expansion into an object the key cannot read refuses the whole request, as Stripe does."""
+        for path in params.get("expand", []):
+            levels = [part for part in path.split(".") if part != "data"]
+            if len(levels) > MAX_EXPAND_DEPTH:
+                raise ApiError(
+                    400,
+                    f"You cannot expand more than {MAX_EXPAND_DEPTH} levels of a property. Property: {path}",
+                    param="expand",
+                )
+            needed = SUBSCRIPTION_EXPANSIONS.get(path.removeprefix("data."))
+            if needed:
+                cls.require(permissions, needed, key_label)
+
     @staticmethod
     def check_params(params: Params, allowed: frozenset[str]) -> None:
         for name in params:
@@ -234,12 +270,13 @@ class Api:
 
     @staticmethod
     def check_expand(params: Params, allowed: dict[str, str], default: str) -> str:
-        variant = default
+        """The render variant for the expansions asked: their names, comma-separated and sorted."""
+        variants = {default} if default else set()
         for path in params.get("expand", []):
             if path not in allowed:
                 raise ApiError(400, f"This property cannot be expanded ({path}).", param="expand")
-            variant = allowed[path]
-        return variant
+            variants.add(allowed[path])
+        return ",".join(sorted(variants))
 
     # ---- lists ----------------------------------------------------------------------------------
     def paging(self, params: Params) -> tuple[int, str | None, str | None]:
@@ -435,12 +472,12 @@ class Api:
 
     def list_subscription_items(self, params: Params) -> bytes:
         self.check_params(params, COMMON | {"subscription"})
-        self.check_expand(params, {}, "")
+        variant = self.check_expand(params, {"data.discounts": "discounts"}, "")
         sub_id = one(params, "subscription")
         if not sub_id:
             raise ApiError(400, "Missing required param: subscription.", param="subscription")
         sub: Any = self.book.stores["subscriptions"].get(sub_id)
         if sub is None:
             raise self.missing("subscription", sub_id, "subscription")
-        rendered = [(item.id, lambda item=item: item.render(self.book)) for item in sub.items]
+        rendered = [(item.id, lambda item=item: item.render(self.book, variant)) for item in sub.items]
         return self.ordered_page(rendered, params, "/v1/subscription_items", "subscription_item")

@@ -128,6 +128,7 @@ FORCED_FATES = (
     "tax_inclusive",
     "weekly",
     "quarterly",
+    "item_coupon_forever",
 )
 
 WORDS_A = ["Acme", "Blue", "Cedar", "Delta", "Ember", "Fable", "Granite", "Harbor", "Indigo", "Juniper"]
@@ -187,7 +188,6 @@ class SimState:
         "fate",
         "fate_at",
         "dunning",
-        "once_used",
         "random",
         "stuck",
         "last_bill",
@@ -206,7 +206,6 @@ class SimState:
         self.fate = fate
         self.fate_at = fate_at
         self.dunning: Dunning | None = None
-        self.once_used = False
         self.random = fate is None  # forced scenarios follow their script only
         self.stuck = False  # send_invoice: invoices stay unpaid from now on
         self.last_bill: int | None = None  # metered usage is billed in arrears from here
@@ -574,6 +573,9 @@ class Book:
         if fate in ("coupon_forever", "coupon_once", "coupon_repeating"):
             signup = now - rng.randint(20, 50) * DAY
             return signup, signup
+        if fate == "item_coupon_forever":
+            signup = now - rng.randint(40, 80) * DAY  # renewed at least once: the coupon shows it lasts
+            return signup, signup
         return at, at
 
     def sign_up(self, at: int, index: int, fate: str | None = None) -> Subscription:
@@ -630,6 +632,7 @@ class Book:
             "tax_inclusive",
             "weekly",
             "quarterly",
+            "item_coupon_forever",
         )
         yearly = fate not in monthly_fates and rng.random() < 0.18
         interval = "year" if yearly else "month"
@@ -693,6 +696,19 @@ class Book:
             coupon.times_redeemed += 1
             coupon.touch()
             self.label(customer, f"coupon_{coupon_kind}")
+        if fate == "item_coupon_forever":
+            # A forever coupon on the main item, and another on the whole subscription after it.
+            main = sub.items[0]
+            item_coupon = next(c for c in self.coupons["forever"] if c.currency == currency)
+            main.discounts.append(
+                Discount(self.new_id("di_"), item_coupon, customer.id, sub.id, at, None, main.id)
+            )
+            sub_coupon = next(c for c in self.coupons["forever"] if c.percent_off is not None)
+            sub.discounts.append(Discount(self.new_id("di_"), sub_coupon, customer.id, sub.id, at, None))
+            for coupon in (item_coupon, sub_coupon):
+                coupon.times_redeemed += 1
+                coupon.touch()
+            self.label(customer, "item_coupon_forever")
         if fate == "customer_discount":
             # On the customer, not the subscription: it applies to every invoice of theirs.
             coupon = next(c for c in self.coupons["forever"] if c.currency in (None, currency))
@@ -852,18 +868,26 @@ class Book:
                     else f"{price.interval_count} {price.interval}s"
                 )
                 description = f"{quantity} × {self.product_name(price)} (per {every})"
-            invoice.lines.append(
-                InvoiceLine(self.new_id("il_"), price, quantity, amount, start, end, description, item.id)
-            )
+            line = InvoiceLine(self.new_id("il_"), price, quantity, amount, start, end, description, item.id)
+            # An item's own discounts come off its line first (PERLY_CONTRACT section 3).
+            line.discount_amounts = [
+                (found.id, found.coupon.discount_on(amount))
+                for found in item.discounts
+                if amount > 0 and (found.end is None or found.end > at)
+            ]
+            invoice.lines.append(line)
         invoice.subtotal = sum(line.amount for line in invoice.lines)
+        invoice.discount_amount = invoice.item_discount_amount
         # A customer's own discount applies only where the subscription has none (as on Stripe).
         discount = sub.discounts[0] if sub.discounts else customer.discount
         if discount is not None and invoice.subtotal:
             if discount.end is None or discount.end > at:
-                invoice.discount_amount = discount.coupon.discount_on(invoice.subtotal)
+                invoice.discount_amount += discount.coupon.discount_on(
+                    invoice.subtotal - invoice.discount_amount
+                )
                 invoice.discount_ids = [discount.id]
                 if discount.coupon.duration == "once":
-                    sub.sim.once_used = True
+                    self.consume(sub, discount, at)
         invoice.period_start = invoice.period_end = at
         if not zero and not prorations:
             sub.sim.last_bill = at
@@ -891,6 +915,18 @@ class Book:
             self.emit_obj("invoice.sent", at, invoice)
         self.change("invoice", invoice)
         return invoice
+
+    def consume(self, sub: Subscription, discount: Discount, at: int) -> None:
+        """A `once` discount is gone as soon as an invoice has used it (as on Stripe: a subscription
+        created with one shows no discount once its first invoice is made)."""
+        if discount in sub.discounts:
+            self.update_subscription(sub, at, lambda: sub.discounts.remove(discount))
+            return
+        customer = sub.customer
+        customer.discount = None
+        customer.touch()
+        if self.in_window(at):
+            self.emit("customer.discount.deleted", at, discount.render(), customer=customer.id)
 
     def set_balance(self, customer: Customer, balance: int, at: int) -> None:
         """The customer's credit balance moves (an invoice used or added credit): `customer.updated`."""
@@ -1198,16 +1234,11 @@ class Book:
             self.cancel(sub, at, "cancellation_requested", requested=False)
             return
         end = self.period_end(sub, at)
-        sim = sub.sim
 
         def roll_period() -> None:
             self.set_period(sub, at, end)
-            # A `once` coupon ends after its invoice; a `repeating` one when its months are up.
-            sub.discounts = [
-                d
-                for d in sub.discounts
-                if not (d.coupon.duration == "once" and sim.once_used) and (d.end is None or d.end > at)
-            ]
+            # A `repeating` coupon ends when its months are up (a `once` one went with its invoice).
+            sub.discounts = [d for d in sub.discounts if d.end is None or d.end > at]
 
         self.update_subscription(sub, at, roll_period)
         self.change("renewal", sub)

@@ -370,10 +370,17 @@ class TaxRate:
 
 
 class Discount:
-    __slots__ = ("id", "coupon", "customer", "subscription", "start", "end")
+    __slots__ = ("id", "coupon", "customer", "subscription", "start", "end", "subscription_item")
 
     def __init__(
-        self, id: str, coupon: Coupon, customer: str, subscription: str | None, start: int, end: int | None
+        self,
+        id: str,
+        coupon: Coupon,
+        customer: str,
+        subscription: str | None,
+        start: int,
+        end: int | None,
+        subscription_item: str | None = None,
     ) -> None:
         self.id = id
         self.coupon = coupon
@@ -381,8 +388,9 @@ class Discount:
         self.subscription = subscription
         self.start = start
         self.end = end
+        self.subscription_item = subscription_item  # set on a discount of one subscription item
 
-    def render(self) -> Json:
+    def render(self, expand_coupon: bool = False, book: Any = None) -> Json:
         return {
             "id": self.id,
             "object": "discount",
@@ -392,10 +400,14 @@ class Discount:
             "invoice": None,
             "invoice_item": None,
             "promotion_code": None,
-            "source": {"coupon": self.coupon.id, "type": "coupon"},
+            # Since 2025-09-30.clover the coupon is an id here unless expanded (it needs Read on Coupons).
+            "source": {
+                "coupon": self.coupon.render(book) if expand_coupon else self.coupon.id,
+                "type": "coupon",
+            },
             "start": self.start,
             "subscription": self.subscription,
-            "subscription_item": None,
+            "subscription_item": self.subscription_item,
         }
 
 
@@ -468,7 +480,7 @@ class Customer(StripeObject):
 
 
 class SubscriptionItem(StripeObject):
-    __slots__ = ("price", "quantity", "subscription", "period_start", "period_end")
+    __slots__ = ("price", "quantity", "subscription", "period_start", "period_end", "discounts")
     object_name = "subscription_item"
 
     def __init__(
@@ -480,8 +492,21 @@ class SubscriptionItem(StripeObject):
         self.subscription = subscription
         self.period_start = created
         self.period_end = created
+        self.discounts: list[Discount] = []  # item-level discounts (applied before the subscription's)
 
     def render(self, book: Any, variant: str = "") -> Json:
+        """`variant` holds the expansions asked for, relative to the item: "discounts",
+        "discounts.source.coupon", "price.tiers", "price.product" (comma-separated)."""
+        wanted = set(variant.split(",")) if variant else set()
+        price = self.price.render(book, "tiers" if "price.tiers" in wanted else "")
+        if "price.product" in wanted:
+            product = book.stores["products"].get(self.price.product)
+            price["product"] = product.tombstone() if product.deleted else product.render(book)
+        if any(path.startswith("discounts") for path in wanted):  # a deeper path expands its parents
+            coupon = "discounts.source.coupon" in wanted
+            discounts: list[Any] = [d.render(coupon, book) for d in self.discounts]
+        else:
+            discounts = [d.id for d in self.discounts]
         data: Json = {
             "id": self.id,
             "object": "subscription_item",
@@ -489,10 +514,10 @@ class SubscriptionItem(StripeObject):
             "created": self.created,
             "current_period_end": self.period_end,
             "current_period_start": self.period_start,
-            "discounts": [],
+            "discounts": discounts,
             "metadata": {},
             "plan": self.price.render_plan(),
-            "price": self.price.render(book),
+            "price": price,
         }
         if self.price.usage_type == "licensed":
             data["quantity"] = self.quantity
@@ -560,9 +585,16 @@ class Subscription(StripeObject):
         return self.customer.id
 
     def render(self, book: Any, variant: str = "") -> Json:
-        items = [item.render(book) for item in self.items[:ITEMS_EMBEDDED]]
-        if variant == "discounts":
-            discounts: list[Any] = [d.render() for d in self.discounts]
+        """`variant` holds the expansions asked for (comma-separated paths without `data.`), e.g.
+        "discounts,items.data.discounts"."""
+        wanted = set(variant.split(",")) if variant else set()
+        item_variant = ",".join(
+            sorted(path[len("items.data.") :] for path in wanted if path.startswith("items.data."))
+        )
+        items = [item.render(book, item_variant) for item in self.items[:ITEMS_EMBEDDED]]
+        if any(path.startswith("discounts") for path in wanted):  # a deeper path expands its parents
+            coupon = "discounts.source.coupon" in wanted
+            discounts: list[Any] = [d.render(coupon, book) for d in self.discounts]
         else:
             discounts = [d.id for d in self.discounts]
         return {
@@ -636,6 +668,7 @@ class InvoiceLine:
         "description",
         "item_id",
         "invoice_item",
+        "discount_amounts",
     )
 
     def __init__(
@@ -659,6 +692,7 @@ class InvoiceLine:
         self.description = description
         self.item_id = item_id
         self.invoice_item = invoice_item  # a proration: billed through this pending invoice item
+        self.discount_amounts: list[tuple[str, int]] = []  # (discount id, amount) of item discounts
 
     def render(self, invoice: Invoice) -> Json:
         return {
@@ -667,9 +701,11 @@ class InvoiceLine:
             "amount": self.amount,
             "currency": invoice.currency,
             "description": self.description,
-            "discount_amounts": [],
+            "discount_amounts": [
+                {"amount": amount, "discount": did} for did, amount in self.discount_amounts
+            ],
             "discountable": True,
-            "discounts": [],
+            "discounts": [did for did, _ in self.discount_amounts],
             "invoice": invoice.id,
             "livemode": False,
             "metadata": {},
@@ -758,6 +794,10 @@ class Invoice(StripeObject):
     @property
     def customer_id(self) -> str:  # type: ignore[override]
         return self.customer.id
+
+    @property
+    def item_discount_amount(self) -> int:
+        return sum(amount for line in self.lines for _, amount in line.discount_amounts)
 
     @property
     def total(self) -> int:
@@ -876,8 +916,14 @@ class Invoice(StripeObject):
             "subtotal_excluding_tax": self.subtotal - subtotal_tax,
             "test_clock": None,
             "total": total,
+            # Every discount's share: the lines' item discounts, then the invoice's own.
             "total_discount_amounts": [
-                {"amount": self.discount_amount if i == 0 else 0, "discount": did}
+                {"amount": amount, "discount": did}
+                for line in self.lines
+                for did, amount in line.discount_amounts
+            ]
+            + [
+                {"amount": self.discount_amount - self.item_discount_amount if i == 0 else 0, "discount": did}
                 for i, did in enumerate(self.discount_ids)
             ],
             "total_excluding_tax": total - tax,

@@ -489,3 +489,13 @@ def test_given_a_risk_score_with_no_flag_then_the_customer_is_marked_time_sensit
     )
     store.mark_time_sensitive(AS_OF)
     assert store.dirty_customers() == {"cus_trend"}
+
+
+def test_given_a_row_counting_failed_payments_of_the_last_90_days_then_it_is_time_sensitive(
+    store: Store,
+) -> None:
+    # The failed charge has left the window at the new as_of, but the stored row still counts it.
+    row = quiet_health("cus_aged_failure", AS_OF - timedelta(days=7), failed_payments_90d=1)
+    store.save_results([CustomerEvaluation(row, [], [], MrrSnapshot(AS_OF, {}, "as_of"))], [])
+    store.mark_time_sensitive(AS_OF)
+    assert "cus_aged_failure" in store.dirty_customers()

@@ -36,8 +36,18 @@ def test_given_tier_map_when_classifying_then_price_plan_product_or_lookup_key_d
     assert (health.plan_id, health.plan_tier) == ("price_pro", expected)
 
 
-def test_given_unknown_product_when_classifying_then_the_product_id_names_the_tier() -> None:
-    assert evaluate(bundle([subscription(item(PRO))])).health.plan_tier == "prod_pro"
+NAME_WITHOUT_PRODUCTS = [
+    pytest.param({"lookup_key": "pro_monthly", "nickname": "Pro monthly"}, "pro_monthly", id="lookup-key"),
+    pytest.param({"lookup_key": None, "nickname": "Pro monthly"}, "Pro monthly", id="nickname"),
+    pytest.param({"lookup_key": None, "nickname": None}, "prod_pro", id="product-id"),
+]
+
+
+@pytest.mark.parametrize(("names", "expected"), NAME_WITHOUT_PRODUCTS)
+def test_given_no_product_read_when_classifying_then_lookup_key_else_nickname_else_product_id_names_it(
+    names: dict[str, Any], expected: str
+) -> None:
+    assert evaluate(bundle([subscription(item({**PRO, **names}))])).health.plan_tier == expected
 
 
 def test_given_expanded_product_on_price_when_classifying_then_its_id_is_used() -> None:

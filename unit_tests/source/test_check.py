@@ -141,6 +141,22 @@ def test_given_restricted_key_with_the_four_billing_permissions_when_check_then_
         assert f"{stream} (needs {slug})" in report.message
     assert "skipped" in report.message
     assert "rak_connected_account_read" in report.message  # not fatal, but said
+    # The figures the missing permissions change are named, each with the permission that restores it.
+    assert set(report.limited_figures) == {
+        "rak_coupon_read",
+        "rak_plan_read",
+        "rak_product_read",
+        "rak_event_read",
+    }
+    assert "without rak_coupon_read, MRR of a subscription whose coupon" in report.message
+    assert "without rak_product_read, tier names fall back to the price's lookup key" in report.message
+
+
+def test_given_a_full_key_when_check_then_no_figure_is_named_as_limited(requests_mock: rm.Mocker) -> None:
+    stripe_account(requests_mock)
+    report = diagnose(ConfigBuilder().build(), client=quiet_client(ConfigBuilder().build()))
+    assert report.ok
+    assert report.limited_figures == {}
 
 
 def test_given_selected_streams_when_check_then_only_those_and_the_core_are_probed(

@@ -323,7 +323,8 @@ def test_given_subscription_with_30_items_and_invoice_with_25_lines_when_read_th
     (invoice,) = records(output, "invoices")
     assert sorted(line["id"] for line in invoice["lines"]["data"]) == [line["id"] for line in lines]
     sub_lists = [query_of(r) for r in fake.requests if urlparse(r.url).path == "/v1/subscriptions"]
-    assert all(q.get("status") == ["all"] and q.get("expand[]") == ["data.discounts"] for q in sub_lists)
+    expand = ["data.discounts", "data.items.data.discounts"]
+    assert all(q.get("status") == ["all"] and q.get("expand[]") == expand for q in sub_lists)
 
 
 GONE = {"error": {"type": "invalid_request_error", "code": "resource_missing", "message": "No such invoice"}}

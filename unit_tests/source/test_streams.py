@@ -8,6 +8,7 @@ import pytest
 
 from source_perly_stripe.streams import (
     OBJECT_STREAMS,
+    STREAMS_BY_NAME,
     change_from_event,
     event_types_for,
 )
@@ -63,3 +64,11 @@ def test_given_every_stream_when_event_types_listed_then_each_billing_type_once(
     assert len(types) == len(set(types))
     assert "customer.subscription.updated" in types
     assert "invoice.upcoming" not in types, "upcoming invoices have no id to fetch"
+
+
+def test_a_refetched_subscription_is_expanded_as_the_listed_ones_discounts_and_item_discounts() -> None:
+    subscriptions = STREAMS_BY_NAME["subscriptions"]
+    listed = [value for name, value in subscriptions.list_params if name == "expand[]"]
+    refetched = [value for name, value in subscriptions.retrieve_params if name == "expand[]"]
+    assert listed == ["data.discounts", "data.items.data.discounts"]
+    assert [f"data.{path}" for path in refetched] == listed
