@@ -578,6 +578,7 @@ BAD_INPUT = [
     b'{"type": "RECORD", "record": {"stream": 5}}',
     as_lines([record("customers", customer("cus_5"))])[0],
     as_lines([stream_state("customers", 2)])[0],
+    as_lines([record("customers_stage", customer("cus_6"))])[0],
 ]
 BAD_INPUT_LOGS = [
     ("WARN", "ignoring line 2 of the input: not an Airbyte message"),
@@ -598,6 +599,11 @@ BAD_INPUT_LOGS = [
     ),
     ("WARN", "ignoring line 8 of the input: not an Airbyte message"),
     ("ERROR", "skipped a malformed RECORD at line 9 of the input"),
+    (
+        "ERROR",
+        "skipped record 'cus_6' of stream 'customers_stage' at line 12 of the input: "
+        "the configured catalog has no such stream",
+    ),
 ]
 
 
@@ -617,9 +623,9 @@ def test_given_hostile_lines_then_each_is_skipped_and_named_and_the_rest_is_stor
 
     logs = [(m.log.level.value, m.log.message) for m in output if m.type == Type.LOG]  # type: ignore[union-attr]
     assert logs[:-1] == BAD_INPUT_LOGS
-    assert "4 records skipped" in logs[-1][1]
+    assert "5 records skipped" in logs[-1][1]
     assert [m.state.stream.stream_state.updated for m in states_of(output)] == [1, 2]  # type: ignore[union-attr]
     assert ids(store, "customers") == ["cus_1", "cus_5"]
-    assert writer.stats.malformed == 4
+    assert writer.stats.malformed == 5
     assert not any("sk_live_x" in message for _, message in logs)
     store.close()
