@@ -40,6 +40,8 @@ WRITE_ATTEMPTS = 5
 REFRESH_ATTEMPTS = 5
 RETRY_BASE_SECONDS = 0.05
 REFRESH_BATCH_MAX_EVENTS = 500
+# Events stored in one transaction at most, when a burst queued them up.
+WRITE_BATCH_MAX_EVENTS = 100
 # Customers the receiver's Ingestor refreshes per transaction: bounds how long a refresh holds
 # SQLite's write lock, so a sync's writes wait at most one small chunk.
 REFRESH_CHUNK_CUSTOMERS = 50
@@ -192,9 +194,7 @@ class WebhookProcessor:
         self._make_ingestor = make_ingestor
         self._clock = clock
         self._clock_refresh_seconds = clock_refresh_seconds
-        self._writes: queue.Queue[tuple[EventPlan, Future[Outcome]] | tuple[str, Future[bool]] | None] = (
-            queue.Queue()
-        )
+        self._writes: queue.Queue[tuple[EventPlan | str, Future[Any]] | None] = queue.Queue()
         self._refreshes: queue.Queue[tuple[str, set[str]] | None] = queue.Queue()
         self._idle = threading.Condition()
         self._busy = 0  # events submitted or recovered whose refresh has not finished
@@ -309,39 +309,80 @@ class WebhookProcessor:
             )
         started.set()
         try:
-            while (job := self._writes.get()) is not None:
-                if job[0] == PROBE:
-                    self._probe(connection, job[1])
-                    continue
-                plan, future = job
-                assert isinstance(plan, EventPlan)
-                # False when the HTTP side gave up waiting (and answered 503) before the write began:
-                # the event is still stored, so Stripe's retry finds it done.
-                waited_for = future.set_running_or_notify_cancel()
-                try:
-                    outcome, customers = _retry(
-                        f"storing event {plan.event_id}",
-                        WRITE_ATTEMPTS,
-                        functools.partial(connection.run, functools.partial(self._write, plan=plan)),
-                    )
-                except Exception as error:
-                    log.error("could not store event %s (%s): %s", plan.event_id, plan.event_type, error)
-                    with self._idle:
-                        self.counts["write_failed"] += 1
-                    self._done([plan.event_id], applied=False)
-                    if waited_for:
-                        future.set_exception(error)
-                    continue
-                with self._idle:
-                    self.counts[outcome.value] += 1
-                if outcome is Outcome.ACCEPTED:
-                    self._refreshes.put((plan.event_id, customers))
-                else:
-                    self._done([plan.event_id], applied=False)
-                if waited_for:
-                    future.set_result(outcome)
+            stopping = False
+            while not stopping and (job := self._writes.get()) is not None:
+                # Under a burst, the events queued meanwhile are stored in one transaction: a commit
+                # costs more than storing an event.
+                jobs = [job]
+                while len(jobs) < WRITE_BATCH_MAX_EVENTS:
+                    try:
+                        more = self._writes.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stopping = True
+                        break
+                    jobs.append(more)
+                writes: list[tuple[EventPlan, Future[Outcome]]] = []
+                for kind, future in jobs:
+                    if isinstance(kind, EventPlan):
+                        writes.append((kind, future))
+                    else:
+                        self._probe(connection, future)
+                if writes:
+                    self._write_jobs(connection, writes)
         finally:
             connection.close()
+
+    def _write_jobs(self, connection: Connection, jobs: list[tuple[EventPlan, Future[Outcome]]]) -> None:
+        # False when the HTTP side gave up waiting (and answered 503) before the write began: the event
+        # is still stored, so Stripe's retry finds it done.
+        waited_for = [future.set_running_or_notify_cancel() for _, future in jobs]
+        plans = [plan for plan, _ in jobs]
+        results: list[tuple[Outcome, set[str]] | BaseException] = []
+        if len(plans) > 1:
+            try:
+                results = list(connection.run(functools.partial(self._write_all, plans=plans)))
+            except Exception as error:  # each on its own, so that one bad event fails alone
+                log.warning("storing %d events together failed, storing each alone: %s", len(plans), error)
+        if not results:
+            results = [self._write_alone(connection, plan) for plan in plans]
+        for (plan, future), waited, result in zip(jobs, waited_for, results, strict=True):
+            if isinstance(result, BaseException):
+                with self._idle:
+                    self.counts["write_failed"] += 1
+                self._done([plan.event_id], applied=False)
+                if waited:
+                    future.set_exception(result)
+                continue
+            outcome, customers = result
+            with self._idle:
+                self.counts[outcome.value] += 1
+            if outcome is Outcome.ACCEPTED:
+                self._refreshes.put((plan.event_id, customers))
+            else:
+                self._done([plan.event_id], applied=False)
+            if waited:
+                future.set_result(outcome)
+
+    def _write_alone(
+        self, connection: Connection, plan: EventPlan
+    ) -> tuple[Outcome, set[str]] | BaseException:
+        try:
+            result: tuple[Outcome, set[str]] = _retry(
+                f"storing event {plan.event_id}",
+                WRITE_ATTEMPTS,
+                functools.partial(connection.run, functools.partial(self._write, plan=plan)),
+            )
+        except Exception as error:
+            log.error("could not store event %s (%s): %s", plan.event_id, plan.event_type, error)
+            return error
+        return result
+
+    @classmethod
+    def _write_all(cls, connection: Connection, plans: list[EventPlan]) -> list[tuple[Outcome, set[str]]]:
+        with connection.store.transaction():
+            return [cls._write(connection, plan) for plan in plans]
 
     @staticmethod
     def _probe(connection: Connection, future: Future[Any]) -> None:
