@@ -34,7 +34,7 @@ from destination_perly.config import (
 from destination_perly.health.model import RiskPolicy
 from destination_perly.ingest import HELPER_MIN_CUSTOMERS, Evaluate, Ingestor
 from destination_perly.input_reader import can_read_in_helper, read_in_helper
-from destination_perly.store.base import Store, StoreError, StoreUnavailable
+from destination_perly.store.base import Store, StoreError, StoreUnreachable
 from destination_perly.writer import InputMessage, Writer, WriterLimits, parse_input_lines, plans_from_catalog
 
 POLICY_HELP = {
@@ -195,9 +195,9 @@ def _connection_lost(error: Exception, config: DestinationConfig) -> AirbyteTrac
     """The transient error for a PostgreSQL connection refused or lost during the write, else None."""
     if isinstance(config.store, SqliteSettings):
         return None
-    from destination_perly.store.postgres import is_unavailable, scrub
+    from destination_perly.store.postgres import is_unreachable, scrub
 
-    if not is_unavailable(error):
+    if not is_unreachable(error):
         return None
     detail = scrub(str(error).strip(), config.store.password)
     return _transient_error(f"lost the connection to PostgreSQL during the write: {detail}")
@@ -292,7 +292,7 @@ class DestinationPerly(Destination):
             raise _config_error(f"Invalid catalog: {exc}") from None
         try:
             store = self._open(parsed)
-        except StoreUnavailable as exc:
+        except StoreUnreachable as exc:
             raise _transient_error(str(exc)) from None
         except StoreError as exc:
             raise _config_error(str(exc)) from None

@@ -29,7 +29,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 
 from destination_perly.store.base import Store
-from destination_perly.store.postgres import is_unavailable
+from destination_perly.store.postgres import is_unreachable
 from destination_perly.webhook_events import EventPlan
 
 log = logging.getLogger("perly.webhooks")
@@ -154,7 +154,7 @@ class Connection:
         try:
             return action(self)
         except Exception as error:
-            self.lost = is_unavailable(error)
+            self.lost = is_unreachable(error)
             raise
 
     def close(self) -> None:

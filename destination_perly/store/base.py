@@ -60,7 +60,7 @@ class StoreError(Exception):
     """A store problem worth showing to the user as is (never contains secrets)."""
 
 
-class StoreUnavailable(StoreError):
+class StoreUnreachable(StoreError):
     """The store cannot be reached now (connection refused, server restarting): worth a retry."""
 
 

@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 
-from destination_perly.store.base import CustomerIdsOf, Store, StoreError, StoreUnavailable
+from destination_perly.store.base import CustomerIdsOf, Store, StoreError, StoreUnreachable
 
 CONNECT_TIMEOUT_S = 10
 
@@ -30,9 +30,9 @@ def scrub(message: str, secret: str | None) -> str:
 
 
 # SQLSTATEs of a server that dropped the connection, is shutting down or starting, or is full.
-UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
 # libpq's own errors carry no SQLSTATE: these words say the server is not there now.
-UNAVAILABLE_PHRASES = (
+UNREACHABLE_PHRASES = (
     "connection refused",
     "timeout expired",
     "server closed the connection",
@@ -45,15 +45,15 @@ UNAVAILABLE_PHRASES = (
 )
 
 
-def is_unavailable(error: BaseException) -> bool:
+def is_unreachable(error: BaseException) -> bool:
     """A PostgreSQL error that means "try again later" (refused, lost, restarting), not "fix the
     configuration" (a wrong password or database name)."""
     if not isinstance(error, psycopg.OperationalError):
         return False
     if error.sqlstate:
-        return error.sqlstate.startswith(UNAVAILABLE_SQLSTATES)
+        return error.sqlstate.startswith(UNREACHABLE_SQLSTATES)
     text = str(error).lower()
-    return any(phrase in text for phrase in UNAVAILABLE_PHRASES)
+    return any(phrase in text for phrase in UNREACHABLE_PHRASES)
 
 
 class PostgresStore(Store):
@@ -108,7 +108,7 @@ class PostgresStore(Store):
             self._conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
         except psycopg.Error as exc:
             # libpq messages name host, port and user, never the password; scrub it anyway.
-            error = StoreUnavailable if is_unavailable(exc) else StoreError
+            error = StoreUnreachable if is_unreachable(exc) else StoreError
             raise error(f"cannot connect to PostgreSQL: {scrub(str(exc).strip(), password)}") from None
         self._sql_cache: dict[str, str] = {}
 
