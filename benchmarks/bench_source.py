@@ -4,14 +4,19 @@
 2. 100 ms latency and Stripe's live limit (100 requests/s): a full backfill with a live key: requests/s
    against the ceiling, how full the list pages were, failed requests.
 3. After the emulator's clock moves a day: an incremental sync: requests used vs objects changed.
+4. The recommended key without events (rk_test_perly_billing, the 4 core streams), zero latency: the
+   first sync, one simulated day, the reconciliation sync: its requests against the first sync's (the
+   target is at most 25%), and whether its store equals a fresh full read (no change missed).
 
     python benchmarks/bench_source.py                    # the 50,000-customer book
     python benchmarks/bench_source.py --customers 2000   # a quick run
+    python benchmarks/bench_source.py --only-reconciliation
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import resource
@@ -29,6 +34,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import orjson  # noqa: E402
 from airbyte_cdk.entrypoint import AirbyteEntrypoint  # noqa: E402
 from airbyte_cdk.models import SyncMode, Type  # type: ignore[attr-defined]  # noqa: E402
 from airbyte_cdk.test.catalog_builder import CatalogBuilder, ConfiguredAirbyteStreamBuilder  # noqa: E402
@@ -38,6 +44,8 @@ from source_perly_stripe.source import SourcePerlyStripe, make_client  # noqa: E
 from source_perly_stripe.streams import ALL_STREAMS  # noqa: E402
 
 LIVE_KEY = "sk_live_perly_demo"
+BILLING_KEY = "rk_test_perly_billing"
+BILLING_STREAMS = ("customers", "subscriptions", "invoices", "charges")
 STRIPE_LIVE_LIMIT = 100.0
 
 
@@ -93,16 +101,46 @@ def emulator(customers: int, latency_ms: int, rate_limit: str | None) -> Iterato
             process.wait(timeout=10)
 
 
-def catalog() -> Any:
+def catalog(names: tuple[str, ...] = tuple(s.name for s in ALL_STREAMS)) -> Any:
     builder = CatalogBuilder()
-    for stream in ALL_STREAMS:
+    for name in names:
         builder.with_stream(
-            ConfiguredAirbyteStreamBuilder().with_name(stream.name).with_sync_mode(SyncMode.incremental)
+            ConfiguredAirbyteStreamBuilder().with_name(name).with_sync_mode(SyncMode.incremental)
         )
     return builder.build()
 
 
-def run_sync(config: Mapping[str, Any], state: list[Any] | None = None) -> dict[str, Any]:
+class Folded:
+    """What the store keeps of a sync's records: per stream and id, a digest of the newest version
+    (without the source's `updated`); tombstones remove the object."""
+
+    def __init__(self) -> None:
+        self.latest: dict[tuple[str, str], tuple[int, bytes | None]] = {}
+
+    def add(self, stream: str, record: dict[str, Any]) -> None:
+        updated = int(record.get("updated") or 0)
+        key = (stream, record["id"])
+        known = self.latest.get(key)
+        if known is not None and known[0] > updated:
+            return
+        body = {k: v for k, v in record.items() if k != "updated"}
+        digest = (
+            None
+            if record.get("deleted")
+            else hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
+        )
+        self.latest[key] = (updated, digest)
+
+    def objects(self) -> dict[tuple[str, str], bytes]:
+        return {key: digest for key, (_, digest) in self.latest.items() if digest is not None}
+
+
+def run_sync(
+    config: Mapping[str, Any],
+    state: list[Any] | None = None,
+    streams: tuple[str, ...] | None = None,
+    folded: Folded | None = None,
+) -> dict[str, Any]:
     clients: list[CountingClient] = []
 
     def factory(cfg: Mapping[str, Any]) -> CountingClient:
@@ -117,10 +155,13 @@ def run_sync(config: Mapping[str, Any], state: list[Any] | None = None) -> dict[
     started = time.monotonic()
     cpu_started = time.process_time()
     message: Any
-    for message in source.read(logging.getLogger("bench"), config, catalog(), state):
+    chosen = catalog(streams) if streams else catalog()
+    for message in source.read(logging.getLogger("bench"), config, chosen, state):
         AirbyteEntrypoint.airbyte_message_to_string(message)  # the serialisation a real run pays for
         if message.type == Type.RECORD:
             records[message.record.stream] += 1
+            if folded is not None:
+                folded.add(message.record.stream, message.record.data)
         elif message.type == Type.STATE:
             states[message.state.stream.stream_descriptor.name] = message.state
         elif message.type == Type.TRACE and message.trace.error is not None:
@@ -178,6 +219,35 @@ def compare_with_emulator(url: str, result: dict[str, Any]) -> None:
     )
 
 
+def reconciliation(customers: int, concurrency: int) -> None:
+    """Phase 4: the recommended key without events, first sync then a day later a reconciliation."""
+    with emulator(customers, 0, None) as url:
+        config = {"api_key": BILLING_KEY, "base_url": url, "max_requests_per_second": 10_000}
+        config["concurrency"] = concurrency
+        kept = Folded()
+        first = run_sync(config, streams=BILLING_STREAMS, folded=kept)
+        report("4a. first sync, key without events (4 core streams), zero latency", first)
+        advanced = requests.post(f"{url}/_emulator/advance", params={"days": 1}, timeout=600)
+        print(f"\n  emulator advanced one day: {advanced.text[:200]}")
+        second = run_sync(config, first["state"], streams=BILLING_STREAMS, folded=kept)
+        report("4b. reconciliation sync one day later, same key", second)
+        fresh_store = Folded()
+        run_sync(config, streams=BILLING_STREAMS, folded=fresh_store)
+    first_requests = first["stats"]["requests"]
+    second_requests = second["stats"]["requests"]
+    state_bytes = sum(len(json.dumps(s.stream.stream_state.__dict__)) for s in second["state"])
+    mine, fresh = kept.objects(), fresh_store.objects()
+    differing = sum(1 for key in mine.keys() | fresh.keys() if mine.get(key) != fresh.get(key))
+    print(
+        f"\n  reconciliation: {second_requests:,} requests against {first_requests:,} for the first sync "
+        f"= {100 * second_requests / first_requests:.1f}% (target: at most 25%)"
+    )
+    print(
+        f"  objects differing from a fresh full read after the reconciliation: {differing} of {len(fresh):,}"
+    )
+    print(f"  state after the reconciliation: {state_bytes:,} bytes for {len(second['state'])} streams")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -192,7 +262,12 @@ def main() -> None:
     )
     parser.add_argument("--concurrency", type=int, default=24)
     parser.add_argument("--skip-zero-latency", action="store_true")
+    parser.add_argument("--only-reconciliation", action="store_true", help="run phase 4 only")
     args = parser.parse_args()
+
+    if args.only_reconciliation:
+        reconciliation(args.customers, args.concurrency)
+        return
 
     if not args.skip_zero_latency:
         with emulator(args.customers, 0, None) as url:
@@ -226,6 +301,7 @@ def main() -> None:
             f"  changed objects emitted: {changed:,}; events: {second['records'].get('events', 0):,}; "
             f"requests: {second['stats'].get('requests', 0):,} (the full backfill took {backfill_requests:,})"
         )
+    reconciliation(args.customers, args.concurrency)
 
 
 if __name__ == "__main__":

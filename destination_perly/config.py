@@ -15,12 +15,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from jsonschema import Draft7Validator
+from jsonschema.exceptions import best_match
+
 from destination_perly.health.model import HealthConfig, RiskPolicy, TierRule
 from destination_perly.store.base import CustomerIdsOf, Store
 
 DOCKER_SQLITE_PATH = "/local/perly.db"
 LOCAL_SQLITE_PATH = "var/perly.db"
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+VERIFYING_SSL_MODES = ("verify-ca", "verify-full")
+PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
 SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -42,6 +47,7 @@ class PostgresSettings:
     username: str
     password: str | None = dataclasses.field(default=None, repr=False)
     ssl_mode: str = "prefer"
+    ca_certificate: str | None = None  # PEM text of the CA that signed the server's certificate
 
 
 @dataclass(frozen=True)
@@ -62,11 +68,9 @@ def parse_timestamp(value: Any, what: str) -> datetime:
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            raise ConfigError(
-                f"{what} must be an ISO-8601 time like 2026-11-01T00:00:00Z, got {value!r}"
-            ) from None
+            raise ConfigError(f"{what} must be an ISO-8601 time like 2026-11-01T00:00:00Z") from None
         return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    raise ConfigError(f"{what} must be an ISO-8601 time, got {type(value).__name__}")
+    raise ConfigError(f"{what} must be an ISO-8601 time like 2026-11-01T00:00:00Z")
 
 
 def _store_settings(raw: Any) -> SqliteSettings | PostgresSettings:
@@ -84,6 +88,9 @@ def _store_settings(raw: Any) -> SqliteSettings | PostgresSettings:
         missing = [k for k in ("host", "database", "username") if not raw.get(k)]
         if missing:
             raise ConfigError(f"PostgreSQL store needs {', '.join(missing)}")
+        for key in ("host", "database", "username", "password", "ca_certificate"):
+            if raw.get(key) is not None and not isinstance(raw[key], str):
+                raise ConfigError(f"store.{key} must be a string")
         port = raw.get("port", 5432)
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise ConfigError("store.port must be an integer between 1 and 65535")
@@ -93,6 +100,14 @@ def _store_settings(raw: Any) -> SqliteSettings | PostgresSettings:
         ssl_mode = raw.get("ssl_mode") or "prefer"
         if ssl_mode not in SSL_MODES:
             raise ConfigError(f"store.ssl_mode must be one of {', '.join(SSL_MODES)}")
+        ca_certificate = raw.get("ca_certificate") or None
+        if ca_certificate and ssl_mode not in VERIFYING_SSL_MODES:
+            raise ConfigError(
+                "store.ca_certificate is only used to verify the server: set store.ssl_mode to "
+                "verify-ca or verify-full"
+            )
+        if ca_certificate and PEM_CERTIFICATE not in ca_certificate:
+            raise ConfigError(f"store.ca_certificate must be PEM text starting with {PEM_CERTIFICATE}")
         password = raw.get("password")
         return PostgresSettings(
             host=str(raw["host"]),
@@ -102,8 +117,9 @@ def _store_settings(raw: Any) -> SqliteSettings | PostgresSettings:
             username=str(raw["username"]),
             password=str(password) if password else None,
             ssl_mode=ssl_mode,
+            ca_certificate=ca_certificate,
         )
-    raise ConfigError(f"store.store_type must be 'sqlite' or 'postgres', got {kind!r}")
+    raise ConfigError("store.store_type must be 'sqlite' or 'postgres'")
 
 
 def _tier_rules(raw: Any) -> tuple[TierRule, ...]:
@@ -151,6 +167,41 @@ def parse_config(raw: Mapping[str, Any]) -> DestinationConfig:
     )
 
 
+def config_problem(raw: object, schema: Mapping[str, Any]) -> str | None:
+    """What is wrong with a destination config, naming the field and never a value; None if it is fine.
+
+    `parse_config`'s words come first; then the spec (`schema`) is checked here rather than by the CDK,
+    whose messages quote values: a password's escaped form (a tab as `\\t`) escapes its secret filter.
+    """
+    try:
+        parse_config(raw)  # type: ignore[arg-type]  # it refuses what is not a mapping itself
+    except ConfigError as problem:
+        return str(problem)
+    error = best_match(Draft7Validator(schema).iter_errors(raw))
+    if error is None:
+        return None
+    where = ".".join(str(part) for part in error.absolute_path) or "the config"
+    rule = error.validator_value
+    if error.validator == "required" and isinstance(error.instance, Mapping):
+        rule = ", ".join(name for name in rule if name not in error.instance)
+    says = _SCHEMA_RULES.get(str(error.validator), "breaks the spec's {validator} rule")
+    return f"{where} {says.format(rule=rule, validator=error.validator)}"
+
+
+# How each JSON-schema rule is put into words. The rule's own value comes from the spec, never the config.
+_SCHEMA_RULES = {
+    "type": "must be of type {rule}",
+    "required": "needs {rule}",
+    "enum": "must be one of {rule}",
+    "const": "must be {rule}",
+    "minimum": "must be at least {rule}",
+    "maximum": "must be at most {rule}",
+    "pattern": "does not have the expected form",
+    "additionalProperties": "has a setting the spec does not know",
+    "oneOf": "matches none of the kinds the spec allows",
+}
+
+
 def open_store(
     settings: SqliteSettings | PostgresSettings, customer_ids_of: CustomerIdsOf | None = None
 ) -> Store:
@@ -169,5 +220,6 @@ def open_store(
         username=settings.username,
         password=settings.password,
         ssl_mode=settings.ssl_mode,
+        ca_certificate=settings.ca_certificate,
         customer_ids_of=customer_ids_of,
     )

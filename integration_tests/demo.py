@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +34,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 import requests
+
+from destination_perly.private_files import make_private_dirs, write_private
 
 if TYPE_CHECKING:
     from integration_tests.stripe_emulator import Emulator
@@ -92,13 +94,19 @@ def iso(unix_seconds: float) -> str:
 
 
 def write_json(path: Path, value: Any) -> Path:
-    """Write atomically, so a reader (or a crash) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(orjson.dumps(value, option=orjson.OPT_INDENT_2))
-    tmp.chmod(0o600)  # configs hold API keys and passwords
-    os.replace(tmp, path)
-    return path
+    """Write atomically and owner-only: configs hold API keys and passwords."""
+    make_private_dirs(path.parent)
+    return write_private(path, orjson.dumps(value, option=orjson.OPT_INDENT_2))
+
+
+@contextlib.contextmanager
+def removed_at_the_end(*paths: Path) -> Iterator[None]:
+    """The run's copies of the configs (the key, the password) do not outlive the run."""
+    try:
+        yield
+    finally:
+        for path in paths:
+            path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -253,6 +261,7 @@ def run_sync(
     ledger = StateLedger(state_path, initial_state)
     started = time.monotonic()
     with (
+        removed_at_the_end(src_config, dst_config),
         open(workdir / "source.stderr", "wb") as source_err,
         open(workdir / "destination.stderr", "wb") as destination_err,
     ):
@@ -677,9 +686,14 @@ def demo(
     print(render_at_risk(report, top))
     # The default run writes var/perly-report.html (where the README points); another workdir keeps its own.
     html = VAR / "perly-report.html" if workdir == VAR / "demo" else workdir / "perly-report.html"
-    html.write_text(render_html(report), encoding="utf-8")  # the page lists every at-risk customer
+    write_private(html, render_html(report).encode())  # the page lists every at-risk customer
     print(f"\nStore: {_shown(store)}   HTML report: {_shown(html)}")
-    print(f"Report again any time: perly-report --db {_shown(store)} --html {_shown(html)}")
+    # The exact command that prints this report again: the same time, period and list length.
+    as_of = report.as_of.isoformat().replace("+00:00", "Z") if report.as_of else first_as_of
+    print(
+        f"Report again any time: perly-report --db {_shown(store)} --as-of {as_of} --since {first_as_of} "
+        f"--top {top} --html {_shown(html)}"
+    )
     return 0
 
 
@@ -715,7 +729,7 @@ def sync(source_config: Path, destination_config: Path, state_path: Path, top: i
     print("\n" + render_summary(report) + "\n")
     print(render_at_risk(report, top))
     if html:
-        html.write_text(render_html(report), encoding="utf-8")
+        write_private(html, render_html(report).encode())
         print(f"\nHTML report: {html}")
     return 0
 

@@ -189,6 +189,6 @@ def test_sync_command_runs_full_then_incremental_from_saved_state(
 
     assert "Sync (full)" in first
     assert "Sync (incremental, from the saved state)" in second
-    assert "At-risk customers:" in second
+    assert "At-risk customers (not churned, risk score above 0):" in second
     assert (tmp_path / "report.html").read_text().startswith("<!DOCTYPE html>")
     assert demo.DEMO_KEY not in first + second

@@ -161,4 +161,35 @@ def test_given_billing_restricted_key_when_syncs_then_four_streams_complete_and_
         named = [m.log.message for m in second.logs if m.log.message.startswith(f"{stream}: skipped")]
         assert len(named) == 1
         assert permission in named[0]
-    assert second.is_in_logs("read again in full")
+    assert second.is_in_logs("what can still change")
+
+
+BILLING_FOUR = ["customers", "subscriptions", "invoices", "charges"]
+
+
+def whole_objects(outputs: list[EntrypointOutput], stream: str) -> dict[str, dict[str, Any]]:
+    """The latest version of every object, as the store keeps it, without the source's `updated`."""
+    return {i: without_nulls(r) for i, r in fold(outputs, stream).items()}
+
+
+@pytest.mark.parametrize(("seed", "days"), [(5, 1), (17, 3), (23, 9)])
+def test_given_key_without_events_when_incremental_then_store_equals_a_fresh_full_read_for_fewer_requests(
+    seed: int, days: int
+) -> None:
+    with Emulator(customers=200, seed=seed) as emulator:
+        first_requests = len(emulator.request_log)
+        first = sync(emulator, BILLING_FOUR, key="rk_test_perly_billing")
+        first_requests = len(emulator.request_log) - first_requests
+        emulator.advance(days=days)
+        before = len(emulator.request_log)
+        second = sync(emulator, BILLING_FOUR, key="rk_test_perly_billing", state=next_state(first))
+        reconciliation_requests = len(emulator.request_log) - before
+        fresh = sync(emulator, BILLING_FOUR, key="rk_test_perly_billing")
+
+    assert not first.errors
+    assert not second.errors
+    assert not fresh.errors
+    for stream in BILLING_FOUR:
+        assert whole_objects([first, second], stream) == whole_objects([fresh], stream), stream
+    assert second.is_in_logs("what can still change")
+    assert reconciliation_requests < first_requests / 2, (reconciliation_requests, first_requests)

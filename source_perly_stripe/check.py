@@ -8,15 +8,19 @@ always probed, whatever `stream_names` holds, because the product needs them.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import resources
 from typing import Any
 
 from airbyte_cdk.entrypoint import AirbyteEntrypoint
 from airbyte_cdk.models import ConnectorSpecification, FailureType  # type: ignore[attr-defined]
+from airbyte_cdk.utils.airbyte_secrets_utils import get_secrets, update_secrets
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from source_perly_stripe.client import (
@@ -37,7 +41,6 @@ ACCOUNT_PERMISSION = "rak_connected_account_read"
 _MODE_MIXUP_RE = re.compile(
     r"exists in (live|test) mode, but an? (live|test) mode key was used", re.IGNORECASE
 )
-_START_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?Z")
 _NOTES_LOCK = threading.Lock()
 _DASHBOARD_HINT = "Edit the key in Stripe Dashboard > Developers > API keys and give it Read access to"
 
@@ -57,28 +60,96 @@ class _CheckFailed(Exception):
     pass
 
 
-def config_problem(config: Mapping[str, Any]) -> str | None:
-    """A clear message for a config the spec's patterns would reject tersely, else None.
+def config_problem(config: object) -> str | None:
+    """A message naming the first bad field of `config`, else None. It never quotes a value.
 
-    The CDK validates the config against the spec before `check` runs and can only say "'****' does not
-    match <pattern>"; an entrypoint that calls this first can say what is wrong in words instead.
+    This replaces the CDK's validation against the spec (see `ClearConfigEntrypoint`), whose messages
+    quote the offending value: escaped (a tab as `\\t`), so its exact-string secret filter misses a key
+    with whitespace around it. It is at least as strict as the spec (a test holds it to that), except
+    that whitespace around a pasted key is forgiven, as the client strips it.
     """
+    if not isinstance(config, Mapping):
+        return "The config must be a JSON object."
     problem = validate_api_key(config.get("api_key"))
     if problem:
         return problem
-    account_id = config.get("account_id")
-    if account_id and not (isinstance(account_id, str) and re.fullmatch(r"acct_[A-Za-z0-9]+", account_id)):
-        return "The Connected account ID must look like acct_... (or be left empty)."
-    base_url = config.get("base_url")
-    if base_url and not (isinstance(base_url, str) and re.match(r"^https?://[^\s/]+", base_url)):
-        return "The API base URL must start with https:// (leave it empty for Stripe itself)."
-    rate = config.get("max_requests_per_second")
-    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0):
-        return "The request budget must be a positive number of requests per second (or left empty)."
-    start_date = config.get("start_date")
-    if start_date and not (isinstance(start_date, str) and _START_DATE_RE.fullmatch(start_date)):
-        return "The start date must be a UTC time like 2024-01-01T00:00:00Z (or be left empty)."
+    for name, rule in _OPTIONAL_FIELDS.items():
+        if name in config and not rule.accepts(config[name]):
+            return rule.message
+    if "start_date" in config:
+        try:
+            parse_start_date(config["start_date"] or "")  # present, it must be a time (null is not)
+        except ValueError as bad_date:
+            return str(bad_date)
     return None
+
+
+def parse_start_date(value: object) -> datetime | None:
+    """The config's start date as a UTC datetime (None when unset); ValueError when it is no real time.
+
+    The standard library's ISO parser is strict (a month 13 or a February 30 fails), which is all the
+    spec's one form `YYYY-MM-DDTHH:MM:SS[.fff]Z` needs.
+    """
+    if value is None:
+        return None
+    message = "The start date must be a real UTC time like 2024-01-01T00:00:00Z (or be left out)."
+    if not isinstance(value, str) or not re.fullmatch(_SPEC_FIELDS["start_date"]["pattern"], value):
+        raise ValueError(message)
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(message) from None
+
+
+@dataclass(frozen=True)
+class _FieldRule:
+    """An optional field's rule: a spec pattern (matched whole) or a number range, and what to say."""
+
+    message: str
+    pattern: str | None = None
+    number: tuple[float, float] | None = None
+    whole: bool = False
+
+    def accepts(self, value: object) -> bool:
+        if self.pattern is not None:
+            return isinstance(value, str) and re.fullmatch(self.pattern, value) is not None
+        if isinstance(value, bool) or not isinstance(value, int | float) or self.number is None:
+            return False
+        if self.whole and not float(value).is_integer():
+            return False
+        return self.number[0] <= value <= self.number[1]
+
+
+def _field_rules(fields: Mapping[str, Any]) -> dict[str, _FieldRule]:
+    """The optional fields' rules (start_date has its own), from the spec, so form and connector agree."""
+
+    def number(name: str, message: str) -> _FieldRule:
+        field_spec = fields[name]
+        limits = (field_spec["minimum"], field_spec["maximum"])
+        return _FieldRule(message, number=limits, whole=field_spec["type"] == "integer")
+
+    return {
+        "account_id": _FieldRule(
+            "The Connected account ID must look like acct_... (or be left out).",
+            pattern=fields["account_id"]["pattern"],
+        ),
+        "base_url": _FieldRule(
+            "The API base URL must be https://host[:port] (leave it out for Stripe itself).",
+            pattern=fields["base_url"]["pattern"],
+        ),
+        "max_requests_per_second": number(
+            "max_requests_per_second",
+            "The request budget must be a positive number of requests per second, at most 1000 "
+            "(or be left out).",
+        ),
+        "concurrency": number("concurrency", "Parallel requests must be a whole number from 1 to 32."),
+    }
+
+
+_SPEC_FIELDS: dict[str, Any] = json.loads(
+    resources.files("source_perly_stripe").joinpath("spec.json").read_text()
+)["connectionSpecification"]["properties"]
+_OPTIONAL_FIELDS = _field_rules(_SPEC_FIELDS)
 
 
 def check_connection(
@@ -139,14 +210,9 @@ def _diagnose(client: StripeClient, stream_names: Iterable[str] | None) -> Check
         else:
             raise _CheckFailed(_failure_message(client, outcome, f"the {name} stream"))
 
-    missing_core = [name for name in CORE_STREAMS if name in unreadable]
-    if missing_core:
-        wanted_list = ", ".join(f"{name} ({unreadable[name]})" for name in missing_core)
+    if any(name in CORE_STREAMS for name in unreadable):
         optional = [f"{name} ({slug})" for name, slug in unreadable.items() if name not in CORE_STREAMS]
-        message = (
-            f"The {client.key_kind} key {client.masked_key} cannot read {wanted_list}, which Perly needs. "
-            f"{_DASHBOARD_HINT} Customers, Subscriptions, Invoices and Charges."
-        )
+        message = missing_core_message(f"{client.key_kind} key {client.masked_key}", unreadable)
         if optional:
             message += f" Also unreadable (optional, would be skipped): {', '.join(optional)}."
         return CheckReport(False, message, readable, unreadable, notes)
@@ -160,6 +226,16 @@ def _diagnose(client: StripeClient, stream_names: Iterable[str] | None) -> Check
     if client.mode == "test":
         notes.append("This is a test-mode key: Perly will sync test-mode data, not live billing.")
     return CheckReport(True, " ".join(notes) or None, readable, unreadable, notes)
+
+
+def missing_core_message(key: str, unreadable: Mapping[str, str]) -> str:
+    """What to say when `key` (as shown, e.g. "restricted key rk_live_…AbCd") lacks a core stream's
+    permission; `unreadable` maps streams to the rak_ permission each lacks. Used by check and read."""
+    missing = ", ".join(f"{name} ({unreadable[name]})" for name in CORE_STREAMS if name in unreadable)
+    return (
+        f"The {key} cannot read {missing}, which Perly needs to compute billing health. "
+        f"{_DASHBOARD_HINT} Customers, Subscriptions, Invoices and Charges."
+    )
 
 
 def _probe_account(client: StripeClient, notes: list[str]) -> None:
@@ -242,7 +318,8 @@ def _failure_message(client: StripeClient, error: StripeError, what: str) -> str
 
 
 class ClearConfigEntrypoint(AirbyteEntrypoint):
-    """The CDK entrypoint, but a bad config is explained in words before the spec's terse pattern check.
+    """The CDK entrypoint, but a config is validated by `config_problem` instead of the CDK's schema
+    check, so a bad config is explained in words and no error can quote a secret in any form.
 
     Use it where `launch` would build an `AirbyteEntrypoint` (see `source_perly_stripe.run`).
     """
@@ -254,4 +331,37 @@ class ClearConfigEntrypoint(AirbyteEntrypoint):
             raise AirbyteTracedException(
                 message=problem, internal_message=problem, failure_type=FailureType.config_error
             )
-        AirbyteEntrypoint.validate_connection(source_spec, config)
+
+    @staticmethod
+    def set_up_secret_filter(config: Mapping[str, Any], connection_specification: Mapping[str, Any]) -> None:
+        """The CDK masks each secret by its exact text; the key is used stripped, and a message may
+        show it escaped, so every such form is masked too."""
+        if not isinstance(config, Mapping):
+            return
+        update_secrets(
+            sorted(
+                {
+                    form
+                    for value in get_secrets(connection_specification, config)
+                    for form in secret_forms(value)
+                },
+                key=len,
+                reverse=True,
+            )
+        )
+
+
+def secret_forms(value: object) -> set[str]:
+    """`value` as it may appear in a message: as is or stripped, each raw or escaped (JSON, Python)."""
+    text = str(value)
+    return {
+        shown
+        for form in (text, text.strip())
+        for shown in (
+            form,
+            json.dumps(form)[1:-1],
+            json.dumps(form, ensure_ascii=False)[1:-1],
+            repr(form)[1:-1],
+        )
+        if shown
+    }

@@ -95,6 +95,12 @@ class StripeTransientError(StripeError):
     """Retries were exhausted on 429s, 5xx, network errors or broken bodies; a later run may succeed."""
 
 
+class StripeResponseError(StripeError):
+    """A 200 answer that is not what Stripe sends (a list without a `data` list, an object without `id`
+    or `created`, a cursor that does not move): retrying will not help, and reading on could loop or
+    emit records without an id."""
+
+
 class ReadOnlyViolation(RuntimeError):
     """Something tried to send a non-GET request to Stripe. Perly never writes to Stripe."""
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from airbyte_cdk.models import (  # type: ignore[attr-defined,unused-ignore]
+    AirbyteEstimateTraceMessage,
     AirbyteLogMessage,
     AirbyteMessage,
     AirbyteRecordMessage,
@@ -24,23 +25,31 @@ from airbyte_cdk.models import (  # type: ignore[attr-defined,unused-ignore]
     AirbyteStateType,
     AirbyteStreamState,
     AirbyteStreamStatus,
+    AirbyteTraceMessage,
+    EstimateType,
     FailureType,
     Level,
     StreamDescriptor,
     SyncMode,
+    TraceType,
     Type,
 )
 from airbyte_cdk.utils.stream_status_utils import as_airbyte_message as status_message
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
+from .check import missing_core_message
 from .client import (
     StripeAuthError,
     StripeError,
     StripeNotFoundError,
     StripePermissionError,
+    StripeResponseError,
     StripeTransientError,
 )
+from .idsketch import IdSketch
+from .reconcile import RECONCILIATIONS, Reconciliation, filtered_params, lists_everything
 from .streams import (
+    CORE_STREAMS,
     EVENTS,
     MAX_EVENT_TYPES_PER_REQUEST,
     OBJECT_STREAMS,
@@ -60,6 +69,8 @@ RETENTION_MARGIN = 3_600
 # Events are read from a little before the cursor: an event can become visible in the list a
 # moment after its `created` second.
 EVENTS_OVERLAP = 600
+# For the same reason, objects created since the last sync are listed from a little before its end.
+LIST_OVERLAP = 600
 PAGE_SIZE = 100
 EVENTS_KEY = "__events__"
 
@@ -87,7 +98,9 @@ class StreamRun:
 
     stream: StreamDef
     incremental: bool
-    mode: str = "backfill"  # "backfill" (windows), "events" (replay changes), "events_stream"
+    # "backfill" (windows), "events" (replay changes), "events_stream", "reconcile" (without events:
+    # what was created since, plus the lists of what can still change; see reconcile.py)
+    mode: str = "backfill"
     lower: int = 0
     upper: int = 0
     done: list[Interval] = field(default_factory=list)
@@ -99,10 +112,40 @@ class StreamRun:
     failed: BaseException | None = None
     finished: bool = False
     last_state_at: float = 0.0
+    covered_at_start: int = 0  # seconds of the created range already read when this sync began
+    # Without events: the ids of the objects that can still change, as this sync lists them (`sketch`),
+    # as they were at the last sync (`previous`), and those of the listed that existed then (`present`).
+    rule: Reconciliation | None = None
+    sketch: IdSketch | None = None
+    previous: IdSketch | None = None
+    present: IdSketch | None = None
+    previous_upper: int = 0
+    watched_ids: set[str] = field(default_factory=set)
+    departures_checked: bool = False
 
 
 def _log(level: Level, text: str) -> AirbyteMessage:
     return AirbyteMessage(type=Type.LOG, log=AirbyteLogMessage(level=level, message=text))
+
+
+def _estimate(stream: str, rows: int) -> AirbyteMessage:
+    """How many records a stream should emit in this sync, for the platform's progress display."""
+    return AirbyteMessage(
+        type=Type.TRACE,
+        trace=AirbyteTraceMessage(
+            type=TraceType.ESTIMATE,
+            emitted_at=time.time() * 1000,
+            estimate=AirbyteEstimateTraceMessage(name=stream, type=EstimateType.STREAM, row_estimate=rows),
+        ),
+    )
+
+
+_MODE_NAMES = {
+    "backfill": "a read of every object by created windows",
+    "events": "the changes the events list names",
+    "events_stream": "the events list",
+    "reconcile": "what can still change, without events",
+}
 
 
 def _tombstone(stream: StreamDef, change: Change, updated: int) -> dict[str, Any]:
@@ -160,10 +203,17 @@ class SyncReader:
             run = StreamRun(stream=stream, incremental=incremental, upper=now + 1, lower=s.start)
             run.previous_full_requests = state.get("full_read_requests")
             self._runs[stream.name] = run
+            cursor = state.get(stream.cursor_field)
+            if isinstance(cursor, int) and cursor > now:
+                yield _log(
+                    Level.WARN,
+                    f"{stream.name}: the saved cursor ({cursor}) is ahead of Stripe's clock ({now}), "
+                    "a clock skew; it is taken as Stripe's now so that no later change is skipped.",
+                )
+                cursor = now
             if stream is EVENTS:
                 run.mode = "events_stream"
                 oldest_available = now - EVENT_RETENTION
-                cursor = state.get("created")
                 if isinstance(cursor, int) and cursor < oldest_available + RETENTION_MARGIN:
                     yield _log(
                         Level.WARN,
@@ -174,9 +224,13 @@ class SyncReader:
                 run.events_from = max(start, oldest_available)
                 continue
             backfill = state.get("backfill")
-            cursor = state.get(stream.cursor_field)
             retention_edge = now - EVENT_RETENTION + RETENTION_MARGIN
-            if isinstance(backfill, dict) and int(backfill["upper"]) < retention_edge:
+            run.rule = RECONCILIATIONS.get(stream.name) if incremental and self._events_denied else None
+            if run.rule is not None and run.rule.watched is not None:
+                run.sketch = IdSketch()  # the next sync reconciles against it
+            previous = IdSketch.from_state(state.get("watch"))
+            replays_events = self._events_denied is None
+            if isinstance(backfill, dict) and replays_events and int(backfill["upper"]) < retention_edge:
                 # The changes made since that backfill began are no longer in the events list.
                 yield _log(
                     Level.WARN,
@@ -187,15 +241,29 @@ class SyncReader:
                 run.lower, run.upper = int(backfill["lower"]), int(backfill["upper"])
                 run.done = merge([(int(a), int(b)) for a, b in backfill.get("done", [])])
                 run.requests = int(backfill.get("requests", 0))
+                run.covered_at_start = sum(b - a for a, b in run.done)
+                if run.sketch is not None:
+                    run.sketch = previous  # the listed ids of what was read before the interruption
                 yield _log(Level.INFO, f"{stream.name}: resuming the backfill; {self._describe_done(run)}.")
-            elif isinstance(cursor, int) and cursor < retention_edge:
+            elif (
+                isinstance(cursor, int)
+                and run.rule is not None
+                and (run.rule.watched is None or previous is not None)
+            ):
+                run.mode = "reconcile"
+                run.previous, run.previous_upper = previous, cursor + 1
+                run.present = IdSketch() if previous is not None else None
+                last_records = state.get("records")
+                if isinstance(last_records, int):
+                    yield _estimate(stream.name, last_records)  # about as many as the last time
+            elif isinstance(cursor, int) and replays_events and cursor < retention_edge:
                 yield _log(
                     Level.WARN,
                     f"{stream.name}: the last sync was more than 30 days ago (cursor {cursor}); Stripe "
                     "keeps events for 30 days only, so this stream is read again in full instead of "
                     "replaying events, to lose no change.",
                 )
-            elif isinstance(cursor, int) and self._events_denied is None:
+            elif isinstance(cursor, int) and replays_events:
                 run.mode = "events"
                 run.events_from = cursor - EVENTS_OVERLAP
                 self._changes[stream.name] = {}
@@ -203,20 +271,42 @@ class SyncReader:
         yield from self._explain_full_reads()
 
     def _explain_full_reads(self) -> Iterator[AirbyteMessage]:
-        """Without events, changes to existing objects are only seen by reading everything again."""
-        full = [r for r in self._runs.values() if r.incremental and r.mode == "backfill"]
-        if self._events_denied is None or not full:
+        """Without events, changes cannot be replayed: say what each stream reads instead."""
+        if self._events_denied is None:
             return
-        names = ", ".join(r.stream.name for r in full)
-        costs = [r.previous_full_requests for r in full if r.previous_full_requests]
-        cost = f" The last full reads took {sum(costs)} requests in all." if costs else ""
-        yield _log(
-            Level.WARN,
-            "The API key cannot read events (it lacks 'rak_event_read'), so changes cannot be replayed: "
-            f"{names} are read again in full on every sync to stay correct, which costs requests in "
-            f"proportion to the account's size rather than to its changes.{cost} Grant the key "
-            "Events: Read to sync only what changed.",
-        )
+        runs = [r for r in self._runs.values() if r.incremental and r.stream is not EVENTS]
+        full = [
+            r
+            for r in runs
+            if r.mode == "backfill" and r.stream.cursor_field in self._states.get(r.stream.name, {})
+        ]
+        if full:
+            names = ", ".join(r.stream.name for r in full)
+            costs = [r.previous_full_requests for r in full if r.previous_full_requests]
+            cost = f" The last full reads took {sum(costs)} requests in all." if costs else ""
+            once = [r.stream.name for r in full if r.rule is not None]
+            later = (
+                f" {', '.join(once)}: in full this once only; later syncs read only what can still change."
+                if once
+                else ""
+            )
+            yield _log(
+                Level.WARN,
+                "The API key cannot read events (it lacks 'rak_event_read'), so changes cannot be replayed: "
+                f"{names} are read again in full to stay correct, which costs requests in proportion to "
+                f"the account's size rather than to its changes.{cost}{later} Grant the key Events: Read "
+                "to sync only what changed.",
+            )
+        reconciled = [r.stream.name for r in runs if r.mode == "reconcile"]
+        if reconciled:
+            yield _log(
+                Level.INFO,
+                "The API key cannot read events (it lacks 'rak_event_read'): "
+                f"{', '.join(reconciled)} read only what can still change: objects created since the last "
+                "sync, every customer, subscriptions not canceled, draft, open and uncollectible invoices, "
+                f"charges of the last {RECONCILIATIONS['charges'].recent_days} days, and the objects that "
+                "left those lists since. Grant the key Events: Read to sync only what changed.",
+            )
 
     @staticmethod
     def _describe_done(run: StreamRun) -> str:
@@ -254,12 +344,13 @@ class SyncReader:
         return self._client.get(path, params)
 
     def _is_failed(self, key: str) -> bool:
-        """Whether a stream's remaining work is pointless. After a 403 it is; after other errors the
-        stream's other windows still finish, so that the next sync has less to read again."""
+        """Whether a stream's remaining work is pointless. After a 403 or an answer that is not what
+        Stripe sends it is; after other errors the stream's other windows still finish, so that the
+        next sync has less to read again."""
         if key == EVENTS_KEY:
             return self._events_failed is not None
         run = self._runs.get(key)
-        return run is not None and isinstance(run.failed, StripePermissionError)
+        return run is not None and isinstance(run.failed, StripePermissionError | StripeResponseError)
 
     # ---- work done on worker threads -----------------------------------------------------------
 
@@ -272,6 +363,7 @@ class SyncReader:
         end = top
         last_created = top - 1
         cursor: str | None = None
+        pages = _PageGuard(path)
         s = self._settings
         while True:
             params: list[tuple[str, str | int]] = [*base, ("limit", PAGE_SIZE)]
@@ -286,8 +378,10 @@ class SyncReader:
                 # The cursor object vanished (deleted, or it left the filter) while we paged: start
                 # again from its second; the few records of that second are sent twice, none lost.
                 end, cursor = last_created + 1, None
+                pages = _PageGuard(path)
                 continue
-            data = page.get("data") or []
+            data = pages.objects(page, cursor, need_created=True)
+            pages.check_range(data, low, end)
             if data:
                 observed = int(self._client.server_now())
                 # An object deleted since it was listed (e.g. a draft invoice) is left out, as a
@@ -296,8 +390,9 @@ class SyncReader:
                 if expand is not None:
                     for obj in kept:
                         obj["updated"] = observed
-                self._out.put(("page", key, kept))
-            if not data or not page.get("has_more"):
+                # Everything of this window newer than the page's last second is now queued.
+                self._out.put(("page", key, kept, (int(data[-1]["created"]) + 1, top)))
+            if not data or page.get("has_more") is not True:
                 break
             newest, last_created = int(data[0]["created"]), int(data[-1]["created"])
             cuts = plan_split(
@@ -332,6 +427,7 @@ class SyncReader:
             return True
         items: list[dict[str, Any]] = []
         cursor: str | None = None
+        pages = _PageGuard(sub_path)
         while True:
             params: list[tuple[str, str | int]] = [*sub_params, ("limit", PAGE_SIZE)]
             if cursor:
@@ -343,10 +439,11 @@ class SyncReader:
                     return False
                 # The item we paged after was removed meanwhile: read the whole list again.
                 items, cursor = [], None
+                pages = _PageGuard(sub_path)
                 continue
-            data = page.get("data") or []
+            data = pages.objects(page, cursor, need_created=False)
             items.extend(data)
-            if not data or not page.get("has_more"):
+            if not data or page.get("has_more") is not True:
                 break
             cursor = str(data[-1]["id"])
         embedded["data"] = items
@@ -360,6 +457,8 @@ class SyncReader:
             obj = self._get(key, stream.retrieve_path(change.object_id), list(stream.retrieve_params))
         except StripeNotFoundError:
             obj = {"deleted": True}
+        if not obj.get("deleted"):
+            _check_object(stream.retrieve_path(change.object_id), obj, need_created=True)
         created = obj.get("created")
         if isinstance(created, int) and created < self._settings.start:
             return  # created before `start_date` (seen through a related object's event)
@@ -369,7 +468,7 @@ class SyncReader:
         else:
             obj["updated"] = observed
             record = obj
-        self._out.put(("page", key, [record]))
+        self._out.put(("page", key, [record], None))
 
     # ---- the generator thread ------------------------------------------------------------------
 
@@ -394,23 +493,12 @@ class SyncReader:
         yield from self._finish()
 
     def _start(self, now: int) -> Iterator[AirbyteMessage]:
-        s = self._settings
         for run in self._runs.values():
-            if run.mode != "backfill":
-                continue
-            for gap in gaps(run.lower, run.upper, run.done):
-                for window in initial_windows(
-                    gap, max_days=s.initial_window_days, max_parts=s.initial_max_windows
-                ):
-                    self._submit(
-                        run.stream.name,
-                        self._read_window,
-                        run.stream.name,
-                        run.stream.path,
-                        run.stream.list_params,
-                        window,
-                        run.stream,
-                    )
+            if run.mode == "backfill":
+                for gap in gaps(run.lower, run.upper, run.done):
+                    self._list(run, run.stream.list_params, gap)
+            elif run.mode == "reconcile":
+                self._start_reconciliation(run, now)
         consumers = [r for r in self._runs.values() if r.mode in ("events", "events_stream")]
         if not consumers:
             self._events_done = True
@@ -433,6 +521,58 @@ class SyncReader:
         # Streams with nothing to do finish at once (e.g. an empty plan).
         yield from self._finish_ready()
 
+    def _list(self, run: StreamRun, params: Params, interval: Interval, max_parts: int | None = None) -> None:
+        """Read every object of a list created in `interval`, in windows (which split themselves
+        where the list is dense)."""
+        s = self._settings
+        parts = max_parts or s.initial_max_windows
+        for window in initial_windows(interval, max_days=s.initial_window_days, max_parts=parts):
+            name = run.stream.name
+            self._submit(name, self._read_window, name, run.stream.path, params, window, run.stream)
+
+    def _start_reconciliation(self, run: StreamRun, now: int) -> None:
+        """Objects created since the last sync (and, for charges, lately), then the lists of what can
+        still change among the older ones."""
+        assert run.rule is not None
+        cut = max(run.lower, run.previous_upper - LIST_OVERLAP)
+        fresh_from = cut
+        if run.rule.recent_days:
+            fresh_from = max(run.lower, min(cut, now - run.rule.recent_days * DAY))
+        # These lists are short or recent: two first windows are enough; dense ones split themselves.
+        self._list(run, run.stream.list_params, (fresh_from, run.upper), max_parts=2)
+        for extra in run.rule.filters:
+            if run.lower < cut:
+                self._list(run, filtered_params(run.stream, extra), (run.lower, cut), max_parts=2)
+
+    def _check_departures(self, run: StreamRun) -> Iterator[AirbyteMessage]:
+        """The objects that left the lists since the last sync (paid, canceled, deleted) are fetched
+        one by one; when too many left to name them, the stream is read in full this once."""
+        if run.previous is None or run.present is None or run.rule is None:
+            return
+        name = run.stream.name
+        departed = run.previous.departed(run.present)
+        if departed is None and lists_everything(run.stream, run.rule):
+            yield _log(
+                Level.WARN,
+                f"{name}: more objects were deleted since the last sync than the state can name; the "
+                "deleted ones stay in the destination as they were. Sync more often to avoid this.",
+            )
+        elif departed is None:
+            yield _log(
+                Level.WARN,
+                f"{name}: more objects changed state since the last sync than the state can name; the "
+                "stream is read in full this once. Sync more often to avoid this.",
+            )
+            self._list(run, run.stream.list_params, (run.lower, run.upper))
+        elif departed:
+            yield _log(
+                Level.INFO,
+                f"{name}: {len(departed)} objects left the lists of what can still change since the last "
+                "sync (paid, canceled, deleted...); fetching each.",
+            )
+            for object_id in departed:
+                self._submit(name, self._refetch, run.stream, Change(object_id=object_id, at=run.upper - 1))
+
     def _loop(self) -> Iterator[AirbyteMessage]:
         while True:
             with self._lock:
@@ -441,7 +581,7 @@ class SyncReader:
             message = self._out.get()
             kind, key = message[0], message[1]
             if kind == "page":
-                yield from self._on_page(key, message[2])
+                yield from self._on_page(key, message[2], message[3])
             elif kind == "window_done":
                 yield from self._on_window_done(key, message[2])
             elif kind == "error":
@@ -463,11 +603,19 @@ class SyncReader:
                 type=Type.RECORD, record=AirbyteRecordMessage(stream=name, data=record, emitted_at=emitted_at)
             )
 
-    def _on_page(self, key: str, records: list[dict[str, Any]]) -> Iterator[AirbyteMessage]:
+    def _on_page(
+        self, key: str, records: list[dict[str, Any]], covered: Interval | None
+    ) -> Iterator[AirbyteMessage]:
         if key != EVENTS_KEY:
             run = self._runs[key]
-            if not isinstance(run.failed, StripePermissionError):
-                yield from self._emit_records(run, records)
+            if isinstance(run.failed, StripePermissionError):
+                return
+            yield from self._emit_records(run, records)
+            self._follow(run, records)
+            if covered is not None and run.mode == "backfill":
+                # A resumed backfill checkpoints within a window too, not only when a window ends.
+                run.done = merge([*run.done, covered])
+                yield from self._checkpoint(run)
             return
         events_run = self._runs.get(EVENTS.name)
         to_emit = []
@@ -506,6 +654,7 @@ class SyncReader:
                 f"{name}: {len(changes)} objects changed since the last sync "
                 f"({len(tombstones)} deleted); fetching their current versions.",
             )
+            yield _estimate(name, len(changes))
             if tombstones:
                 yield from self._emit_records(run, tombstones)
         self._changes = {}
@@ -515,12 +664,37 @@ class SyncReader:
         if key == EVENTS_KEY:
             return
         run = self._runs[key]
-        run.done = merge([*run.done, window])
+        if run.mode == "backfill":
+            run.done = merge([*run.done, window])
+            yield from self._checkpoint(run)
+
+    def _follow(self, run: StreamRun, records: list[dict[str, Any]]) -> None:
+        """Adds the emitted objects that can still change to the sketch the next sync starts from."""
+        if run.sketch is None or run.rule is None or run.rule.watched is None:
+            return
+        for record in records:
+            object_id = record["id"]
+            if record.get("deleted") or object_id in run.watched_ids or not run.rule.watched(record):
+                continue
+            run.watched_ids.add(object_id)
+            run.sketch.add(object_id)
+            if run.present is not None and record["created"] < run.previous_upper:
+                run.present.add(object_id)
+
+    def _checkpoint(self, run: StreamRun) -> Iterator[AirbyteMessage]:
+        """At most once a second per stream: how many records the backfill will give, and (when
+        incremental) the state of what is read so far."""
+        moment = time.monotonic()
+        if moment - run.last_state_at < self._settings.state_interval_seconds:
+            return
+        run.last_state_at = moment
+        covered = sum(b - a for a, b in run.done)
+        covered_now = covered - run.covered_at_start
+        if covered_now > 0:
+            unread = max(0, run.upper - run.lower - covered)
+            yield _estimate(run.stream.name, run.records + run.records * unread // covered_now)
         if run.incremental:
-            moment = time.monotonic()
-            if moment - run.last_state_at >= self._settings.state_interval_seconds:
-                run.last_state_at = moment
-                yield self._state_message(run)
+            yield self._state_message(run)
 
     def _on_error(self, key: str, error: BaseException) -> Iterator[AirbyteMessage]:
         if isinstance(error, _Cancelled):
@@ -576,11 +750,22 @@ class SyncReader:
                 continue
             if run.mode in ("events", "events_stream") and not self._events_done:
                 continue
+            if run.mode == "reconcile" and not run.departures_checked and run.failed is None:
+                run.departures_checked = True
+                yield from self._check_departures(run)
+                if run.pending > 0:
+                    continue
             run.finished = True
             yield from self._close(run)
 
     def _close(self, run: StreamRun) -> Iterator[AirbyteMessage]:
         descriptor = StreamDescriptor(name=run.stream.name)
+        outcome = "failed" if run.failed is not None else "done"
+        yield _log(
+            Level.INFO,
+            f"{run.stream.name}: {outcome}: {run.records} records in {run.requests} requests "
+            f"({_MODE_NAMES[run.mode]}).",
+        )
         if run.failed is not None:
             if run.incremental and run.mode == "backfill" and run.done:
                 # The windows read in full stay read: the next sync resumes from here.
@@ -596,6 +781,10 @@ class SyncReader:
                 new_state = {run.stream.cursor_field: run.upper - 1}
                 if run.previous_full_requests is not None:
                     new_state["full_read_requests"] = run.previous_full_requests
+                if run.sketch is not None:
+                    new_state["watch"] = run.sketch.to_state()
+                if run.mode == "reconcile":
+                    new_state["records"] = run.records
             yield self._state_message(run, new_state)
         yield status_message(descriptor, AirbyteStreamStatus.COMPLETE)
 
@@ -611,6 +800,8 @@ class SyncReader:
             }
             if run.previous_full_requests is not None:
                 blob["full_read_requests"] = run.previous_full_requests
+            if run.sketch is not None:
+                blob["watch"] = run.sketch.to_state()
         return AirbyteMessage(
             type=Type.STATE,
             state=AirbyteStateMessage(
@@ -624,6 +815,18 @@ class SyncReader:
 
     def _finish(self) -> Iterator[AirbyteMessage]:
         failed = [r for r in self._runs.values() if r.failed is not None]
+        # Without a core stream every customer's health would read "none": fail, after the other streams
+        # have been read and checkpointed (nothing read is lost), naming the permissions to grant.
+        denied_core = {
+            r.stream.name: getattr(r.failed, "permission", None) or r.stream.permission
+            for r in failed
+            if isinstance(r.failed, StripePermissionError) and r.stream.name in CORE_STREAMS
+        }
+        if denied_core:
+            message = missing_core_message("API key", denied_core)
+            raise AirbyteTracedException(
+                message=message, internal_message=message, failure_type=FailureType.config_error
+            )
         hard = [r for r in failed if not isinstance(r.failed, StripePermissionError)]
         if not hard:
             return
@@ -669,3 +872,62 @@ def _as_traced(error: StripeError) -> AirbyteTracedException:
 
 class _Cancelled(Exception):
     """A task stopped because its stream failed or the sync is ending."""
+
+
+class _PageGuard:
+    """Checks each page of one paging run: a list of objects with an id (and a `created` where the
+    windows need it), and a cursor that moves on. A server that ignores `starting_after` but keeps
+    saying `has_more` would otherwise be read forever."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.seen: set[str] = set()
+
+    def objects(
+        self, page: dict[str, Any], cursor: str | None, *, need_created: bool
+    ) -> list[dict[str, Any]]:
+        data = page.get("data")
+        if not isinstance(data, list):
+            raise StripeResponseError(
+                f"GET {self.path} answered a list whose `data` is {type(data).__name__}, not a list.",
+                path=self.path,
+            )
+        for obj in data:
+            _check_object(self.path, obj, need_created=need_created)
+            if obj["id"] in self.seen:
+                raise StripeResponseError(
+                    f"GET {self.path} sent object {obj['id']} again on the page after "
+                    f"starting_after={cursor}: the server does not move on through the list, so the read "
+                    "stopped rather than read the same page forever.",
+                    path=self.path,
+                )
+            self.seen.add(obj["id"])
+        return data
+
+    def check_range(self, data: list[dict[str, Any]], low: int, end: int) -> None:
+        """A server that ignores the `created` filter would make the windows split without end."""
+        for obj in data:
+            if not low <= obj["created"] < end:
+                raise StripeResponseError(
+                    f"GET {self.path} answered object {obj['id']} created at {obj['created']}, outside the "
+                    f"requested created[gte]={low} and created[lt]={end}: the server ignores the filter, so "
+                    "the read stopped.",
+                    path=self.path,
+                )
+
+
+def _check_object(path: str, obj: object, *, need_created: bool) -> None:
+    if not isinstance(obj, dict):
+        raise StripeResponseError(
+            f"GET {path} answered an object that is {type(obj).__name__}, not a JSON object.", path=path
+        )
+    object_id = obj.get("id")
+    if not isinstance(object_id, str) or not object_id:
+        raise StripeResponseError(
+            f"GET {path} answered an object without a valid `id` (got {object_id!r}).", path=path
+        )
+    created = obj.get("created")
+    if need_created and (not isinstance(created, int) or isinstance(created, bool)):
+        raise StripeResponseError(
+            f"GET {path} answered object {object_id} without a valid `created` (got {created!r}).", path=path
+        )

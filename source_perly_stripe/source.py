@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -31,6 +30,7 @@ from airbyte_cdk.models import (  # type: ignore[attr-defined,unused-ignore]
 from airbyte_cdk.sources import Source
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
+from .check import check_connection, parse_start_date
 from .client import StripeClient, StripeError
 from .reader import STRIPE_LAUNCH, Client, ReadSettings, SyncReader
 from .streams import ALL_STREAMS, STREAMS_BY_NAME
@@ -58,10 +58,14 @@ def load_schema(stream_name: str) -> dict[str, Any]:
 
 def settings_from(config: Mapping[str, Any]) -> ReadSettings:
     settings = ReadSettings()
-    start_date = config.get("start_date")
-    if start_date:
-        moment = datetime.fromisoformat(str(start_date).replace("Z", "+00:00"))
-        settings.start = max(STRIPE_LAUNCH, int(moment.timestamp()))
+    try:
+        start = parse_start_date(config.get("start_date"))
+    except ValueError as bad_date:  # only when `read` is called without the entrypoint's validation
+        raise AirbyteTracedException(
+            message=str(bad_date), internal_message=str(bad_date), failure_type=FailureType.config_error
+        ) from None
+    if start is not None:
+        settings.start = max(STRIPE_LAUNCH, int(start.timestamp()))
     if config.get("concurrency"):
         settings.workers = max(1, min(32, int(config["concurrency"])))
     return settings
@@ -76,8 +80,6 @@ class SourcePerlyStripe(Source):
         return ConnectorSpecificationSerializer.load(json.loads(text))
 
     def check(self, logger: logging.Logger, config: Mapping[str, Any]) -> AirbyteConnectionStatus:
-        from .check import check_connection  # B1's module
-
         ok, message = check_connection(config, [s.name for s in ALL_STREAMS])
         return AirbyteConnectionStatus(status=Status.SUCCEEDED if ok else Status.FAILED, message=message)
 

@@ -16,8 +16,10 @@ StripeObject = dict[str, Any]
 
 DAY = timedelta(days=1)
 
-# Currencies whose minor unit is the whole unit (Stripe's zero-decimal list); only used for display.
+# Decimals of a currency's minor unit, for display only (amounts stay integer minor units): Stripe's
+# zero-decimal currencies count whole units, its three-decimal ones thousandths, all others cents.
 ZERO_DECIMAL_CURRENCIES = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
+THREE_DECIMAL_CURRENCIES = frozenset("bhd jod kwd omr tnd".split())
 
 
 def as_dict(value: Any) -> StripeObject:
@@ -95,16 +97,20 @@ def round_half_up(value: Fraction) -> int:
     return sign * whole
 
 
-def format_money(amount: int, currency: str | None) -> str:
-    """Minor units as a readable amount: 1234 usd -> '12.34 USD', 1234 jpy -> '1234 JPY'."""
-    code = (currency or "").upper()
-    if (currency or "").lower() in ZERO_DECIMAL_CURRENCIES:
-        text = f"{amount}"
-    else:
-        sign = "-" if amount < 0 else ""
-        whole, cents = divmod(abs(amount), 100)
-        text = f"{sign}{whole}.{cents:02d}"
-    return f"{text} {code}".strip()
+def minor_unit_decimals(currency: str | None) -> int:
+    """How many decimals the currency's minor unit has: 0 (jpy), 3 (kwd) or 2 (usd, and unknown)."""
+    code = (currency or "").lower()
+    return 0 if code in ZERO_DECIMAL_CURRENCIES else 3 if code in THREE_DECIMAL_CURRENCIES else 2
+
+
+def format_money(amount: int, currency: str | None, *, signed: bool = False) -> str:
+    """Minor units as the one display format of every amount Perly shows (terminal, HTML, reasons):
+    123456 usd -> 'USD 1,234.56', 30000 jpy -> 'JPY 30,000', 1234 kwd -> 'KWD 1.234'.
+    `signed` marks a change: gains get a '+' ('USD +22.50'), losses keep their '-'."""
+    decimals = minor_unit_decimals(currency)
+    major = Decimal(amount).scaleb(-decimals)
+    sign = "+" if signed and amount > 0 else ""
+    return f"{(currency or '').upper()} {sign}{major:,.{decimals}f}".strip()
 
 
 def text(value: Any) -> str | None:

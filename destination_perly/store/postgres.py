@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 
+from destination_perly.private_files import private_temp_file
 from destination_perly.store.base import CustomerIdsOf, Store, StoreError, StoreUnreachable
 
 CONNECT_TIMEOUT_S = 10
@@ -70,8 +72,10 @@ class PostgresStore(Store):
         username: str | None = None,
         password: str | None = None,
         ssl_mode: str | None = None,
+        ca_certificate: str | None = None,
         customer_ids_of: CustomerIdsOf | None = None,
     ) -> None:
+        """`ca_certificate`: PEM text of the CA to verify the server with (libpq reads it from a file)."""
         super().__init__(customer_ids_of)
         self.schema = schema
         self._reopen = functools.partial(
@@ -84,8 +88,11 @@ class PostgresStore(Store):
             username=username,
             password=password,
             ssl_mode=ssl_mode,
+            ca_certificate=ca_certificate,
             customer_ids_of=customer_ids_of,
         )
+        # libpq reads the CA from a file: a 0600 temporary one, removed when the store closes.
+        self._ca_file = private_temp_file(ca_certificate, "perly-ca-") if ca_certificate else None
         params: dict[str, Any] = {
             "connect_timeout": CONNECT_TIMEOUT_S,
             "application_name": "destination-perly",
@@ -97,6 +104,7 @@ class PostgresStore(Store):
             ("user", username),
             ("password", password),
             ("sslmode", ssl_mode),
+            ("sslrootcert", self._ca_file),
         ):
             if value is not None:
                 params[key] = value
@@ -107,6 +115,7 @@ class PostgresStore(Store):
             self._conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
             self._conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
         except psycopg.Error as exc:
+            self._remove_ca_file()
             # libpq messages name host, port and user, never the password; scrub it anyway.
             error = StoreUnreachable if is_unreachable(exc) else StoreError
             raise error(f"cannot connect to PostgreSQL: {scrub(str(exc).strip(), password)}") from None
@@ -181,3 +190,9 @@ class PostgresStore(Store):
 
     def close(self) -> None:
         self._conn.close()
+        self._remove_ca_file()
+
+    def _remove_ca_file(self) -> None:
+        if self._ca_file is not None:
+            Path(self._ca_file).unlink(missing_ok=True)
+            self._ca_file = None

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from destination_perly.private_files import create_private_file, make_private_dirs
 from destination_perly.store.base import CustomerIdsOf, Store, StoreError
 
 BUSY_TIMEOUT_MS = 30_000
@@ -29,11 +30,17 @@ class SqliteStore(Store):
             parent = self.path.parent
             if not parent.is_dir():
                 try:
-                    parent.mkdir(parents=True, exist_ok=True)
+                    make_private_dirs(parent)
                 except OSError as exc:
                     raise StoreError(
                         f"cannot create the directory {parent} for the SQLite file: {exc}"
                     ) from exc
+            try:
+                # The store holds names and emails: owner-only. SQLite gives its -wal and -shm files
+                # the database file's mode, so creating the file first covers them too.
+                create_private_file(self.path)
+            except OSError as exc:
+                raise StoreError(f"cannot create the SQLite file {path}: {exc}") from exc
         try:
             self._conn = sqlite3.connect(
                 str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False

@@ -26,6 +26,8 @@ from unit_tests.destination.messages import catalog, configured
 
 LOG = logging.getLogger("test")
 SECRET = "pw-Do-Not-Leak-7731"
+PG = {"store_type": "postgres", "host": "h", "database": "d", "username": "u"}
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 
 def free_port() -> int:
@@ -53,6 +55,16 @@ def test_spec_marks_the_password_secret_and_as_of_hidden() -> None:
     postgres = schema["properties"]["store"]["oneOf"][1]["properties"]
     assert postgres["password"]["airbyte_secret"] is True
     assert schema["properties"]["as_of"]["airbyte_hidden"] is True
+
+
+def test_spec_explains_every_postgres_field_with_an_example_but_the_password() -> None:
+    postgres = spec()["properties"]["store"]["oneOf"][1]["properties"]
+    fields = {name: field for name, field in postgres.items() if name != "store_type"}
+
+    assert all(field.get("description") for field in fields.values())
+    assert sorted(name for name, field in fields.items() if not field.get("examples")) == ["password"]
+    assert "ca_certificate" in fields
+    assert "airbyte_secret" not in fields["ca_certificate"]  # a CA certificate is public
 
 
 def test_spec_risk_policy_defaults_are_the_contracts() -> None:
@@ -107,8 +119,20 @@ def test_config_defaults_to_a_sqlite_file() -> None:
         ({"risk_policy": {"trial_expiring_days": -1}}, "trial_expiring_days"),
         ({"plan_tiers": [{"tier": "Pro"}]}, "plan_tiers[0]"),
         ({"as_of": "yesterday"}, "as_of"),
+        ({"store": {**PG, "ssl_mode": "require", "ca_certificate": CA_PEM}}, "verify-ca or verify-full"),
+        ({"store": {**PG, "ssl_mode": "verify-ca", "ca_certificate": "/etc/ssl/ca.pem"}}, "PEM text"),
     ],
-    ids=["store-type", "pg-missing", "pg-port", "policy-typo", "policy-negative", "tier-no-match", "as-of"],
+    ids=[
+        "store-type",
+        "pg-missing",
+        "pg-port",
+        "policy-typo",
+        "policy-negative",
+        "tier-no-match",
+        "as-of",
+        "ca-without-verifying",
+        "ca-not-pem",
+    ],
 )
 def test_bad_config_says_what_is_wrong(raw: dict, complaint: str) -> None:
     with pytest.raises(ConfigError, match=complaint.replace("[", r"\[").replace("]", r"\]")):
@@ -170,3 +194,83 @@ def test_spec_passes_the_cdks_secret_marking_lint() -> None:
     from airbyte_cdk.test.standard_tests._spec_lint import assert_spec_is_valid
 
     assert_spec_is_valid(DestinationPerly().spec(LOG), connector_name="destination-perly")
+
+
+# ---------------------------------------------------------------- config errors never quote a value
+
+HOSTILE_PASSWORDS = [
+    "Back\\slash\tCANARY-PW",
+    ' "quoted" CANARY-PW\n',
+    "ünï\u00e7ødé CANARY-PW",
+    "CANARY-PW'\"\\",
+]
+
+
+def leaks(text: str, secret: str) -> bool:
+    """Whether `text` shows `secret` in any form: raw, stripped, escaped, or its distinctive part."""
+    import json
+
+    forms = {secret, secret.strip(), repr(secret)[1:-1], json.dumps(secret)[1:-1], "CANARY-PW"}
+    return any(form in text for form in forms)
+
+
+@pytest.mark.parametrize("password", HOSTILE_PASSWORDS)
+@pytest.mark.parametrize(
+    "store",
+    [
+        {"store_type": "postgresql"},
+        {"store_type": "postgres", "port": "5432"},
+        {"store_type": "postgres", "schema": "no-dashes"},
+        {"store_type": "postgres", "ssl_mode": "always"},
+        {"store_type": "postgres", "host": 7},
+        {"store_type": None},
+    ],
+    ids=["misspelt-type", "port-as-text", "bad-schema", "bad-ssl-mode", "host-not-text", "no-type"],
+)
+def test_a_bad_store_config_is_named_by_field_and_never_quotes_the_password(
+    password: str, store: dict
+) -> None:
+    from destination_perly.config import config_problem
+    from destination_perly.destination import connection_specification
+
+    raw = {"store": {"host": "db", "database": "perly", "username": "u", "password": password, **store}}
+
+    problem = config_problem(raw, connection_specification())
+
+    assert problem is not None
+    assert problem.startswith("store.")
+    assert not leaks(problem, password)
+
+
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        ({"store": {"store_type": "sqlite"}, "as_of": 5}, "as_of must be of type string"),
+        ({"store": {"path": "x.db"}}, "store matches none of the kinds the spec allows"),
+        (
+            {"store": {"store_type": "sqlite"}, "plan_tiers": [{"match": 1, "tier": "Pro"}]},
+            "plan_tiers.0.match",
+        ),
+        (
+            {
+                "store": {
+                    "store_type": "postgres",
+                    "host": "h",
+                    "database": "d",
+                    "username": "u",
+                    "password": 7,
+                }
+            },
+            "store.password must be a string",
+        ),
+    ],
+)
+def test_what_only_the_spec_refuses_is_named_by_field_and_rule(raw: dict, said: str) -> None:
+    from destination_perly.config import config_problem
+    from destination_perly.destination import connection_specification
+
+    problem = config_problem(raw, connection_specification())
+
+    assert problem is not None
+    assert said in problem
+    assert config_problem({"store": {"store_type": "sqlite"}}, connection_specification()) is None

@@ -203,8 +203,8 @@ def test_given_every_flag_raised_when_scoring_then_score_is_100_with_one_reason_
     assert health.risk_score == sum(WEIGHTS.values()) - WEIGHTS["flag_downgrade"]
     assert len(health.risk_reasons) == 4
     assert "2 failed payments in the last 30 days" in health.risk_reasons
-    assert any("40 days" in reason and "10.00 USD" in reason for reason in health.risk_reasons)
-    assert any("50.00 USD" in reason and "10.00 USD" in reason for reason in health.risk_reasons)
+    assert any("40 days" in reason and "USD 10.00" in reason for reason in health.risk_reasons)
+    assert any("USD 50.00" in reason and "USD 10.00" in reason for reason in health.risk_reasons)
 
 
 def test_given_no_flags_when_scoring_then_score_is_zero_and_no_reasons() -> None:

@@ -159,8 +159,11 @@ class FakeStripe:
             if name in query:
                 value = int(query[name][0])
                 items = [o for o in items if test(o["created"], value)]
-        if resource == "subscriptions" and query.get("status", [""])[0] != "all":
+        status = query.get("status", [None])[0]
+        if resource == "subscriptions" and status is None:  # Stripe's default leaves canceled ones out
             items = [o for o in items if o.get("status") != "canceled"]
+        elif resource in ("subscriptions", "invoices") and status not in (None, "all"):
+            items = [o for o in items if o.get("status") == status]
         if "types[]" in query:
             items = [o for o in items if o["type"] in query["types[]"]]
         return self._page([self._render(o) for o in items], query, path, context)

@@ -3,18 +3,28 @@ resume, events replay, deletions, the 30-day fallback, permissions and errors, G
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from airbyte_cdk.models import AirbyteStateMessage, AirbyteStreamStatus, FailureType, SyncMode
+from airbyte_cdk.models import (  # type: ignore[attr-defined]
+    AirbyteStateMessage,
+    AirbyteStreamStatus,
+    EstimateType,
+    FailureType,
+    SyncMode,
+    Type,
+)
 from airbyte_cdk.test.catalog_builder import CatalogBuilder, ConfiguredAirbyteStreamBuilder
 from airbyte_cdk.test.entrypoint_wrapper import EntrypointOutput, read
 from airbyte_cdk.test.state_builder import StateBuilder
+from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
+from source_perly_stripe import source as source_module
 from source_perly_stripe.client import API_VERSION, StripeClient
-from source_perly_stripe.reader import EVENTS_OVERLAP
+from source_perly_stripe.reader import EVENTS_OVERLAP, ReadSettings
 from source_perly_stripe.source import SourcePerlyStripe
 from source_perly_stripe.windows import DAY
 
@@ -662,3 +672,181 @@ def test_given_key_revoked_during_sync_when_read_then_config_error_without_the_k
     assert error.failure_type == FailureType.config_error
     assert ConfigBuilder().build()["api_key"] not in error.message
     assert len(fake.requests) < 40, "the sync stops instead of failing request after request"
+
+
+# ------------------------------------------------------------------------- broken or hostile answers
+
+
+def test_given_server_ignoring_starting_after_when_read_then_error_names_the_endpoint_without_looping() -> (
+    None
+):
+    fake = FakeStripe()
+    seeded = [fake.add("customers", NOW - 20) for _ in range(150)]
+    first_page = sorted(seeded, key=lambda c: c["id"], reverse=True)[:100]
+    # Every "next page" is the first page again, still with has_more.
+    fake.fail(
+        r"^/v1/customers$",
+        200,
+        times=10_000,
+        body={"object": "list", "has_more": True, "data": first_page},
+        only_if=lambda query: "starting_after" in query,
+    )
+
+    output = sync(fake, "customers", expecting_exception=True)
+
+    assert len(fake.requests) < 40, "the read stops at the first page that does not move on"
+    assert len(records(output, "customers")) <= 150
+    messages = [m.trace.error.message for m in output.errors]
+    assert any("/v1/customers" in m and "starting_after" in m for m in messages), messages
+    assert statuses(output, "customers")[-1] == AirbyteStreamStatus.INCOMPLETE
+
+
+def test_given_server_ignoring_the_created_filter_when_read_then_error_instead_of_endless_windows() -> None:
+    fake = FakeStripe()
+    page = {
+        "object": "list",
+        "has_more": True,
+        "data": [{"id": "cus_a", "object": "customer", "created": NOW - 20}],
+    }
+    fake.fail(r"^/v1/customers$", 200, times=10_000, body=page)
+
+    output = sync(fake, "customers", expecting_exception=True)
+
+    assert len(fake.requests) < 60
+    messages = [m.trace.error.message for m in output.errors]
+    assert any("/v1/customers" in m and "created" in m for m in messages), messages
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        ("not a list", "`data`"),
+        ([{"object": "customer", "created": NOW - 20}], "`id`"),
+        ([{"id": "cus_a", "object": "customer"}], "`created`"),
+        (["cus_a"], "not a JSON object"),
+    ],
+    ids=["data-string", "no-id", "no-created", "not-an-object"],
+)
+def test_given_page_of_unexpected_shape_when_read_then_error_names_endpoint_and_field_and_no_bad_record(
+    data: Any, named: str
+) -> None:
+    fake = FakeStripe()
+    fake.fail(r"^/v1/customers$", 200, times=10_000, body={"object": "list", "has_more": False, "data": data})
+
+    output = sync(fake, "customers", expecting_exception=True)
+
+    assert records(output, "customers") == []
+    messages = [m.trace.error.message for m in output.errors]
+    assert any("/v1/customers" in m and named in m for m in messages), messages
+    assert not any("TypeError" in m or "KeyError" in m for m in messages)
+    assert output.errors[-1].trace.error.failure_type == FailureType.system_error
+
+
+def test_given_cursor_ahead_of_stripes_clock_when_read_then_warns_and_reads_changes_from_stripes_now() -> (
+    None
+):
+    fake = FakeStripe()
+    customer = fake.add("customers", NOW - 20 * DAY)
+    fake.add_event("customer.updated", customer | {"email": "late@example.com"}, NOW - 60)
+    customer["email"] = "late@example.com"
+
+    output = sync(fake, "customers", state=events_mode_state("customers", NOW + 5 * DAY))
+
+    assert [r["email"] for r in records(output, "customers")] == ["late@example.com"]
+    assert any("clock" in m.log.message for m in output.logs if m.log.level.value == "WARN")
+    assert state_blob(output, "customers")["updated"] == NOW
+
+
+# ------------------------------------------------------------------------ checkpoints and progress
+
+
+def read_until(
+    fake: FakeStripe, stop_after: int, state: list[Any] | None = None
+) -> tuple[list[str], list[Any]]:
+    """A sync killed after `stop_after` records: the ids it emitted and the last state it sent."""
+    emitted: list[str] = []
+    last_state: list[Any] = list(state or [])
+    with fake.serving():
+        messages = make_source(fake).read(
+            logging.getLogger("test"), ConfigBuilder().build(), catalog("customers"), state
+        )
+        try:
+            for message in messages:
+                if message.type == Type.RECORD:
+                    emitted.append(message.record.data["id"])
+                    if len(emitted) == stop_after:
+                        break
+                elif message.type == Type.STATE:
+                    last_state = [message.state]
+        finally:
+            messages.close()  # type: ignore[attr-defined]
+    return emitted, last_state
+
+
+def test_given_backfill_killed_inside_a_window_when_resumed_then_nothing_lost_and_at_most_a_page_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One dense range: its windows are read page by page, and the kill falls inside one of them.
+    monkeypatch.setattr(source_module, "settings_from", lambda config: ReadSettings(state_interval_seconds=0))
+    fake = FakeStripe()
+    seeded = seed_customers(fake, 1_000, NOW - 1_000, 1)
+
+    before_kill, acknowledged = read_until(fake, stop_after=550)
+    after_resume, _ = read_until(fake, stop_after=10_000, state=acknowledged)
+
+    assert set(before_kill) | set(after_resume) == {c["id"] for c in seeded}
+    read_twice = len(before_kill) + len(after_resume) - len(seeded)
+    assert read_twice <= 100, f"{read_twice} records read again after the resume"
+
+
+def test_given_backfill_when_read_then_estimates_per_stream_and_totals_logged() -> None:
+    fake = FakeStripe()
+    seed_customers(fake, 1_500, NOW - 300 * DAY, 17_000)
+    fake.add("products", NOW - DAY)
+
+    output = sync(fake, "customers", "products")
+
+    estimates = [m.trace.estimate for m in output.trace_messages if m.trace.estimate is not None]
+    assert {e.name for e in estimates} == {"customers", "products"}
+    assert all(e.type == EstimateType.STREAM and e.row_estimate >= 0 for e in estimates)
+    assert output.is_in_logs("customers: done: 1500 records in")
+    assert output.is_in_logs("products: done: 1 records in")
+
+
+def test_given_key_without_the_core_billing_streams_when_read_then_config_error_naming_permissions() -> None:
+    fake = FakeStripe()
+    seed_customers(fake, 5, NOW - 10 * DAY, DAY)
+    fake.keys["rk_test_customersOnly0123456789"] = {"rak_customer_read"}
+    key_config = ConfigBuilder().with_api_key("rk_test_customersOnly0123456789").build()
+
+    output = sync(
+        fake,
+        "customers",
+        "subscriptions",
+        "invoices",
+        "charges",
+        config=key_config,
+        expecting_exception=True,
+    )
+
+    error = output.errors[-1].trace.error
+    assert error.failure_type == FailureType.config_error
+    for permission in ("rak_subscription_read", "rak_invoice_read", "rak_charge_read"):
+        assert permission in error.message
+    assert "rak_customer_read" not in error.message
+    # What the key could read is still delivered and checkpointed: the next sync does not redo it.
+    assert len(records(output, "customers")) == 5
+    assert statuses(output, "customers")[-1] == AirbyteStreamStatus.COMPLETE
+    assert any(m.state.stream.stream_descriptor.name == "customers" for m in output.state_messages)
+
+
+def test_given_an_impossible_start_date_when_read_is_called_directly_then_config_error() -> None:
+    config = ConfigBuilder().with_start_date("2024-13-45T00:00:00Z").build()
+    messages = make_source(FakeStripe()).read(logging.getLogger("test"), config, catalog("customers"), None)
+
+    with pytest.raises(AirbyteTracedException) as raised:
+        next(iter(messages))
+
+    assert raised.value.failure_type == FailureType.config_error
+    assert raised.value.message is not None
+    assert "start date" in raised.value.message

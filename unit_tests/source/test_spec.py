@@ -10,8 +10,11 @@ from typing import Any
 import jsonschema
 import pytest
 from airbyte_cdk.models import ConnectorSpecification
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import source_perly_stripe
+from source_perly_stripe.check import config_problem
 from source_perly_stripe.client import DEFAULT_BASE_URL, validate_api_key
 from unit_tests.source.builders import ACCOUNT_ID, TEST_RESTRICTED_KEY, ConfigBuilder
 
@@ -140,3 +143,97 @@ def test_descriptions_tell_a_restricted_key_user_which_permissions_to_grant(sche
 
     for resource in ("Customers", "Subscriptions", "Invoices", "Charges", "Events"):
         assert resource in description
+
+
+_FIELD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 2000),
+    st.floats(-1, 2000, allow_nan=False),
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "2024-01-01T00:00:00Z",
+            "2024-13-45T00:00:00Z",
+            "2024-01-01T00:00:00Z\n",
+            "acct_1BuilderAccount",
+            "acct_",
+            "http://127.0.0.1:12111",
+            "https://api.stripe.com/",
+            "https://api.stripe.com/v1",
+            "rk_test_builderKey0123456789rstu",
+            "\trk_test_builderKey0123456789rstu",
+            " rk_test_builderKey0123456789rstu\n",
+            'rk_test_builder"Key\\0123',
+            "rk_test_büilderKey0123",
+        ]
+    ),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        # Mostly a good key, so that the other fields get checked too.
+        {
+            "api_key": st.one_of(
+                st.just(TEST_RESTRICTED_KEY), st.just(f" {TEST_RESTRICTED_KEY}\n"), _FIELD_VALUES
+            )
+        },
+        optional={
+            name: _FIELD_VALUES
+            for name in ("start_date", "account_id", "max_requests_per_second", "base_url", "concurrency")
+        },
+    )
+)
+def test_the_connector_rejects_every_config_the_spec_rejects(config: dict[str, Any]) -> None:
+    """The entrypoint validates with `config_problem` instead of the CDK's schema check (whose messages
+    quote values): it must be at least as strict, but for the whitespace it forgives around a key."""
+    schema = json.loads(SPEC_PATH.read_text())["connectionSpecification"]
+    as_the_client_sees_it = dict(config)
+    if isinstance(config.get("api_key"), str):
+        as_the_client_sees_it["api_key"] = config["api_key"].strip()
+    if not is_valid(schema, as_the_client_sees_it):
+        assert config_problem(config) is not None
+
+
+@pytest.mark.parametrize(
+    "start_date", ["2024-13-45T00:00:00Z", "2024-02-30T00:00:00Z", "2024-01-01T24:00:00Z"]
+)
+def test_an_impossible_start_date_is_refused_by_the_connector_and_where_it_can_by_the_form(
+    schema: dict[str, Any], start_date: str
+) -> None:
+    config = ConfigBuilder().with_start_date(start_date).build()
+
+    message = config_problem(config)
+
+    assert message is not None
+    assert "start date" in message
+    # A pattern cannot know month lengths; it does know months, days and hours.
+    assert is_valid(schema, config) is (start_date == "2024-02-30T00:00:00Z")
+
+
+def test_the_entrypoint_masks_a_padded_key_also_as_the_client_uses_it_and_as_messages_escape_it(
+    spec: dict[str, Any],
+) -> None:
+    from airbyte_cdk.utils.airbyte_secrets_utils import filter_secrets, update_secrets
+
+    from source_perly_stripe.check import ClearConfigEntrypoint
+
+    padded = '\t rk_test_builder"Key\\0123456789\n'
+    try:
+        ClearConfigEntrypoint.set_up_secret_filter({"api_key": padded}, spec["connectionSpecification"])
+        shown = [
+            padded,
+            padded.strip(),
+            repr(padded)[1:-1],
+            json.dumps(padded)[1:-1],
+            json.dumps(padded.strip()),
+        ]
+
+        assert [filter_secrets(f"key {form} here") for form in shown] == ["key **** here"] * 4 + [
+            'key "****" here'
+        ]
+    finally:
+        update_secrets([])
