@@ -179,6 +179,21 @@ def _retry(what: str, attempts: int, action: Callable[[], Any]) -> Any:
     raise AssertionError("unreachable")
 
 
+def _queued_behind(first: T, jobs: queue.Queue[T | None], limit: int) -> tuple[list[T], bool]:
+    """`first` and what is queued behind it, `limit` items at most; True when the stop mark (None)
+    was among them."""
+    batch = [first]
+    while len(batch) < limit:
+        try:
+            more = jobs.get_nowait()
+        except queue.Empty:
+            break
+        if more is None:
+            return batch, True
+        batch.append(more)
+    return batch, False
+
+
 class WebhookProcessor:
     """Owns the writer and refresher threads. `submit` returns a Future of the write's Outcome."""
 
@@ -313,16 +328,7 @@ class WebhookProcessor:
             while not stopping and (job := self._writes.get()) is not None:
                 # Under a burst, the events queued meanwhile are stored in one transaction: a commit
                 # costs more than storing an event.
-                jobs = [job]
-                while len(jobs) < WRITE_BATCH_MAX_EVENTS:
-                    try:
-                        more = self._writes.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        stopping = True
-                        break
-                    jobs.append(more)
+                jobs, stopping = _queued_behind(job, self._writes, WRITE_BATCH_MAX_EVENTS)
                 writes: list[tuple[EventPlan, Future[Outcome]]] = []
                 for kind, future in jobs:
                     if isinstance(kind, EventPlan):
@@ -434,17 +440,8 @@ class WebhookProcessor:
                     continue
                 if item is None:
                     break
-                batch = [item]
                 # Under a burst, one refresh covers every event queued meanwhile.
-                while len(batch) < REFRESH_BATCH_MAX_EVENTS:
-                    try:
-                        more = self._refreshes.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        stopping = True
-                        break
-                    batch.append(more)
+                batch, stopping = _queued_behind(item, self._refreshes, REFRESH_BATCH_MAX_EVENTS)
                 self._refresh_batch(connection, batch)
         finally:
             connection.close()
