@@ -438,6 +438,12 @@ def subscription_amount(
         " webhook's payload) and left out of MRR (the next sync tells)"
         for discount_id in unknown_discount_ids(subscription, catalog)
     )
+    listed = subscription.get("items")
+    if isinstance(listed, dict) and listed.get("has_more") is True:  # a payload's first page (the sync pages)
+        limitations.append(
+            f"MRR: {ref_id(subscription.get('id'))} has more items than the {len(as_list(listed))} a"
+            " webhook's payload lists; the others are left out of MRR (the next sync tells)"
+        )
     net = sum(
         (max(amount, Fraction(0)) / item.tax_divisor for amount, item in zip(amounts, items, strict=True)),
         Fraction(0),

@@ -426,3 +426,16 @@ def test_with_known_discounts_replaces_only_the_ids_it_knows_and_leaves_the_inpu
     assert filled["discounts"] == ["di_co_sub"]
     assert unknown_discount_ids(filled) == ["di_co_sub"]
     assert payload == by_id(expanded)
+
+
+def test_given_a_payload_listing_only_the_first_items_then_mrr_counts_those_and_says_so() -> None:
+    listed = subscription(
+        item(price(amount=1000, price_id="price_a")), item(price(amount=500, price_id="price_b"))
+    )
+    listed["items"]["has_more"] = True
+    result = evaluate(bundle(subscriptions=[listed]))
+    assert result.health.mrr == 1500
+    assert result.health.limitations == [
+        "MRR: sub_1 has more items than the 2 a webhook's payload lists; the others are left out of MRR"
+        " (the next sync tells)"
+    ]
