@@ -71,13 +71,15 @@ def health_mrr(db: Path) -> dict[str, dict[str, int]]:
     return found
 
 
-def subscription_payloads(db: Path) -> dict[str, set[str]]:
-    """Customers by what their subscription events' payloads show: "discount ids" (discounts named by
-    id, the subscription's or an item's) and "items in part" (`items.has_more`)."""
+def subscription_payloads(db: Path, after: int) -> dict[str, set[str]]:
+    """Customers by what their subscription events since `after` show in their payloads: "discount ids"
+    (discounts named by id, the subscription's or an item's) and "items in part" (`items.has_more`)."""
     connection = sqlite3.connect(db)
     found: dict[str, set[str]] = {"discount ids": set(), "items in part": set()}
     for customer, data in connection.execute(
-        "SELECT customer_id, data FROM stripe_events WHERE type LIKE 'customer.subscription.%'"
+        "SELECT customer_id, data FROM stripe_events"
+        " WHERE type LIKE 'customer.subscription.%' AND created > ?",
+        (after,),
     ):
         sub = orjson.loads(data)["data"]["object"]
         items = sub["items"]["data"]
@@ -172,7 +174,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             second[name] = history_rows(pipeline.db)
         mrr = {name: health_mrr(pipeline.db) for name, pipeline in pipelines.items()}
     return {
-        "payloads": subscription_payloads(pipelines["webhooks"].db),
+        "payloads": subscription_payloads(pipelines["webhooks"].db, start),
         "start": iso(start),
         "end": iso(end),
         "first": first,
