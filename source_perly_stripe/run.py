@@ -1,13 +1,19 @@
 import sys
 
-from airbyte_cdk.logger import PRINT_BUFFER
-
-from .check import ClearConfigEntrypoint
-from .source import SourcePerlyStripe
-
 
 def run() -> None:
-    """`airbyte_cdk.entrypoint.launch`, with an entrypoint that explains a bad key in words."""
+    """`airbyte_cdk.entrypoint.launch`, with an entrypoint that explains a bad key in words. `spec`
+    needs no CDK (see spec_message.py): it is answered before the CDK is imported."""
+    if sys.argv[1:] == ["spec"]:
+        from .spec_message import spec_message_line
+
+        print(spec_message_line(), flush=True)
+        return
+    from airbyte_cdk.logger import PRINT_BUFFER
+
+    from .check import ClearConfigEntrypoint
+    from .source import SourcePerlyStripe
+
     entrypoint = ClearConfigEntrypoint(SourcePerlyStripe())
     with PRINT_BUFFER:
         for message in entrypoint.run(entrypoint.parse_args(sys.argv[1:])):
