@@ -67,6 +67,7 @@ class CountingClient:
         self.full_page_slots = 0
         self.other = 0
         self.sent_at: list[float] = []
+        self.end_fills: Counter[int] = Counter()  # records on each window's last page, by tens
 
     def get(self, path: str, params: Any = ()) -> dict[str, Any]:
         body = self.inner.get(path, params)
@@ -79,6 +80,8 @@ class CountingClient:
                 # A window's last page is partial by nature; count slots only of pages that had more.
                 if body.get("has_more"):
                     self.full_page_slots += 1
+                else:
+                    self.end_fills[len(body.get("data") or []) // 10 * 10] += 1
             else:
                 self.other += 1
         return body
@@ -212,6 +215,7 @@ def report(title: str, result: dict[str, Any], ceiling: float | None = None) -> 
             f"  list pages {window_pages:,}: {full:,} full pages (has_more) + "
             f"{window_pages - full:,} window ends; mean fill {client.page_records / (100 * window_pages):.0%}"
         )
+        print(f"  records on the window ends' pages, by tens: {dict(sorted(client.end_fills.items()))}")
     print(f"  other requests (probe, retrieves, sublists): {client.other:,}")
     print(f"  HTTP statuses: {stats.get('by_status', stats)}; retries {stats.get('retries', 0)}")
     print(f"  errors left: {len(result['errors'])} {result['errors'][:3]}")
