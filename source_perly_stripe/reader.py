@@ -39,6 +39,7 @@ from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from .check import missing_core_message
 from .client import (
+    API_VERSION,
     StripeAuthError,
     StripeError,
     StripeNotFoundError,
@@ -58,6 +59,8 @@ from .streams import (
     StreamDef,
     change_from_event,
     event_types_for,
+    lacks_expansion,
+    lifecycle_step,
 )
 from .windows import DAY, Interval, gaps, initial_windows, merge, plan_cut
 
@@ -180,6 +183,8 @@ class SyncReader:
         self._executor: ThreadPoolExecutor | None = None
         self._sublists: ThreadPoolExecutor | None = None  # sublists of one page, fetched together
         self._changes: dict[str, dict[str, Change]] = {}
+        # customer id -> the newest invoice event about them in this read (see `_event_object`)
+        self._invoiced_at: dict[str, int] = {}
         self._events_pending = 0
         self._events_failed: BaseException | None = None
         self._events_denied: StripePermissionError | None = None
@@ -503,6 +508,41 @@ class SyncReader:
         embedded["has_more"] = False
         return True
 
+    def _event_object(self, stream: StreamDef, change: Change) -> dict[str, Any] | None:
+        """The object as its newest event carries it, when that is the object a fetch would give (but
+        for a truncated list, see `_truncated`): the event is about the object itself, it is the later
+        of the events of its second (see `_same_second`), it was rendered at the pinned API version, and
+        it lacks no expansion. A new invoice changes its subscription's `latest_invoice` in the same second as
+        the subscription's event, maybe after it: a subscription is fetched again when an invoice
+        event of its customer is as new as its own. None: fetch the object again."""
+        obj = change.event_object
+        if (
+            obj is None
+            or change.ambiguous
+            or change.api_version != API_VERSION
+            or lacks_expansion(stream, obj)
+        ):
+            return None
+        customer = obj.get("customer") if stream.name == "subscriptions" else None
+        if isinstance(customer, str) and self._invoiced_at.get(customer, -1) >= change.at:
+            return None
+        created = obj.get("created")
+        if obj.get("id") != change.object_id or not isinstance(created, int) or isinstance(created, bool):
+            return None
+        return obj
+
+    def _complete_event_object(self, stream: StreamDef, change: Change, obj: dict[str, Any]) -> None:
+        """An event's object whose embedded list is truncated: fetch that list only."""
+        if obj["created"] < self._settings.start:
+            return
+        observed = max(int(self._client.server_now()), change.at)
+        if self._complete(stream.name, stream, obj):
+            obj["updated"] = observed
+            record = obj
+        else:  # the object is gone since its event
+            record = _tombstone(stream, change, observed)
+        self._out.put(("page", stream.name, [record], None))
+
     def _refetch(self, stream: StreamDef, change: Change) -> None:
         """Fetch the current version of one changed object, as the backfill would have listed it."""
         key = stream.name
@@ -684,8 +724,13 @@ class SyncReader:
                 continue
             if change.created is not None and change.created < self._settings.start:
                 continue  # created before `start_date`: not synced by this connection
+            if stream.name == "invoices" and change.customer:
+                billed = self._invoiced_at.get(change.customer, 0)
+                self._invoiced_at[change.customer] = max(billed, change.at)
             known = changes.get(change.object_id)
-            if known is None or (change.at, change.deleted) > (known.at, known.deleted):
+            if known is not None and (known.at, known.deleted) == (change.at, change.deleted):
+                _same_second(stream, known, change)
+            elif known is None or (change.at, change.deleted) > (known.at, known.deleted):
                 changes[change.object_id] = change
         if events_run is not None and events_run.failed is None and to_emit:
             yield from self._emit_records(events_run, to_emit)
@@ -697,17 +742,27 @@ class SyncReader:
             if run.failed is not None:
                 continue
             tombstones = [_tombstone(run.stream, c, c.at) for c in changes.values() if c.deleted]
+            as_sent = []
             for change in changes.values():
-                if not change.deleted:
+                if change.deleted:
+                    continue
+                obj = self._event_object(run.stream, change)
+                if obj is None:
                     self._submit(name, self._refetch, run.stream, change)
+                elif _truncated(run.stream, obj):
+                    self._submit(name, self._complete_event_object, run.stream, change, obj)
+                elif obj["created"] >= self._settings.start:
+                    obj["updated"] = max(int(self._client.server_now()), change.at)
+                    as_sent.append(obj)
+            fetched = len(changes) - len(tombstones) - len(as_sent)
             yield _log(
                 Level.INFO,
-                f"{name}: {len(changes)} objects changed since the last sync "
-                f"({len(tombstones)} deleted); fetching their current versions.",
+                f"{name}: {len(changes)} objects changed since the last sync ({len(tombstones)} deleted); "
+                f"{len(as_sent)} taken from their newest event, {fetched} fetched (or completed) again.",
             )
             yield _estimate(name, len(changes))
-            if tombstones:
-                yield from self._emit_records(run, tombstones)
+            if tombstones or as_sent:
+                yield from self._emit_records(run, [*tombstones, *as_sent])
         self._changes = {}
         self._events_done = True
 
@@ -919,6 +974,20 @@ def _as_traced(error: StripeError) -> AirbyteTracedException:
     return AirbyteTracedException(
         message=f"Stripe: {error}", internal_message=str(error), failure_type=failure_type, exception=error
     )
+
+
+def _same_second(stream: StreamDef, known: Change, other: Change) -> None:
+    """Two events about one object in the same second: the list's order within a second is not a
+    promise, so the later object is the one further along its lifecycle; between two as far along,
+    the same object is no doubt, different ones are (and the object is fetched again)."""
+    if known.event_object is None or other.event_object is None:
+        known.event_object, known.ambiguous = None, False
+        return
+    step = lifecycle_step(stream, other.event_object) - lifecycle_step(stream, known.event_object)
+    if step > 0:
+        known.event_object, known.api_version, known.ambiguous = other.event_object, other.api_version, False
+    elif step == 0 and other.event_object != known.event_object:
+        known.ambiguous = True
 
 
 def _truncated(stream: StreamDef, obj: dict[str, Any]) -> bool:
