@@ -535,12 +535,11 @@ class SyncReader:
         """An event's object whose embedded list is truncated: fetch that list only."""
         if obj["created"] < self._settings.start:
             return
-        observed = max(int(self._client.server_now()), change.at)
         if self._complete(stream.name, stream, obj):
-            obj["updated"] = observed
+            obj["updated"] = change.at
             record = obj
         else:  # the object is gone since its event
-            record = _tombstone(stream, change, observed)
+            record = _tombstone(stream, change, max(int(self._client.server_now()), change.at))
         self._out.put(("page", stream.name, [record], None))
 
     def _refetch(self, stream: StreamDef, change: Change) -> None:
@@ -752,7 +751,7 @@ class SyncReader:
                 elif _truncated(run.stream, obj):
                     self._submit(name, self._complete_event_object, run.stream, change, obj)
                 elif obj["created"] >= self._settings.start:
-                    obj["updated"] = max(int(self._client.server_now()), change.at)
+                    obj["updated"] = change.at  # the version as of its event (docs/DESIGN.md)
                     as_sent.append(obj)
             fetched = len(changes) - len(tombstones) - len(as_sent)
             yield _log(
