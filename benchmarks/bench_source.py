@@ -288,11 +288,19 @@ def first_sync(customers: int, latency_ms: int, budget: float, concurrency: int)
         config["concurrency"] = concurrency
         result = run_sync(config, streams=BILLING_STREAMS)
         minimum = sum(math.ceil(n / 100) for n in result["records"].values())
-        made = result["stats"]["requests"]
+        client: CountingClient = result["client"]
+        made, pages = result["stats"]["requests"], client.pages["window"]
+        # Besides list pages, the probe and the sublists of invoices over 10 lines and subscriptions
+        # over 20 items are requests no reading order avoids.
+        least = minimum + client.other
         report("0a. in process", result, ceiling=STRIPE_LIVE_LIMIT)
         print(
-            f"  requests {made:,} against a minimum of {minimum:,} full pages = {made / minimum:.3f}x "
+            f"  list pages {pages:,} against a minimum of {minimum:,} full pages = {pages / minimum:.3f}x "
             "(target: at most 1.05x)"
+        )
+        print(
+            f"  all requests {made:,} against the least possible {least:,} (those full pages, "
+            f"{client.other:,} sublists and the probe) = {made / least:.3f}x"
         )
         seconds = Counter(int(t - result["started"]) for t in result["client"].sent_at)
         print(f"  requests in each second: {[seconds[i] for i in range(max(seconds) + 1)]}")
@@ -310,11 +318,11 @@ def first_sync(customers: int, latency_ms: int, budget: float, concurrency: int)
             elapsed = time.monotonic() - started
             after = requests.get(f"{url}/_emulator/state", timeout=60).json()["requests"]
     records = output.count(b'"type":"RECORD"')
-    ideal = minimum / budget
+    ideal = least / budget
     print(
         f"  end to end through the CLI: {elapsed:.2f}s for {records:,} records and {after - before:,} "
-        f"requests; the ceiling ({minimum:,} full pages at {budget:.0f}/s) is {ideal:.2f}s = "
-        f"{100 * ideal / elapsed:.0f}% of the ceiling (target: at least 90%)"
+        f"requests; the ceiling (the least possible {least:,} requests at {budget:.0f}/s) is "
+        f"{ideal:.2f}s = {100 * ideal / elapsed:.0f}% of the ceiling (target: at least 90%)"
     )
 
 
