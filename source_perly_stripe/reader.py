@@ -352,7 +352,15 @@ class SyncReader:
             if cut and self._windows_in_flight >= self._settings.readers:
                 return False
             self._windows_in_flight += 1  # counted from now: a queued window will have a reader
-        self._submit(key, self._read_window, key, path, base, window, expand, open_ended)
+
+        def read() -> None:
+            try:
+                self._read_window(key, path, base, window, expand, open_ended)
+            finally:
+                with self._lock:
+                    self._windows_in_flight -= 1
+
+        self._submit(key, read)
         return True
 
     def _run_task(self, key: str, fn: Callable[..., None], *args: Any) -> None:
@@ -384,26 +392,10 @@ class SyncReader:
     # ---- work done on worker threads -----------------------------------------------------------
 
     def _read_window(
-        self,
-        key: str,
-        path: str,
-        base: Params,
-        window: Interval,
-        expand: StreamDef | None,
-        open_ended: bool = True,
-    ) -> None:
-        """Page through one created window newest-first; when a reader is free, hand it part of the
-        unread rest (see `plan_cut`). Reports [low, top) done once every record in it was queued.
-        Submit it with `_submit_window`."""
-        try:
-            self._page_window(key, path, base, window, expand, open_ended)
-        finally:
-            with self._lock:
-                self._windows_in_flight -= 1
-
-    def _page_window(
         self, key: str, path: str, base: Params, window: Interval, expand: StreamDef | None, open_ended: bool
     ) -> None:
+        """Page through one created window newest-first; when a reader is free, hand it part of the
+        unread rest (see `plan_cut`). Reports [low, top) done once every record in it was queued."""
         low, top = window
         end = top
         last_created = top - 1
