@@ -25,6 +25,10 @@ OBJECT_STREAMS: dict[str, str] = {
     "product": "products",
 }
 
+# Objects stored as their event only: a subscription's event names its discounts by id, and the health
+# engine finds the objects in the customer's `customer.discount.*` events (as after a sync).
+EVENT_ONLY_OBJECTS = frozenset({"discount"})
+
 # The Stripe API version whose shapes the store holds (docs/DESIGN.md, "Stripe API version").
 PINNED_API_VERSION: str = stripe.api_version
 
@@ -45,6 +49,8 @@ class EventPlan:
     object_id: str | None
     records: dict[str, list[StripeObject]] = field(default_factory=dict)
     ignored_reason: str | None = None
+    # Ignored because the endpoint renders another API version: the operator must fix the endpoint.
+    wrong_api_version: bool = False
 
     @property
     def ignored(self) -> bool:
@@ -96,24 +102,25 @@ def plan_event(event: Any) -> EventPlan:
         # e.g. `invoice.upcoming`: a preview with no id, nothing to store (and no reason for a retry).
         return _ignored(plan, f"{object_type} without an id")
     stream = OBJECT_STREAMS.get(object_type)
-    if stream is None:
+    if stream is None and object_type not in EVENT_ONLY_OBJECTS:
         return _ignored(plan, f"object type {object_type!r} is not used by the health engine")
     api_version = event.get("api_version")
     if api_version is not None and api_version != PINNED_API_VERSION:
         # Another version's shapes would overwrite good data with fields the mapping cannot read.
-        return _ignored(plan, f"api_version {api_version!r} is not the pinned {PINNED_API_VERSION!r}")
+        reason = f"api_version {api_version!r} is not the pinned {PINNED_API_VERSION!r}"
+        return _ignored(plan, reason, wrong_api_version=True)
 
-    record = tombstone(obj, created) if _is_deletion(event_type, object_type) else {**obj, "updated": created}
     # The events stream's cursor is `created`; `updated` is set too so the store orders every stream alike.
-    event_record = {**event, "updated": created}
+    records: dict[str, list[StripeObject]] = {EVENTS_STREAM: [{**event, "updated": created}]}
+    if stream is not None:
+        deleted = _is_deletion(event_type, object_type)
+        records = {stream: [tombstone(obj, created) if deleted else {**obj, "updated": created}], **records}
     return EventPlan(
-        event_id=event_id,
-        event_type=event_type,
-        created=created,
-        object_id=plan.object_id,
-        records={stream: [record], EVENTS_STREAM: [event_record]},
+        event_id=event_id, event_type=event_type, created=created, object_id=plan.object_id, records=records
     )
 
 
-def _ignored(plan: EventPlan, reason: str) -> EventPlan:
-    return EventPlan(plan.event_id, plan.event_type, plan.created, plan.object_id, {}, reason)
+def _ignored(plan: EventPlan, reason: str, wrong_api_version: bool = False) -> EventPlan:
+    return EventPlan(
+        plan.event_id, plan.event_type, plan.created, plan.object_id, {}, reason, wrong_api_version
+    )
