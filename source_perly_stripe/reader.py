@@ -7,6 +7,7 @@ data."""
 
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 import time
@@ -503,10 +504,10 @@ class SyncReader:
     def _event_object(self, stream: StreamDef, change: Change) -> dict[str, Any] | None:
         """The object as its newest event carries it, when that is the object a fetch would give (but
         for a truncated list, see `_truncated`): the event is about the object itself, it is the later
-        of the events of its second (see `_same_second`), it was rendered at the pinned API version, and
-        it lacks no expansion. A new invoice changes its subscription's `latest_invoice` in the same second as
-        the subscription's event, maybe after it: a subscription is fetched again when an invoice
-        event of its customer is as new as its own. None: fetch the object again."""
+        of the events of its second (see `_same_second`), it was rendered at the pinned API version,
+        and it lacks no expansion. A new invoice changes its subscription's `latest_invoice` in the
+        same second as the subscription's event, maybe after it: a subscription is fetched again when
+        an invoice event of its customer is as new as its own. None: fetch the object again."""
         obj = change.event_object
         if (
             obj is None
@@ -521,7 +522,7 @@ class SyncReader:
         created = obj.get("created")
         if obj.get("id") != change.object_id or not isinstance(created, int) or isinstance(created, bool):
             return None
-        return obj
+        return copy.deepcopy(obj)  # a copy: the events stream emits the event, with this object in it
 
     def _complete_event_object(self, stream: StreamDef, change: Change, obj: dict[str, Any]) -> None:
         """An event's object whose embedded list is truncated: fetch that list only."""

@@ -415,6 +415,31 @@ def test_given_event_carrying_the_whole_object_when_read_then_it_is_emitted_with
     assert "/v1/subscriptions/sub_1" not in fake.paths()
 
 
+def test_given_events_stream_too_when_object_taken_from_its_event_then_the_event_record_is_unchanged() -> (
+    None
+):
+    """In process, the source hands out its record dicts: the object taken from an event is a copy."""
+    fake = FakeStripe()
+    cursor = NOW - DAY
+    sub = fake.add("subscriptions", NOW - 90 * DAY, object_id="sub_1", discounts=[], items={"data": []})
+    pinned_event(fake, "customer.subscription.updated", sub, cursor + 60)
+    state = StateBuilder().with_stream_state("subscriptions", {"updated": cursor})
+    state = state.with_stream_state("events", {"created": cursor}).build()
+
+    with fake.serving():
+        messages = list(
+            make_source(fake).read(
+                logging.getLogger("test"), ConfigBuilder().build(), catalog("subscriptions", "events"), state
+            )
+        )
+
+    emitted = [m.record for m in messages if m.record is not None]
+    (event,) = [r.data for r in emitted if r.stream == "events"]
+    (record,) = [r.data for r in emitted if r.stream == "subscriptions"]
+    assert record["updated"] == cursor + 60
+    assert "updated" not in event["data"]["object"]
+
+
 @pytest.mark.parametrize(
     ("why", "event_fields", "second_event_fields"),
     [
