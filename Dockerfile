@@ -13,13 +13,14 @@ WORKDIR /airbyte/integration_code
 # Dependencies first, against empty packages (and an empty README, which pyproject names), so code
 # and doc edits do not re-download them.
 COPY pyproject.toml ./
-RUN mkdir -p source_perly_stripe destination_perly \
-    && touch README.md source_perly_stripe/__init__.py destination_perly/__init__.py \
+RUN mkdir -p source_perly_stripe destination_perly stripe_vocabulary \
+    && touch README.md source_perly_stripe/__init__.py destination_perly/__init__.py stripe_vocabulary/__init__.py \
     && pip install -q . \
     && pip uninstall -q -y perly-stripe
 COPY README.md ./
 COPY source_perly_stripe ./source_perly_stripe
 COPY destination_perly ./destination_perly
+COPY stripe_vocabulary ./stripe_vocabulary
 RUN pip install -q --no-deps . && rm -rf build *.egg-info
 
 FROM ${BASE_IMAGE} AS runtime
