@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import logging
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -35,7 +37,7 @@ from destination_perly.config import (
 from destination_perly.health.model import RiskPolicy
 from destination_perly.ingest import HELPER_MIN_CUSTOMERS, Evaluate, Ingestor
 from destination_perly.input_reader import can_read_in_helper, read_in_helper
-from destination_perly.store.base import Store, StoreError
+from destination_perly.store.base import Store, StoreError, StoreUnreachable
 from destination_perly.writer import InputMessage, Writer, WriterLimits, parse_input_lines, plans_from_catalog
 
 POLICY_HELP = {
@@ -223,6 +225,25 @@ def _config_error(message: str) -> AirbyteTracedException:
     )
 
 
+def _transient_error(message: str) -> AirbyteTracedException:
+    """The store is down or restarting: the platform retries the sync, nothing to fix in the config."""
+    return AirbyteTracedException(
+        message=message, internal_message=message, failure_type=FailureType.transient_error
+    )
+
+
+def _connection_lost(error: Exception, config: DestinationConfig) -> AirbyteTracedException | None:
+    """The transient error for a PostgreSQL connection refused or lost during the write, else None."""
+    if isinstance(config.store, SqliteSettings):
+        return None
+    from destination_perly.store.postgres import is_unreachable, scrub
+
+    if not is_unreachable(error):
+        return None
+    detail = scrub(str(error).strip(), config.store.password)
+    return _transient_error(f"lost the connection to PostgreSQL during the write: {detail}")
+
+
 class DestinationPerly(Destination):
     def __init__(
         self,
@@ -251,6 +272,14 @@ class DestinationPerly(Destination):
                 DestinationSyncMode.append_dedup,
             ],
         )
+
+    def run(self, args: list[str]) -> None:
+        """The CDK's `run`, with stdout flushed at each line. The destination prints states, logs and
+        traces, never records, so this costs nothing; a piped stdout would otherwise hold acknowledged
+        states until it fills, and a kill meanwhile loses every checkpoint since the start."""
+        if isinstance(sys.stdout, io.TextIOWrapper):
+            sys.stdout.reconfigure(line_buffering=True)
+        super().run(args)
 
     def run_cmd(self, parsed_args: argparse.Namespace) -> Iterable[AirbyteMessage]:
         """The CDK's, but the config is validated here first, by `config_problem`: the CDK's schema
@@ -297,8 +326,10 @@ class DestinationPerly(Destination):
 
     def _parse_input_stream(self, input_stream: Iterable[str | bytes]) -> InputLines:  # type: ignore[override]
         """stdin lines through the writer's orjson path: RECORDs skip the CDK's per-message model, and a
-        line that is not JSON is skipped without being echoed (the CDK's would log it whole)."""
-        return InputLines(input_stream)
+        line that is not JSON is skipped without being echoed (the CDK's would log it whole). Read as
+        bytes, under the CDK's UTF-8 text wrapper: a byte that is not UTF-8 then spoils its own line
+        only, not the whole read-ahead chunk (and the states in it) with a UnicodeDecodeError."""
+        return InputLines(getattr(input_stream, "buffer", input_stream))
 
     def write(
         self,
@@ -311,7 +342,13 @@ class DestinationPerly(Destination):
         except ConfigError as exc:
             raise _config_error(f"Invalid configuration: {exc}") from None
         try:
+            plans = plans_from_catalog(configured_catalog)
+        except ValueError as exc:
+            raise _config_error(f"Invalid catalog: {exc}") from None
+        try:
             store = self._open(parsed)
+        except StoreUnreachable as exc:
+            raise _transient_error(str(exc)) from None
         except StoreError as exc:
             raise _config_error(str(exc)) from None
         fixed = parsed.as_of
@@ -321,7 +358,7 @@ class DestinationPerly(Destination):
         )
         writer = Writer(
             ingestor,
-            plans_from_catalog(configured_catalog),
+            plans,
             as_of=(lambda: fixed) if fixed else self.clock,
             limits=self.limits,
         )
@@ -331,5 +368,10 @@ class DestinationPerly(Destination):
             messages = read_in_helper(input_messages.lines, writer.preparer)
         try:
             yield from writer.write(messages)
+        except Exception as exc:
+            lost = _connection_lost(exc, parsed)
+            if lost is None:
+                raise
+            raise lost from exc
         finally:
             store.close()

@@ -41,7 +41,7 @@ QUEUED_BATCHES = 32
 # How long the reader may take to exit after sending its last batch before it is killed.
 EXIT_TIMEOUT_SECONDS = 10.0
 
-Prepare = Callable[[str, object], PreparedRecord | Skipped]
+Prepare = Callable[[str, object, int], PreparedRecord | Skipped]
 
 
 class InputReaderError(RuntimeError):
@@ -60,7 +60,7 @@ def _reader_loop(conn: Connection, lines: Iterable[str | bytes], prepare: Prepar
     try:
         for message in parse_input_lines(lines):
             if isinstance(message, RawRecord):
-                message = prepare(message.stream, message.data)
+                message = prepare(message.stream, message.data, message.line)
             if isinstance(message, PreparedRecord):
                 # Sent as plain tuples: pickling named tuples cost four times as much.
                 batch.append((message.stream, tuple(message.row), message.customer_ids))

@@ -8,6 +8,9 @@ Two threads, each with its own store connection:
   marks their events applied. Events stored but not yet applied are found again at start-up. Every
   `clock_refresh_seconds` it also recomputes the customers whose health changes with the clock alone
   (invoice aging, trial ends, failures leaving their window), so flags stay current between syncs.
+
+A connection the server dropped (a PostgreSQL restart or failover) is opened again by the next attempt,
+so the receiver recovers by itself; `probe` checks the writer's connection for `/healthz`.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
 from destination_perly.store.base import Store
+from destination_perly.store.postgres import is_unreachable
 from destination_perly.webhook_events import EventPlan
 
 log = logging.getLogger("perly.webhooks")
@@ -36,6 +40,8 @@ WRITE_ATTEMPTS = 5
 REFRESH_ATTEMPTS = 5
 RETRY_BASE_SECONDS = 0.05
 REFRESH_BATCH_MAX_EVENTS = 500
+# Events stored in one transaction at most, when a burst queued them up.
+WRITE_BATCH_MAX_EVENTS = 100
 # Customers the receiver's Ingestor refreshes per transaction: bounds how long a refresh holds
 # SQLite's write lock, so a sync's writes wait at most one small chunk.
 REFRESH_CHUNK_CUSTOMERS = 50
@@ -43,6 +49,11 @@ REFRESH_CHUNK_CUSTOMERS = 50
 CLOCK_REFRESH_SECONDS = 900.0
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
+# A write-queue job asking the writer to check its store connection (for /healthz).
+PROBE = "probe"
+# Attempts of a probe: the first may find the connection dropped, the second opens a new one.
+PROBE_ATTEMPTS = 2
 
 
 def wall_clock() -> datetime:
@@ -118,6 +129,41 @@ class EventLedger:
         return rows[0] if rows else None
 
 
+class Connection:
+    """One thread's store and what is built on it, opened again after the server dropped it."""
+
+    def __init__(self, open_store: Callable[[], Store], make_ingestor: Callable[[Store], Ingestor]) -> None:
+        self._open_store = open_store
+        self._make_ingestor = make_ingestor
+        self.lost = False
+        self._open()
+
+    def _open(self) -> None:
+        self.store = self._open_store()
+        self.ingestor = self._make_ingestor(self.store)
+        self.ledger = EventLedger(self.store)
+
+    def run(self, action: Callable[[Connection], T]) -> T:
+        """`action` on this connection, reopened first if the last one found it dropped (while the
+        server is still down, the reopening fails and so does this attempt)."""
+        if self.lost:
+            self.close()
+            self._open()
+            self.lost = False
+            log.info("reconnected to the store")
+        try:
+            return action(self)
+        except Exception as error:
+            self.lost = is_unreachable(error)
+            raise
+
+    def close(self) -> None:
+        try:
+            self.store.close()
+        except Exception as error:  # a dropped connection may fail to close: it is gone anyway
+            log.debug("closing the store connection failed: %s", error)
+
+
 def _retry(what: str, attempts: int, action: Callable[[], Any]) -> Any:
     for attempt in range(1, attempts + 1):
         try:
@@ -131,6 +177,21 @@ def _retry(what: str, attempts: int, action: Callable[[], Any]) -> Any:
             )
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _queued_behind(first: T, jobs: queue.Queue[T | None], limit: int) -> tuple[list[T], bool]:
+    """`first` and what is queued behind it, `limit` items at most; True when the stop mark (None)
+    was among them."""
+    batch = [first]
+    while len(batch) < limit:
+        try:
+            more = jobs.get_nowait()
+        except queue.Empty:
+            break
+        if more is None:
+            return batch, True
+        batch.append(more)
+    return batch, False
 
 
 class WebhookProcessor:
@@ -148,12 +209,20 @@ class WebhookProcessor:
         self._make_ingestor = make_ingestor
         self._clock = clock
         self._clock_refresh_seconds = clock_refresh_seconds
-        self._writes: queue.Queue[tuple[EventPlan, Future[Outcome]] | None] = queue.Queue()
+        self._writes: queue.Queue[tuple[EventPlan | str, Future[Any]] | None] = queue.Queue()
         self._refreshes: queue.Queue[tuple[str, set[str]] | None] = queue.Queue()
         self._idle = threading.Condition()
         self._busy = 0  # events submitted or recovered whose refresh has not finished
         self._applied: set[str] = set()
-        self.counts = {"accepted": 0, "duplicate": 0, "applied": 0, "write_failed": 0, "refresh_failed": 0}
+        self.counts = {
+            "accepted": 0,
+            "duplicate": 0,
+            "applied": 0,
+            "write_failed": 0,
+            "refresh_failed": 0,
+            "ignored": 0,
+            "wrong_api_version": 0,  # ignored, and worth a look: the endpoint renders another version
+        }
         self._threads: list[threading.Thread] = []
         self._started = False
 
@@ -200,6 +269,20 @@ class WebhookProcessor:
         self._writes.put((plan, future))
         return future
 
+    def probe(self) -> Future[bool]:
+        """Checks the writer's store connection (reconnecting if it was dropped), in turn with writes."""
+        future: Future[bool] = Future()
+        if not self._started:
+            future.set_exception(RuntimeError("the webhook processor is not running"))
+            return future
+        self._writes.put((PROBE, future))
+        return future
+
+    def note_ignored(self, plan: EventPlan) -> None:
+        with self._idle:
+            self.counts["ignored"] += 1
+            self.counts["wrong_api_version"] += plan.wrong_api_version
+
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """True once every submitted event is stored and its customers' health refreshed."""
         with self._idle:
@@ -224,11 +307,9 @@ class WebhookProcessor:
     # --- writer -------------------------------------------------------------------------------
     def _write_loop(self, started: threading.Event, errors: list[BaseException]) -> None:
         try:
-            store = self._open_store()
-            ingestor = self._make_ingestor(store)
-            ledger = EventLedger(store)
-            _retry("creating the webhook ledger", WRITE_ATTEMPTS, ledger.ensure)
-            recovered = ledger.pending()
+            connection = Connection(self._open_store, self._make_ingestor)
+            _retry("creating the webhook ledger", WRITE_ATTEMPTS, connection.ledger.ensure)
+            recovered = connection.ledger.pending()
         except BaseException as error:
             errors.append(error)
             started.set()
@@ -243,39 +324,90 @@ class WebhookProcessor:
             )
         started.set()
         try:
-            while (job := self._writes.get()) is not None:
-                plan, future = job
-                # False when the HTTP side gave up waiting (and answered 503) before the write began:
-                # the event is still stored, so Stripe's retry finds it done.
-                waited_for = future.set_running_or_notify_cancel()
-                try:
-                    outcome, customers = _retry(
-                        f"storing event {plan.event_id}",
-                        WRITE_ATTEMPTS,
-                        functools.partial(self._write, store, ingestor, ledger, plan),
-                    )
-                except Exception as error:
-                    log.error("could not store event %s (%s): %s", plan.event_id, plan.event_type, error)
-                    with self._idle:
-                        self.counts["write_failed"] += 1
-                    self._done([plan.event_id], applied=False)
-                    if waited_for:
-                        future.set_exception(error)
-                    continue
-                with self._idle:
-                    self.counts[outcome.value] += 1
-                if outcome is Outcome.ACCEPTED:
-                    self._refreshes.put((plan.event_id, customers))
-                else:
-                    self._done([plan.event_id], applied=False)
-                if waited_for:
-                    future.set_result(outcome)
+            stopping = False
+            while not stopping and (job := self._writes.get()) is not None:
+                # Under a burst, the events queued meanwhile are stored in one transaction: a commit
+                # costs more than storing an event.
+                jobs, stopping = _queued_behind(job, self._writes, WRITE_BATCH_MAX_EVENTS)
+                writes: list[tuple[EventPlan, Future[Outcome]]] = []
+                for kind, future in jobs:
+                    if isinstance(kind, EventPlan):
+                        writes.append((kind, future))
+                    else:
+                        self._probe(connection, future)
+                if writes:
+                    self._write_jobs(connection, writes)
         finally:
-            store.close()
+            connection.close()
 
-    def _write(
-        self, store: Store, ingestor: Ingestor, ledger: EventLedger, plan: EventPlan
-    ) -> tuple[Outcome, set[str]]:
+    def _write_jobs(self, connection: Connection, jobs: list[tuple[EventPlan, Future[Outcome]]]) -> None:
+        # False when the HTTP side gave up waiting (and answered 503) before the write began: the event
+        # is still stored, so Stripe's retry finds it done.
+        waited_for = [future.set_running_or_notify_cancel() for _, future in jobs]
+        plans = [plan for plan, _ in jobs]
+        results: list[tuple[Outcome, set[str]] | BaseException] = []
+        if len(plans) > 1:
+            try:
+                results = list(connection.run(functools.partial(self._write_all, plans=plans)))
+            except Exception as error:  # each on its own, so that one bad event fails alone
+                log.warning("storing %d events together failed, storing each alone: %s", len(plans), error)
+        if not results:
+            results = [self._write_alone(connection, plan) for plan in plans]
+        for (plan, future), waited, result in zip(jobs, waited_for, results, strict=True):
+            if isinstance(result, BaseException):
+                with self._idle:
+                    self.counts["write_failed"] += 1
+                self._done([plan.event_id], applied=False)
+                if waited:
+                    future.set_exception(result)
+                continue
+            outcome, customers = result
+            with self._idle:
+                self.counts[outcome.value] += 1
+            if outcome is Outcome.ACCEPTED:
+                self._refreshes.put((plan.event_id, customers))
+            else:
+                self._done([plan.event_id], applied=False)
+            if waited:
+                future.set_result(outcome)
+
+    def _write_alone(
+        self, connection: Connection, plan: EventPlan
+    ) -> tuple[Outcome, set[str]] | BaseException:
+        try:
+            result: tuple[Outcome, set[str]] = _retry(
+                f"storing event {plan.event_id}",
+                WRITE_ATTEMPTS,
+                functools.partial(connection.run, functools.partial(self._write, plan=plan)),
+            )
+        except Exception as error:
+            log.error("could not store event %s (%s): %s", plan.event_id, plan.event_type, error)
+            return error
+        return result
+
+    @classmethod
+    def _write_all(cls, connection: Connection, plans: list[EventPlan]) -> list[tuple[Outcome, set[str]]]:
+        with connection.store.transaction():
+            return [cls._write(connection, plan) for plan in plans]
+
+    @staticmethod
+    def _probe(connection: Connection, future: Future[Any]) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            _retry(
+                "checking the store",
+                PROBE_ATTEMPTS,
+                lambda: connection.run(lambda c: c.store.query("SELECT 1")),
+            )
+        except Exception as error:
+            future.set_exception(error)
+        else:
+            future.set_result(True)
+
+    @staticmethod
+    def _write(connection: Connection, plan: EventPlan) -> tuple[Outcome, set[str]]:
+        store, ingestor, ledger = connection.store, connection.ingestor, connection.ledger
         with store.transaction():
             if not ledger.claim(plan, now_ms()):
                 return Outcome.DUPLICATE, set()
@@ -288,9 +420,7 @@ class WebhookProcessor:
     # --- refresher ----------------------------------------------------------------------------
     def _refresh_loop(self, started: threading.Event, errors: list[BaseException]) -> None:
         try:
-            store = self._open_store()
-            ingestor = self._make_ingestor(store)
-            ledger = EventLedger(store)
+            connection = Connection(self._open_store, self._make_ingestor)
         except BaseException as error:
             errors.append(error)
             started.set()
@@ -305,51 +435,44 @@ class WebhookProcessor:
                     wait = None if interval is None else max(0.0, next_clock_refresh - time.monotonic())
                     item = self._refreshes.get(timeout=wait)
                 except queue.Empty:
-                    self._refresh_clock_sensitive(ingestor)
+                    self._refresh_clock_sensitive(connection)
                     next_clock_refresh = time.monotonic() + (interval or 0.0)
                     continue
                 if item is None:
                     break
-                batch = [item]
                 # Under a burst, one refresh covers every event queued meanwhile.
-                while len(batch) < REFRESH_BATCH_MAX_EVENTS:
-                    try:
-                        more = self._refreshes.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        stopping = True
-                        break
-                    batch.append(more)
-                self._refresh_batch(ingestor, ledger, batch)
+                batch, stopping = _queued_behind(item, self._refreshes, REFRESH_BATCH_MAX_EVENTS)
+                self._refresh_batch(connection, batch)
         finally:
-            store.close()
+            connection.close()
 
-    def _refresh_clock_sensitive(self, ingestor: Ingestor) -> None:
+    def _refresh_clock_sensitive(self, connection: Connection) -> None:
         try:
             result = _retry(
                 "refreshing clock-sensitive health",
                 REFRESH_ATTEMPTS,
-                lambda: ingestor.refresh_pending(self._clock()),
+                lambda: connection.run(lambda c: c.ingestor.refresh_pending(self._clock())),
             )
         except Exception as error:  # the next round, or the next sync, tries again
             log.error("clock-sensitive health refresh failed: %s", error)
             return
         log.info("recomputed %d clock-sensitive customers", result.refreshed)
 
-    def _refresh_batch(
-        self, ingestor: Ingestor, ledger: EventLedger, batch: list[tuple[str, set[str]]]
-    ) -> None:
+    def _refresh_batch(self, connection: Connection, batch: list[tuple[str, set[str]]]) -> None:
         event_ids = [event_id for event_id, _ in batch]
         customers = set().union(*(ids for _, ids in batch))
 
-        def refresh() -> None:
+        def refresh(c: Connection) -> None:
             if customers:
-                ingestor.refresh(customers, self._clock())
-            ledger.mark_applied(event_ids, now_ms())
+                c.ingestor.refresh(customers, self._clock())
+            c.ledger.mark_applied(event_ids, now_ms())
 
         try:
-            _retry(f"refreshing health for {len(customers)} customers", REFRESH_ATTEMPTS, refresh)
+            _retry(
+                f"refreshing health for {len(customers)} customers",
+                REFRESH_ATTEMPTS,
+                lambda: connection.run(refresh),
+            )
         except Exception as error:
             # The events stay "stored, not applied" in the ledger: the next start (or sync) refreshes them.
             log.error("health refresh failed for events %s: %s", ", ".join(event_ids[:5]), error)

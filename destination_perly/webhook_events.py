@@ -29,6 +29,8 @@ class EventPlan:
     object_id: str | None
     records: dict[str, list[StripeObject]] = field(default_factory=dict)
     ignored_reason: str | None = None
+    # Ignored because the endpoint renders another API version: the operator must fix the endpoint.
+    wrong_api_version: bool = False
 
     @property
     def ignored(self) -> bool:
@@ -65,7 +67,8 @@ def plan_event(event: Any) -> EventPlan:
     api_version = event.get("api_version")
     if api_version is not None and api_version != API_VERSION:
         # Another version's shapes would overwrite good data with fields the mapping cannot read.
-        return _ignored(plan, f"api_version {api_version!r} is not the pinned {API_VERSION!r}")
+        reason = f"api_version {api_version!r} is not the pinned {API_VERSION!r}"
+        return _ignored(plan, reason, wrong_api_version=True)
 
     if change.deleted:
         record = tombstone(stream, change.object_id, change.customer, created)
@@ -82,5 +85,7 @@ def plan_event(event: Any) -> EventPlan:
     )
 
 
-def _ignored(plan: EventPlan, reason: str) -> EventPlan:
-    return EventPlan(plan.event_id, plan.event_type, plan.created, plan.object_id, {}, reason)
+def _ignored(plan: EventPlan, reason: str, wrong_api_version: bool = False) -> EventPlan:
+    return EventPlan(
+        plan.event_id, plan.event_type, plan.created, plan.object_id, {}, reason, wrong_api_version
+    )

@@ -6,6 +6,10 @@ Every event is verified with the stripe library against each configured signing 
 or stale signature: 400, nothing stored), stored through the destination's own write path
 (`destination_perly.ingest.Ingestor`) before the 2xx goes back, and its customers' health is then
 recomputed on a background thread. See docs/WEBHOOKS.md.
+
+Slow or stalled clients cannot hold connections: the request head must arrive within
+`--header-timeout` seconds (uvicorn has no such limit: `GuardedH11Protocol` adds it), the body within
+`--body-timeout`, and above `--limit-concurrency` open connections new requests get 503.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import h11
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from destination_perly.webhook_apply import (
     REFRESH_CHUNK_CUSTOMERS,
@@ -55,6 +61,14 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 # Stripe gives up on a delivery after about 10 s and retries later: answer 503 before that.
 STORE_WAIT_SECONDS = 8.0
 CONFIG_ENV = "PERLY_WEBHOOK_CONFIG"  # how `--workers` hands the config path to each worker process
+# Limits on slow clients (slow-loris). Stripe sends a whole event in well under a second.
+HEADER_TIMEOUT_SECONDS = 10.0
+BODY_TIMEOUT_SECONDS = 10.0
+LIMIT_CONCURRENCY = 500
+HEADER_TIMEOUT_ENV = "PERLY_WEBHOOK_HEADER_TIMEOUT"
+BODY_TIMEOUT_ENV = "PERLY_WEBHOOK_BODY_TIMEOUT"
+# Idle time allowed between two requests of a kept-alive connection (uvicorn's timeout_keep_alive).
+KEEP_ALIVE_SECONDS = 30
 
 
 class EventTimeClock:
@@ -82,19 +96,71 @@ class ReceiverSettings:
     path: str = DEFAULT_PATH
     store_wait_seconds: float = STORE_WAIT_SECONDS
     on_event_time: Callable[[int], None] | None = None
+    body_timeout_seconds: float = BODY_TIMEOUT_SECONDS
 
 
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The raw body (the signature covers its exact bytes), or None when it is over `limit`."""
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request head. uvicorn has none: a client
+    sending its headers a byte at a time (slow-loris) held its connection forever. The deadline runs
+    from the connection's start, or from the previous response plus the keep-alive time."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.head_timeout = float(os.environ.get(HEADER_TIMEOUT_ENV, HEADER_TIMEOUT_SECONDS))
+        self.head_deadline: asyncio.TimerHandle | None = None
+        self._arm_head_deadline(self.head_timeout)
+
+    def _arm_head_deadline(self, seconds: float) -> None:
+        if self.head_deadline is not None:
+            self.head_deadline.cancel()
+        self.head_deadline = self.loop.call_later(seconds, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self.head_deadline = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            log.info(
+                "closed a connection from %s: no request head within %.0fs", self.client, self.head_timeout
+            )
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.head_deadline is not None and self.conn.their_state is not h11.IDLE:  # the head is in
+            self.head_deadline.cancel()
+            self.head_deadline = None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_head_deadline(self.timeout_keep_alive + self.head_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.head_deadline is not None:
+            self.head_deadline.cancel()
+            self.head_deadline = None
+        super().connection_lost(exc)
+
+
+class BodyTooSlow(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes | None:
+    """The raw body (the signature covers its exact bytes), or None when it is over `limit`. Raises
+    BodyTooSlow when it does not arrive whole within `timeout` seconds."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         return None
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    return None
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTooSlow from None
     return b"".join(chunks)
 
 
@@ -107,9 +173,12 @@ def create_app(settings: ReceiverSettings) -> Starlette:
 
     async def receive_webhook(request: Request) -> JSONResponse:
         try:
-            body = await _read_body(request, MAX_BODY_BYTES)
+            body = await _read_body(request, MAX_BODY_BYTES, settings.body_timeout_seconds)
         except ClientDisconnect:
             return _error(400, "client disconnected")
+        except BodyTooSlow:
+            log.warning("dropped a request whose body took over %.0fs", settings.body_timeout_seconds)
+            return JSONResponse({"error": "body too slow"}, status_code=408, headers={"Connection": "close"})
         if body is None:
             return _error(413, "body too large for a Stripe event")
         try:
@@ -123,7 +192,10 @@ def create_app(settings: ReceiverSettings) -> Starlette:
             log.warning("rejected a signed body that is not a Stripe event: %s", error)
             return _error(400, f"not a Stripe event: {error}")
         if plan.ignored:
-            log.info("ignored %s %s: %s", plan.event_type, plan.event_id, plan.ignored_reason)
+            settings.processor.note_ignored(plan)
+            # Another API version means a wrongly registered endpoint: nothing it sends is applied.
+            level = logging.WARNING if plan.wrong_api_version else logging.INFO
+            log.log(level, "ignored %s %s: %s", plan.event_type, plan.event_id, plan.ignored_reason)
             return JSONResponse({"received": True, "id": plan.event_id, "status": "ignored"})
         if settings.on_event_time is not None:
             settings.on_event_time(plan.created)
@@ -146,7 +218,19 @@ def create_app(settings: ReceiverSettings) -> Starlette:
         return JSONResponse({"received": True, "id": plan.event_id, "status": outcome.value})
 
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", **settings.processor.stats()})
+        """200 when the store answers the writer's connection, else 503 (events get 503 too)."""
+        try:
+            await asyncio.wait_for(
+                asyncio.wrap_future(settings.processor.probe()), settings.store_wait_seconds
+            )
+            store = "ok"
+        except TimeoutError:
+            store = "busy"
+        except Exception as error:
+            log.error("health check: the store is unavailable: %s", error)
+            store = "unavailable"
+        body = {"status": "ok" if store == "ok" else "degraded", "store": store, **settings.processor.stats()}
+        return JSONResponse(body, status_code=200 if store == "ok" else 503)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -225,6 +309,7 @@ def app_from_env() -> Starlette:
         tolerance_seconds=int(os.environ.get("PERLY_WEBHOOK_TOLERANCE", DEFAULT_TOLERANCE_SECONDS)),
         path=os.environ.get("PERLY_WEBHOOK_PATH", DEFAULT_PATH),
     )
+    settings.body_timeout_seconds = float(os.environ.get(BODY_TIMEOUT_ENV, BODY_TIMEOUT_SECONDS))
     return create_app(settings)
 
 
@@ -260,6 +345,24 @@ def _parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="comma-separated proxy addresses whose X-Forwarded-* headers are trusted (default 127.0.0.1)",
     )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=HEADER_TIMEOUT_SECONDS,
+        help=f"close a connection whose request head takes longer (default {HEADER_TIMEOUT_SECONDS:.0f} s)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=BODY_TIMEOUT_SECONDS,
+        help=f"answer 408 to a request whose body takes longer (default {BODY_TIMEOUT_SECONDS:.0f} s)",
+    )
+    parser.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=LIMIT_CONCURRENCY,
+        help=f"above this many open connections per process, answer 503 (default {LIMIT_CONCURRENCY})",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -285,6 +388,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["PERLY_WEBHOOK_TOLERANCE"] = str(args.tolerance)
     os.environ["PERLY_WEBHOOK_PATH"] = args.path
     os.environ["PERLY_WEBHOOK_LOG_LEVEL"] = args.log_level
+    os.environ[HEADER_TIMEOUT_ENV] = str(args.header_timeout)
+    os.environ[BODY_TIMEOUT_ENV] = str(args.body_timeout)
     uvicorn.run(
         "destination_perly.webhooks:app_from_env",
         factory=True,
@@ -295,7 +400,9 @@ def main(argv: list[str] | None = None) -> None:
         forwarded_allow_ips=args.forwarded_allow_ips,
         log_level=args.log_level,
         # Stripe retries on timeouts; keep-alive connections are reused between its deliveries.
-        timeout_keep_alive=30,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        http=GuardedH11Protocol,
+        limit_concurrency=args.limit_concurrency,
     )
 
 

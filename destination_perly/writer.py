@@ -15,6 +15,10 @@
   (that model cost as much as the JSON parse itself); other messages still go through the CDK.
   `RecordPreparer` turns a record into its row; both may run in a helper process
   (`input_reader`), the writer then receiving `PreparedRecord`s.
+- Bad input never stops a sync and never reaches the store: a line that is not an Airbyte message is
+  skipped with a warning; a record that cannot be stored as it is (no id, not valid UTF-8, a
+  timestamp beyond 64 bits, a stream the catalog does not configure) is skipped, counted and logged
+  as an error naming its stream, id and line, so it can be looked into and synced again.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from airbyte_cdk.models import (  # type: ignore[attr-defined,unused-ignore]
 )
 
 from destination_perly.ingest import Ingestor
-from destination_perly.store.base import Row
+from destination_perly.store.base import Row, table_for_stream
 
 logger = logging.getLogger("airbyte")
 
@@ -51,6 +55,7 @@ class RawRecord(NamedTuple):
 
     stream: str
     data: Any
+    line: int  # its line of the input, 1-based, for messages about it
 
 
 class PreparedRecord(NamedTuple):
@@ -72,22 +77,60 @@ InputMessage = AirbyteMessage | RawRecord | PreparedRecord | Skipped
 
 
 def parse_input_lines(lines: Iterable[str | bytes]) -> Iterator[InputMessage]:
-    """stdin lines to messages, as the CDK does, except that RECORD lines become `RawRecord`s: building
-    the CDK's model for each record costs more than parsing its JSON. Anything else, or a RECORD the
-    fast path does not recognise, goes through the CDK's serializer (which validates it). A line that
-    is not JSON is skipped, and is not echoed (it may hold customer data)."""
-    for line in lines:
+    """stdin lines to messages, one per line, as the CDK does, except that RECORD lines become
+    `RawRecord`s: building the CDK's model for each record costs more than parsing its JSON. Anything
+    else, or a RECORD the fast path does not recognise, goes through the CDK's serializer (which
+    validates it). A line that is not a message is skipped, and never quoted (it may hold customer
+    data)."""
+    for number, line in enumerate(lines, 1):
         try:
             message = orjson.loads(line)
         except orjson.JSONDecodeError:
-            yield Skipped("ignoring an input line that is not an Airbyte message", record=False)
+            yield _unreadable(line, number)
             continue
-        if isinstance(message, dict) and message.get("type") == "RECORD":
+        is_record = isinstance(message, dict) and message.get("type") == "RECORD"
+        if is_record:
             record = message.get("record")
             if isinstance(record, dict) and isinstance(record.get("stream"), str) and "data" in record:
-                yield RawRecord(record["stream"], record["data"])
+                yield RawRecord(record["stream"], record["data"], number)
                 continue
-        yield AirbyteMessageSerializer.load(message)
+        try:
+            yield AirbyteMessageSerializer.load(message)
+        except ValueError:  # valid JSON that is not a message (the serializer's SchemaValidationError)
+            if is_record:
+                yield Skipped(f"skipped a malformed RECORD at line {number} of the input", record=True)
+            else:
+                yield _not_a_message(number)
+
+
+def _not_a_message(number: int) -> Skipped:
+    return Skipped(f"ignoring line {number} of the input: not an Airbyte message", record=False)
+
+
+def _unreadable(line: str | bytes, number: int) -> Skipped:
+    """A line orjson cannot parse: not JSON, or a message with bytes that are not UTF-8 (then it is
+    read leniently to name the record it held)."""
+    if not isinstance(line, bytes):
+        return _not_a_message(number)
+    try:
+        line.decode()
+        return _not_a_message(number)
+    except UnicodeDecodeError:
+        pass
+    try:
+        message = orjson.loads(line.decode(errors="replace"))
+    except orjson.JSONDecodeError:
+        return _not_a_message(number)
+    record = message.get("record") if isinstance(message, dict) and message.get("type") == "RECORD" else None
+    if not isinstance(record, dict):
+        return _not_a_message(number)
+    return _skipped_record(record.get("stream"), record.get("data"), number, "bytes that are not valid UTF-8")
+
+
+def _skipped_record(stream: object, data: object, line: int, why: str) -> Skipped:
+    record_id = data.get("id") if isinstance(data, dict) else None
+    which = f"record {record_id!r}" if isinstance(record_id, str | int) else "a record"
+    return Skipped(f"skipped {which} of stream {stream!r} at line {line} of the input: {why}", record=True)
 
 
 @dataclass(frozen=True)
@@ -133,6 +176,11 @@ class WriteStats:
     refresh_seconds: float = 0.0
 
 
+# The store's integer columns (SQLite INTEGER, PostgreSQL BIGINT) hold signed 64-bit values.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+VERSION_FIELDS = ("updated", "created")
+
+
 class RecordPreparer:
     """Checks a record and builds its row without touching the store, so it can run in the input
     reader process."""
@@ -140,25 +188,40 @@ class RecordPreparer:
     def __init__(self, ingestor: Ingestor, plans: dict[str, StreamPlan]) -> None:
         self.prepare = ingestor.prepare
         self.generation_ids = {name: plan.generation_id for name, plan in plans.items()}
-        self.seen = 0
 
-    def __call__(self, stream: str, data: object) -> PreparedRecord | Skipped:
-        self.seen += 1
+    def __call__(self, stream: str, data: object, line: int) -> PreparedRecord | Skipped:
+        if stream not in self.generation_ids:
+            # Its table could be another stream's (`customers_stage` is the customers stage table).
+            return _skipped_record(stream, data, line, "the configured catalog has no such stream")
         record_id = data.get("id") if isinstance(data, dict) else None
         if isinstance(record_id, int) and not isinstance(record_id, bool):
             record_id = str(record_id)
         if not isinstance(data, dict) or not isinstance(record_id, str) or not record_id:
             shape = "not an object" if not isinstance(data, dict) else "no string id"
-            where = f"record {self.seen} of the input"
-            return Skipped(f"skipped a malformed record in stream {stream!r} ({where}): {shape}", record=True)
+            return _skipped_record(stream, data, line, shape)
+        for key in VERSION_FIELDS:
+            value = data.get(key)
+            if (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and not INT64_MIN <= value <= INT64_MAX
+            ):
+                return _skipped_record(stream, data, line, f"`{key}` is beyond a 64-bit integer")
         if data["id"] is not record_id:  # an integer id, kept as text like Stripe's
             data = {**data, "id": record_id}
-        # A stream the catalog did not announce is kept, appended by id (no generation).
-        row, ids = self.prepare(stream, data, self.generation_ids.get(stream))
+        row, ids = self.prepare(stream, data, self.generation_ids[stream])
         return PreparedRecord(stream, row, ids)
 
 
 def plans_from_catalog(catalog: ConfiguredAirbyteCatalog) -> dict[str, StreamPlan]:
+    """Raises ValueError when two streams would share a table (`x_stage` is also `x`'s stage table)."""
+    owners: dict[str, str] = {}
+    for configured in catalog.streams:
+        name = configured.stream.name
+        table = table_for_stream(name)
+        for own in (table, f"{table}_stage"):
+            if owners.setdefault(own, name) != name:
+                raise ValueError(f"streams {owners[own]!r} and {name!r} would share the table {own}")
     return {
         s.stream.name: StreamPlan(
             name=s.stream.name,
@@ -205,16 +268,17 @@ class Writer:
         for plan in self.plans.values():
             if plan.staged:
                 self.store.begin_stage(plan.name, plan.generation_id)
-        for message in messages:
+        # One message per input line, so a message's position is its line.
+        for line, message in enumerate(messages, 1):
             if isinstance(message, RawRecord):
-                message = self.preparer(message.stream, message.data)
+                message = self.preparer(message.stream, message.data, message.line)
             elif isinstance(message, AirbyteMessage) and message.type == Type.RECORD and message.record:
-                message = self.preparer(message.record.stream, message.record.data)
+                message = self.preparer(message.record.stream, message.record.data, line)
             if isinstance(message, PreparedRecord):
                 self._add_record(message)
             elif isinstance(message, Skipped):
                 self.stats.malformed += message.record
-                yield _log(Level.ERROR if message.record else Level.INFO, message.message)
+                yield _log(Level.ERROR if message.record else Level.WARN, message.message)
             elif message.type == Type.STATE and message.state is not None:
                 self._note_state_streams(message)
                 self._flush_for_state(message)
@@ -236,7 +300,7 @@ class Writer:
         yield _log(
             Level.INFO,
             f"destination-perly: {self.stats.records} records in {self.stats.flushes} flushes, "
-            f"{self.stats.malformed} malformed skipped, {self.stats.states} states acknowledged, "
+            f"{self.stats.malformed} records skipped, {self.stats.states} states acknowledged, "
             f"{self.stats.refreshed} customers recomputed in {self.stats.refresh_seconds:.1f} s "
             f"({self.stats.refresh_failures} failed)",
         )
@@ -245,8 +309,6 @@ class Writer:
     def _add_record(self, record: PreparedRecord) -> None:
         stream, row = record.stream, record.row
         self.heard_from.add(stream)
-        if stream not in self.plans:  # a stream the catalog did not announce: kept, appended by id
-            self.plans[stream] = StreamPlan(name=stream)
         buffer = self.buffers.setdefault(stream, StreamBuffer())
         buffer.rows.append(row)
         buffer.touched.update(record.customer_ids)

@@ -23,7 +23,7 @@ CHANGE_LINE = re.compile(
     r"failed payments \(30d\) (?P<failed_before>\d+) -> (?P<failed_after>\d+)"
 )
 # A small book whose two real-time days hold failed payments (the test says so if a book change ends that).
-CUSTOMERS, SEED, SYNC_DAYS, REALTIME_DAYS = 80, 7, 7, 2
+CUSTOMERS, SEED, SYNC_DAYS, REALTIME_DAYS = 80, 6, 7, 2
 
 
 def rows(store: Path, sql: str) -> list[dict[str, Any]]:

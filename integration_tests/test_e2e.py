@@ -379,6 +379,14 @@ def test_deleted_customers_are_not_counted_as_live(phases: dict[str, Any], name:
     assert not counted, f"deleted customers with a live health row (deleted = 0): {counted}"
 
 
+@pytest.mark.parametrize("flag", ["flag_payment_failures", "flag_invoice_aging", "flag_downgrade"])
+def test_the_seeded_book_gives_each_flag_to_someone(phases: dict[str, Any], flag: str) -> None:
+    # Keeps the exactness test below from passing on nothing. One phase is enough: a forced
+    # downgrade, for one, may leave Stripe's 30 days of events during the advance.
+    # (A trial ends within 3 days only on some seeds and dates.)
+    assert any(phases[name].flags[flag] & phases[name].customers for name in PHASES)
+
+
 @pytest.mark.parametrize("name", PHASES)
 @pytest.mark.parametrize(
     "flag", ["flag_payment_failures", "flag_invoice_aging", "flag_trial_expiring", "flag_downgrade"]
@@ -395,8 +403,6 @@ def test_flag_is_raised_for_exactly_the_customers_the_scenarios_call_for(
         labelled = {c for c, labels in phase.scenarios.items() if "downgraded" in labels}
         raised -= labelled - expected
 
-    if flag != "flag_trial_expiring":  # a trial ends within 3 days only on some seeds and dates
-        assert expected, f"the seeded book should give {flag} to someone"
     details = {
         c: (sorted(phase.scenarios.get(c, ())), live_health(phase)[c]["risk_reasons"])
         for c in raised ^ expected

@@ -42,6 +42,18 @@ from destination_perly.health.values import (
 )
 
 
+def _unpriced_plan_id(live_subs: list[StripeObject]) -> str | None:
+    """The price of a live or trialing subscription whose amount cannot be told (a tiered price whose
+    tiers the key cannot read, never billed yet): its plan is known all the same."""
+    for sub in live_subs:
+        if sub.get("status") in ("active", "past_due", "trialing"):
+            for raw in as_list(sub.get("items")):
+                price = as_dict(as_dict(raw).get("price"))
+                if isinstance(price.get("id"), str):
+                    return str(price["id"])
+    return None
+
+
 def _live(objects: list[StripeObject], name: str, problems: list[str]) -> list[StripeObject]:
     """Well-formed, not deleted objects, in a stable order (by id) so output never depends on input order."""
     listed = objects if isinstance(objects, list) else []
@@ -221,7 +233,7 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
         mrr_by_currency=mrr_by_currency,
         mrr_30d_ago=mrr_30d_ago,
         mrr_change_30d=mrr - mrr_30d_ago,
-        plan_id=(plan_item.price_id or plan_item.plan_id) if plan_item else None,
+        plan_id=(plan_item.price_id or plan_item.plan_id) if plan_item else _unpriced_plan_id(live_subs),
         plan_tier=plan_tier.name if plan_tier else None,
         subscription_health=subscription_health(subscriptions, invoices, policy, as_of, history.ever_counted),
         payment_risk=payment_risk(facts),

@@ -62,6 +62,10 @@ class StoreError(Exception):
     """A store problem worth showing to the user as is (never contains secrets)."""
 
 
+class StoreUnreachable(StoreError):
+    """The store cannot be reached now (connection refused, server restarting): worth a retry."""
+
+
 class Row(NamedTuple):
     """One record as stored: the columns the health code and readers need, plus the raw JSON."""
 

@@ -17,7 +17,7 @@ from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 
 from destination_perly.private_files import private_temp_file
-from destination_perly.store.base import CustomerIdsOf, Store, StoreError
+from destination_perly.store.base import CustomerIdsOf, Store, StoreError, StoreUnreachable
 
 CONNECT_TIMEOUT_S = 10
 
@@ -29,6 +29,33 @@ def _pg_sql(text: str) -> str:
 
 def scrub(message: str, secret: str | None) -> str:
     return message.replace(secret, "***") if secret else message
+
+
+# SQLSTATEs of a server that dropped the connection, is shutting down or starting, or is full.
+UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+# libpq's own errors carry no SQLSTATE: these words say the server is not there now.
+UNREACHABLE_PHRASES = (
+    "connection refused",
+    "timeout expired",
+    "server closed the connection",
+    "the connection is closed",
+    "connection reset",
+    "the database system is",  # starting up, shutting down, in recovery mode
+    "too many clients",
+    "no route to host",
+    "network is unreachable",
+)
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """A PostgreSQL error that means "try again later" (refused, lost, restarting), not "fix the
+    configuration" (a wrong password or database name)."""
+    if not isinstance(error, psycopg.OperationalError):
+        return False
+    if error.sqlstate:
+        return error.sqlstate.startswith(UNREACHABLE_SQLSTATES)
+    text = str(error).lower()
+    return any(phrase in text for phrase in UNREACHABLE_PHRASES)
 
 
 class PostgresStore(Store):
@@ -90,7 +117,8 @@ class PostgresStore(Store):
         except psycopg.Error as exc:
             self._remove_ca_file()
             # libpq messages name host, port and user, never the password; scrub it anyway.
-            raise StoreError(f"cannot connect to PostgreSQL: {scrub(str(exc).strip(), password)}") from None
+            error = StoreUnreachable if is_unreachable(exc) else StoreError
+            raise error(f"cannot connect to PostgreSQL: {scrub(str(exc).strip(), password)}") from None
         self._sql_cache: dict[str, str] = {}
 
     def _convert(self, text: str) -> str:

@@ -63,6 +63,14 @@ def ids(store: Store, stream: str) -> list[str]:
     return [str(r["id"]) for r in store.query(f"SELECT id FROM {table} ORDER BY id")]
 
 
+# Every stream these tests write: the writer takes only the streams its catalog configures.
+STREAMS = ("customers", "subscriptions", "invoices", "charges", "coupons", "prices", "products", "events")
+
+
+def every_stream() -> dict[str, StreamPlan]:
+    return plans_from_catalog(catalog(*(configured(name) for name in STREAMS)))
+
+
 def make_writer(
     store: Store,
     plans: dict[str, StreamPlan] | None = None,
@@ -70,7 +78,7 @@ def make_writer(
     engine: FakeEngine | None = None,
 ) -> Writer:
     ingestor = Ingestor(store, HealthConfig(), evaluate=engine or FakeEngine(), customer_ids=customer_ids)
-    return Writer(ingestor, plans or {}, as_of=lambda: AS_OF, limits=limits)
+    return Writer(ingestor, plans or every_stream(), as_of=lambda: AS_OF, limits=limits)
 
 
 def states_of(output: Iterable[AirbyteMessage]) -> list[AirbyteMessage]:
@@ -262,17 +270,52 @@ def test_given_a_refresh_that_retains_then_older_generations_stay(store: SqliteS
     assert ids(store, "coupons") == ["co_gen1", "co_gen2"]
 
 
-def test_given_an_unknown_stream_and_new_fields_then_they_are_stored(store: SqliteStore) -> None:
+def test_given_new_fields_then_they_are_stored(store: SqliteStore) -> None:
     plans = plans_from_catalog(catalog(configured("customers")))
-    messages = [
-        record("customers", customer("cus_1", brand_new={"nested": True})),
-        record("payouts", {"id": "po_1", "amount": 5, "updated": 3}),
-    ]
-    list(make_writer(store, plans).write(messages))
+    list(
+        make_writer(store, plans).write([record("customers", customer("cus_1", brand_new={"nested": True}))])
+    )
     assert orjson.loads(store.query("SELECT data FROM stripe_customers")[0]["data"])["brand_new"] == {
         "nested": True
     }
-    assert ids(store, "payouts") == ["po_1"]
+
+
+def test_given_a_stream_the_catalog_does_not_configure_then_its_records_are_skipped_and_named(
+    store: SqliteStore,
+) -> None:
+    plans = plans_from_catalog(catalog(configured("customers", DestinationSyncMode.overwrite)))
+    writer = make_writer(store, plans)
+    messages = [
+        record("customers", customer("cus_1")),
+        record("customers_stage", customer("cus_evil")),  # its table is the customers stage table
+        record("payouts", {"id": "po_1", "amount": 5, "updated": 3}),
+        stream_state("customers", 1),
+        status("customers", AirbyteStreamStatus.COMPLETE),
+    ]
+    output = list(writer.write(messages))
+    errors = [m.log.message for m in output if m.type == Type.LOG and m.log.level == Level.ERROR]
+    assert errors == [
+        "skipped record 'cus_evil' of stream 'customers_stage' at line 2 of the input: "
+        "the configured catalog has no such stream",
+        "skipped record 'po_1' of stream 'payouts' at line 3 of the input: "
+        "the configured catalog has no such stream",
+    ]
+    assert writer.stats.malformed == 2
+    assert len(states_of(output)) == 1
+    assert ids(store, "customers") == ["cus_1"]
+    assert ids(store, "payouts") == []
+
+
+def test_given_a_catalog_whose_streams_share_a_table_then_it_is_refused() -> None:
+    with pytest.raises(
+        ValueError, match="'customers' and 'customers_stage' would share the table stripe_customers_stage"
+    ):
+        plans_from_catalog(catalog(configured("customers"), configured("customers_stage")))
+    with pytest.raises(
+        ValueError, match="'customers_stage' and 'customers' would share the table stripe_customers_stage"
+    ):
+        plans_from_catalog(catalog(configured("customers_stage"), configured("customers")))
+    assert set(plans_from_catalog(catalog(configured("customers"), configured("customers")))) == {"customers"}
 
 
 def test_given_malformed_records_then_they_are_logged_counted_and_skipped(store: SqliteStore) -> None:
@@ -434,7 +477,7 @@ def test_given_a_long_sync_then_touched_customers_are_recomputed_at_a_state_once
     ingestor = Ingestor(store, HealthConfig(), evaluate=engine, customer_ids=customer_ids)
     writer = Writer(
         ingestor,
-        {},
+        every_stream(),
         as_of=lambda: AS_OF,
         limits=WriterLimits(refresh_interval_s=60),
         monotonic=lambda: clock["now"],
@@ -509,9 +552,80 @@ def test_given_a_line_that_is_not_json_then_it_is_skipped_without_echoing_it(sto
         b"oops sk_live_x",
     ]
     output = list(make_writer(store).write(parse_input_lines(lines)))
-    logged = [m.log.message for m in output if m.type == Type.LOG and m.log.level == Level.INFO]
-    assert logged.count("ignoring an input line that is not an Airbyte message") == 2
+    logged = [m.log.message for m in output if m.type == Type.LOG and m.log.level == Level.WARN]
+    assert logged == [
+        "ignoring line 1 of the input: not an Airbyte message",
+        "ignoring line 2 of the input: not an Airbyte message",
+    ]
     assert not any("sk_live_x" in message or "cus_1" in message for message in logged)
     assert ids(store, "customers") == []
     parsed = list(parse_input_lines([b'{"type": "LOG", "log": {"level": "INFO", "message": "hi"}}']))
     assert [m.type for m in parsed] == [Type.LOG]  # anything but a record goes through the CDK models
+
+
+# Hostile input between good records and states: what each line becomes, and the messages logged.
+BAD_INPUT = [
+    as_lines([record("customers", customer("cus_1"))])[0],
+    b'{"foo": 1}',
+    b"[1, 2]",
+    as_lines([stream_state("customers", 1)])[0],
+    as_lines([record("customers", customer("cus_2", name="Jos"))])[0].replace(b"Jos", b"Jos\xe9"),
+    as_lines([record("customers", customer("cus_3", updated=2**63))])[0],
+    as_lines([record("customers", customer("cus_4", created=1))])[0].replace(
+        b'"created":1', b'"created":1' + b"0" * 22
+    ),
+    b"oops sk_live_x",
+    b'{"type": "RECORD", "record": {"stream": 5}}',
+    as_lines([record("customers", customer("cus_5"))])[0],
+    as_lines([stream_state("customers", 2)])[0],
+    as_lines([record("customers_stage", customer("cus_6"))])[0],
+]
+BAD_INPUT_LOGS = [
+    ("WARN", "ignoring line 2 of the input: not an Airbyte message"),
+    ("WARN", "ignoring line 3 of the input: not an Airbyte message"),
+    (
+        "ERROR",
+        "skipped record 'cus_2' of stream 'customers' at line 5 of the input: bytes that are not valid UTF-8",
+    ),
+    (
+        "ERROR",
+        "skipped record 'cus_3' of stream 'customers' at line 6 of the input: "
+        "`updated` is beyond a 64-bit integer",
+    ),
+    (
+        "ERROR",
+        "skipped record 'cus_4' of stream 'customers' at line 7 of the input: "
+        "`created` is beyond a 64-bit integer",
+    ),
+    ("WARN", "ignoring line 8 of the input: not an Airbyte message"),
+    ("ERROR", "skipped a malformed RECORD at line 9 of the input"),
+    (
+        "ERROR",
+        "skipped record 'cus_6' of stream 'customers_stage' at line 12 of the input: "
+        "the configured catalog has no such stream",
+    ),
+]
+
+
+@pytest.mark.parametrize("path", ["in process", "reader process"])
+def test_given_hostile_lines_then_each_is_skipped_and_named_and_the_rest_is_stored_and_acknowledged(
+    tmp_path: Path, path: str
+) -> None:
+    with pytest.raises(UnicodeDecodeError):  # the line really holds a byte that is not UTF-8
+        BAD_INPUT[4].decode()
+    store = SqliteStore(tmp_path / "perly.db")
+    writer = make_writer(store)
+    stream = (
+        parse_input_lines(BAD_INPUT) if path == "in process" else read_in_helper(BAD_INPUT, writer.preparer)
+    )
+
+    output = list(writer.write(stream))
+
+    logs = [(m.log.level.value, m.log.message) for m in output if m.type == Type.LOG]  # type: ignore[union-attr]
+    assert logs[:-1] == BAD_INPUT_LOGS
+    assert "5 records skipped" in logs[-1][1]
+    assert [m.state.stream.stream_state.updated for m in states_of(output)] == [1, 2]  # type: ignore[union-attr]
+    assert ids(store, "customers") == ["cus_1", "cus_5"]
+    assert writer.stats.malformed == 5
+    assert not any("sk_live_x" in message for _, message in logs)
+    store.close()

@@ -207,7 +207,7 @@ def test_past_due_is_given_per_currency_and_in_the_main_currency_without_mrr_or_
 
     assert found.past_due_by_currency == {"eur": 700, "usd": 500}
     assert (found.currency, found.past_due_amount) == ("eur", 700)
-    assert "7.00 EUR, 5.00 USD outstanding" in " ".join(found.risk_reasons)
+    assert "EUR 7.00, USD 5.00 outstanding" in " ".join(found.risk_reasons)
 
 
 def test_past_due_in_another_currency_than_mrr_stays_in_past_due_by_currency() -> None:

@@ -155,6 +155,28 @@ def test_given_an_event_type_not_used_then_200_and_nothing_stored(receiver: Rece
     assert "stripe_events" not in receiver.store.tables()
 
 
+def test_given_an_event_at_another_api_version_then_a_warning_and_healthz_counts_it(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrongly registered endpoint applies nothing: it must show, not pass as quiet success."""
+    dispute = {"id": "dp_1", "object": "dispute", "charge": "ch_1", "amount": 100}
+    with caplog.at_level("INFO", logger="perly.webhooks"):
+        statuses = post_all(
+            receiver,
+            event("customer.created", customer(), T0, api_version="2020-08-27"),
+            event("charge.dispute.created", dispute, T0),
+        )
+    assert statuses == ["ignored", "ignored"]
+    assert [
+        (r.levelname, "2020-08-27" in r.getMessage()) for r in caplog.records if "ignored" in r.getMessage()
+    ] == [
+        ("WARNING", True),
+        ("INFO", False),
+    ]
+    stats = receiver.client.get("/healthz").json()
+    assert (stats["ignored"], stats["wrong_api_version"], stats["accepted"]) == (2, 1, 0)
+
+
 def test_given_a_signed_body_that_is_not_an_event_then_400(receiver: Receiver) -> None:
     body = b'{"object": "list", "data": []}'
     from unit_tests.webhooks.builders import sign
@@ -174,6 +196,7 @@ def test_healthz_reports_counts_and_no_secret(receiver: Receiver) -> None:
     post_all(receiver, event("customer.created", customer(), T0))
     response = receiver.client.get("/healthz")
     assert response.status_code == 200
+    assert response.json()["store"] == "ok"
     assert response.json()["accepted"] == 1
     assert response.json()["applied"] == 1
     assert SECRET not in response.text

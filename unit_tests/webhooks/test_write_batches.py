@@ -1,0 +1,84 @@
+"""Under a burst the receiver stores the queued events in one transaction; one bad event among them
+fails alone, the others are stored and acknowledged."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from destination_perly.config import open_store, parse_config
+from destination_perly.ingest import Ingestor, customer_ids_of
+from destination_perly.webhook_apply import Outcome, WebhookProcessor
+from destination_perly.webhook_events import plan_event
+from unit_tests.webhooks.builders import T0, customer, event
+from unit_tests.webhooks.conftest import FakeClock, sqlite_config
+
+
+class GatedIngestor(Ingestor):
+    """Holds the write of `cus_first` until released; fails every write of `cus_poison`."""
+
+    entered = threading.Event()
+    gate = threading.Event()
+
+    def upsert(self, stream: str, records: Any, *args: Any, **kwargs: Any) -> set[str]:
+        ids = {record.get("id") for record in records}
+        if "cus_first" in ids:
+            self.entered.set()
+            self.gate.wait(20)
+        if "cus_poison" in ids:
+            raise ValueError("cannot store this one")
+        return super().upsert(stream, records, *args, **kwargs)
+
+
+def test_given_queued_events_then_they_are_stored_together_and_a_bad_one_fails_alone(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("destination_perly.webhook_apply.RETRY_BASE_SECONDS", 0.001)
+    config = parse_config(sqlite_config(tmp_path))
+
+    def make_store() -> Any:
+        store = open_store(config.store, customer_ids_of)
+        store.ensure_schema()
+        return store
+
+    batches: list[int] = []
+    write_all = WebhookProcessor._write_all
+
+    def spy(connection: Any, plans: list[Any]) -> Any:
+        batches.append(len(plans))
+        return write_all(connection, plans)
+
+    monkeypatch.setattr(WebhookProcessor, "_write_all", staticmethod(spy))
+    processor = WebhookProcessor(make_store, lambda store: GatedIngestor(store, config.health), clock, None)
+    processor.start()
+    try:
+        first = processor.submit(plan_event(event("customer.created", customer("cus_first"), T0)))
+        assert GatedIngestor.entered.wait(20)  # the writer is busy with it: the next ones queue up
+        queued = [
+            processor.submit(plan_event(event("customer.created", customer(name), T0)))
+            for name in ("cus_a", "cus_poison", "cus_b")
+        ]
+        GatedIngestor.gate.set()
+
+        assert first.result(20) is Outcome.ACCEPTED
+        assert queued[0].result(20) is Outcome.ACCEPTED
+        with pytest.raises(ValueError, match="cannot store this one"):
+            queued[1].result(20)
+        assert queued[2].result(20) is Outcome.ACCEPTED
+        assert processor.wait_idle(20)
+    finally:
+        processor.stop()
+
+    assert batches == [3]  # the three queued behind the first, tried as one transaction
+    assert processor.stats()["accepted"] == 3
+    assert processor.stats()["write_failed"] == 1
+    reader = open_store(config.store)
+    assert [r["id"] for r in reader.query("SELECT id FROM stripe_customers ORDER BY id")] == [
+        "cus_a",
+        "cus_b",
+        "cus_first",
+    ]
+    reader.close()
