@@ -17,7 +17,7 @@ from destination_perly.ingest import customer_ids_of
 from destination_perly.webhook_events import plan_event
 from integration_tests.stripe_emulator import API_VERSION as EMULATED_VERSION
 from source_perly_stripe.client import API_VERSION as SENT_VERSION
-from stripe_vocabulary import API_VERSION, EVENT_TYPES, event_change, tombstone
+from stripe_vocabulary import API_VERSION, EVENT_TYPES, OBJECT_TYPES, event_change, tombstone
 from unit_tests.source.builders import stripe_fixture
 from unit_tests.source.fake_stripe import FakeStripe
 from unit_tests.source.test_read import NOW, events_mode_state, records, sync
@@ -62,21 +62,14 @@ CARRIED = {
     "plan.": "plan",
     "product.": "product",
 }
-STREAM_FIXTURE = {
-    "customers": "customer",
-    "subscriptions": "subscription",
-    "invoices": "invoice",
-    "charges": "charge",
-    "coupons": "coupon",
-    "prices": "price",
-    "products": "product",
-}
 
 
 def account() -> dict[str, dict[str, Any]]:
     """Stripe's example objects, linked to each other (the fixtures' charge is a guest's) and created
     inside the synced range."""
-    objects = {name: stripe_fixture(name) for name in (*STREAM_FIXTURE.values(), *CARRIED.values())}
+    objects = {
+        name: stripe_fixture(name) for name in (*OBJECT_TYPES.values(), *CARRIED.values()) if name != "event"
+    }
     customer_id, charge_id = objects["customer"]["id"], objects["charge"]["id"]
     objects["charge"]["customer"] = customer_id
     objects["discount"]["customer"] = customer_id
@@ -94,7 +87,7 @@ def carried_object(event_type: str, objects: dict[str, dict[str, Any]]) -> dict[
 
 def expected(stream: str, event_type: str, objects: dict[str, dict[str, Any]]) -> tuple[str, bool, list[str]]:
     """(object id, deleted, owners) of what an event about this stream's example object must store."""
-    changed = objects[STREAM_FIXTURE[stream]]
+    changed = objects[OBJECT_TYPES[stream]]
     owner_field = OWNER_FIELD[stream]
     owners = [changed[owner_field]] if owner_field else []
     return changed["id"], DELETES.get(event_type) == stream, owners
@@ -107,7 +100,7 @@ def stored(stream: str, record: dict[str, Any]) -> tuple[str, bool, list[str]]:
 def via_sync(stream: str, event_type: str, objects: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """What the source emits for this stream after reading the event (an incremental sync)."""
     fake = FakeStripe()
-    changed = objects[STREAM_FIXTURE[stream]]
+    changed = objects[OBJECT_TYPES[stream]]
     fake.objects[stream][changed["id"]] = changed
     fake.add_event(event_type, carried_object(event_type, objects), CURSOR + 100)
     if event_type in DELETES:
