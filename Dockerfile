@@ -1,7 +1,9 @@
 # One Dockerfile, one image per connector:
 #   podman build --target source      -t local/source-perly-stripe:0.1.0 .
 #   podman build --target destination -t local/destination-perly:0.1.0 .
-# Both start from Airbyte's Python connector base image and run as its non-root user `airbyte`.
+# Both start from Airbyte's Python connector base image and run as its non-root user `airbyte`. Both
+# also hold every console script of the package (perly, perly-report, perly-webhooks) in
+# /opt/perly/bin, on PATH: `--entrypoint perly` runs a sync outside Airbyte.
 ARG BASE_IMAGE=docker.io/airbyte/python-connector-base:4.0.0
 
 FROM ${BASE_IMAGE} AS install
@@ -14,14 +16,16 @@ WORKDIR /airbyte/integration_code
 # and doc edits do not re-download them. Their build/ goes too: its empty files are newer than the
 # copied code and setuptools would install them instead.
 COPY pyproject.toml ./
-RUN mkdir -p source_perly_stripe destination_perly stripe_vocabulary \
-    && touch README.md source_perly_stripe/__init__.py destination_perly/__init__.py stripe_vocabulary/__init__.py \
+RUN mkdir -p source_perly_stripe destination_perly perly_runner stripe_vocabulary \
+    && touch README.md source_perly_stripe/__init__.py destination_perly/__init__.py perly_runner/__init__.py \
+        stripe_vocabulary/__init__.py \
     && pip install -q . \
     && pip uninstall -q -y perly-stripe \
     && rm -rf build *.egg-info
 COPY README.md ./
 COPY source_perly_stripe ./source_perly_stripe
 COPY destination_perly ./destination_perly
+COPY perly_runner ./perly_runner
 COPY stripe_vocabulary ./stripe_vocabulary
 RUN pip install -q --no-deps . && rm -rf build *.egg-info
 

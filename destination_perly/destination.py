@@ -263,7 +263,7 @@ class DestinationPerly(Destination):
 
     def spec(self, logger: logging.Logger) -> ConnectorSpecification:
         return ConnectorSpecification(
-            documentationUrl="https://github.com/perly/perly-stripe",
+            documentationUrl="https://github.com/perly/perly-stripe",  # pyproject's Documentation URL
             connectionSpecification=connection_specification(),
             supportsIncremental=True,
             supported_destination_sync_modes=[

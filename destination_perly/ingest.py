@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from destination_perly.health.model import CustomerBundle, CustomerEvaluation, HealthConfig, MrrSnapshot
+from destination_perly.health.mrr import known_discounts, unknown_discount_ids, with_known_discounts
 from destination_perly.store.base import Record, Row, Store, make_row
 from stripe_vocabulary import customer_of
 
@@ -210,12 +211,43 @@ class Ingestor:
         """Stores records (newer `updated` wins) and returns the customers they touch."""
         rows: list[Row] = []
         touched: set[str] = set()
-        for record in records:
-            row, ids = self.prepare(stream, record, generation_id)
-            rows.append(row)
-            touched.update(ids)
-        self.upsert_rows(stream, rows, touched, stage)
+        with self.store.transaction():  # the stored versions read below are the ones overwritten
+            if stream == "subscriptions":
+                records = self.with_stored_discounts(records)
+            for record in records:
+                row, ids = self.prepare(stream, record, generation_id)
+                rows.append(row)
+                touched.update(ids)
+            self.upsert_rows(stream, rows, touched, stage)
         return touched
+
+    def with_stored_discounts(self, subscriptions: Iterable[Record]) -> list[Record]:
+        """Subscriptions with each discount they (or their items) name by id only, as an event's payload
+        does, replaced by the object of that id in their stored version (read with the discounts
+        expanded; a discount never changes but for its `end`), so that a webhook does not make MRR
+        forget a discount until the next sync. An id the stored version does not have is stored as it
+        is: the health engine looks it up in the customer's discount events, else names it in the
+        health row's `limitations`."""
+        subscriptions = list(subscriptions)
+        named = [
+            sub["id"] for sub in subscriptions if isinstance(sub.get("id"), str) and unknown_discount_ids(sub)
+        ]
+        if not named:
+            return subscriptions
+        stored = self.store.load_records("subscriptions", named)
+        expanded: list[Record] = []
+        for sub in subscriptions:
+            if sub.get("id") in stored:
+                sub = with_known_discounts(sub, known_discounts(stored[sub["id"]]))
+            if unknown := unknown_discount_ids(sub):
+                logger.warning(
+                    "subscription %s names discounts %s by id only and its stored version does not have"
+                    " them: its MRR leaves them out until a discount event or the next sync tells them",
+                    sub.get("id"),
+                    ", ".join(unknown),
+                )
+            expanded.append(sub)
+        return expanded
 
     def upsert_rows(self, stream: str, rows: list[Row], touched: set[str], stage: bool = False) -> None:
         """One transaction: the rows and the dirty marks of their customers."""

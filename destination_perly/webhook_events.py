@@ -14,6 +14,10 @@ from stripe_vocabulary import API_VERSION, EVENTS_STREAM, event_change, tombston
 
 StripeObject = dict[str, Any]
 
+# Objects stored as their event only: a subscription's event names its discounts by id, and the health
+# engine finds the objects in the customer's `customer.discount.*` events (as after a sync).
+EVENT_ONLY_OBJECTS = frozenset({"discount"})
+
 
 class MalformedEvent(ValueError):
     """A verified body that is not a Stripe event we can read (no id, type, created or object)."""
@@ -57,31 +61,29 @@ def plan_event(event: Any) -> EventPlan:
     if plan.object_id is None:
         # e.g. `invoice.upcoming`: a preview with no id, nothing to store (and no reason for a retry).
         return _ignored(plan, f"{object_type} without an id")
-    # Which object changes, and whether it is gone, as the source reads the same event.
+    # Which object changes, and whether it is gone, as the source reads the same event. Only an event
+    # that carries that object (or deletes it) can be stored as it: for a related object (a dispute, a
+    # plan's face of a price) the next sync fetches the object it changed.
     change = event_change(event)
-    if change is None or not (change.deleted or change.carries_object):
-        # A related object (a dispute, a discount, a plan's face of a price): the next sync fetches
-        # the object it changed.
+    stored = change if change is not None and (change.deleted or change.carries_object) else None
+    if stored is None and object_type not in EVENT_ONLY_OBJECTS:
         return _ignored(plan, f"object type {object_type!r} is not used by the health engine")
-    stream = change.stream
     api_version = event.get("api_version")
     if api_version is not None and api_version != API_VERSION:
         # Another version's shapes would overwrite good data with fields the mapping cannot read.
         reason = f"api_version {api_version!r} is not the pinned {API_VERSION!r}"
         return _ignored(plan, reason, wrong_api_version=True)
 
-    if change.deleted:
-        record = tombstone(stream, change.object_id, change.customer, created)
-    else:
-        record = {**obj, "updated": created}
     # The events stream's cursor is `created`; `updated` is set too so the store orders every stream alike.
-    event_record = {**event, "updated": created}
+    records: dict[str, list[StripeObject]] = {EVENTS_STREAM: [{**event, "updated": created}]}
+    if stored is not None:
+        if stored.deleted:
+            record = tombstone(stored.stream, stored.object_id, stored.customer, created)
+        else:
+            record = {**obj, "updated": created}
+        records = {stored.stream: [record], **records}
     return EventPlan(
-        event_id=event_id,
-        event_type=event_type,
-        created=created,
-        object_id=plan.object_id,
-        records={stream: [record], EVENTS_STREAM: [event_record]},
+        event_id=event_id, event_type=event_type, created=created, object_id=plan.object_id, records=records
     )
 
 

@@ -22,18 +22,9 @@ from typing import Any
 
 import pytest
 
-from integration_tests.demo import (
-    LADDER,
-    SyncFailed,
-    configured_catalog,
-    discover,
-    emulator_source_config,
-    iso,
-    plan_tiers,
-    run_sync,
-    write_json,
-)
+from integration_tests.demo import LADDER, emulator_source_config, iso, plan_tiers
 from integration_tests.stripe_emulator import Emulator
+from perly_runner.pipeline import SyncFailed, configured_catalog, discover, run_sync, write_json
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 

@@ -71,6 +71,26 @@ def health_mrr(db: Path) -> dict[str, dict[str, int]]:
     return found
 
 
+def subscription_payloads(db: Path, after: int) -> dict[str, set[str]]:
+    """Customers by what their subscription events since `after` show in their payloads: "discount ids"
+    (discounts named by id, the subscription's or an item's) and "items in part" (`items.has_more`)."""
+    connection = sqlite3.connect(db)
+    found: dict[str, set[str]] = {"discount ids": set(), "items in part": set()}
+    for customer, data in connection.execute(
+        "SELECT customer_id, data FROM stripe_events"
+        " WHERE type LIKE 'customer.subscription.%' AND created > ?",
+        (after,),
+    ):
+        sub = orjson.loads(data)["data"]["object"]
+        items = sub["items"]["data"]
+        if any(isinstance(d, str) for d in sub["discounts"] + [d for i in items for d in i["discounts"]]):
+            found["discount ids"].add(customer)
+        if sub["items"]["has_more"]:
+            found["items in part"].add(customer)
+    connection.close()
+    return found
+
+
 def as_counter(rows: list[dict[str, Any]]) -> Counter[tuple[Any, ...]]:
     return Counter(tuple(sorted(row.items())) for row in rows)
 
@@ -154,6 +174,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             second[name] = history_rows(pipeline.db)
         mrr = {name: health_mrr(pipeline.db) for name, pipeline in pipelines.items()}
     return {
+        "payloads": subscription_payloads(pipelines["webhooks"].db, start),
         "start": iso(start),
         "end": iso(end),
         "first": first,
@@ -218,11 +239,13 @@ def story(
     )
 
 
-# Known bug, outside the history: while the receiver applies the advance, a subscription stored from
-# a webhook payload names its discounts by id only, so MRR is computed without them until the next
-# sync expands them again (e.g. 2900 instead of 2320); the history faithfully records that detour.
+# Known gap, outside the history: a webhook's payload lists only the first 20 of a subscription's items
+# (`items.has_more`); the receiver cannot read the rest, so MRR leaves them out, and the health row says
+# so, until the next sync reads them again; the history faithfully records that detour (e.g. -2700 and
+# +2700 for the 3 add-ons of a 23-item subscription renewed during the advance).
 WEBHOOK_MRR_DRIFT = pytest.mark.xfail(
-    strict=True, reason="webhook payloads carry discount ids: MRR drifts between the syncs (issue 10)"
+    strict=True,
+    reason="webhook payloads list a subscription's first 20 items only: MRR drifts between the syncs",
 )
 
 
@@ -233,6 +256,27 @@ def test_given_the_same_advance_then_movements_have_the_same_kind_currency_and_d
     full, other = (story(runs, p, "perly_mrr_movements", MOVEMENT_FIELDS, name) for p in ("full", name))
     assert len(full) >= 5, "the advance should move some MRR"
     assert other == full, f"only with the full key: {full - other}; only with {name}: {other - full}"
+
+
+def test_given_webhooks_naming_discounts_by_id_then_movements_are_the_same_as_the_syncs(
+    runs: dict[str, Any],
+) -> None:
+    """The webhooks' story matches the full key's for every customer but those whose subscription a
+    payload listed in part (the known gap above)."""
+    in_part = runs["payloads"]["items in part"]
+    full, other = (
+        Counter(
+            {
+                row: n
+                for row, n in story(runs, p, "perly_mrr_movements", MOVEMENT_FIELDS, "webhooks").items()
+                if row[0] not in in_part
+            }
+        )
+        for p in ("full", "webhooks")
+    )
+    assert runs["payloads"]["discount ids"] - in_part, "some payloads should name discounts by id"
+    assert len(full) >= 5, "the advance should move some MRR"
+    assert other == full, f"only with the full key: {full - other}; only with webhooks: {other - full}"
 
 
 @pytest.mark.parametrize("name", ["restricted", "webhooks"])

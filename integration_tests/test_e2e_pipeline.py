@@ -1,5 +1,6 @@
-"""The pipe `make demo` and the end-to-end tests run (integration_tests/demo.py), with stand-in
-connectors: which streams it asks for, and that it keeps only the state the destination echoed."""
+"""The pipe `perly sync`, `make demo` and the end-to-end tests run (perly_runner/pipeline.py), with
+stand-in connectors: which streams it asks for, that it keeps only the state the destination echoed,
+and that the connectors' copies of the configs (they hold the key) do not outlive the run."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from integration_tests import demo
+from perly_runner import cli, pipeline
 
 
 def stream(name: str, modes: list[str], cursor: str = "updated") -> dict[str, Any]:
@@ -35,7 +37,7 @@ CATALOG = {
 
 
 def test_catalog_asks_incremental_dedup_where_supported_and_overwrite_elsewhere() -> None:
-    configured = {s["stream"]["name"]: s for s in demo.configured_catalog(CATALOG)["streams"]}
+    configured = {s["stream"]["name"]: s for s in pipeline.configured_catalog(CATALOG)["streams"]}
 
     assert configured["customers"]["sync_mode"] == "incremental"
     assert configured["customers"]["destination_sync_mode"] == "append_dedup"
@@ -49,7 +51,7 @@ def test_catalog_asks_incremental_dedup_where_supported_and_overwrite_elsewhere(
 
 
 def test_catalog_can_be_limited_to_named_streams() -> None:
-    names = [s["stream"]["name"] for s in demo.configured_catalog(CATALOG, ["events"])["streams"]]
+    names = [s["stream"]["name"] for s in pipeline.configured_catalog(CATALOG, ["events"])["streams"]]
 
     assert names == ["events"]
 
@@ -63,17 +65,17 @@ def stream_state(name: str, cursor: int) -> dict[str, Any]:
 
 def test_ledger_keeps_the_latest_state_per_stream_and_saves_it(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
-    ledger = demo.StateLedger(path, [stream_state("customers", 1)])
+    ledger = pipeline.StateLedger(path, [stream_state("customers", 1)])
 
     ledger.acknowledge(stream_state("invoices", 5))
     ledger.acknowledge(stream_state("customers", 9))
 
     assert json.loads(path.read_text()) == [stream_state("customers", 9), stream_state("invoices", 5)]
-    assert demo.load_state(path) == ledger.messages()
+    assert pipeline.load_state(path) == ledger.messages()
 
 
 def test_ledger_global_state_replaces_everything_before_it(tmp_path: Path) -> None:
-    ledger = demo.StateLedger(None, [stream_state("customers", 1)])
+    ledger = pipeline.StateLedger(None, [stream_state("customers", 1)])
     global_state = {"type": "GLOBAL", "global": {"shared_state": {"t": 3}, "stream_states": []}}
 
     ledger.acknowledge(global_state)
@@ -121,7 +123,7 @@ def use_connectors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str,
         path.write_text(f"#!{sys.executable}\n{body}")
         path.chmod(0o755)
         scripts[name] = str(path)
-    monkeypatch.setattr(demo, "executable", scripts.__getitem__)
+    monkeypatch.setattr(pipeline, "executable", scripts.__getitem__)
 
 
 @pytest.fixture
@@ -133,12 +135,13 @@ def test_when_the_destination_dies_then_the_source_is_stopped_and_the_destinatio
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     use_connectors(tmp_path, monkeypatch, ENDLESS_SOURCE, FAKE_DESTINATION)
-    catalog = demo.configured_catalog(CATALOG, ["customers"])
+    catalog = pipeline.configured_catalog(CATALOG, ["customers"])
     outcome: list[BaseException] = []
 
     def sync() -> None:
         try:
-            demo.run_sync(tmp_path / "run", {"api_key": "sk_test_x"}, {}, catalog, tmp_path / "state.json")
+            state = tmp_path / "state.json"
+            pipeline.run_sync(tmp_path / "run", {"api_key": "sk_test_x"}, {}, catalog, state)
         except BaseException as error:
             outcome.append(error)
 
@@ -147,19 +150,47 @@ def test_when_the_destination_dies_then_the_source_is_stopped_and_the_destinatio
     runner.join(timeout=60)
 
     assert not runner.is_alive(), "the sync hung: the source was left blocked on a full pipe"
-    assert isinstance(outcome[0], demo.SyncFailed)
+    assert isinstance(outcome[0], pipeline.SyncFailed)
     assert "destination exited with 1: store is full" in str(outcome[0])
 
 
 @pytest.mark.usefixtures("fake_connectors")
 def test_only_state_the_destination_echoed_is_kept_and_its_error_is_reported(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
-    catalog = demo.configured_catalog(CATALOG, ["customers"])
+    catalog = pipeline.configured_catalog(CATALOG, ["customers"])
 
-    with pytest.raises(demo.SyncFailed, match="destination exited with 1: store is full"):
-        demo.run_sync(tmp_path / "run", {"api_key": "sk_test_x"}, {}, catalog, state)
+    with pytest.raises(pipeline.SyncFailed, match="destination exited with 1: store is full"):
+        pipeline.run_sync(tmp_path / "run", {"api_key": "sk_test_x"}, {}, catalog, state)
 
     assert json.loads(state.read_text()) == [stream_state("customers", 111)]
+
+
+# A source that notes the mode of the config file it was given, then ends (the sync succeeds).
+MODE_NOTING_SOURCE = """
+import os, stat, sys
+config = sys.argv[sys.argv.index("--config") + 1]
+with open(os.path.join(os.path.dirname(config), "mode-seen"), "w") as out:
+    out.write(oct(stat.S_IMODE(os.stat(config).st_mode)))
+"""
+
+
+@pytest.mark.parametrize("outcome", ["succeeds", "fails"])
+def test_connectors_config_copies_are_owner_only_and_removed_after_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: str
+) -> None:
+    source = MODE_NOTING_SOURCE + ("\nsys.exit(1)\n" if outcome == "fails" else "")
+    use_connectors(tmp_path, monkeypatch, source, FAKE_DESTINATION)
+    workdir = tmp_path / "run"
+
+    try:
+        pipeline.run_sync(workdir, {"api_key": "sk_test_secret"}, {}, pipeline.configured_catalog(CATALOG))
+    except pipeline.SyncFailed:
+        assert outcome == "fails"
+
+    assert (workdir / "mode-seen").read_text() == "0o600"
+    assert not (workdir / "source_config.json").exists()
+    assert not (workdir / "destination_config.json").exists()
+    assert "sk_test_secret" not in "".join(p.read_text() for p in workdir.iterdir())
 
 
 @pytest.mark.emulator
@@ -170,8 +201,8 @@ def test_sync_command_runs_full_then_incremental_from_saved_state(
     from integration_tests.stripe_emulator import Emulator
 
     with Emulator(customers=40, seed=3) as emulator:
-        source = demo.write_json(tmp_path / "source.json", demo.emulator_source_config(emulator.url))
-        destination = demo.write_json(
+        source = pipeline.write_json(tmp_path / "source.json", demo.emulator_source_config(emulator.url))
+        destination = pipeline.write_json(
             tmp_path / "destination.json",
             {
                 "store": {"store_type": "sqlite", "path": str(tmp_path / "perly.db")},
@@ -181,10 +212,10 @@ def test_sync_command_runs_full_then_incremental_from_saved_state(
         command = ["sync", "--source-config", str(source), "--destination-config", str(destination)]
         command += ["--state", str(tmp_path / "state.json"), "--html", str(tmp_path / "report.html")]
 
-        assert demo.main(command) == 0
+        assert cli.main(command) == 0
         first = capsys.readouterr().out
         emulator.advance(days=2)
-        assert demo.main(command) == 0
+        assert cli.main(command) == 0
         second = capsys.readouterr().out
 
     assert "Sync (full)" in first
@@ -192,3 +223,30 @@ def test_sync_command_runs_full_then_incremental_from_saved_state(
     assert "At-risk customers (not churned, risk score above 0):" in second
     assert (tmp_path / "report.html").read_text().startswith("<!DOCTYPE html>")
     assert demo.DEMO_KEY not in first + second
+    assert not (tmp_path / "sync-run" / "source_config.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "cannot read"),
+        ('{"api_key": "sk_test_secret1234",', "is not valid JSON"),
+        ("[1]", "JSON object"),
+    ],
+    ids=["missing", "broken", "not-an-object"],
+)
+def test_sync_command_with_an_unusable_config_says_why_without_a_traceback_or_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, expected: str
+) -> None:
+    source = tmp_path / "source.json"
+    if content is not None:
+        source.write_text(content)
+
+    code = cli.main(["sync", "--source-config", str(source), "--destination-config", str(source)])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("perly sync failed: ")
+    assert expected in err
+    assert "Traceback" not in err
+    assert "sk_test_secret1234" not in err

@@ -1,14 +1,14 @@
-"""The scheduled runner (scripts/perly_sync.py): how it drives PyAirbyte.
+"""The scheduled runner (`perly schedule`, perly_runner/schedule.py): how it drives PyAirbyte.
 
 PyAirbyte is an optional 780 MB extra, so the first tests use a fake of the small surface the runner
 touches. The last test runs the real path (real PyAirbyte, real connectors, the emulator) when
-PERLY_PYAIRBYTE_PYTHON names a Python with `airbyte` installed: scripts/pyairbyte-check.sh sets it up.
+PERLY_PYAIRBYTE_PYTHON names the Python of a venv where `perly-stripe[pyairbyte]` is installed (not
+editable): scripts/pyairbyte-check.sh sets it up.
 """
 
 from __future__ import annotations
 
 import fcntl
-import importlib.util
 import json
 import os
 import sqlite3
@@ -21,13 +21,8 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SPEC = importlib.util.spec_from_file_location("perly_sync", ROOT / "scripts" / "perly_sync.py")
-assert SPEC is not None
-assert SPEC.loader is not None
-perly_sync = importlib.util.module_from_spec(SPEC)
-sys.modules["perly_sync"] = perly_sync  # dataclasses look their module up there
-SPEC.loader.exec_module(perly_sync)
+from perly_runner import cli, schedule
+from perly_runner.pipeline import SyncFailed
 
 SOURCE_CONFIG = {"api_key": "sk_test_perly_demo", "base_url": "http://127.0.0.1:1"}
 DESTINATION_CONFIG = {"store": {"store_type": "sqlite", "path": "var/perly.db"}}
@@ -72,7 +67,7 @@ def bin_dir(tmp_path: Path) -> Path:
 
 
 def settings(bin_dir: Path, tmp_path: Path, full_refresh: bool = False) -> Any:
-    return perly_sync.Settings(SOURCE_CONFIG, DESTINATION_CONFIG, bin_dir, tmp_path / "state", full_refresh)
+    return schedule.Settings(SOURCE_CONFIG, DESTINATION_CONFIG, bin_dir, tmp_path / "state", full_refresh)
 
 
 def test_runner_passes_records_and_state_straight_through_and_keeps_state_on_disk(
@@ -80,12 +75,12 @@ def test_runner_passes_records_and_state_straight_through_and_keeps_state_on_dis
 ) -> None:
     ab = FakeAirbyte()
 
-    assert perly_sync.sync(ab, settings(bin_dir, tmp_path)) == 0
+    assert schedule.sync(ab, settings(bin_dir, tmp_path)) == 0
 
     source, destination, write = ab.calls["source"], ab.calls["destination"], ab.calls["write"]
-    assert source["local_executable"] == (bin_dir / "source-perly-stripe").resolve()
-    assert source["local_executable"].is_absolute()
-    assert destination["local_executable"] == (bin_dir / "destination-perly").resolve()
+    assert source["local_executable"] == str(bin_dir / "source-perly-stripe")
+    assert Path(source["local_executable"]).is_absolute()
+    assert destination["local_executable"] == str(bin_dir / "destination-perly")
     assert (source["config"], destination["config"]) == (SOURCE_CONFIG, DESTINATION_CONFIG)
     assert source["streams"] == "*"
     assert write["cache"] is False  # no local copy of the records: straight to the destination
@@ -98,7 +93,7 @@ def test_runner_passes_records_and_state_straight_through_and_keeps_state_on_dis
 def test_full_refresh_flag_ignores_saved_state(bin_dir: Path, tmp_path: Path) -> None:
     ab = FakeAirbyte()
 
-    perly_sync.sync(ab, settings(bin_dir, tmp_path, full_refresh=True))
+    schedule.sync(ab, settings(bin_dir, tmp_path, full_refresh=True))
 
     assert ab.calls["write"]["force_full_refresh"] is True
 
@@ -108,7 +103,7 @@ def test_failed_run_exits_non_zero_and_says_the_state_is_kept_without_leaking_th
 ) -> None:
     ab = FakeAirbyte(fail=RuntimeError("destination exited with 1"))
 
-    assert perly_sync.sync(ab, settings(bin_dir, tmp_path)) == 1
+    assert schedule.sync(ab, settings(bin_dir, tmp_path)) == 1
 
     out = capsys.readouterr().out
     assert "sync failed, committed state kept for the next run" in out
@@ -123,7 +118,7 @@ def test_run_is_skipped_while_another_holds_the_lock(
     state_dir.mkdir()
     with open(state_dir / "perly-sync.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        assert perly_sync.sync(ab, settings(bin_dir, tmp_path)) == 0
+        assert schedule.sync(ab, settings(bin_dir, tmp_path)) == 0
 
     assert "write" not in ab.calls
     assert "another sync is still running" in capsys.readouterr().out
@@ -132,8 +127,8 @@ def test_run_is_skipped_while_another_holds_the_lock(
 def test_missing_connector_is_reported_before_anything_runs(tmp_path: Path) -> None:
     ab = FakeAirbyte()
 
-    with pytest.raises(FileNotFoundError, match="source-perly-stripe not found"):
-        perly_sync.sync(ab, settings(tmp_path / "nowhere", tmp_path))
+    with pytest.raises(SyncFailed, match="source-perly-stripe not found"):
+        schedule.sync(ab, settings(tmp_path / "nowhere", tmp_path))
     assert ab.calls == {}
 
 
@@ -146,15 +141,33 @@ def test_pyairbyte_is_imported_in_offline_mode(tmp_path: Path) -> None:
     code = textwrap.dedent(
         f"""
         import sys
-        sys.path[:0] = [{str(tmp_path)!r}, {str(ROOT / "scripts")!r}]
-        import perly_sync
-        print(perly_sync.load_airbyte().OFFLINE_AT_IMPORT)
+        sys.path.insert(0, {str(tmp_path)!r})
+        from perly_runner import schedule
+        print(schedule.load_airbyte().OFFLINE_AT_IMPORT)
         """
     )
     env = {k: v for k, v in os.environ.items() if k != "AIRBYTE_OFFLINE_MODE"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
 
     assert out.stdout.strip() == "1"
+
+
+def test_without_pyairbyte_schedule_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "airbyte", None)  # `import airbyte` raises ImportError
+    monkeypatch.setenv("AIRBYTE_OFFLINE_MODE", "1")
+    source, destination = tmp_path / "source.json", tmp_path / "destination.json"
+    source.write_text(json.dumps(SOURCE_CONFIG))
+    destination.write_text(json.dumps(DESTINATION_CONFIG))
+
+    code = cli.main(["schedule", "--source-config", str(source), "--destination-config", str(destination)])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "PyAirbyte is not installed" in err
+    assert "pip install 'perly-stripe[pyairbyte]'" in err
+    assert "sk_test_perly_demo" not in err
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -185,19 +198,14 @@ def test_real_pyairbyte_runs_are_incremental_and_keep_state_between_runs(tmp_pat
                     {"store": {"store_type": "sqlite", "path": str(store)}, "as_of": iso(emulator.now)}
                 )
             )
-            command = [
-                str(PYAIRBYTE_PYTHON),
-                str(ROOT / "scripts" / "perly_sync.py"),
-                "--source-config",
-                str(source_config),
-                "--destination-config",
-                str(destination_config),
-                "--bin-dir",
-                str(Path(sys.executable).parent),
-                "--state-dir",
-                str(state_dir),
-            ]
-            done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+            # The installed `perly` of that venv, from another directory, without this tree on the path.
+            command = [str(Path(str(PYAIRBYTE_PYTHON)).parent / "perly"), "schedule"]
+            command += ["--source-config", str(source_config), "--state-dir", str(state_dir)]
+            command += ["--destination-config", str(destination_config)]
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path, env=env
+            )
             assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
             assert DEMO_KEY not in done.stdout + done.stderr
             return done.stdout

@@ -191,6 +191,21 @@ def test_given_expand_discounts_when_listing_subscriptions_then_discount_objects
         assert plain_list[sub["id"]]["discounts"][0] == discount["id"]
 
 
+def test_given_subscription_events_then_their_payloads_name_discounts_by_id(emulator: Emulator) -> None:
+    """An event's object is never expanded: the subscription's discounts and its items' are ids (the
+    webhook receiver resolves them from what the store holds)."""
+    subs = [
+        e["data"]["object"]
+        for e in fetch_all(emulator, "events", type="customer.subscription.*")
+        if e["data"]["object"]["object"] == "subscription"
+    ]
+    named = [d for sub in subs for d in sub["discounts"]]
+    item_named = [d for sub in subs for i in sub["items"]["data"] for d in i["discounts"]]
+    assert named, "some subscription events should carry discounts"
+    assert item_named, "some subscription events should carry item discounts"
+    assert all(isinstance(d, str) and d.startswith("di_") for d in named + item_named)
+
+
 def test_given_expand_tiers_when_listing_prices_then_tiers_only_when_asked(emulator: Emulator) -> None:
     bare = fetch_all(emulator, "prices")
     assert all("tiers" not in p for p in bare)

@@ -220,6 +220,7 @@ def test_given_the_cli_then_first_line_is_json_with_the_url_and_it_serves(tmp_pa
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     try:
@@ -229,11 +230,17 @@ def test_given_the_cli_then_first_line_is_json_with_the_url_and_it_serves(tmp_pa
         page = requests.get(
             first["url"] + "/v1/customers", params={"limit": 100}, auth=(TEST_KEY, ""), timeout=10
         )
+        refused = requests.get(first["url"] + "/v1/customers", auth=("sk_test_notakey1234", ""), timeout=10)
         assert len(page.json()["data"]) == 25
+        assert refused.status_code == 401
         assert "perly_demo" not in json.dumps(first)  # keys are named masked, never printed whole
+        assert "sk_test_************demo" in first["keys"]
     finally:
         process.terminate()
-        assert process.wait(timeout=15) == 0
+        rest, errors = process.communicate(timeout=15)
+    assert process.returncode == 0
+    assert "perly_demo" not in rest + errors  # nor in anything else it prints
+    assert "notakey" not in rest + errors + refused.text
 
 
 def test_given_slow_fault_then_the_answer_is_late_but_complete(emulator_factory: Any) -> None:

@@ -12,9 +12,10 @@ import pytest
 
 from destination_perly.report import main as report_main
 from destination_perly.store.sqlite import SqliteStore
-from integration_tests.demo import configured_catalog, discover, emulator_source_config, run_sync, write_json
+from integration_tests.demo import emulator_source_config
 from integration_tests.report_store import write_store
 from integration_tests.stripe_emulator import Emulator
+from perly_runner.pipeline import configured_catalog, discover, run_sync, write_json
 
 
 def mode(path: Path) -> int:

@@ -3,7 +3,8 @@
 # ../shared/tools/container-check (podman, no registry, no Docker daemon) and runs them the way
 # Airbyte does: spec, check, discover and read for the source, against the local Stripe emulator on
 # the host (127.0.0.1; the containers share the host network), then that read piped into the
-# destination image's write, with the SQLite store on a mounted /local volume, read back on the host.
+# destination image's write, with the SQLite store on a mounted /local volume, read back on the host;
+# finally `perly sync` (the packaged command) in the destination image.
 # Called by .ci/run. First run on a machine: about 90 s (the base image is built locally).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -86,7 +87,7 @@ run_source discover --config /config/source.json >"$work/discover.out"
 "$py" - "$work" <<'PY'
 import json, sys
 from pathlib import Path
-from integration_tests.demo import configured_catalog
+from perly_runner.pipeline import configured_catalog
 work = Path(sys.argv[1])
 catalog = next(json.loads(l)["catalog"] for l in (work / "discover.out").read_text().splitlines()
                if l.startswith('{"type":"CATALOG"') or l.startswith('{"type": "CATALOG"'))
@@ -122,5 +123,24 @@ if customers == 0 or health < customers:
     sys.exit("store is missing customers or their health rows")
 PY
 "$py" -m destination_perly.report --db "$work/local/perly.db" --top 5
+
+step "perly sync in the image (the packaged command, outside Airbyte)"
+"$py" - "$work/config" <<'PY'
+import json, sys
+from pathlib import Path
+config = Path(sys.argv[1])
+destination = json.loads((config / "destination.json").read_text())
+destination["store"]["path"] = "/local/perly-sync.db"
+(config / "destination-sync.json").write_text(json.dumps(destination))
+PY
+podman run --rm --network=host -v "$work/config:/config:ro" -v "$work/local:/local" \
+  --entrypoint /opt/perly/bin/perly "$destination_image" \
+  sync --source-config /config/source.json --destination-config /config/destination-sync.json \
+  --state /local/state.json --top 3 >"$work/perly-sync.out" 2>&1 \
+  || { tail -20 "$work/perly-sync.out" >&2; fail "perly sync in the image"; }
+grep -q "Sync (full)" "$work/perly-sync.out" || fail "perly sync printed no sync: $(tail -5 "$work/perly-sync.out")"
+[ -s "$work/local/state.json" ] || fail "perly sync saved no state"
+! grep -q "$key" "$work/perly-sync.out" || fail "perly sync printed the API key"
+grep -E "records in|customers" "$work/perly-sync.out" | head -3
 echo
-echo "container-checks: OK ($records records read, $acknowledged states acknowledged)"
+echo "container-checks: OK ($records records read, $acknowledged states acknowledged; perly sync in the image)"

@@ -536,6 +536,18 @@ class Store(ABC):
             lookups[stream] = {str(row_id): _parsed(data, deleted) for row_id, deleted, data in rows}
         return lookups
 
+    def load_records(self, stream: str, ids: Sequence[str]) -> dict[str, Record]:
+        """The stored version of each of these records that the store holds, by id."""
+        table = table_for_stream(stream)
+        found: dict[str, Record] = {}
+        if not self.has_table(table):
+            return found
+        for chunk in _chunks(sorted(set(ids))):
+            sql = f"SELECT id, deleted, data FROM {table} WHERE id IN ({', '.join('?' * len(chunk))})"
+            for row_id, deleted, data in self._fetch_tuples(sql, chunk):
+                found[str(row_id)] = _parsed(data, deleted)
+        return found
+
     def load_bundles(
         self, customer_ids: Iterable[str], lookups: dict[str, dict[str, Record]] | None = None
     ) -> dict[str, CustomerBundle]:

@@ -148,3 +148,29 @@ def test_given_a_refresh_that_fails_then_the_cyclic_collector_is_running_again(
     assert paused_during_save == [True]
     assert gc.isenabled()
     assert store.dirty_customers() == {"cus_1"}  # nothing half-saved: it stays pending
+
+
+def test_given_a_subscription_naming_discounts_by_id_then_its_stored_version_expands_them(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An event's payload names discounts by id; the sync stored them expanded. Same id, same discount:
+    the stored object is kept. An id the stored version lacks is stored as it is, and logged."""
+    ingestor = Ingestor(store, HealthConfig(), evaluate=FakeEngine())
+    sub_discount = {"id": "di_sub", "object": "discount", "source": {"type": "coupon", "coupon": "co_20"}}
+    item_discount = {"id": "di_item", "object": "discount", "source": {"type": "coupon", "coupon": "co_5"}}
+    synced = subscription("sub_1", "cus_1", discounts=[sub_discount])
+    synced["items"]["data"][0]["discounts"] = [item_discount]
+    ingestor.upsert("subscriptions", [synced])
+
+    from_event = subscription("sub_1", "cus_1", updated=T0 + 10, discounts=["di_sub", "di_new"])
+    from_event["items"]["data"][0]["discounts"] = ["di_item"]
+    ingestor.upsert("subscriptions", [from_event, subscription("sub_2", "cus_2", discounts=["di_other"])])
+
+    stored = store.load_records("subscriptions", ["sub_1", "sub_2"])
+    assert stored["sub_1"]["updated"] == T0 + 10
+    assert stored["sub_1"]["discounts"] == [sub_discount, "di_new"]
+    assert stored["sub_1"]["items"]["data"][0]["discounts"] == [item_discount]
+    assert stored["sub_2"]["discounts"] == ["di_other"]  # nothing stored before: nothing to tell it
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert any("sub_1" in text and "di_new" in text for text in warnings)
+    assert any("sub_2" in text and "di_other" in text for text in warnings)

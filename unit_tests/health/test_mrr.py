@@ -6,6 +6,13 @@ from typing import Any
 
 import pytest
 
+from destination_perly.health.mrr import (
+    Catalog,
+    known_discounts,
+    subscription_and_item_discounts,
+    unknown_discount_ids,
+    with_known_discounts,
+)
 from unit_tests.health.builders import (
     bundle,
     coupon,
@@ -13,6 +20,7 @@ from unit_tests.health.builders import (
     days_ago,
     discount,
     evaluate,
+    event,
     invoice,
     item,
     price,
@@ -360,3 +368,74 @@ def test_given_open_invoice_not_past_due_when_past_due_subscription_then_it_coun
     # past_due but invoice only 3 days late -> counts: 1000
     subs = [subscription(status="past_due")]
     assert evaluate(bundle(subs, [invoice(due_date=days_ago(3))])).health.mrr == 1000
+
+
+# --- discounts named by id only (an event's payload), resolved from what the store holds -------------
+
+
+def by_id(sub: dict[str, Any]) -> dict[str, Any]:
+    """`sub` as an event's payload renders it: its discounts and its items' named by id."""
+    items = [{**raw, "discounts": [d["id"] for d in raw["discounts"]]} for raw in sub["items"]["data"]]
+    return {**sub, "discounts": [d["id"] for d in sub["discounts"]], "items": {**sub["items"], "data": items}}
+
+
+def discounted_subscription() -> dict[str, Any]:
+    # 5000 - 500 (the item's forever amount off) = 4500, then 20% off the subscription: 3600.
+    the_item = item(price(amount=5000), discounts=[discount(coupon("co_item", amount_off=500))])
+    return subscription(the_item, discounts=[discount(coupon("co_sub", percent_off=20))])
+
+
+def discount_event(the_discount: dict[str, Any]) -> dict[str, Any]:
+    return event("evt_di_" + the_discount["id"], days_ago(100), the_discount, "customer.discount.created")
+
+
+def test_given_discounts_by_id_and_their_discount_events_then_mrr_takes_them_off() -> None:
+    expanded = discounted_subscription()
+    events = [discount_event(found) for found in subscription_and_item_discounts(expanded, Catalog())]
+    result = evaluate(bundle(subscriptions=[by_id(expanded)], events=events))
+    assert result.health.mrr == 3600
+    assert result.health.limitations == []
+    assert result.health.active_coupon_ids == ["co_item", "co_sub"]
+
+
+def test_given_a_discount_by_id_that_nothing_stored_tells_then_mrr_leaves_it_out_and_says_so() -> None:
+    # Never a guess: the item's discount is known from its event, the subscription's is not.
+    expanded = discounted_subscription()
+    item_discount = expanded["items"]["data"][0]["discounts"][0]
+    result = evaluate(bundle(subscriptions=[by_id(expanded)], events=[discount_event(item_discount)]))
+    assert result.health.mrr == 4500
+    assert result.health.limitations == [
+        "MRR: discount di_co_sub of sub_1 is known by its id only (a webhook's payload) and left out of"
+        " MRR (the next sync tells)"
+    ]
+
+
+def test_given_a_deleted_discount_event_then_it_does_not_tell_the_discount() -> None:
+    expanded = discounted_subscription()
+    deleted = {**expanded["discounts"][0], "deleted": True}
+    assert known_discounts(deleted) == {}
+    assert known_discounts(expanded["discounts"][0]) == {"di_co_sub": expanded["discounts"][0]}
+
+
+def test_with_known_discounts_replaces_only_the_ids_it_knows_and_leaves_the_input_alone() -> None:
+    expanded = discounted_subscription()
+    payload = by_id(expanded)
+    item_discount = expanded["items"]["data"][0]["discounts"][0]
+    filled = with_known_discounts(payload, {item_discount["id"]: item_discount})
+    assert filled["items"]["data"][0]["discounts"] == [item_discount]
+    assert filled["discounts"] == ["di_co_sub"]
+    assert unknown_discount_ids(filled) == ["di_co_sub"]
+    assert payload == by_id(expanded)
+
+
+def test_given_a_payload_listing_only_the_first_items_then_mrr_counts_those_and_says_so() -> None:
+    listed = subscription(
+        item(price(amount=1000, price_id="price_a")), item(price(amount=500, price_id="price_b"))
+    )
+    listed["items"]["has_more"] = True
+    result = evaluate(bundle(subscriptions=[listed]))
+    assert result.health.mrr == 1500
+    assert result.health.limitations == [
+        "MRR: sub_1 has more items than the 2 a webhook's payload lists; the others are left out of MRR"
+        " (the next sync tells)"
+    ]

@@ -80,7 +80,6 @@ def test_given_a_cancelled_subscription_event_then_the_cancelled_subscription_is
     [
         ("charge.dispute.created", {"id": "dp_1", "object": "dispute", "charge": "ch_1"}),
         ("invoiceitem.created", {"id": "ii_1", "object": "invoiceitem", "customer": "cus_A"}),
-        ("customer.discount.created", {"id": "di_1", "object": "discount", "customer": "cus_A"}),
         ("payout.paid", {"id": "po_1", "object": "payout"}),
     ],
 )
@@ -90,6 +89,16 @@ def test_given_an_object_the_health_engine_does_not_use_then_the_event_is_ignore
     plan = plan_event(event(event_type, obj, T0))
     assert plan.ignored
     assert plan.records == {}
+
+
+@pytest.mark.parametrize("event_type", ["customer.discount.created", "customer.discount.deleted"])
+def test_given_a_discount_event_then_only_the_event_is_stored(event_type: str) -> None:
+    # A subscription's event names its discounts by id: the engine finds the objects in these events.
+    discount = {"id": "di_1", "object": "discount", "customer": "cus_A", "subscription": "sub_A"}
+    plan = plan_event(event(event_type, discount, T0))
+    assert not plan.ignored
+    assert list(plan.records) == ["events"]
+    assert plan.records["events"][0]["data"]["object"] == discount
 
 
 def test_given_an_event_rendered_at_another_api_version_then_it_is_ignored() -> None:

@@ -348,3 +348,75 @@ def test_given_a_quiet_day_then_the_receiver_recomputes_health_that_changes_with
         processor.stop()
         store.close()
     assert row == {"as_of": "2026-12-11T01:00:00Z", "failed_payments_30d": 0, "failed_payments_90d": 1}
+
+
+def discounted_sync(receiver: Receiver) -> dict[str, Any]:
+    """What a sync stores: coupons, the customer, and the subscription with its discounts and its
+    item's expanded (`expand[]=data.discounts`, `expand[]=data.items.data.discounts`); health refreshed.
+    5000 - 500 (the item's forever amount off) = 4500, then 20% off the subscription: MRR 3600."""
+    sync = Ingestor(receiver.store, parse_config(receiver.config).health)
+    coupons = [
+        {"id": "co_20", "object": "coupon", "percent_off": 20, "duration": "forever", "created": T0 - 999},
+        {"id": "co_500", "object": "coupon", "amount_off": 500, "currency": "usd", "duration": "forever"},
+    ]
+    sync.upsert("coupons", coupons)
+    sync.upsert("customers", [{**customer(), "updated": T0}])
+    synced = subscription(discounts=[discount("di_sub", "co_20")])
+    synced["items"]["data"][0]["discounts"] = [discount("di_item", "co_500")]
+    sync.upsert("subscriptions", [{**synced, "updated": T0}])
+    sync.refresh(["cus_A"], receiver.clock())
+    assert receiver.health("cus_A")["mrr"] == 3600
+    return synced
+
+
+def discount(discount_id: str, coupon_id: str) -> dict[str, Any]:
+    return {
+        "id": discount_id,
+        "object": "discount",
+        "customer": "cus_A",
+        "end": None,
+        "start": T0 - 100 * 86400,
+        "source": {"type": "coupon", "coupon": coupon_id},
+        "subscription": "sub_A",
+    }
+
+
+def as_event_renders(sub: dict[str, Any], extra_ids: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`sub` as an event's payload renders it: discounts by id, the subscription's and its items'."""
+    items = [{**raw, "discounts": [d["id"] for d in raw["discounts"]]} for raw in sub["items"]["data"]]
+    ids = [d["id"] for d in sub["discounts"]] + list(extra_ids)
+    return {**sub, "discounts": ids, "items": {**sub["items"], "data": items}}
+
+
+def test_given_a_webhook_that_only_re_renders_a_discounted_subscription_then_mrr_is_unchanged(
+    receiver: Receiver,
+) -> None:
+    synced = discounted_sync(receiver)
+    movements = receiver.rows("SELECT * FROM perly_mrr_movements")
+    renamed = {**synced, "metadata": {"plan": "renamed"}}
+    post_all(receiver, event("customer.subscription.updated", as_event_renders(renamed), T0 + 60))
+    health = receiver.health("cus_A")
+    assert health["mrr"] == 3600
+    assert orjson.loads(health["limitations"]) == []
+    assert receiver.rows("SELECT * FROM perly_mrr_movements") == movements
+    stored_sub = stored(receiver, "subscriptions", "sub_A")["data"]
+    assert stored_sub["metadata"] == {"plan": "renamed"}
+    assert stored_sub["discounts"] == synced["discounts"]
+    assert stored_sub["items"]["data"][0]["discounts"] == synced["items"]["data"][0]["discounts"]
+
+
+def test_given_a_webhook_naming_a_new_discount_then_its_discount_event_tells_it_else_the_row_says_so(
+    receiver: Receiver,
+) -> None:
+    synced = discounted_sync(receiver)
+    post_all(receiver, event("customer.subscription.updated", as_event_renders(synced, ("di_new",)), T0 + 60))
+    health = receiver.health("cus_A")
+    assert health["mrr"] == 3600  # di_new is left out, never guessed
+    assert orjson.loads(health["limitations"]) == [
+        "MRR: discount di_new of sub_A is known by its id only (a webhook's payload) and left out of MRR"
+        " (the next sync tells)"
+    ]
+    post_all(receiver, event("customer.discount.created", discount("di_new", "co_500"), T0 + 61))
+    health = receiver.health("cus_A")
+    assert health["mrr"] == 3100  # 3600, then the new 500 off
+    assert orjson.loads(health["limitations"]) == []
