@@ -38,9 +38,10 @@ from airbyte_cdk.models import (  # type: ignore[attr-defined,unused-ignore]
 from airbyte_cdk.utils.stream_status_utils import as_airbyte_message as status_message
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
+from stripe_vocabulary import API_VERSION, tombstone
+
 from .check import missing_core_message
 from .client import (
-    API_VERSION,
     StripeAuthError,
     StripeError,
     StripeNotFoundError,
@@ -155,11 +156,7 @@ _MODE_NAMES = {
 
 
 def _tombstone(stream: StreamDef, change: Change, updated: int) -> dict[str, Any]:
-    record: dict[str, Any] = {"id": change.object_id, "object": stream.object_type, "deleted": True}
-    if change.customer:
-        record["customer"] = change.customer
-    record["updated"] = updated
-    return record
+    return tombstone(stream.name, change.object_id, change.customer, updated)
 
 
 class SyncReader:
