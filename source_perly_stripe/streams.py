@@ -118,6 +118,35 @@ class Change:
     deleted: bool = False
     customer: str | None = None
     created: int | None = None  # the object's own `created`, when the event carries the object itself
+    # The event's data.object when it is this object itself (not a related one, e.g. a dispute), and
+    # the API version it was rendered at: often the object as a fetch would give it.
+    event_object: dict[str, Any] | None = None
+    api_version: str | None = None
+    # Another event of the same second carries a different object, and neither is known to be later.
+    ambiguous: bool = False
+
+
+def lifecycle_step(stream: StreamDef, obj: dict[str, Any]) -> int:
+    """How far an object is along a lifecycle that only moves on, to tell which of two events of the
+    same second carries the later object: an invoice's status transitions (finalized, paid, voided,
+    marked uncollectible) are set once and stay set. 0 for objects without such a lifecycle."""
+    if stream.name != "invoices":
+        return 0
+    transitions = obj.get("status_transitions")
+    return sum(1 for at in transitions.values() if at) if isinstance(transitions, dict) else 0
+
+
+def lacks_expansion(stream: StreamDef, obj: dict[str, Any]) -> bool:
+    """Whether an object as an event carries it lacks an expansion the stream's list and retrieve ask
+    for (events are never expanded): a subscription's or its items' discounts as ids, a tiered price
+    without its tiers."""
+    if stream.name == "subscriptions":
+        items = obj.get("items")
+        holders = [obj, *(items.get("data") or [] if isinstance(items, dict) else [])]
+        return any(not isinstance(d, dict) for h in holders for d in h.get("discounts") or [])
+    if stream.name == "prices":
+        return obj.get("billing_scheme") == "tiered" and not isinstance(obj.get("tiers"), list)
+    return False
 
 
 def change_from_event(event: dict[str, Any]) -> tuple[StreamDef, Change] | None:
@@ -131,4 +160,6 @@ def change_from_event(event: dict[str, Any]) -> tuple[StreamDef, Change] | None:
         deleted=found.deleted,
         customer=found.customer,
         created=found.created,
+        event_object=event["data"]["object"] if found.carries_object else None,
+        api_version=event.get("api_version"),
     )
