@@ -13,16 +13,20 @@ RUN python3 -m venv /opt/perly
 ENV PATH=/opt/perly/bin:$PATH PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /airbyte/integration_code
 # Dependencies first, against empty packages (and an empty README, which pyproject names), so code
-# and doc edits do not re-download them.
+# and doc edits do not re-download them. Their build/ goes too: its empty files are newer than the
+# copied code and setuptools would install them instead.
 COPY pyproject.toml ./
-RUN mkdir -p source_perly_stripe destination_perly perly_runner \
+RUN mkdir -p source_perly_stripe destination_perly perly_runner stripe_vocabulary \
     && touch README.md source_perly_stripe/__init__.py destination_perly/__init__.py perly_runner/__init__.py \
+        stripe_vocabulary/__init__.py \
     && pip install -q . \
-    && pip uninstall -q -y perly-stripe
+    && pip uninstall -q -y perly-stripe \
+    && rm -rf build *.egg-info
 COPY README.md ./
 COPY source_perly_stripe ./source_perly_stripe
 COPY destination_perly ./destination_perly
 COPY perly_runner ./perly_runner
+COPY stripe_vocabulary ./stripe_vocabulary
 RUN pip install -q --no-deps . && rm -rf build *.egg-info
 
 FROM ${BASE_IMAGE} AS runtime

@@ -46,7 +46,7 @@ from typing import Any
 
 from destination_perly.health import CustomerBundle, CustomerHealth, HealthConfig, evaluate_customer
 from destination_perly.health.counting import ended_at, in_trial
-from destination_perly.health.history import _overlay  # the live history's own rule for previous_attributes
+from destination_perly.health.history import version_before
 from destination_perly.health.payments import (
     days_past_due_at,
     invoice_subscription_id,
@@ -118,7 +118,7 @@ def _from_events(events: list[StripeObject], at: datetime) -> tuple[bool, Stripe
     if str(first.get("type", "")).endswith(".created"):
         return True, None
     data = as_dict(first.get("data"))
-    before = _overlay(as_dict(data.get("object")), as_dict(data.get("previous_attributes")))
+    before = version_before(as_dict(data.get("object")), as_dict(data.get("previous_attributes")))
     before.pop("deleted", None)  # a `.deleted` event after `at`: the object still existed then
     return True, before
 

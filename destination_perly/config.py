@@ -8,6 +8,7 @@ containers. When no path is configured, that default is used if `/local` exists 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,6 +56,20 @@ class DestinationConfig:
     store: SqliteSettings | PostgresSettings
     health: HealthConfig
     as_of: datetime | None = None
+
+
+def load_json_object(path: str | Path) -> dict[str, Any]:
+    """A config file's JSON object. ConfigError names the file and the position of a syntax error,
+    never the file's text: it may hold a key or a password."""
+    try:
+        loaded = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    return loaded
 
 
 def default_sqlite_path() -> str:

@@ -20,10 +20,10 @@ from datetime import datetime
 from multiprocessing.connection import Connection
 from typing import Any
 
-from destination_perly import mapping
 from destination_perly.health.model import CustomerBundle, CustomerEvaluation, HealthConfig, MrrSnapshot
 from destination_perly.health.mrr import known_discounts, unknown_discount_ids, with_known_discounts
-from destination_perly.store.base import Record, Row, Store, fallback_customer_id, make_row
+from destination_perly.store.base import Record, Row, Store, make_row
+from stripe_vocabulary import customer_of
 
 logger = logging.getLogger("airbyte")
 
@@ -39,12 +39,9 @@ HELPER_MIN_CUSTOMERS = 400
 
 
 def customer_ids_of(stream: str, record: Record) -> list[str]:
-    """Every customer a record concerns: the mapping's answer, else the record's `customer`."""
-    ids = sorted(c for c in mapping.customer_ids_of(stream, record) if c)
-    if not ids:
-        fallback = fallback_customer_id(stream, record)
-        ids = [fallback] if fallback else []
-    return ids
+    """Every customer a record concerns: its owner (`stripe_vocabulary.customer_of`), if any."""
+    owner = customer_of(stream, record)
+    return [owner] if owner else []
 
 
 @contextmanager

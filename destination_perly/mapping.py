@@ -1,7 +1,5 @@
 """From raw Stripe records to the health engine's inputs.
 
-- `customer_ids_of(stream, record)`: which customers a stored record affects (so the writer knows
-  whom to recompute).
 - `is_time_sensitive(bundle, as_of)`: whether a customer's health can change with the clock alone
   (and must be recomputed after every sync even when Stripe sent nothing new for them).
 - `snapshot_from_row(...)`: a stored snapshot row back into an `MrrSnapshot`.
@@ -17,33 +15,7 @@ from typing import Any
 from destination_perly.health.counting import is_ended
 from destination_perly.health.model import CustomerBundle, MrrSnapshot, RiskPolicy
 from destination_perly.health.payments import is_aged, is_failed
-from destination_perly.health.values import as_dict, ref_id, text, to_time
-
-# Streams whose objects belong to one customer through their `customer` field.
-CUSTOMER_OWNED_STREAMS = frozenset({"subscriptions", "invoices", "charges"})
-# Account-wide catalog objects: they change nobody by themselves.
-CATALOG_STREAMS = frozenset({"coupons", "prices", "products", "plans"})
-
-
-def customer_ids_of(stream: str, record: dict[str, Any]) -> set[str]:
-    """The customers a raw record (or tombstone) affects; empty for catalog objects and unknowns."""
-    if not isinstance(record, dict) or stream in CATALOG_STREAMS:
-        return set()
-    if stream == "customers":
-        found = ref_id(record.get("id"))
-        return {found} if found else set()
-    if stream == "events":
-        obj = as_dict(as_dict(record.get("data")).get("object"))
-        event_type = str(record.get("type") or "")
-        if event_type.startswith("customer.") and obj.get("object") == "customer":
-            found = ref_id(obj.get("id"))
-        else:
-            found = ref_id(obj.get("customer"))
-        return {found} if found else set()
-    found = ref_id(record.get("customer"))
-    if found is None and record.get("object") == "customer":
-        found = ref_id(record.get("id"))
-    return {found} if found else set()
+from destination_perly.health.values import as_dict, text, to_time
 
 
 def is_time_sensitive(bundle: CustomerBundle, as_of: datetime, policy: RiskPolicy | None = None) -> bool:

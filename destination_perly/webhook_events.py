@@ -10,29 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import stripe
+from stripe_vocabulary import API_VERSION, EVENTS_STREAM, event_change, tombstone
 
 StripeObject = dict[str, Any]
-
-# Object type -> stream. Only what the health engine reads; any other object is acknowledged and ignored.
-OBJECT_STREAMS: dict[str, str] = {
-    "customer": "customers",
-    "subscription": "subscriptions",
-    "invoice": "invoices",
-    "charge": "charges",
-    "coupon": "coupons",
-    "price": "prices",
-    "product": "products",
-}
 
 # Objects stored as their event only: a subscription's event names its discounts by id, and the health
 # engine finds the objects in the customer's `customer.discount.*` events (as after a sync).
 EVENT_ONLY_OBJECTS = frozenset({"discount"})
-
-# The Stripe API version whose shapes the store holds (docs/DESIGN.md, "Stripe API version").
-PINNED_API_VERSION: str = stripe.api_version
-
-EVENTS_STREAM = "events"
 
 
 class MalformedEvent(ValueError):
@@ -57,30 +41,6 @@ class EventPlan:
         return self.ignored_reason is not None
 
 
-def _customer_of(obj: StripeObject) -> str | None:
-    """The customer id an object points at (a string, or an expanded object)."""
-    if obj.get("object") == "customer":
-        return obj.get("id")
-    customer = obj.get("customer")
-    if isinstance(customer, dict):
-        customer = customer.get("id")
-    return customer if isinstance(customer, str) else None
-
-
-def _is_deletion(event_type: str, object_type: str) -> bool:
-    # `customer.subscription.deleted` carries the cancelled subscription (still listed by Stripe with
-    # status=canceled, and needed for churn): it is an update, not a disappearance.
-    return event_type.endswith(".deleted") and object_type != "subscription"
-
-
-def tombstone(obj: StripeObject, updated: int) -> StripeObject:
-    record: StripeObject = {"id": obj["id"], "object": obj["object"], "deleted": True, "updated": updated}
-    customer = _customer_of(obj)
-    if customer is not None:
-        record["customer"] = customer
-    return record
-
-
 def plan_event(event: Any) -> EventPlan:
     """Read a verified event body (already parsed JSON) into the records to upsert."""
     if not isinstance(event, dict) or event.get("object") != "event":
@@ -101,20 +61,27 @@ def plan_event(event: Any) -> EventPlan:
     if plan.object_id is None:
         # e.g. `invoice.upcoming`: a preview with no id, nothing to store (and no reason for a retry).
         return _ignored(plan, f"{object_type} without an id")
-    stream = OBJECT_STREAMS.get(object_type)
-    if stream is None and object_type not in EVENT_ONLY_OBJECTS:
+    # Which object changes, and whether it is gone, as the source reads the same event. Only an event
+    # that carries that object (or deletes it) can be stored as it: for a related object (a dispute, a
+    # plan's face of a price) the next sync fetches the object it changed.
+    change = event_change(event)
+    stored = change if change is not None and (change.deleted or change.carries_object) else None
+    if stored is None and object_type not in EVENT_ONLY_OBJECTS:
         return _ignored(plan, f"object type {object_type!r} is not used by the health engine")
     api_version = event.get("api_version")
-    if api_version is not None and api_version != PINNED_API_VERSION:
+    if api_version is not None and api_version != API_VERSION:
         # Another version's shapes would overwrite good data with fields the mapping cannot read.
-        reason = f"api_version {api_version!r} is not the pinned {PINNED_API_VERSION!r}"
+        reason = f"api_version {api_version!r} is not the pinned {API_VERSION!r}"
         return _ignored(plan, reason, wrong_api_version=True)
 
     # The events stream's cursor is `created`; `updated` is set too so the store orders every stream alike.
     records: dict[str, list[StripeObject]] = {EVENTS_STREAM: [{**event, "updated": created}]}
-    if stream is not None:
-        deleted = _is_deletion(event_type, object_type)
-        records = {stream: [tombstone(obj, created) if deleted else {**obj, "updated": created}], **records}
+    if stored is not None:
+        if stored.deleted:
+            record = tombstone(stored.stream, stored.object_id, stored.customer, created)
+        else:
+            record = {**obj, "updated": created}
+        records = {stored.stream: [record], **records}
     return EventPlan(
         event_id=event_id, event_type=event_type, created=created, object_id=plan.object_id, records=records
     )

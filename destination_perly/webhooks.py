@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -36,6 +35,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from destination_perly.config import ConfigError, load_json_object, parse_config
 from destination_perly.webhook_apply import (
     REFRESH_CHUNK_CUSTOMERS,
     Clock,
@@ -285,14 +285,9 @@ def settings_from_config(
 
 def load_config_file(path: str) -> dict[str, Any]:
     try:
-        loaded = json.loads(Path(path).read_text())
-    except OSError as error:
-        raise SystemExit(f"perly-webhooks: cannot read the config file {path}: {error.strerror}") from None
-    except json.JSONDecodeError as error:
-        raise SystemExit(f"perly-webhooks: {path} is not valid JSON: {error}") from None
-    if not isinstance(loaded, dict):
-        raise SystemExit(f"perly-webhooks: {path} must hold a JSON object")
-    return loaded
+        return load_json_object(path)
+    except ConfigError as error:
+        raise SystemExit(f"perly-webhooks: {error}") from None
 
 
 def app_from_env() -> Starlette:
@@ -377,8 +372,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         secrets_from_env()  # fail before binding the port; the message never shows a secret
         raw_config = load_config_file(args.config)
-        from destination_perly.config import ConfigError, parse_config
-
         parse_config(raw_config)
     except SecretsNotConfigured as error:
         sys.exit(f"perly-webhooks: {error}")

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from destination_perly.config import ConfigError, load_json_object
 from destination_perly.private_files import write_private
 from perly_runner import schedule
 from perly_runner.pipeline import (
@@ -23,15 +23,9 @@ from perly_runner.pipeline import (
 
 def read_config(path: Path) -> dict[str, Any]:
     try:
-        config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SyncFailed(f"cannot read {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        # The position only: the text may hold the key.
-        raise SyncFailed(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno})") from None
-    if not isinstance(config, dict):
-        raise SyncFailed(f"{path} must hold a JSON object")
-    return config
+        return load_json_object(path)
+    except ConfigError as exc:
+        raise SyncFailed(str(exc)) from None
 
 
 def sync(source_config: Path, destination_config: Path, state_path: Path, top: int, html: Path | None) -> int:

@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import resources
 from typing import Any
 
 from airbyte_cdk.entrypoint import AirbyteEntrypoint
@@ -34,6 +33,7 @@ from source_perly_stripe.client import (
     client_from_config,
     validate_api_key,
 )
+from source_perly_stripe.spec_message import spec_json
 from source_perly_stripe.streams import CORE_STREAMS, STREAM_PATHS, STREAMS_BY_NAME
 
 ACCOUNT_PERMISSION = "rak_connected_account_read"
@@ -168,9 +168,7 @@ def _field_rules(fields: Mapping[str, Any]) -> dict[str, _FieldRule]:
     }
 
 
-_SPEC_FIELDS: dict[str, Any] = json.loads(
-    resources.files("source_perly_stripe").joinpath("spec.json").read_text()
-)["connectionSpecification"]["properties"]
+_SPEC_FIELDS: dict[str, Any] = spec_json()["connectionSpecification"]["properties"]
 _OPTIONAL_FIELDS = _field_rules(_SPEC_FIELDS)
 
 

@@ -21,7 +21,8 @@ import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
-API_VERSION = "2026-10-28.endive"  # == stripe.api_version of stripe 16.1.0
+from stripe_vocabulary import API_VERSION
+
 DEFAULT_BASE_URL = "https://api.stripe.com"
 
 # Stripe's global read limits by key mode; we take 90% so the account's own traffic keeps a share;

@@ -33,6 +33,7 @@ from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 from .check import check_connection, parse_start_date
 from .client import StripeClient, StripeError
 from .reader import STRIPE_LAUNCH, Client, ReadSettings, SyncReader
+from .spec_message import spec_json
 from .streams import ALL_STREAMS, STREAMS_BY_NAME
 
 ClientFactory = Callable[[Mapping[str, Any]], Client]
@@ -76,8 +77,7 @@ class SourcePerlyStripe(Source):
         self._client_factory: ClientFactory = client_factory or make_client
 
     def spec(self, logger: logging.Logger) -> ConnectorSpecification:
-        text = resources.files("source_perly_stripe").joinpath("spec.json").read_text()
-        return ConnectorSpecificationSerializer.load(json.loads(text))
+        return ConnectorSpecificationSerializer.load(spec_json())
 
     def check(self, logger: logging.Logger, config: Mapping[str, Any]) -> AirbyteConnectionStatus:
         ok, message = check_connection(config, [s.name for s in ALL_STREAMS])

@@ -52,31 +52,25 @@ def initial_windows(interval: Interval, *, max_days: int, max_parts: int) -> lis
     return split(interval, parts)
 
 
-def plan_split(
-    window_start: int,
-    page_newest: int,
-    page_oldest: int,
-    page_size: int,
-    *,
-    target_pages: int,
-    max_parts: int,
-) -> list[int]:
-    """After a full page of a window read newest-first, decide where to cut the unread rest
-    [window_start, page_oldest). Returns cut points c1 < c2 < ... (empty: keep paging as one).
+def plan_cut(
+    low: int, oldest: int, density: float, *, open_ended: bool, keep_pages: int, page_size: int
+) -> int | None:
+    """Where to cut the unread rest [low, oldest) of a window read newest-first, when a reader is free
+    to take part of it. Returns c (low < c < oldest): a new window reads [low, c) and this one keeps
+    [c, oldest]; None: keep paging as one.
 
-    The page's density (records per second) says how wide a piece of about `target_pages` pages is.
-    Pieces of that width are cut next to the page, where the density is known; whatever lies further
-    back stays one window, which cuts itself in turn if its own first page shows it is dense (the
-    density of the newest data says little about years before it). The caller keeps paging the top
-    piece [c_last, ...) with its cursor and reads the lower pieces as new windows."""
-    remaining_span = page_oldest - window_start
-    if remaining_span <= 1:
-        return []
-    density = page_size / max(1, page_newest - page_oldest + 1)
-    remaining_pages = density * remaining_span / max(1, page_size)
-    if remaining_pages <= target_pages * 1.5:
-        return []
-    width = max(1, int(target_pages * page_size / density))
-    parts = min(max_parts, math.ceil(remaining_pages / target_pages))
-    cuts = [page_oldest - j * width for j in range(1, parts)]
-    return sorted(c for c in cuts if window_start < c < page_oldest)
+    Each window ends on a partial page, so every cut costs half a page on average: a cut is made only
+    for pieces of at least `keep_pages` pages. `density` (records per second) is measured on the
+    window's own pages. An open-ended window (nothing read below it: how dense the far past is, is
+    unknown) keeps about `keep_pages` pages next to its pages, where the density is known, and hands
+    the far past on as a new open-ended window; cutting more pieces at once by that density would make
+    empty windows where the account is younger than it suggests. A bounded one (cut where the density
+    was measured) is cut in the middle, into halves of at least `keep_pages / 2` pages."""
+    span = oldest - low
+    # A bounded window's halves need only half as many pages: its density is known, and cutting it is
+    # what keeps every reader busy at the end of a read.
+    least = 2 * keep_pages if open_ended else keep_pages
+    if span <= 2 or density <= 0 or density * span / page_size < least:
+        return None
+    cut = oldest - int(keep_pages * page_size / density) if open_ended else low + span // 2
+    return cut if low < cut < oldest else None

@@ -16,7 +16,7 @@ def test_every_declared_dependency_is_imported_by_the_shipped_packages() -> None
     }
     code = "\n".join(
         path.read_text()
-        for package in ("source_perly_stripe", "destination_perly")
+        for package in ("source_perly_stripe", "destination_perly", "stripe_vocabulary")
         for path in (ROOT / package).rglob("*.py")
     )
 

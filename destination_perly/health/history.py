@@ -97,12 +97,12 @@ def _level(movements: Iterable[MrrMovement]) -> dict[str, int]:
     return {currency: amount for currency, amount in sorted(found.items()) if amount > 0}
 
 
-def _overlay(after: StripeObject, previous: StripeObject) -> StripeObject:
+def version_before(after: StripeObject, previous: StripeObject) -> StripeObject:
     """The object before an update: `previous_attributes` laid over the object after it."""
     before = dict(after)
     for key, value in previous.items():
         if isinstance(value, dict) and isinstance(after.get(key), dict):
-            before[key] = _overlay(after[key], value)
+            before[key] = version_before(after[key], value)
         else:
             before[key] = value
     return before
@@ -271,7 +271,7 @@ def _versions(
         if first.get("type") == "customer.subscription.created":
             base: StripeObject | None = None
         elif isinstance(previous, dict):
-            base = _overlay(after_states[0], previous)
+            base = version_before(after_states[0], previous)
         else:
             base = after_states[0]
     else:

@@ -12,6 +12,9 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
+# Re-exported for the rules: an id reference is read as everywhere else (stripe_vocabulary).
+from stripe_vocabulary import ref_id as ref_id
+
 StripeObject = dict[str, Any]
 
 DAY = timedelta(days=1)
@@ -34,16 +37,6 @@ def as_list(value: Any) -> list[Any]:
     if isinstance(value, dict) and isinstance(value.get("data"), list):
         return list(value["data"])
     return []
-
-
-def ref_id(value: Any) -> str | None:
-    """The id of a reference that may be an id string or an expanded object."""
-    if isinstance(value, str) and value:
-        return value
-    if isinstance(value, dict):
-        inner = value.get("id")
-        return inner if isinstance(inner, str) and inner else None
-    return None
 
 
 def to_time(value: Any) -> datetime | None:

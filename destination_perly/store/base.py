@@ -32,6 +32,7 @@ from destination_perly.health.model import (
     PlanChange,
     StoredHistory,
 )
+from stripe_vocabulary import customer_of, unix_seconds
 
 Record = dict[str, Any]
 CustomerIdsOf = Callable[[str, Record], Iterable[str]]
@@ -90,35 +91,13 @@ def table_for_stream(stream: str) -> str:
     return f"stripe_{safe}"
 
 
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
-
-
 def record_version(record: Record) -> int:
     """The record's place in the order of versions: `updated`, else `created` (events), else 0."""
     for key in ("updated", "created"):
-        value = _as_int(record.get(key))
+        value = unix_seconds(record.get(key))
         if value is not None:
             return value
     return 0
-
-
-def fallback_customer_id(stream: str, record: Record) -> str | None:
-    """The record's customer when the mapping gives none: the `customer` field (id or expanded)."""
-    customer = record.get("customer")
-    if isinstance(customer, dict):
-        customer = customer.get("id")
-    if isinstance(customer, str):
-        return customer
-    if stream == "customers" and isinstance(record.get("id"), str):
-        return str(record["id"])
-    return None
 
 
 def make_row(stream: str, record: Record, customer_id: str | None, generation_id: int | None) -> Row:
@@ -129,7 +108,7 @@ def make_row(stream: str, record: Record, customer_id: str | None, generation_id
         updated=record_version(record),
         deleted=1 if record.get("deleted") is True else 0,
         customer_id=customer_id,
-        created=_as_int(record.get("created")),
+        created=unix_seconds(record.get("created")),
         status=status if isinstance(status, str) else None,
         type=kind if isinstance(kind, str) else None,
         data=orjson.dumps(record).decode(),
@@ -425,7 +404,7 @@ class Store(ABC):
         if self._customer_ids_of is not None:
             for customer_id in self._customer_ids_of(stream, record):
                 return customer_id
-        return fallback_customer_id(stream, record)
+        return customer_of(stream, record)
 
     def rows_from_records(
         self, stream: str, records: Iterable[Record], generation_id: int | None = None

@@ -1108,7 +1108,7 @@ class Book:
         self.emit_obj("invoice.marked_uncollectible", at, invoice)
         self.change("uncollectible", invoice)
 
-    def cancel(self, sub: Subscription, at: int, reason: str, requested: bool) -> None:
+    def cancel(self, sub: Subscription, at: int, reason: str | None, requested: bool) -> None:
         sub.status = "canceled"
         sub.canceled_at = sub.canceled_at or at
         sub.ended_at = at
@@ -1209,9 +1209,8 @@ class Book:
             return
         if customer.payment_method is None and sub.missing_pm_behavior == "cancel":
             self.label(customer, "trial_canceled")
-            self.cancel(sub, at, "cancellation_requested", requested=False)
-            sub.cancel_reason = None
-            sub.touch()
+            # Stripe gives no reason here; the event carries the subscription as it is left.
+            self.cancel(sub, at, None, requested=False)
             return
         end = self.period_end(sub, at)
 

@@ -11,7 +11,9 @@ from typing import Any
 
 import orjson
 
-API_VERSION = "2026-10-28.endive"
+# The version Perly pins is the one the emulator renders (and stamps on its events).
+from stripe_vocabulary import API_VERSION
+
 ACCOUNT_ID = "acct_1PerlyEmu1atorX"
 
 Json = dict[str, Any]

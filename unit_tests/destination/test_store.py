@@ -177,8 +177,9 @@ def test_given_charges_and_events_then_a_bundle_holds_the_failed_charges_and_cus
     ]
     store.upsert_records("charges", [{**charge, "updated": T0} for charge in charges])
     kinds = ("customer.subscription.updated", "invoice.paid", "customer.deleted", "charge.failed")
+    owned = {"id": "obj_1", "customer": "cus_1"}  # an event belongs to its object's customer
     events = [
-        {"id": f"evt_{n}", "object": "event", "type": kind, "created": T0 + n, "customer": "cus_1"}
+        {"id": f"evt_{n}", "object": "event", "type": kind, "created": T0 + n, "data": {"object": owned}}
         for n, kind in enumerate(kinds)
     ]
     store.upsert_records("events", events)

@@ -393,6 +393,130 @@ def test_given_many_events_about_one_object_when_read_then_it_is_fetched_once_in
     assert state_blob(output, "subscriptions")["updated"] == NOW
 
 
+def pinned_event(fake: FakeStripe, event_type: str, obj: dict[str, Any], created: int) -> None:
+    """An event as Stripe renders it at the API version the source pins: data.object as it was then."""
+    rendered = FakeStripe._render(obj)
+    fake.add("events", created, type=event_type, data={"object": rendered}, api_version=API_VERSION)
+
+
+def test_given_event_carrying_the_whole_object_when_read_then_it_is_emitted_without_a_fetch() -> None:
+    fake = FakeStripe()
+    cursor = NOW - DAY
+    sub = fake.add(
+        "subscriptions", NOW - 90 * DAY, object_id="sub_1", status="active", discounts=[], items={"data": []}
+    )
+    pinned_event(fake, "customer.subscription.updated", {**sub, "status": "active"}, cursor + 60)
+    pinned_event(fake, "customer.subscription.updated", {**sub, "status": "past_due"}, cursor + 120)
+
+    output = sync(fake, "subscriptions", state=events_mode_state("subscriptions", cursor))
+
+    (record,) = records(output, "subscriptions")
+    assert (record["id"], record["status"], record["updated"]) == ("sub_1", "past_due", cursor + 120)
+    assert "/v1/subscriptions/sub_1" not in fake.paths()
+
+
+def test_given_events_stream_too_when_object_taken_from_its_event_then_the_event_record_is_unchanged() -> (
+    None
+):
+    """In process, the source hands out its record dicts: the object taken from an event is a copy."""
+    fake = FakeStripe()
+    cursor = NOW - DAY
+    sub = fake.add("subscriptions", NOW - 90 * DAY, object_id="sub_1", discounts=[], items={"data": []})
+    pinned_event(fake, "customer.subscription.updated", sub, cursor + 60)
+    state = StateBuilder().with_stream_state("subscriptions", {"updated": cursor})
+    state = state.with_stream_state("events", {"created": cursor}).build()
+
+    with fake.serving():
+        messages = list(
+            make_source(fake).read(
+                logging.getLogger("test"), ConfigBuilder().build(), catalog("subscriptions", "events"), state
+            )
+        )
+
+    emitted = [m.record for m in messages if m.record is not None]
+    (event,) = [r.data for r in emitted if r.stream == "events"]
+    (record,) = [r.data for r in emitted if r.stream == "subscriptions"]
+    assert record["updated"] == cursor + 60
+    assert "updated" not in event["data"]["object"]
+
+
+@pytest.mark.parametrize(
+    ("why", "event_fields", "second_event_fields"),
+    [
+        ("rendered at another API version", {"api_version": "2024-06-20"}, None),
+        ("discounts not expanded", {"discounts": ["di_1"]}, None),
+        (
+            "an item's discounts not expanded",
+            {"items": {"data": [{"id": "si_1", "discounts": ["di_2"]}]}},
+            None,
+        ),
+        ("two different objects in one second", {}, {"status": "canceled"}),
+    ],
+)
+def test_given_event_object_that_is_not_the_fetched_one_when_read_then_the_object_is_fetched(
+    why: str, event_fields: dict[str, Any], second_event_fields: dict[str, Any] | None
+) -> None:
+    fake = FakeStripe()
+    cursor = NOW - DAY
+    sub = fake.add(
+        "subscriptions", NOW - 90 * DAY, object_id="sub_1", status="unpaid", discounts=[], items={"data": []}
+    )
+    version = event_fields.pop("api_version", API_VERSION)
+    event_object = {**sub, "status": "past_due", **event_fields}
+    fake.add(
+        "events",
+        cursor + 60,
+        type="customer.subscription.updated",
+        data={"object": event_object},
+        api_version=version,
+    )
+    if second_event_fields is not None:
+        pinned_event(fake, "customer.subscription.updated", {**sub, **second_event_fields}, cursor + 60)
+
+    output = sync(fake, "subscriptions", state=events_mode_state("subscriptions", cursor))
+
+    (record,) = records(output, "subscriptions")
+    assert record["status"] == "unpaid", why
+    assert fake.paths().count("/v1/subscriptions/sub_1") == 1, why
+
+
+def test_given_invoice_events_of_one_second_when_read_then_the_furthest_along_is_taken() -> None:
+    """created, finalized and paid in one second: the paid invoice is the later, whatever the order."""
+    fake = FakeStripe()
+    cursor = NOW - DAY
+    at = cursor + 60
+    invoice = fake.add("invoices", at, object_id="in_1", customer="cus_1", status="paid")
+    steps = (
+        ("invoice.paid", "paid", {"finalized_at": at, "paid_at": at}),
+        ("invoice.created", "draft", {"finalized_at": None, "paid_at": None}),
+        ("invoice.finalized", "open", {"finalized_at": at, "paid_at": None}),
+    )
+    for event_type, status, transitions in steps:
+        pinned_event(fake, event_type, {**invoice, "status": status, "status_transitions": transitions}, at)
+
+    output = sync(fake, "invoices", state=events_mode_state("invoices", cursor))
+
+    (record,) = records(output, "invoices")
+    assert record["status"] == "paid"
+    assert "/v1/invoices/in_1" not in fake.paths()
+
+
+def test_given_event_invoice_with_more_than_ten_lines_when_read_then_only_its_lines_are_fetched() -> None:
+    fake = FakeStripe()
+    cursor = NOW - DAY
+    lines = [{"id": f"il_{i:03d}", "object": "line_item"} for i in range(25)]
+    invoice = fake.add("invoices", NOW - 5 * DAY, object_id="in_1", customer="cus_1", lines={"data": lines})
+    pinned_event(fake, "invoice.finalized", invoice, cursor + 60)
+
+    output = sync(fake, "invoices", state=events_mode_state("invoices", cursor))
+
+    (record,) = records(output, "invoices")
+    assert sorted(line["id"] for line in record["lines"]["data"]) == [line["id"] for line in lines]
+    assert record["lines"]["has_more"] is False
+    assert "/v1/invoices/in_1" not in fake.paths()
+    assert fake.paths().count("/v1/invoices/in_1/lines") == 1
+
+
 def test_given_events_when_read_then_events_are_asked_from_just_before_the_cursor_with_billing_types() -> (
     None
 ):

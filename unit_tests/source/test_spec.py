@@ -237,3 +237,28 @@ def test_the_entrypoint_masks_a_padded_key_also_as_the_client_uses_it_and_as_mes
         ]
     finally:
         update_secrets([])
+
+
+def test_the_cli_prints_the_spec_message_the_cdk_would_without_importing_the_cdk() -> None:
+    """`spec` answers before the CDK is imported (start-up time), with the CDK's exact bytes."""
+    import logging
+    import subprocess
+    import sys
+
+    from airbyte_cdk.entrypoint import AirbyteEntrypoint
+    from airbyte_cdk.models import AirbyteMessage, Type
+
+    from source_perly_stripe.source import SourcePerlyStripe
+
+    program = (
+        "import sys; sys.argv = ['source-perly-stripe', 'spec']\n"
+        "from source_perly_stripe.run import run; run()\n"
+        "print('cdk imported' if 'airbyte_cdk' in sys.modules else 'no cdk')"
+    )
+    root = Path(source_perly_stripe.__file__).parents[1]
+    output = subprocess.run(
+        [sys.executable, "-c", program], check=True, capture_output=True, text=True, cwd=root
+    ).stdout.splitlines()
+    spec = SourcePerlyStripe().spec(logging.getLogger("test"))
+    expected = AirbyteEntrypoint.airbyte_message_to_string(AirbyteMessage(type=Type.SPEC, spec=spec))
+    assert output == [expected, "no cdk"]

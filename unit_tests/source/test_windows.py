@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from source_perly_stripe.windows import DAY, gaps, initial_windows, merge, plan_split, split
+from source_perly_stripe.windows import DAY, gaps, initial_windows, merge, plan_cut, split
 
 intervals = st.lists(
     st.tuples(st.integers(0, 1_000), st.integers(0, 1_000)).map(sorted).map(tuple), max_size=12
@@ -58,16 +58,21 @@ def test_given_fifteen_years_when_initial_windows_then_capped_count() -> None:
     assert windows[-1][1] == 15 * 365 * DAY
 
 
-def test_given_sparse_page_when_plan_split_then_no_cut() -> None:
-    # 100 records over 100 days: the rest of a 200-day window holds about one page.
-    assert plan_split(0, 200 * DAY, 100 * DAY, 100, target_pages=8, max_parts=16) == []
+def test_given_too_few_pages_left_for_two_pieces_when_plan_cut_then_no_cut() -> None:
+    # 0.01 records/s over the rest of the window: 20 pages, fewer than two pieces of 12.
+    assert plan_cut(0, 200_000, 0.01, open_ended=True, keep_pages=12, page_size=100) is None
 
 
-def test_given_dense_page_when_plan_split_then_cuts_near_the_page_and_keeps_one_window_for_the_far_past() -> (
+def test_given_open_ended_window_when_plan_cut_then_keeps_pages_next_to_the_page_and_hands_on_the_past() -> (
     None
 ):
-    # 100 records in 1,000 s: a page per 1,000 s, so about 8,000 s per piece of 8 pages.
-    cuts = plan_split(0, 1_000_000, 999_001, 100, target_pages=8, max_parts=4)
+    # 0.1 records/s: a page per 1,000 s, so the window keeps 12,000 s next to its last page.
+    cut = plan_cut(0, 1_000_000, 0.1, open_ended=True, keep_pages=12, page_size=100)
 
-    assert cuts == [975_001, 983_001, 991_001]
-    assert all(0 < c < 999_001 for c in cuts)
+    assert cut == 988_000
+
+
+def test_given_bounded_window_when_plan_cut_then_halves_of_at_least_half_the_pages() -> None:
+    # Its density is measured: the halves of 6 pages each are worth a reader at the end of a read.
+    assert plan_cut(988_000, 1_000_000, 0.1, open_ended=False, keep_pages=12, page_size=100) == 994_000
+    assert plan_cut(989_000, 1_000_000, 0.1, open_ended=False, keep_pages=12, page_size=100) is None

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import stripe
 
-from destination_perly.webhook_events import PINNED_API_VERSION
+from stripe_vocabulary import API_VERSION
 
 SECRET = "whsec_test_perly_current"
 OLD_SECRET = "whsec_test_perly_previous"
@@ -34,7 +34,7 @@ def event(event_type: str, obj: dict[str, Any], created: int, **extra: Any) -> d
     return {
         "id": extra.pop("id", f"evt_test_{next(_ids):06d}"),
         "object": "event",
-        "api_version": PINNED_API_VERSION,
+        "api_version": API_VERSION,
         "created": created,
         "data": {
             "object": obj,

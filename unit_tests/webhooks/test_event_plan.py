@@ -44,7 +44,7 @@ def test_each_billing_object_goes_to_its_stream(event_type: str, obj: dict, stre
             "customer.deleted",
             customer("cus_gone"),
             "customers",
-            {"id": "cus_gone", "object": "customer", "deleted": True, "updated": T0, "customer": "cus_gone"},
+            {"id": "cus_gone", "object": "customer", "deleted": True, "updated": T0},
         ),
         (
             "invoice.deleted",
