@@ -251,7 +251,7 @@ class Ingestor:
 
     def upsert_rows(self, stream: str, rows: list[Row], touched: set[str], stage: bool = False) -> None:
         """One transaction: the rows and the dirty marks of their customers."""
-        with self.store.transaction():
+        with self.store.batched(), self.store.transaction():
             self.store.upsert_rows(stream, rows, stage)
             self.store.mark_dirty(touched)
 
@@ -332,8 +332,9 @@ class Ingestor:
                     logger.warning("customer %s: %s", outcome.customer_id, problem)
         evaluations = [o.evaluation for o in outcomes if o.evaluation is not None]
         snapshots = [(o.customer_id, o.snapshot) for o in outcomes if o.snapshot is not None]
-        self.store.save_results(evaluations, snapshots)
-        self.store.clear_dirty({c: m for c, m in seen_marks.items() if c not in failed})
+        with self.store.batched():
+            self.store.save_results(evaluations, snapshots)
+            self.store.clear_dirty({c: m for c, m in seen_marks.items() if c not in failed})
         result.failed.extend(sorted(failed))
         result.refreshed += len(evaluations)
         return True

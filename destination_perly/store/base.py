@@ -15,7 +15,7 @@ import hashlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -232,6 +232,33 @@ class Store(ABC):
     def _ensure_insertion_order(self, table: str) -> None:  # noqa: B027 - a hook: SQLite has rowid
         """Gives `table` the column `insertion_order` names when the backend needs one."""
 
+    def _raw_json_type(self) -> str:
+        """The column type of the raw Stripe objects (PostgreSQL may name a faster compression)."""
+        return "TEXT"
+
+    # --- bulk writes (each backend sends them its fastest way) --------------------------------
+    def _insert_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """INSERT INTO table (columns) each row."""
+        placeholders = ", ".join("?" * len(columns))
+        self._executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})", rows)
+
+    def _delete_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """DELETE FROM table the rows whose `columns` equal each row's values."""
+        where = " AND ".join(f"{column} = ?" for column in columns)
+        self._executemany(f"DELETE FROM {table} WHERE {where}", rows)
+
+    def _upsert_many(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], key: str, update: str
+    ) -> None:
+        """INSERT INTO table (columns) each row, ON CONFLICT (key) DO UPDATE SET `update` (which may
+        name `excluded` and end with a WHERE). The rows' keys must be distinct."""
+        placeholders = ", ".join("?" * len(columns))
+        self._executemany(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"
+            f" ON CONFLICT ({key}) DO UPDATE SET {update}",
+            rows,
+        )
+
     # --- transactions -------------------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -256,6 +283,11 @@ class Store(ABC):
                 self._tx_depth = 0
             raise
         self._tx_depth = 0
+
+    def batched(self) -> AbstractContextManager[None]:
+        """Around statements that read nothing: PostgreSQL sends them all at once (one round trip, not
+        one each); an error then surfaces at the end and rolls the whole transaction back."""
+        return nullcontext()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Run one statement (for parts keeping their own tables); `?` placeholders on both backends."""
@@ -353,7 +385,7 @@ class Store(ABC):
                 self._execute(
                     f"CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY, updated {big} NOT NULL,"
                     f" deleted {big} NOT NULL DEFAULT 0, customer_id TEXT, created {big},"
-                    f" status TEXT, type TEXT, data TEXT NOT NULL, generation_id {big})"
+                    f" status TEXT, type TEXT, data {self._raw_json_type()} NOT NULL, generation_id {big})"
                 )
                 self._execute(f"CREATE INDEX IF NOT EXISTS {table}_customer_idx ON {table} (customer_id)")
             if self._tables is not None:  # (a rolled-back outer transaction forgets the cache)
@@ -391,9 +423,8 @@ class Store(ABC):
             return set()
         table = self.ensure_stream_table(stream, stage)
         # A tombstone keeps the last full object (readers still see what was deleted) but marks it.
-        sql = (
-            f"INSERT INTO {table} ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * len(ROW_COLUMNS))})"
-            f" ON CONFLICT (id) DO UPDATE SET updated = excluded.updated, deleted = excluded.deleted,"
+        update = (
+            "updated = excluded.updated, deleted = excluded.deleted,"
             f" customer_id = COALESCE(excluded.customer_id, {table}.customer_id),"
             f" created = COALESCE(excluded.created, {table}.created),"
             f" status = CASE WHEN excluded.deleted = 1 THEN {table}.status ELSE excluded.status END,"
@@ -403,7 +434,7 @@ class Store(ABC):
             f" WHERE excluded.updated >= {table}.updated"
         )
         with self.transaction():
-            self._executemany(sql, batch)
+            self._upsert_many(table, ROW_COLUMNS, batch, "id", update)
         return {row.customer_id for row in batch if row.customer_id}
 
     # --- staging (overwrite and truncate refreshes) -------------------------------------------
@@ -438,10 +469,12 @@ class Store(ABC):
         ids = sorted(set(customer_ids))
         if ids:
             with self.transaction():
-                self._executemany(
-                    f"INSERT INTO {DIRTY_TABLE} (customer_id, mark) VALUES (?, 1) ON CONFLICT (customer_id)"
-                    f" DO UPDATE SET mark = {DIRTY_TABLE}.mark + 1",
-                    [(c,) for c in ids],
+                self._upsert_many(
+                    DIRTY_TABLE,
+                    ("customer_id", "mark"),
+                    [(c, 1) for c in ids],
+                    "customer_id",
+                    f"mark = {DIRTY_TABLE}.mark + 1",
                 )
 
     def _mark_dirty_from(self, select_customer_ids: str, params: Sequence[Any] = ()) -> None:
@@ -475,9 +508,7 @@ class Store(ABC):
         """Clears the marks a refresh has seen; a customer written since (a higher mark) stays dirty."""
         if seen:
             with self.transaction():
-                self._executemany(
-                    f"DELETE FROM {DIRTY_TABLE} WHERE customer_id = ? AND mark = ?", sorted(seen.items())
-                )
+                self._delete_many(DIRTY_TABLE, ("customer_id", "mark"), sorted(seen.items()))
 
     def mark_time_sensitive(self, as_of: datetime, lookback_days: int = 90) -> None:
         """Marks dirty the customers whose health can change with the clock alone: open invoices,
@@ -642,16 +673,14 @@ class Store(ABC):
             return
         health_fields = [f.name for f in dataclasses.fields(CustomerHealth)]
         updates = ", ".join(f"{name} = excluded.{name}" for name in health_fields if name != "customer_id")
-        health_sql = (
-            f"INSERT INTO {HEALTH_TABLE} ({', '.join(health_fields)})"
-            f" VALUES ({', '.join('?' * len(health_fields))})"
-            f" ON CONFLICT (customer_id) DO UPDATE SET {updates}"
-        )
         with self.transaction():
             if evaluations:
-                self._executemany(
-                    health_sql,
+                self._upsert_many(
+                    HEALTH_TABLE,
+                    health_fields,
                     [[_db_value(getattr(e.health, name)) for name in health_fields] for e in evaluations],
+                    "customer_id",
+                    updates,
                 )
                 self._insert_dataclasses(
                     MOVEMENTS_TABLE, MrrMovement, [m for e in evaluations for m in e.movements]
@@ -660,9 +689,9 @@ class Store(ABC):
                     PLAN_CHANGES_TABLE, PlanChange, [p for e in evaluations for p in e.plan_changes]
                 )
             if snapshots:
-                self._executemany(
-                    f"INSERT INTO {SNAPSHOTS_TABLE} (customer_id, at, mrr_by_currency, cause)"
-                    " VALUES (?, ?, ?, ?)",
+                self._insert_many(
+                    SNAPSHOTS_TABLE,
+                    ("customer_id", "at", "mrr_by_currency", "cause"),
                     [(c, iso(s.at), _db_value(s.mrr_by_currency), s.cause) for c, s in snapshots],
                 )
 
@@ -670,5 +699,4 @@ class Store(ABC):
         if not items:
             return
         names = [f.name for f in dataclasses.fields(model)]
-        sql = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
-        self._executemany(sql, [[_db_value(getattr(item, n)) for n in names] for item in items])
+        self._insert_many(table, names, [[_db_value(getattr(item, n)) for n in names] for item in items])

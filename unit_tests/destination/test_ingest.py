@@ -33,6 +33,23 @@ def test_upsert_returns_the_customers_touched_and_marks_them_pending(store: Stor
     assert store.query("SELECT customer_id FROM stripe_events") == [{"customer_id": "cus_evt"}]
 
 
+def test_given_a_batch_the_store_refuses_then_it_raises_keeps_nothing_and_the_next_batch_lands(
+    store: Store,
+) -> None:
+    """On PostgreSQL a flush is sent in one go and the refusal only surfaces at its end."""
+    ingestor = Ingestor(store, HealthConfig(), evaluate=FakeEngine())
+    store.ensure_stream_table("customers")
+    good, _ = ingestor.prepare("customers", customer("cus_1"))
+    refused = good._replace(id="cus_2", customer_id="cus_2", updated=None)  # updated is NOT NULL
+    with pytest.raises(Exception, match="(?i)not.null|null value"):
+        ingestor.upsert_rows("customers", [good, refused], {"cus_1", "cus_2"})
+    assert store.query("SELECT id FROM stripe_customers") == []
+    assert store.dirty_customers() == set()
+    ingestor.upsert_rows("customers", [good], {"cus_1"})
+    assert store.query("SELECT id FROM stripe_customers") == [{"id": "cus_1"}]
+    assert store.dirty_customers() == {"cus_1"}
+
+
 def test_refresh_pending_reads_the_ledger_in_pages_and_a_failing_customer_stays_for_the_next_round(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
