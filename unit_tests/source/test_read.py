@@ -548,13 +548,18 @@ def test_given_deleted_customer_event_when_read_then_tombstone_without_a_fetch()
     assert "/v1/customers/cus_gone" not in fake.paths()
 
 
-def test_given_customer_deleted_before_the_first_sync_when_read_without_events_then_tombstone() -> None:
-    # Stripe lists only live customers; the canceled subscription of a deleted one still names it.
+def account_with_a_deleted_customer() -> FakeStripe:
+    """Stripe lists only live customers; the canceled subscription of a deleted one still names it."""
     fake = FakeStripe()
     fake.add("customers", NOW - 90 * DAY, object_id="cus_live")
     fake.add("customers", NOW - 80 * DAY, object_id="cus_gone")
     fake.delete("customers", "cus_gone")
     fake.add("subscriptions", NOW - 70 * DAY, object_id="sub_gone", customer="cus_gone", status="canceled")
+    return fake
+
+
+def test_given_customer_deleted_before_the_first_sync_when_read_without_events_then_tombstone() -> None:
+    fake = account_with_a_deleted_customer()
     fake.add("invoices", NOW - 60 * DAY, object_id="in_live", customer="cus_live", status="paid")
     config = ConfigBuilder().with_api_key(TEST_RESTRICTED_KEY).build()
 
@@ -586,13 +591,8 @@ def test_given_customer_deleted_before_the_first_sync_when_read_without_events_t
 
 
 def test_given_the_unlisted_customer_fetch_fails_when_synced_again_then_the_tombstone_comes() -> None:
-    fake = FakeStripe()
-    fake.add("customers", NOW - 90 * DAY, object_id="cus_live")
-    fake.add("customers", NOW - 80 * DAY, object_id="cus_gone")
-    fake.delete("customers", "cus_gone")
-    fake.add("subscriptions", NOW - 70 * DAY, object_id="sub_gone", customer="cus_gone", status="canceled")
+    fake = account_with_a_deleted_customer()
     fake.fail(r"^/v1/customers/cus_gone$", 500, times=10)
-
     config = ConfigBuilder().with_api_key(TEST_RESTRICTED_KEY).build()
 
     failed = sync(fake, "customers", "subscriptions", config=config, expecting_exception=True)
@@ -606,14 +606,11 @@ def test_given_the_unlisted_customer_fetch_fails_when_synced_again_then_the_tomb
 
 
 def test_given_an_events_stream_when_first_sync_then_unlisted_customers_are_not_fetched() -> None:
-    fake = FakeStripe()
-    fake.add("customers", NOW - 80 * DAY, object_id="cus_gone")
-    fake.delete("customers", "cus_gone")
-    fake.add("subscriptions", NOW - 70 * DAY, object_id="sub_gone", customer="cus_gone", status="canceled")
+    fake = account_with_a_deleted_customer()
 
     output = sync(fake, "customers", "subscriptions", "events")
 
-    assert records(output, "customers") == []
+    assert [r["id"] for r in records(output, "customers")] == ["cus_live"]
     assert "/v1/customers/cus_gone" not in fake.paths()
 
 
