@@ -188,7 +188,7 @@ class SyncReader:
         self._events_denied: StripePermissionError | None = None
         self._events_done = False
         self._windows_in_flight = 0  # windows being read, across streams (for `readers`)
-        # When customers are read in full: the customers that subscriptions, invoices and charges name
+        # See `_plan_unlisted_customers`: the customers that subscriptions, invoices and charges name
         # and the customers list did not give (Stripe lists only live customers: these were deleted,
         # maybe before any event we can read). Each is fetched once before customers completes.
         self._named_customers: set[str] | None = None
