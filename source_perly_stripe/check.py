@@ -53,8 +53,7 @@ FIGURES_WITHOUT: dict[str, str] = {
         "(ranks are unchanged)"
     ),
     "rak_event_read": (
-        "changes are dated from invoices and sync-to-sync differences instead of Stripe's events, and a "
-        "customer deleted before the first sync is not known as deleted"
+        "changes are dated from invoices and sync-to-sync differences instead of Stripe's events"
     ),
 }
 

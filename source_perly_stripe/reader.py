@@ -38,7 +38,7 @@ from airbyte_cdk.models import (  # type: ignore[attr-defined,unused-ignore]
 from airbyte_cdk.utils.stream_status_utils import as_airbyte_message as status_message
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
-from stripe_vocabulary import API_VERSION, tombstone
+from stripe_vocabulary import API_VERSION, CUSTOMER_OWNED_STREAMS, customer_of, tombstone
 
 from .check import missing_core_message
 from .client import (
@@ -188,6 +188,13 @@ class SyncReader:
         self._events_denied: StripePermissionError | None = None
         self._events_done = False
         self._windows_in_flight = 0  # windows being read, across streams (for `readers`)
+        # See `_plan_unlisted_customers`: the customers that subscriptions, invoices and charges name
+        # and the customers list did not give (Stripe lists only live customers: these were deleted,
+        # maybe before any event we can read). Each is fetched once before customers completes.
+        self._named_customers: set[str] | None = None
+        self._listed_customers: set[str] = set()
+        self._unlisted_carried = False  # named by an interrupted sync's state: nothing more is collected
+        self._unlisted: list[str] = []  # being fetched; kept in the state should a fetch fail
 
     # ---- planning ------------------------------------------------------------------------------
 
@@ -275,7 +282,24 @@ class SyncReader:
                 run.events_from = cursor - EVENTS_OVERLAP
                 self._changes[stream.name] = {}
             # Otherwise (first sync, or events not readable) the stream is read in full.
+        self._plan_unlisted_customers()
         yield from self._explain_full_reads()
+
+    def _plan_unlisted_customers(self) -> None:
+        """Whether this sync fetches the customers other objects name that the customers list leaves
+        out (see `_named_customers`): when customers are read in full from the start without an events
+        stream to tell their deletions (`customer.deleted`), or to finish a failed fetch of them."""
+        customers = self._runs.get("customers")
+        if customers is None or customers.mode != "backfill":
+            return
+        backfill = self._states.get("customers", {}).get("backfill") if customers.incremental else None
+        carried = backfill.get("unlisted") if isinstance(backfill, dict) else None
+        events_tell_deletions = EVENTS.name in self._runs and self._events_denied is None
+        if customers.covered_at_start == 0 and not events_tell_deletions:
+            if CUSTOMER_OWNED_STREAMS & self._runs.keys():
+                self._named_customers = set()
+        elif isinstance(carried, list) and customers.covered_at_start > 0:
+            self._named_customers, self._unlisted_carried = set(carried), True
 
     def _explain_full_reads(self) -> Iterator[AirbyteMessage]:
         """Without events, changes cannot be replayed: say what each stream reads instead."""
@@ -653,6 +677,34 @@ class SyncReader:
             for object_id in departed:
                 self._submit(name, self._refetch, run.stream, Change(object_id=object_id, at=run.upper - 1))
 
+    def _fetch_unlisted_customers(self, run: StreamRun) -> Iterator[AirbyteMessage]:
+        """Fetch once each customer that other objects name but the customers list did not give: a
+        deleted one becomes a tombstone (as its deletion event would give), a live one a record."""
+        assert self._named_customers is not None
+        unlisted = sorted(self._named_customers - self._listed_customers)
+        self._named_customers, self._unlisted = None, unlisted
+        if not unlisted:
+            return
+        yield _log(
+            Level.INFO,
+            f"customers: {len(unlisted)} customers named by subscriptions, invoices or charges were not "
+            "listed (Stripe lists only live customers); fetching each once to learn whether it was deleted.",
+        )
+        for customer in unlisted:
+            self._submit(
+                run.stream.name, self._refetch, run.stream, Change(object_id=customer, at=run.upper - 1)
+            )
+
+    def _note_customers(self, key: str, records: list[dict[str, Any]]) -> None:
+        """Which customers this page lists (customers) or names (the objects customers own)."""
+        if self._named_customers is None or self._unlisted_carried:
+            return
+        if key == "customers":
+            self._listed_customers.update(record["id"] for record in records)
+        elif key in CUSTOMER_OWNED_STREAMS:
+            named = (customer_of(key, record) for record in records)
+            self._named_customers.update(customer for customer in named if customer)
+
     def _loop(self) -> Iterator[AirbyteMessage]:
         while True:
             with self._lock:
@@ -692,6 +744,7 @@ class SyncReader:
                 return
             yield from self._emit_records(run, records)
             self._follow(run, records)
+            self._note_customers(key, records)
             if covered is not None and run.mode == "backfill":
                 # A resumed backfill checkpoints within a window too, not only when a window ends.
                 run.done = merge([*run.done, covered])
@@ -788,8 +841,17 @@ class SyncReader:
         if covered_now > 0:
             unread = max(0, run.upper - run.lower - covered)
             yield _estimate(run.stream.name, run.records + run.records * unread // covered_now)
-        if run.incremental:
+        if run.incremental and not self._awaits_unlisted(run):
             yield self._state_message(run)
+
+    def _awaits_unlisted(self, run: StreamRun) -> bool:
+        """A customers backfill read to the end whose unlisted customers are not fetched yet: its
+        state would tell the next sync that nothing is left to read."""
+        return (
+            run.stream.name == "customers"
+            and self._named_customers is not None
+            and not gaps(run.lower, run.upper, run.done)
+        )
 
     def _on_error(self, key: str, error: BaseException) -> Iterator[AirbyteMessage]:
         if isinstance(error, _Cancelled):
@@ -840,11 +902,19 @@ class SyncReader:
         ).as_sanitized_airbyte_message()
 
     def _finish_ready(self) -> Iterator[AirbyteMessage]:
-        for run in self._runs.values():
+        # Customers last: they wait for the streams that name customers (`_fetch_unlisted_customers`).
+        for run in sorted(self._runs.values(), key=lambda r: r.stream.name == "customers"):
             if run.finished or run.pending > 0:
                 continue
             if run.mode in ("events", "events_stream") and not self._events_done:
                 continue
+            if run.stream.name == "customers" and self._named_customers is not None and run.failed is None:
+                owners = [r for r in self._runs.values() if r.stream.name in CUSTOMER_OWNED_STREAMS]
+                if not all(r.finished for r in owners):
+                    continue
+                yield from self._fetch_unlisted_customers(run)
+                if run.pending > 0:
+                    continue
             if run.mode == "reconcile" and not run.departures_checked and run.failed is None:
                 run.departures_checked = True
                 yield from self._check_departures(run)
@@ -897,6 +967,8 @@ class SyncReader:
                 blob["full_read_requests"] = run.previous_full_requests
             if run.sketch is not None:
                 blob["watch"] = run.sketch.to_state()
+            if run.stream.name == "customers" and self._unlisted:
+                blob["backfill"]["unlisted"] = self._unlisted  # a fetch failed: the next sync fetches again
         return AirbyteMessage(
             type=Type.STATE,
             state=AirbyteStateMessage(

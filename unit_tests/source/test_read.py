@@ -548,6 +548,88 @@ def test_given_deleted_customer_event_when_read_then_tombstone_without_a_fetch()
     assert "/v1/customers/cus_gone" not in fake.paths()
 
 
+def account_with_a_deleted_customer() -> FakeStripe:
+    """Stripe lists only live customers; the canceled subscription of a deleted one still names it."""
+    fake = FakeStripe()
+    fake.add("customers", NOW - 90 * DAY, object_id="cus_live")
+    fake.add("customers", NOW - 80 * DAY, object_id="cus_gone")
+    fake.delete("customers", "cus_gone")
+    fake.add("subscriptions", NOW - 70 * DAY, object_id="sub_gone", customer="cus_gone", status="canceled")
+    return fake
+
+
+def test_given_customer_deleted_before_the_first_sync_when_read_without_events_then_tombstone() -> None:
+    fake = account_with_a_deleted_customer()
+    fake.add("invoices", NOW - 60 * DAY, object_id="in_live", customer="cus_live", status="paid")
+    config = ConfigBuilder().with_api_key(TEST_RESTRICTED_KEY).build()
+
+    output = sync(fake, "customers", "subscriptions", "invoices", config=config)
+
+    assert records(output, "customers") == [
+        {
+            "id": "cus_live",
+            "object": "customer",
+            "created": NOW - 90 * DAY,
+            "livemode": False,
+            "updated": NOW,
+        },
+        {"id": "cus_gone", "object": "customer", "deleted": True, "updated": NOW},
+    ]
+    assert fake.paths().count("/v1/customers/cus_gone") == 1
+    assert "/v1/customers/cus_live" not in fake.paths()
+    assert output.is_in_logs(
+        "customers: 1 customers named by subscriptions, invoices or charges were not listed"
+    )
+    # The customers state is acknowledged only after the tombstone.
+    order = [
+        "record" if m.record is not None else "state"
+        for m in output.records_and_state_messages
+        if (m.record.stream if m.record is not None else m.state.stream.stream_descriptor.name) == "customers"
+    ]
+    assert order[-2:] == ["record", "state"]
+    assert statuses(output, "customers")[-1] == AirbyteStreamStatus.COMPLETE
+
+
+def test_given_the_unlisted_customer_fetch_fails_when_synced_again_then_the_tombstone_comes() -> None:
+    fake = account_with_a_deleted_customer()
+    fake.fail(r"^/v1/customers/cus_gone$", 500, times=10)
+    config = ConfigBuilder().with_api_key(TEST_RESTRICTED_KEY).build()
+
+    failed = sync(fake, "customers", "subscriptions", config=config, expecting_exception=True)
+    fake.faults.clear()
+    retried = sync(fake, "customers", "subscriptions", state=final_states(failed), config=config)
+
+    assert statuses(failed, "customers")[-1] == AirbyteStreamStatus.INCOMPLETE
+    assert {"id": "cus_gone", "object": "customer", "deleted": True, "updated": NOW} in records(
+        retried, "customers"
+    )
+
+
+def test_given_an_events_stream_when_first_sync_then_unlisted_customers_are_not_fetched() -> None:
+    fake = account_with_a_deleted_customer()
+
+    output = sync(fake, "customers", "subscriptions", "events")
+
+    assert [r["id"] for r in records(output, "customers")] == ["cus_live"]
+    assert "/v1/customers/cus_gone" not in fake.paths()
+
+
+def test_given_every_named_customer_is_listed_when_first_sync_then_no_customer_is_fetched() -> None:
+    fake = FakeStripe()
+    seeded = seed_customers(fake, 30, NOW - 100 * DAY, DAY)
+    for i, customer in enumerate(seeded):
+        fake.add("subscriptions", customer["created"] + 60, customer=customer["id"], status="active")
+        fake.add("charges", customer["created"] + 120, customer=customer["id"] if i % 2 else None)
+
+    config = ConfigBuilder().with_api_key(TEST_RESTRICTED_KEY).build()
+
+    output = sync(fake, "customers", "subscriptions", "charges", config=config)
+
+    assert len(records(output, "customers")) == 30
+    assert not [path for path in fake.paths() if path.startswith("/v1/customers/")]
+    assert not output.is_in_logs("were not listed")
+
+
 def test_given_changed_object_that_no_longer_exists_when_read_then_tombstone() -> None:
     fake = FakeStripe()
     cursor = NOW - DAY
