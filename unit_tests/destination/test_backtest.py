@@ -14,6 +14,9 @@ from destination_perly.health import HealthConfig
 from destination_perly.health.model import CustomerBundle
 from unit_tests.health.builders import (
     AS_OF,
+    BASIC,
+    PRO,
+    PRODUCTS,
     bundle,
     charge,
     customer,
@@ -23,13 +26,8 @@ from unit_tests.health.builders import (
     invoice,
     item,
     price,
-    products_named,
     subscription,
 )
-
-BASIC = price("price_basic", amount=1000, product="prod_basic")
-PRO = price("price_pro", amount=3000, product="prod_pro")
-PRODUCTS = products_named({"prod_basic": "Basic", "prod_pro": "Pro"})
 
 
 def later(days: float) -> int:

@@ -313,3 +313,9 @@ def evaluate(
 
 def products_named(names: dict[str, str]) -> list[dict[str, Any]]:
     return [{"id": product_id, "object": "product", "name": name} for product_id, name in names.items()]
+
+
+# A two-plan ladder several test modules share: Basic (10.00 a month) below Pro (30.00 a month).
+BASIC = price("price_basic", amount=1000, product="prod_basic")
+PRO = price("price_pro", amount=3000, product="prod_pro")
+PRODUCTS = products_named({"prod_basic": "Basic", "prod_pro": "Pro"})

@@ -12,6 +12,9 @@ from destination_perly.health.model import CustomerEvaluation, MrrSnapshot
 from destination_perly.health.values import to_time
 from unit_tests.health.builders import (
     AS_OF,
+    BASIC,
+    PRO,
+    PRODUCTS,
     bundle,
     days_ago,
     evaluate,
@@ -20,14 +23,10 @@ from unit_tests.health.builders import (
     item,
     paid_invoice,
     price,
-    products_named,
     subscription,
 )
 
-BASIC = price("price_basic", amount=1000, product="prod_basic")
-PRO = price("price_pro", amount=3000, product="prod_pro")
 PRO_YEARLY = price("price_pro_y", amount=30000, interval="year", product="prod_pro")
-PRODUCTS = products_named({"prod_basic": "Basic", "prod_pro": "Pro"})
 
 
 def kinds(evaluation: CustomerEvaluation) -> list[tuple[str, str | None, int, int]]:

@@ -10,6 +10,9 @@ from destination_perly.health.model import CustomerBundle, CustomerEvaluation, M
 from destination_perly.health.values import to_time
 from unit_tests.health.builders import (
     AS_OF,
+    BASIC,
+    PRO,
+    PRODUCTS,
     bundle,
     days_ago,
     evaluate,
@@ -17,14 +20,9 @@ from unit_tests.health.builders import (
     item,
     line,
     paid_invoice,
-    price,
-    products_named,
     subscription,
 )
 
-BASIC = price("price_basic", amount=1000, product="prod_basic")
-PRO = price("price_pro", amount=3000, product="prod_pro")
-PRODUCTS = products_named({"prod_basic": "Basic", "prod_pro": "Pro"})
 MONTH = 30 * 86400
 EARLIER = AS_OF - timedelta(days=7)  # the previous sync's as_of
 

@@ -11,6 +11,9 @@ from destination_perly.health.model import CustomerBundle, MrrSnapshot
 from destination_perly.health.score import WEIGHTS, combine
 from unit_tests.health.builders import (
     AS_OF,
+    BASIC,
+    PRO,
+    PRODUCTS,
     bundle,
     charge,
     customer,
@@ -19,14 +22,9 @@ from unit_tests.health.builders import (
     event,
     invoice,
     item,
-    price,
-    products_named,
     subscription,
 )
 
-BASIC = price("price_basic", amount=1000, product="prod_basic")
-PRO = price("price_pro", amount=3000, product="prod_pro")
-PRODUCTS = products_named({"prod_basic": "Basic", "prod_pro": "Pro"})
 WITH_CARD = customer(invoice_settings={"default_payment_method": "pm_1"})
 
 
