@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from destination_perly.health.counting import counted_at, ended_at, in_trial, is_delinquent
+from destination_perly.health.derived import recurring_of_days
 from destination_perly.health.model import HealthConfig, MrrMovement, MrrSnapshot, PlanChange, StoredHistory
 from destination_perly.health.mrr import (
     Catalog,
@@ -181,7 +182,7 @@ def _prices_from_lines(invoices: list[StripeObject]) -> dict[str, StripeObject]:
                 "id": price_id,
                 "product": as_dict(pricing.get("price_details")).get("product"),
                 "currency": line.get("currency"),
-                "recurring": {**_interval_of_days((end - start).days), "usage_type": "licensed"},
+                "recurring": {**recurring_of_days((end - start).days), "usage_type": "licensed"},
                 "unit_amount": int(unit),
                 "type": "recurring",
             }
@@ -191,16 +192,6 @@ def _prices_from_lines(invoices: list[StripeObject]) -> dict[str, StripeObject]:
 def _line_price(line: StripeObject) -> Any:
     details = as_dict(as_dict(line.get("pricing")).get("price_details"))
     return details.get("price") or line.get("price") or ref_id(line.get("plan"))
-
-
-def _interval_of_days(days: int) -> dict[str, Any]:
-    if days >= 360:
-        return {"interval": "year", "interval_count": max(1, round(days / 365))}
-    if days >= 28:
-        return {"interval": "month", "interval_count": max(1, round(days / 30.4))}
-    if days >= 7:
-        return {"interval": "week", "interval_count": max(1, round(days / 7))}
-    return {"interval": "day", "interval_count": max(1, days)}
 
 
 def _invoice_items(
@@ -246,7 +237,7 @@ def _invoice_items(
             price = {
                 "id": price if isinstance(price, str) else f"billed:{amount}",
                 "product": as_dict(as_dict(line.get("pricing")).get("price_details")).get("product"),
-                "recurring": {**_interval_of_days((line_end - line_start).days), "usage_type": "licensed"},
+                "recurring": {**recurring_of_days((line_end - line_start).days), "usage_type": "licensed"},
                 "unit_amount": amount // quantity,
                 "type": "recurring",
             }
