@@ -81,6 +81,7 @@ def test_given_a_corrupt_or_truncated_store_then_the_report_says_so_without_a_tr
     store = tmp_path / "perly.db"
     if damage == "garbage":
         store.write_bytes(b"this was never a SQLite file\n" * 200)
+        store.chmod(0o600)  # owner-only, as Perly makes a store: no notice before the message
     elif damage == "truncated":
         write_store(store)
         os.truncate(store, store.stat().st_size // 2)
