@@ -13,7 +13,7 @@ import logging
 import multiprocessing
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -209,17 +209,42 @@ class Ingestor:
         self, stream: str, records: Iterable[Record], generation_id: int | None = None, stage: bool = False
     ) -> set[str]:
         """Stores records (newer `updated` wins) and returns the customers they touch."""
-        rows: list[Row] = []
+        return self.upsert_streams({stream: records}, generation_id, stage)
+
+    def upsert_streams(
+        self,
+        records: Mapping[str, Iterable[Record]],
+        generation_id: int | None = None,
+        stage: bool = False,
+    ) -> set[str]:
+        """`upsert` of several streams in one transaction, a statement per stream, their customers
+        marked dirty in one statement (so concurrent writers take those marks in one order)."""
+        rows: dict[str, list[Row]] = {}
         touched: set[str] = set()
         with self.store.transaction():  # the stored versions read below are the ones overwritten
-            if stream == "subscriptions":
-                records = self.with_stored_discounts(records)
-            for record in records:
-                row, ids = self.prepare(stream, record, generation_id)
-                rows.append(row)
-                touched.update(ids)
-            self.upsert_rows(stream, rows, touched, stage)
+            for stream in sorted(records):
+                batch = records[stream]
+                if stream == "subscriptions":
+                    batch = self.with_stored_discounts(batch)
+                rows[stream] = []
+                for record in batch:
+                    row, ids = self.prepare(stream, record, generation_id)
+                    rows[stream].append(row)
+                    touched.update(ids)
+            with self.store.batched(), self.store.transaction():
+                for stream, stream_rows in rows.items():
+                    self.store.upsert_rows(stream, stream_rows, stage)
+                self.store.mark_dirty(touched)
         return touched
+
+    def touched_by(self, records: Mapping[str, Iterable[Record]]) -> set[str]:
+        """The customers `upsert_streams` of these records marks dirty."""
+        return {
+            c
+            for stream, batch in records.items()
+            for record in batch
+            for c in self._customer_ids(stream, record)
+        }
 
     def with_stored_discounts(self, subscriptions: Iterable[Record]) -> list[Record]:
         """Subscriptions with each discount they (or their items) name by id only, as an event's payload

@@ -20,7 +20,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -65,7 +65,9 @@ def now_ms() -> int:
 
 
 class Ingestor(Protocol):
-    def upsert(self, stream: str, records: list[dict[str, Any]]) -> set[str]: ...
+    def upsert_streams(self, records: Mapping[str, list[dict[str, Any]]]) -> set[str]: ...
+
+    def touched_by(self, records: Mapping[str, list[dict[str, Any]]]) -> set[str]: ...
 
     def refresh(self, customer_ids: Iterable[str], as_of: datetime) -> Any: ...
 
@@ -91,20 +93,30 @@ class EventLedger:
             f" received_ms {big} NOT NULL, applied_ms {big})"
         )
 
-    def claim(self, plan: EventPlan, received_ms: int) -> bool:
-        """Inserts the event's row; False when it was there already (the caller's transaction decides)."""
-        rows = self.store.query(
-            f"INSERT INTO {LEDGER_TABLE} (event_id, event_type, object_id, event_created, received_ms)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-            (plan.event_id, plan.event_type, plan.object_id, plan.created, received_ms),
+    def claim(self, plans: list[EventPlan], customers: Mapping[str, set[str]], received_ms: int) -> set[str]:
+        """Inserts the events' rows (ids distinct) in one statement; returns the ids that were not there
+        already (the caller's transaction decides). In id order, so that two receivers claiming the
+        same ids wait on each other in one order, never in a cycle."""
+        rows = sorted(plans, key=lambda plan: plan.event_id)
+        values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(rows))
+        params = [
+            value
+            for plan in rows
+            for value in (
+                plan.event_id,
+                plan.event_type,
+                plan.object_id,
+                plan.created,
+                orjson.dumps(sorted(customers[plan.event_id])).decode(),
+                received_ms,
+            )
+        ]
+        claimed = self.store.query(
+            f"INSERT INTO {LEDGER_TABLE} (event_id, event_type, object_id, event_created, customer_ids,"
+            f" received_ms) VALUES {values} ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+            params,
         )
-        return bool(rows)
-
-    def set_customers(self, event_id: str, customer_ids: set[str]) -> None:
-        self.store.execute(
-            f"UPDATE {LEDGER_TABLE} SET customer_ids = ? WHERE event_id = ?",
-            (orjson.dumps(sorted(customer_ids)).decode(), event_id),
-        )
+        return {str(row["event_id"]) for row in claimed}
 
     def mark_applied(self, event_ids: list[str], applied_ms: int) -> None:
         with self.store.transaction():
@@ -378,17 +390,39 @@ class WebhookProcessor:
             result: tuple[Outcome, set[str]] = _retry(
                 f"storing event {plan.event_id}",
                 WRITE_ATTEMPTS,
-                functools.partial(connection.run, functools.partial(self._write, plan=plan)),
-            )
+                functools.partial(connection.run, functools.partial(self._write_all, plans=[plan])),
+            )[0]
         except Exception as error:
             log.error("could not store event %s (%s): %s", plan.event_id, plan.event_type, error)
             return error
         return result
 
-    @classmethod
-    def _write_all(cls, connection: Connection, plans: list[EventPlan]) -> list[tuple[Outcome, set[str]]]:
-        with connection.store.transaction():
-            return [cls._write(connection, plan) for plan in plans]
+    @staticmethod
+    def _write_all(connection: Connection, plans: list[EventPlan]) -> list[tuple[Outcome, set[str]]]:
+        """Stores the events in ONE transaction, in a few statements for all of them (a statement costs
+        more than storing an event): their ledger rows, then each stream's records (newer `updated`
+        wins, as one by one), then the dirty marks. An id stored before, or earlier in the batch, is
+        a duplicate and writes nothing."""
+        store, ingestor, ledger = connection.store, connection.ingestor, connection.ledger
+        firsts: dict[str, EventPlan] = {}
+        for plan in plans:
+            firsts.setdefault(plan.event_id, plan)
+        touched = {event_id: ingestor.touched_by(plan.records) for event_id, plan in firsts.items()}
+        with store.transaction():
+            claimed = ledger.claim(list(firsts.values()), touched, now_ms())
+            new = [plan for plan in firsts.values() if plan.event_id in claimed]
+            records: dict[str, list[dict[str, Any]]] = {}
+            for plan in new:  # in arrival order: of two versions with one `updated`, the later wins
+                for stream, stream_records in plan.records.items():
+                    records.setdefault(stream, []).extend(stream_records)
+            if records:
+                ingestor.upsert_streams(records)
+        return [
+            (Outcome.ACCEPTED, touched[plan.event_id])
+            if plan.event_id in claimed and firsts[plan.event_id] is plan
+            else (Outcome.DUPLICATE, set())
+            for plan in plans
+        ]
 
     @staticmethod
     def _probe(connection: Connection, future: Future[Any]) -> None:
@@ -404,18 +438,6 @@ class WebhookProcessor:
             future.set_exception(error)
         else:
             future.set_result(True)
-
-    @staticmethod
-    def _write(connection: Connection, plan: EventPlan) -> tuple[Outcome, set[str]]:
-        store, ingestor, ledger = connection.store, connection.ingestor, connection.ledger
-        with store.transaction():
-            if not ledger.claim(plan, now_ms()):
-                return Outcome.DUPLICATE, set()
-            customers: set[str] = set()
-            for stream, records in plan.records.items():
-                customers |= ingestor.upsert(stream, records)
-            ledger.set_customers(plan.event_id, customers)
-        return Outcome.ACCEPTED, customers
 
     # --- refresher ----------------------------------------------------------------------------
     def _refresh_loop(self, started: threading.Event, errors: list[BaseException]) -> None:

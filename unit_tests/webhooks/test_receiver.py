@@ -208,9 +208,9 @@ class FailingIngestor(Ingestor):
         super().__init__(*args)
         self.fail_upsert, self.fail_refresh = fail_upsert, fail_refresh
 
-    def upsert(self, stream: str, records: Any, *args: Any, **kwargs: Any) -> set[str]:
-        touched = super().upsert(stream, records, *args, **kwargs)
-        if self.fail_upsert and stream == "events":
+    def upsert_streams(self, records: Any, *args: Any, **kwargs: Any) -> set[str]:
+        touched = super().upsert_streams(records, *args, **kwargs)
+        if self.fail_upsert and "events" in records:
             raise RuntimeError("disk full")  # after the object row: the transaction must undo it
         return touched
 
