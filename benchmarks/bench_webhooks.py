@@ -94,6 +94,21 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def store_server_cpu_seconds(config: dict[str, Any]) -> float:
+    """CPU of the PostgreSQL backends serving the receiver's connections (same machine); 0 for SQLite."""
+    if config["store"]["store_type"] != "postgres":
+        return 0.0
+    store = open_store(parse_config(config).store)
+    try:
+        rows = store.query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = ? AND pid <> pg_backend_pid()",
+            ("destination-perly",),
+        )
+    finally:
+        store.close()
+    return sum(tree_cpu_seconds(int(row["pid"])) for row in rows)
+
+
 async def post_all(
     url: str, events: list[dict[str, Any]], concurrency: int
 ) -> dict[str, tuple[float, float]]:
@@ -183,11 +198,13 @@ def main() -> None:
         try:
             events = burst(args.events, args.customers)
             receiver_cpu, client_cpu = tree_cpu_seconds(server.pid), time.process_time()
+            server_cpu = store_server_cpu_seconds(config)
             started = time.time()
             timings = asyncio.run(post_all(url, events, args.concurrency))
             posted = time.time()
             wait_all_applied(config, len(events))
             receiver_cpu = tree_cpu_seconds(server.pid) - receiver_cpu
+            server_cpu = store_server_cpu_seconds(config) - server_cpu
             client_cpu = time.process_time() - client_cpu
         finally:
             stop_receiver(server)
@@ -221,6 +238,7 @@ def main() -> None:
     print(
         f"CPU per event: receiver {receiver_cpu / len(events) * 1000:.2f} ms (all its processes),"
         f" this client {client_cpu / len(events) * 1000:.2f} ms ({os.cpu_count()} cores)"
+        + (f", PostgreSQL backends {server_cpu / len(events) * 1000:.2f} ms" if args.postgres else "")
     )
 
 
