@@ -562,3 +562,25 @@ def test_given_postgresql_then_raw_objects_are_compressed_with_lz4(tmp_path: Pat
         assert rows == [{"method": "lz4"}]
     finally:
         factory.cleanup()
+
+
+def test_given_stream_tables_a_small_account_never_had_then_loading_asks_the_catalog_once_and_sees_later_ones(
+    store_factory: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = store_factory.open()
+    store.ensure_schema()
+    store.upsert_records("customers", [customer("cus_1")])  # no subscriptions, invoices, prices, ...
+    asked: list[int] = []
+    list_tables = store._list_tables
+
+    def counted() -> set[str]:
+        asked.append(1)
+        return list_tables()
+
+    monkeypatch.setattr(store, "_list_tables", counted)
+    assert store.load_bundles(["cus_1"], store.load_lookups())["cus_1"].subscriptions == []
+    assert len(asked) == 2  # once for the lookups, once for the customer's lists
+
+    other = store_factory.open()  # a sync creating a table the receiver's connection had not seen
+    other.upsert_records("subscriptions", [subscription("sub_1", "cus_1")])
+    assert [s["id"] for s in store.load_bundles(["cus_1"])["cus_1"].subscriptions] == ["sub_1"]
