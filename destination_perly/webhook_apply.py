@@ -74,7 +74,7 @@ class Ingestor(Protocol):
 
     def touched_by(self, records: Mapping[str, list[dict[str, Any]]]) -> set[str]: ...
 
-    def refresh(self, customer_ids: Iterable[str], as_of: datetime) -> Any: ...
+    def refresh(self, customer_ids: Iterable[str], as_of: datetime, dirty_only: bool = False) -> Any: ...
 
     def refresh_pending(self, as_of: datetime) -> Any: ...
 
@@ -493,7 +493,8 @@ class WebhookProcessor:
 
         def refresh(c: Connection) -> None:
             if customers:
-                c.ingestor.refresh(customers, self._clock())
+                # Another receiver process (or a sync) may have refreshed some since our writes.
+                c.ingestor.refresh(customers, self._clock(), dirty_only=True)
             c.ledger.mark_applied(event_ids, now_ms())
 
         try:

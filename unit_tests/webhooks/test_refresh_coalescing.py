@@ -1,19 +1,21 @@
 """Under a stream of events the refresher coalesces: refreshes start at most every
 REFRESH_INTERVAL_SECONDS, each covering what queued meanwhile, and the health they leave equals a full
-recomputation."""
+recomputation; a customer another process refreshed since its last write is not evaluated again."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from destination_perly.config import parse_config
-from destination_perly.ingest import Ingestor
+from destination_perly.config import open_store, parse_config
+from destination_perly.health import evaluate_customer
+from destination_perly.ingest import Ingestor, customer_ids_of
 from destination_perly.webhook_apply import REFRESH_INTERVAL_SECONDS
 from unit_tests.webhooks.builders import T0, customer, delivery, event, failed_charge, subscription
-from unit_tests.webhooks.conftest import Receiver
+from unit_tests.webhooks.conftest import FakeClock, Receiver, sqlite_config
 
 DAY = 86400
 CUSTOMERS = 3
@@ -53,9 +55,9 @@ def test_given_events_trickling_in_then_refreshes_are_spaced_and_leave_what_a_fu
     starts: list[float] = []
     refresh = Ingestor.refresh
 
-    def spy(self: Ingestor, customer_ids: Any, as_of: Any) -> Any:
+    def spy(self: Ingestor, customer_ids: Any, as_of: Any, dirty_only: bool = False) -> Any:
         starts.append(time.monotonic())
-        return refresh(self, customer_ids, as_of)
+        return refresh(self, customer_ids, as_of, dirty_only)
 
     monkeypatch.setattr(Ingestor, "refresh", spy)
     events = trickle()
@@ -78,3 +80,37 @@ def test_given_events_trickling_in_then_refreshes_are_spaced_and_leave_what_a_fu
         [f"cus_{n}" for n in range(CUSTOMERS)], receiver.clock()
     )
     assert every_row(receiver) == left
+
+
+def test_given_another_process_refreshed_a_customer_since_its_last_write_then_a_dirty_only_refresh_skips_it(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    config = parse_config(sqlite_config(tmp_path))
+    evaluated: list[str] = []
+
+    def counting(bundle: Any, health: Any, as_of: Any) -> Any:
+        evaluated.append(bundle.customer_id)
+        return evaluate_customer(bundle, health, as_of)
+
+    store, other = (open_store(config.store, customer_ids_of) for _ in range(2))
+    store.ensure_schema()
+    receiver = Ingestor(store, config.health, evaluate=counting)
+    touched = receiver.upsert_streams({"customers": [customer("cus_done"), customer("cus_open")]})
+    Ingestor(other, config.health).refresh(["cus_done"], clock())  # e.g. the other worker process
+
+    receiver.refresh(touched, clock(), dirty_only=True)
+    assert evaluated == ["cus_open"]
+    assert [r["customer_id"] for r in store.query("SELECT customer_id FROM perly_customer_health")] == [
+        "cus_done",
+        "cus_open",
+    ]
+    assert store.dirty_customers() == set()
+
+    # A write after that refresh makes the customer dirty again: it is refreshed.
+    receiver.upsert_streams({"customers": [{**customer("cus_done", name="Renamed"), "updated": T0 + 60}]})
+    receiver.refresh(["cus_done", "cus_open"], clock(), dirty_only=True)
+    assert evaluated == ["cus_open", "cus_done"]
+    [health] = store.query("SELECT name FROM perly_customer_health WHERE customer_id = ?", ("cus_done",))
+    assert health["name"] == "Renamed"
+    store.close()
+    other.close()
