@@ -149,14 +149,22 @@ class EventLedger:
 class Connection:
     """One thread's store and what is built on it, opened again after the server dropped it."""
 
-    def __init__(self, open_store: Callable[[], Store], make_ingestor: Callable[[Store], Ingestor]) -> None:
+    def __init__(
+        self,
+        open_store: Callable[[], Store],
+        make_ingestor: Callable[[Store], Ingestor],
+        urgent_writes: bool = False,
+    ) -> None:
+        """`urgent_writes`: the writer's (an HTTP answer waits for its commits), before the refresher's."""
         self._open_store = open_store
         self._make_ingestor = make_ingestor
+        self._urgent_writes = urgent_writes
         self.lost = False
         self._open()
 
     def _open(self) -> None:
         self.store = self._open_store()
+        self.store.urgent_writes = self._urgent_writes
         self.ingestor = self._make_ingestor(self.store)
         self.ledger = EventLedger(self.store)
 
@@ -324,7 +332,7 @@ class WebhookProcessor:
     # --- writer -------------------------------------------------------------------------------
     def _write_loop(self, started: threading.Event, errors: list[BaseException]) -> None:
         try:
-            connection = Connection(self._open_store, self._make_ingestor)
+            connection = Connection(self._open_store, self._make_ingestor, urgent_writes=True)
             _retry("creating the webhook ledger", WRITE_ATTEMPTS, connection.ledger.ensure)
             recovered = connection.ledger.pending()
         except BaseException as error:

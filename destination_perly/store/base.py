@@ -176,6 +176,9 @@ class Store(ABC):
     """The interface the Ingestor, the writer, the report and the webhook receiver use."""
 
     int_type = "INTEGER"
+    # This connection's write transactions go before those of the process's other connections waiting
+    # for theirs (SQLite, where they take turns; PostgreSQL writes them concurrently).
+    urgent_writes = False
 
     def __init__(self, customer_ids_of: CustomerIdsOf | None = None) -> None:
         self._customer_ids_of = customer_ids_of
