@@ -497,26 +497,44 @@ class WebhookProcessor:
         log.info("recomputed %d clock-sensitive customers", result.refreshed)
 
     def _refresh_batch(self, connection: Connection, batch: list[tuple[str, set[str]]]) -> None:
-        event_ids = [event_id for event_id, _ in batch]
-        customers = set().union(*(ids for _, ids in batch))
+        """Refreshes the batch's customers a group at a time, in the order their events arrived, each
+        group in one transaction with the applied marks of the events it completes: under a backlog,
+        the first events of a big batch do not wait for the last."""
+        waiting = list(batch)
+        refreshed: set[str] = set()
+        for group in _customer_groups(batch, REFRESH_CHUNK_CUSTOMERS):
+            refreshed.update(group)
+            ready = [event_id for event_id, ids in waiting if ids <= refreshed]
+            waiting = [(event_id, ids) for event_id, ids in waiting if not ids <= refreshed]
+            try:
+                _retry(
+                    f"refreshing health for {len(group)} customers",
+                    REFRESH_ATTEMPTS,
+                    functools.partial(
+                        connection.run, functools.partial(self._refresh_group, group=group, ready=ready)
+                    ),
+                )
+            except Exception as error:
+                # These events stay "stored, not applied" in the ledger: the next start (or sync)
+                # refreshes them.
+                failed = ready + [event_id for event_id, _ in waiting]
+                log.error("health refresh failed for events %s: %s", ", ".join(failed[:5]), error)
+                with self._idle:
+                    self.counts["refresh_failed"] += len(failed)
+                self._done(failed, applied=False)
+                return
+            self._done(ready, applied=True)
 
-        def refresh(c: Connection) -> None:
-            if customers:
+    def _refresh_group(self, connection: Connection, group: list[str], ready: list[str]) -> None:
+        with connection.store.transaction():
+            if group:
                 # Another receiver process (or a sync) may have refreshed some since our writes.
-                c.ingestor.refresh(customers, self._clock(), dirty_only=True)
-            c.ledger.mark_applied(event_ids, now_ms())
+                connection.ingestor.refresh(group, self._clock(), dirty_only=True)
+            connection.ledger.mark_applied(ready, now_ms())
 
-        try:
-            _retry(
-                f"refreshing health for {len(customers)} customers",
-                REFRESH_ATTEMPTS,
-                lambda: connection.run(refresh),
-            )
-        except Exception as error:
-            # The events stay "stored, not applied" in the ledger: the next start (or sync) refreshes them.
-            log.error("health refresh failed for events %s: %s", ", ".join(event_ids[:5]), error)
-            with self._idle:
-                self.counts["refresh_failed"] += len(event_ids)
-            self._done(event_ids, applied=False)
-            return
-        self._done(event_ids, applied=True)
+
+def _customer_groups(batch: list[tuple[str, set[str]]], size: int) -> list[list[str]]:
+    """The batch's customers, each once, in the order their events arrived, `size` at a time (one
+    group, empty, when the events concern no customer)."""
+    ordered = list(dict.fromkeys(c for _, ids in batch for c in sorted(ids)))
+    return [ordered[start : start + size] for start in range(0, len(ordered), size)] or [[]]

