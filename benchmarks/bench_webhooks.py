@@ -212,6 +212,14 @@ def main() -> None:
         store = open_store(parse_config(config).store)
         rows = store.query("SELECT event_id, applied_ms FROM perly_webhook_events")
         customers = store.query("SELECT COUNT(*) AS n FROM perly_customer_health")[0]["n"]
+        # PostgreSQL resolves a deadlock after deadlock_timeout (1 s): it shows as a 1 s tail.
+        deadlocks = (
+            store.query("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")[0][
+                "deadlocks"
+            ]
+            if args.postgres
+            else 0
+        )
         store.close()
 
     applied = {r["event_id"]: r["applied_ms"] / 1000 for r in rows if r["applied_ms"]}
@@ -240,6 +248,8 @@ def main() -> None:
         f" this client {client_cpu / len(events) * 1000:.2f} ms ({os.cpu_count()} cores)"
         + (f", PostgreSQL backends {server_cpu / len(events) * 1000:.2f} ms" if args.postgres else "")
     )
+    if args.postgres:
+        print(f"deadlocks in this database since the server started: {deadlocks}")
 
 
 if __name__ == "__main__":
