@@ -45,6 +45,11 @@ REFRESH_BATCH_MAX_EVENTS = 500
 # fixed costs (transactions, lookups, round trips) among them. An event after a quiet spell is
 # refreshed at once. Bounds the wait this adds to POST -> health, well under the 250 ms target.
 REFRESH_INTERVAL_SECONDS = 0.05
+# Events stored and waiting for their refresh above which the writer waits (up to BACKLOG_WAIT_SECONDS)
+# for the refresher: in a burst faster than health can follow, the answers (and so Stripe's next
+# deliveries) slow down instead of health lagging further and further behind the writes.
+REFRESH_BACKLOG_MAX_EVENTS = 200
+BACKLOG_WAIT_SECONDS = 1.0
 # Events stored in one transaction at most, when a burst queued them up.
 WRITE_BATCH_MAX_EVENTS = 100
 # Customers the receiver's Ingestor refreshes per transaction: bounds how long a refresh holds
@@ -237,6 +242,7 @@ class WebhookProcessor:
         self._clock_refresh_seconds = clock_refresh_seconds
         self._writes: queue.Queue[tuple[EventPlan | str, Future[Any]] | None] = queue.Queue()
         self._refreshes: queue.Queue[tuple[str, set[str]] | None] = queue.Queue()
+        self._refreshes_taken = threading.Condition()
         self._idle = threading.Condition()
         self._busy = 0  # events submitted or recovered whose refresh has not finished
         self._applied: set[str] = set()
@@ -352,6 +358,10 @@ class WebhookProcessor:
         try:
             stopping = False
             while not stopping and (job := self._writes.get()) is not None:
+                with self._refreshes_taken:
+                    self._refreshes_taken.wait_for(
+                        lambda: self._refreshes.qsize() <= REFRESH_BACKLOG_MAX_EVENTS, BACKLOG_WAIT_SECONDS
+                    )
                 # Under a burst, the events queued meanwhile are stored in one transaction: a commit
                 # costs more than storing an event.
                 jobs, stopping = _queued_behind(job, self._writes, WRITE_BATCH_MAX_EVENTS)
@@ -480,6 +490,8 @@ class WebhookProcessor:
                 time.sleep(max(0.0, last_refresh + REFRESH_INTERVAL_SECONDS - time.monotonic()))
                 last_refresh = time.monotonic()
                 batch, stopping = _queued_behind(item, self._refreshes, REFRESH_BATCH_MAX_EVENTS)
+                with self._refreshes_taken:
+                    self._refreshes_taken.notify_all()
                 self._refresh_batch(connection, batch)
         finally:
             connection.close()

@@ -1,9 +1,11 @@
 """Under a burst the receiver stores the queued events in one transaction; one bad event among them
-fails alone, the others are stored and acknowledged."""
+fails alone, the others are stored and acknowledged. When health falls behind, writes wait for it."""
 
 from __future__ import annotations
 
+import functools
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +85,53 @@ def test_given_queued_events_then_they_are_stored_together_and_a_bad_one_fails_a
         "cus_first",
     ]
     reader.close()
+
+
+@pytest.mark.parametrize("wait_seconds", [30.0, 0.2])
+def test_given_health_falls_behind_then_writes_wait_for_the_backlog_to_shrink_at_most_a_while(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, wait_seconds: float
+) -> None:
+    monkeypatch.setattr("destination_perly.webhook_apply.REFRESH_BACKLOG_MAX_EVENTS", 2)
+    monkeypatch.setattr("destination_perly.webhook_apply.BACKLOG_WAIT_SECONDS", wait_seconds)
+    entered, go = threading.Event(), threading.Event()
+    refresh_batch = WebhookProcessor._refresh_batch
+
+    def stalled(self: WebhookProcessor, connection: Any, batch: Any) -> None:
+        entered.set()
+        go.wait(20)
+        refresh_batch(self, connection, batch)
+
+    monkeypatch.setattr(WebhookProcessor, "_refresh_batch", stalled)
+    config = parse_config(sqlite_config(tmp_path))
+
+    def make_store() -> Any:
+        store = open_store(config.store, customer_ids_of)
+        store.ensure_schema()
+        return store
+
+    processor = WebhookProcessor(make_store, lambda store: Ingestor(store, config.health), clock, None)
+    processor.start()
+    try:
+        submit = [
+            functools.partial(
+                processor.submit, plan_event(event("customer.created", customer(f"cus_{n}"), T0))
+            )
+            for n in range(5)
+        ]
+        assert submit[0]().result(20) is Outcome.ACCEPTED
+        assert entered.wait(20)  # the refresher holds that one; the next ones queue
+        for write in submit[1:4]:
+            assert write().result(20) is Outcome.ACCEPTED  # backlog 1, 2, 3 events
+        over = submit[4]()
+        if wait_seconds > 1:  # stored only once the refresher has taken the backlog
+            time.sleep(0.5)
+            assert not over.done()
+            go.set()
+        # (else: stored after waiting 0.2 s, with the refresher still stalled)
+        assert over.result(20) is Outcome.ACCEPTED
+        go.set()
+        assert processor.wait_idle(20)
+    finally:
+        go.set()
+        processor.stop()
+    assert processor.stats()["applied"] == 5
