@@ -25,7 +25,7 @@ from unit_tests.webhooks.builders import (
     failed_charge,
     subscription,
 )
-from unit_tests.webhooks.conftest import FakeClock, Receiver, sqlite_config
+from unit_tests.webhooks.conftest import FakeClock, Receiver, sqlite_config, store_opener
 
 
 def stored(receiver: Receiver, stream: str, object_id: str) -> dict[str, Any]:
@@ -223,10 +223,7 @@ class FailingIngestor(Ingestor):
 def _settings(tmp_path: Path, clock: FakeClock, **failures: bool) -> ReceiverSettings:
     config = parse_config(sqlite_config(tmp_path))
 
-    def make_store() -> Any:
-        store = open_store(config.store, customer_ids_of)
-        store.ensure_schema()
-        return store
+    make_store = store_opener(config)
 
     def make_ingestor(store: Any) -> Ingestor:
         return FailingIngestor(store, config.health, **failures)
@@ -325,10 +322,7 @@ def test_given_a_quiet_day_then_the_receiver_recomputes_health_that_changes_with
     ingestor.refresh_pending(clock())
     assert store.query("SELECT failed_payments_30d FROM perly_customer_health")[0]["failed_payments_30d"] == 1
 
-    def make_store() -> Any:
-        opened = open_store(config.store, customer_ids_of)
-        opened.ensure_schema()
-        return opened
+    make_store = store_opener(config)
 
     clock.now += timedelta(days=40)  # no event at all: the failure has left its 30-day window
     processor = WebhookProcessor(

@@ -22,7 +22,7 @@ from destination_perly.webhook_apply import (
 )
 from destination_perly.webhook_events import plan_event
 from unit_tests.webhooks.builders import T0, customer, delivery, event, failed_charge, subscription
-from unit_tests.webhooks.conftest import FakeClock, Receiver, sqlite_config
+from unit_tests.webhooks.conftest import FakeClock, Receiver, sqlite_config, store_opener
 
 DAY = 86400
 CUSTOMERS = 3
@@ -128,10 +128,7 @@ def test_given_a_backlog_batch_then_its_events_are_marked_applied_group_by_group
     monkeypatch.setattr("destination_perly.webhook_apply.REFRESH_CHUNK_CUSTOMERS", 2)
     config = parse_config(sqlite_config(tmp_path))
 
-    def make_store() -> Any:
-        store = open_store(config.store, customer_ids_of)
-        store.ensure_schema()
-        return store
+    make_store = store_opener(config)
 
     processor = WebhookProcessor(make_store, lambda store: Ingestor(store, config.health), clock, None)
     connection = Connection(make_store, lambda store: Ingestor(store, config.health))

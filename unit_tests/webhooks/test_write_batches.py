@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from destination_perly.config import open_store, parse_config
-from destination_perly.ingest import Ingestor, customer_ids_of
+from destination_perly.ingest import Ingestor
 from destination_perly.webhook_apply import Outcome, WebhookProcessor
 from destination_perly.webhook_events import plan_event
 from unit_tests.webhooks.builders import T0, customer, event
-from unit_tests.webhooks.conftest import FakeClock, sqlite_config
+from unit_tests.webhooks.conftest import FakeClock, sqlite_config, store_opener
 
 
 class GatedIngestor(Ingestor):
@@ -41,10 +41,7 @@ def test_given_queued_events_then_they_are_stored_together_and_a_bad_one_fails_a
     monkeypatch.setattr("destination_perly.webhook_apply.RETRY_BASE_SECONDS", 0.001)
     config = parse_config(sqlite_config(tmp_path))
 
-    def make_store() -> Any:
-        store = open_store(config.store, customer_ids_of)
-        store.ensure_schema()
-        return store
+    make_store = store_opener(config)
 
     batches: list[int] = []
     write_all = WebhookProcessor._write_all
@@ -104,10 +101,7 @@ def test_given_health_falls_behind_then_writes_wait_for_the_backlog_to_shrink_at
     monkeypatch.setattr(WebhookProcessor, "_refresh_batch", stalled)
     config = parse_config(sqlite_config(tmp_path))
 
-    def make_store() -> Any:
-        store = open_store(config.store, customer_ids_of)
-        store.ensure_schema()
-        return store
+    make_store = store_opener(config)
 
     processor = WebhookProcessor(make_store, lambda store: Ingestor(store, config.health), clock, None)
     processor.start()
