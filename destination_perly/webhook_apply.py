@@ -48,7 +48,7 @@ REFRESH_INTERVAL_SECONDS = 0.05
 # Events stored and waiting for their refresh above which the writer waits (up to BACKLOG_WAIT_SECONDS)
 # for the refresher: in a burst faster than health can follow, the answers (and so Stripe's next
 # deliveries) slow down instead of health lagging further and further behind the writes.
-REFRESH_BACKLOG_MAX_EVENTS = 200
+REFRESH_BACKLOG_MAX_EVENTS = 100
 BACKLOG_WAIT_SECONDS = 1.0
 # Events stored in one transaction at most, when a burst queued them up.
 WRITE_BATCH_MAX_EVENTS = 100
