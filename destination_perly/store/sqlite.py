@@ -55,14 +55,25 @@ class Turns:
             self._changed.notify_all()
 
 
-_turns_by_file: dict[tuple[int, str], Turns] = {}
+_turns_by_file: dict[str, Turns] = {}
 _turns_guard = threading.Lock()
 
 
 def _turns_for(path: Path) -> Turns:
-    """The turns of this process's connections to `path` (by process id: a forked child has its own)."""
+    """The turns of this process's connections to `path`."""
     with _turns_guard:
-        return _turns_by_file.setdefault((os.getpid(), str(path.resolve())), Turns())
+        return _turns_by_file.setdefault(str(path.resolve()), Turns())
+
+
+def _no_turns_in_a_forked_child() -> None:
+    """A forked child (the refresh helper) opens its own connections: none of its parent's turns, nor a
+    guard a parent thread may have held at the fork, comes along."""
+    global _turns_guard
+    _turns_guard = threading.Lock()
+    _turns_by_file.clear()
+
+
+os.register_at_fork(after_in_child=_no_turns_in_a_forked_child)
 
 
 class SqliteStore(Store):
