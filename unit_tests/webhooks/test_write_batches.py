@@ -9,13 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from destination_perly.config import open_store, parse_config
 from destination_perly.ingest import Ingestor
-from destination_perly.webhook_apply import Outcome, WebhookProcessor
+from destination_perly.webhook_apply import Connection, Outcome, WebhookProcessor
 from destination_perly.webhook_events import plan_event
-from unit_tests.webhooks.builders import T0, customer, event
+from unit_tests.webhooks.builders import T0, customer, event, subscription
 from unit_tests.webhooks.conftest import FakeClock, sqlite_config, store_opener
 
 
@@ -129,3 +130,30 @@ def test_given_health_falls_behind_then_writes_wait_for_the_backlog_to_shrink_at
         go.set()
         processor.stop()
     assert processor.stats()["applied"] == 5
+
+
+def test_given_one_batch_with_two_versions_of_an_object_and_a_repeated_event_then_newest_wins_and_once(
+    tmp_path: Path,
+) -> None:
+    """What one by one would leave: the newer version of an object whatever the order in the batch,
+    of two versions at the same second the later arrival, and a repeated event id stored once."""
+    config = parse_config(sqlite_config(tmp_path))
+    connection = Connection(store_opener(config), lambda store: Ingestor(store, config.health))
+    connection.ledger.ensure()
+    newer = event("customer.subscription.updated", subscription(quantity=3), T0 + 60)
+    older = event("customer.subscription.created", subscription(quantity=1), T0)
+    first = event("customer.updated", customer(name="First"), T0 + 5)
+    second = event("customer.updated", customer(name="Second"), T0 + 5)
+    plans = [plan_event(e) for e in (newer, older, first, second, newer)]
+
+    outcomes = [outcome for outcome, _ in WebhookProcessor._write_all(connection, plans)]
+
+    assert outcomes == [Outcome.ACCEPTED] * 4 + [Outcome.DUPLICATE]
+    store = connection.store
+    [sub] = store.query("SELECT updated, data FROM stripe_subscriptions")
+    assert (sub["updated"], orjson.loads(sub["data"])["items"]["data"][0]["quantity"]) == (T0 + 60, 3)
+    [cus] = store.query("SELECT data FROM stripe_customers")
+    assert orjson.loads(cus["data"])["name"] == "Second"
+    assert len(store.query("SELECT id FROM stripe_events")) == 4
+    assert len(store.query("SELECT event_id FROM perly_webhook_events")) == 4
+    connection.close()
