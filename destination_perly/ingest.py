@@ -13,7 +13,7 @@ import logging
 import multiprocessing
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -209,17 +209,42 @@ class Ingestor:
         self, stream: str, records: Iterable[Record], generation_id: int | None = None, stage: bool = False
     ) -> set[str]:
         """Stores records (newer `updated` wins) and returns the customers they touch."""
-        rows: list[Row] = []
+        return self.upsert_streams({stream: records}, generation_id, stage)
+
+    def upsert_streams(
+        self,
+        records: Mapping[str, Iterable[Record]],
+        generation_id: int | None = None,
+        stage: bool = False,
+    ) -> set[str]:
+        """`upsert` of several streams in one transaction, a statement per stream, their customers
+        marked dirty in one statement (so concurrent writers take those marks in one order)."""
+        rows: dict[str, list[Row]] = {}
         touched: set[str] = set()
         with self.store.transaction():  # the stored versions read below are the ones overwritten
-            if stream == "subscriptions":
-                records = self.with_stored_discounts(records)
-            for record in records:
-                row, ids = self.prepare(stream, record, generation_id)
-                rows.append(row)
-                touched.update(ids)
-            self.upsert_rows(stream, rows, touched, stage)
+            for stream in sorted(records):
+                batch = records[stream]
+                if stream == "subscriptions":
+                    batch = self.with_stored_discounts(batch)
+                rows[stream] = []
+                for record in batch:
+                    row, ids = self.prepare(stream, record, generation_id)
+                    rows[stream].append(row)
+                    touched.update(ids)
+            with self.store.batched(), self.store.transaction():
+                for stream, stream_rows in rows.items():
+                    self.store.upsert_rows(stream, stream_rows, stage)
+                self.store.mark_dirty(touched)
         return touched
+
+    def touched_by(self, records: Mapping[str, Iterable[Record]]) -> set[str]:
+        """The customers `upsert_streams` of these records marks dirty."""
+        return {
+            c
+            for stream, batch in records.items()
+            for record in batch
+            for c in self._customer_ids(stream, record)
+        }
 
     def with_stored_discounts(self, subscriptions: Iterable[Record]) -> list[Record]:
         """Subscriptions with each discount they (or their items) name by id only, as an event's payload
@@ -270,13 +295,18 @@ class Ingestor:
             after = page[-1]
         return result
 
-    def refresh(self, customer_ids: Iterable[str], as_of: datetime) -> RefreshResult:
+    def refresh(
+        self, customer_ids: Iterable[str], as_of: datetime, dirty_only: bool = False
+    ) -> RefreshResult:
         """Recomputes and stores health, movements, plan changes and a snapshot when MRR changed.
 
         Each chunk is read, evaluated and saved in ONE transaction holding its customers (SQLite:
         the write lock; PostgreSQL: per-customer advisory locks), so a concurrent writer such as the
         webhook receiver can never have a newer evaluation overwritten by one computed from older
-        data: whoever saves last read last. A helper process, when used, reads inside that window."""
+        data: whoever saves last read last. A helper process, when used, reads inside that window.
+
+        `dirty_only` skips the customers no longer marked dirty once they are held: a refresh that
+        read after their last write has saved them already (another receiver process, a sync)."""
         ids = sorted(set(customer_ids))
         result = RefreshResult()
         helper = self._start_helper(len(ids))
@@ -285,12 +315,14 @@ class Ingestor:
                 chunk = ids[start : start + self.refresh_chunk]
                 with self.store.transaction(), cyclic_gc_paused():
                     self.store.lock_customers(chunk)
-                    done = helper is not None and self._refresh_chunk(chunk, as_of, result, helper)
+                    done = helper is not None and self._refresh_chunk(
+                        chunk, as_of, result, helper, dirty_only
+                    )
                     if not done:
                         if helper is not None:  # it failed: this chunk and the rest in this process
                             helper.close()
                             helper = None
-                        self._refresh_chunk(chunk, as_of, result, None)
+                        self._refresh_chunk(chunk, as_of, result, None, dirty_only)
         finally:
             if helper is not None:
                 helper.close()
@@ -305,10 +337,19 @@ class Ingestor:
         return RefreshHelper(open_reader, self.evaluate, self.config)
 
     def _refresh_chunk(
-        self, chunk: list[str], as_of: datetime, result: RefreshResult, helper: RefreshHelper | None
+        self,
+        chunk: list[str],
+        as_of: datetime,
+        result: RefreshResult,
+        helper: RefreshHelper | None,
+        dirty_only: bool = False,
     ) -> bool:
         """Evaluates and saves one chunk; False (nothing saved) when the helper failed."""
         seen_marks = self.store.dirty_marks(chunk)
+        if dirty_only:
+            chunk = [customer_id for customer_id in chunk if customer_id in seen_marks]
+            if not chunk:
+                return True
         theirs: list[str] = chunk[: len(chunk) // 2] if helper is not None else []
         if helper is not None:
             helper.start(theirs, as_of)  # only now: the lock on the chunk is held

@@ -20,7 +20,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -40,11 +40,22 @@ WRITE_ATTEMPTS = 5
 REFRESH_ATTEMPTS = 5
 RETRY_BASE_SECONDS = 0.05
 REFRESH_BATCH_MAX_EVENTS = 500
+# Under a stream of events, a refresh starts at most this long after the previous one began: it then
+# covers every event queued meanwhile, a customer with several of them once, and shares a refresh's
+# fixed costs (transactions, lookups, round trips) among them. An event after a quiet spell is
+# refreshed at once. Bounds the wait this adds to POST -> health, well under the 250 ms target.
+REFRESH_INTERVAL_SECONDS = 0.05
+# Events stored and waiting for their refresh above which the writer waits (up to BACKLOG_WAIT_SECONDS)
+# for the refresher: in a burst faster than health can follow, the answers (and so Stripe's next
+# deliveries) slow down instead of health lagging further and further behind the writes.
+REFRESH_BACKLOG_MAX_EVENTS = 100
+BACKLOG_WAIT_SECONDS = 1.0
 # Events stored in one transaction at most, when a burst queued them up.
 WRITE_BATCH_MAX_EVENTS = 100
 # Customers the receiver's Ingestor refreshes per transaction: bounds how long a refresh holds
-# SQLite's write lock, so a sync's writes wait at most one small chunk.
-REFRESH_CHUNK_CUSTOMERS = 50
+# SQLite's write lock, so a webhook write (which goes first between chunks) or a sync's waits at most
+# one small chunk: at 50, writes waited up to 50 ms in a burst; at 20, 20 ms.
+REFRESH_CHUNK_CUSTOMERS = 20
 # How often the receiver recomputes the clock-sensitive customers (and any left dirty).
 CLOCK_REFRESH_SECONDS = 900.0
 
@@ -65,9 +76,11 @@ def now_ms() -> int:
 
 
 class Ingestor(Protocol):
-    def upsert(self, stream: str, records: list[dict[str, Any]]) -> set[str]: ...
+    def upsert_streams(self, records: Mapping[str, list[dict[str, Any]]]) -> set[str]: ...
 
-    def refresh(self, customer_ids: Iterable[str], as_of: datetime) -> Any: ...
+    def touched_by(self, records: Mapping[str, list[dict[str, Any]]]) -> set[str]: ...
+
+    def refresh(self, customer_ids: Iterable[str], as_of: datetime, dirty_only: bool = False) -> Any: ...
 
     def refresh_pending(self, as_of: datetime) -> Any: ...
 
@@ -91,20 +104,30 @@ class EventLedger:
             f" received_ms {big} NOT NULL, applied_ms {big})"
         )
 
-    def claim(self, plan: EventPlan, received_ms: int) -> bool:
-        """Inserts the event's row; False when it was there already (the caller's transaction decides)."""
-        rows = self.store.query(
-            f"INSERT INTO {LEDGER_TABLE} (event_id, event_type, object_id, event_created, received_ms)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-            (plan.event_id, plan.event_type, plan.object_id, plan.created, received_ms),
+    def claim(self, plans: list[EventPlan], customers: Mapping[str, set[str]], received_ms: int) -> set[str]:
+        """Inserts the events' rows (ids distinct) in one statement; returns the ids that were not there
+        already (the caller's transaction decides). In id order, so that two receivers claiming the
+        same ids wait on each other in one order, never in a cycle."""
+        rows = sorted(plans, key=lambda plan: plan.event_id)
+        values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(rows))
+        params = [
+            value
+            for plan in rows
+            for value in (
+                plan.event_id,
+                plan.event_type,
+                plan.object_id,
+                plan.created,
+                orjson.dumps(sorted(customers[plan.event_id])).decode(),
+                received_ms,
+            )
+        ]
+        claimed = self.store.query(
+            f"INSERT INTO {LEDGER_TABLE} (event_id, event_type, object_id, event_created, customer_ids,"
+            f" received_ms) VALUES {values} ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+            params,
         )
-        return bool(rows)
-
-    def set_customers(self, event_id: str, customer_ids: set[str]) -> None:
-        self.store.execute(
-            f"UPDATE {LEDGER_TABLE} SET customer_ids = ? WHERE event_id = ?",
-            (orjson.dumps(sorted(customer_ids)).decode(), event_id),
-        )
+        return {str(row["event_id"]) for row in claimed}
 
     def mark_applied(self, event_ids: list[str], applied_ms: int) -> None:
         with self.store.transaction():
@@ -132,14 +155,22 @@ class EventLedger:
 class Connection:
     """One thread's store and what is built on it, opened again after the server dropped it."""
 
-    def __init__(self, open_store: Callable[[], Store], make_ingestor: Callable[[Store], Ingestor]) -> None:
+    def __init__(
+        self,
+        open_store: Callable[[], Store],
+        make_ingestor: Callable[[Store], Ingestor],
+        urgent_writes: bool = False,
+    ) -> None:
+        """`urgent_writes`: the writer's (an HTTP answer waits for its commits), before the refresher's."""
         self._open_store = open_store
         self._make_ingestor = make_ingestor
+        self._urgent_writes = urgent_writes
         self.lost = False
         self._open()
 
     def _open(self) -> None:
         self.store = self._open_store()
+        self.store.urgent_writes = self._urgent_writes
         self.ingestor = self._make_ingestor(self.store)
         self.ledger = EventLedger(self.store)
 
@@ -211,6 +242,7 @@ class WebhookProcessor:
         self._clock_refresh_seconds = clock_refresh_seconds
         self._writes: queue.Queue[tuple[EventPlan | str, Future[Any]] | None] = queue.Queue()
         self._refreshes: queue.Queue[tuple[str, set[str]] | None] = queue.Queue()
+        self._refreshes_taken = threading.Condition()
         self._idle = threading.Condition()
         self._busy = 0  # events submitted or recovered whose refresh has not finished
         self._applied: set[str] = set()
@@ -307,7 +339,7 @@ class WebhookProcessor:
     # --- writer -------------------------------------------------------------------------------
     def _write_loop(self, started: threading.Event, errors: list[BaseException]) -> None:
         try:
-            connection = Connection(self._open_store, self._make_ingestor)
+            connection = Connection(self._open_store, self._make_ingestor, urgent_writes=True)
             _retry("creating the webhook ledger", WRITE_ATTEMPTS, connection.ledger.ensure)
             recovered = connection.ledger.pending()
         except BaseException as error:
@@ -326,6 +358,10 @@ class WebhookProcessor:
         try:
             stopping = False
             while not stopping and (job := self._writes.get()) is not None:
+                with self._refreshes_taken:
+                    self._refreshes_taken.wait_for(
+                        lambda: self._refreshes.qsize() <= REFRESH_BACKLOG_MAX_EVENTS, BACKLOG_WAIT_SECONDS
+                    )
                 # Under a burst, the events queued meanwhile are stored in one transaction: a commit
                 # costs more than storing an event.
                 jobs, stopping = _queued_behind(job, self._writes, WRITE_BATCH_MAX_EVENTS)
@@ -378,17 +414,39 @@ class WebhookProcessor:
             result: tuple[Outcome, set[str]] = _retry(
                 f"storing event {plan.event_id}",
                 WRITE_ATTEMPTS,
-                functools.partial(connection.run, functools.partial(self._write, plan=plan)),
-            )
+                functools.partial(connection.run, functools.partial(self._write_all, plans=[plan])),
+            )[0]
         except Exception as error:
             log.error("could not store event %s (%s): %s", plan.event_id, plan.event_type, error)
             return error
         return result
 
-    @classmethod
-    def _write_all(cls, connection: Connection, plans: list[EventPlan]) -> list[tuple[Outcome, set[str]]]:
-        with connection.store.transaction():
-            return [cls._write(connection, plan) for plan in plans]
+    @staticmethod
+    def _write_all(connection: Connection, plans: list[EventPlan]) -> list[tuple[Outcome, set[str]]]:
+        """Stores the events in ONE transaction, in a few statements for all of them (a statement costs
+        more than storing an event): their ledger rows, then each stream's records (newer `updated`
+        wins, as one by one), then the dirty marks. An id stored before, or earlier in the batch, is
+        a duplicate and writes nothing."""
+        store, ingestor, ledger = connection.store, connection.ingestor, connection.ledger
+        firsts: dict[str, EventPlan] = {}
+        for plan in plans:
+            firsts.setdefault(plan.event_id, plan)
+        touched = {event_id: ingestor.touched_by(plan.records) for event_id, plan in firsts.items()}
+        with store.transaction():
+            claimed = ledger.claim(list(firsts.values()), touched, now_ms())
+            new = [plan for plan in firsts.values() if plan.event_id in claimed]
+            records: dict[str, list[dict[str, Any]]] = {}
+            for plan in new:  # in arrival order: of two versions with one `updated`, the later wins
+                for stream, stream_records in plan.records.items():
+                    records.setdefault(stream, []).extend(stream_records)
+            if records:
+                ingestor.upsert_streams(records)
+        return [
+            (Outcome.ACCEPTED, touched[plan.event_id])
+            if plan.event_id in claimed and firsts[plan.event_id] is plan
+            else (Outcome.DUPLICATE, set())
+            for plan in plans
+        ]
 
     @staticmethod
     def _probe(connection: Connection, future: Future[Any]) -> None:
@@ -405,18 +463,6 @@ class WebhookProcessor:
         else:
             future.set_result(True)
 
-    @staticmethod
-    def _write(connection: Connection, plan: EventPlan) -> tuple[Outcome, set[str]]:
-        store, ingestor, ledger = connection.store, connection.ingestor, connection.ledger
-        with store.transaction():
-            if not ledger.claim(plan, now_ms()):
-                return Outcome.DUPLICATE, set()
-            customers: set[str] = set()
-            for stream, records in plan.records.items():
-                customers |= ingestor.upsert(stream, records)
-            ledger.set_customers(plan.event_id, customers)
-        return Outcome.ACCEPTED, customers
-
     # --- refresher ----------------------------------------------------------------------------
     def _refresh_loop(self, started: threading.Event, errors: list[BaseException]) -> None:
         try:
@@ -429,6 +475,7 @@ class WebhookProcessor:
         stopping = False
         interval = self._clock_refresh_seconds
         next_clock_refresh = time.monotonic() + (interval or 0.0)
+        last_refresh = 0.0
         try:
             while not stopping:
                 try:
@@ -440,8 +487,11 @@ class WebhookProcessor:
                     continue
                 if item is None:
                     break
-                # Under a burst, one refresh covers every event queued meanwhile.
+                time.sleep(max(0.0, last_refresh + REFRESH_INTERVAL_SECONDS - time.monotonic()))
+                last_refresh = time.monotonic()
                 batch, stopping = _queued_behind(item, self._refreshes, REFRESH_BATCH_MAX_EVENTS)
+                with self._refreshes_taken:
+                    self._refreshes_taken.notify_all()
                 self._refresh_batch(connection, batch)
         finally:
             connection.close()
@@ -459,25 +509,44 @@ class WebhookProcessor:
         log.info("recomputed %d clock-sensitive customers", result.refreshed)
 
     def _refresh_batch(self, connection: Connection, batch: list[tuple[str, set[str]]]) -> None:
-        event_ids = [event_id for event_id, _ in batch]
-        customers = set().union(*(ids for _, ids in batch))
+        """Refreshes the batch's customers a group at a time, in the order their events arrived, each
+        group in one transaction with the applied marks of the events it completes: under a backlog,
+        the first events of a big batch do not wait for the last."""
+        waiting = list(batch)
+        refreshed: set[str] = set()
+        for group in _customer_groups(batch, REFRESH_CHUNK_CUSTOMERS):
+            refreshed.update(group)
+            ready = [event_id for event_id, ids in waiting if ids <= refreshed]
+            waiting = [(event_id, ids) for event_id, ids in waiting if not ids <= refreshed]
+            try:
+                _retry(
+                    f"refreshing health for {len(group)} customers",
+                    REFRESH_ATTEMPTS,
+                    functools.partial(
+                        connection.run, functools.partial(self._refresh_group, group=group, ready=ready)
+                    ),
+                )
+            except Exception as error:
+                # These events stay "stored, not applied" in the ledger: the next start (or sync)
+                # refreshes them.
+                failed = ready + [event_id for event_id, _ in waiting]
+                log.error("health refresh failed for events %s: %s", ", ".join(failed[:5]), error)
+                with self._idle:
+                    self.counts["refresh_failed"] += len(failed)
+                self._done(failed, applied=False)
+                return
+            self._done(ready, applied=True)
 
-        def refresh(c: Connection) -> None:
-            if customers:
-                c.ingestor.refresh(customers, self._clock())
-            c.ledger.mark_applied(event_ids, now_ms())
+    def _refresh_group(self, connection: Connection, group: list[str], ready: list[str]) -> None:
+        with connection.store.transaction():
+            if group:
+                # Another receiver process (or a sync) may have refreshed some since our writes.
+                connection.ingestor.refresh(group, self._clock(), dirty_only=True)
+            connection.ledger.mark_applied(ready, now_ms())
 
-        try:
-            _retry(
-                f"refreshing health for {len(customers)} customers",
-                REFRESH_ATTEMPTS,
-                lambda: connection.run(refresh),
-            )
-        except Exception as error:
-            # The events stay "stored, not applied" in the ledger: the next start (or sync) refreshes them.
-            log.error("health refresh failed for events %s: %s", ", ".join(event_ids[:5]), error)
-            with self._idle:
-                self.counts["refresh_failed"] += len(event_ids)
-            self._done(event_ids, applied=False)
-            return
-        self._done(event_ids, applied=True)
+
+def _customer_groups(batch: list[tuple[str, set[str]]], size: int) -> list[list[str]]:
+    """The batch's customers, each once, in the order their events arrived, `size` at a time (one
+    group, empty, when the events concern no customer)."""
+    ordered = list(dict.fromkeys(c for _, ids in batch for c in sorted(ids)))
+    return [ordered[start : start + size] for start in range(0, len(ordered), size)] or [[]]

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,13 +151,16 @@ def _receiver_log_tail(log_path: Path, secret: str, lines: int = 5) -> str:
     return " | ".join(tail) or "(no output)"
 
 
-def start_receiver(config_path: Path, log_path: Path, secret: str, timeout_s: float) -> tuple[Any, str]:
-    """`perly-webhooks` on a free 127.0.0.1 port; returns (process, base url) once /healthz answers."""
+def start_receiver(
+    config_path: Path, log_path: Path, secret: str, timeout_s: float, extra_args: Sequence[str] = ()
+) -> tuple[Any, str]:
+    """`perly-webhooks` on a free 127.0.0.1 port (with `extra_args`, e.g. `--workers 2`); returns
+    (process, base url) once /healthz answers."""
     port = free_port()
     log = open(log_path, "wb")
     process = subprocess.Popen(
         [executable(WEBHOOKS_SCRIPT), "--config", str(config_path), "--port", str(port)]
-        + ["--log-level", "warning"],
+        + ["--log-level", "warning", *extra_args],
         env={**os.environ, "PERLY_WEBHOOK_SECRETS": secret},  # the environment only: never on argv
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -1,15 +1,23 @@
-"""Two receiver instances on one PostgreSQL schema: interleaved duplicate deliveries apply once."""
+"""Two receivers on one PostgreSQL schema (two instances in-process; `perly-webhooks --workers 2`):
+interleaved duplicate deliveries apply once, the newest version of an object wins."""
 
 from __future__ import annotations
 
 import itertools
+import json
+import random
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 import psycopg
 import pytest
 
@@ -21,6 +29,7 @@ with warnings.catch_warnings():
 from destination_perly.config import open_store, parse_config
 from destination_perly.ingest import Ingestor, customer_ids_of
 from destination_perly.webhooks import DEFAULT_PATH, create_app, settings_from_config
+from integration_tests.demo import start_receiver, stop_receiver
 from integration_tests.postgres import postgres_dsn, store_settings
 from unit_tests.webhooks.builders import SECRET, T0, customer, delivery, event, failed_charge, subscription
 
@@ -116,3 +125,73 @@ def test_given_two_receivers_on_one_schema_when_every_event_arrives_at_both_then
         assert [{**row, "as_of": None} for row in recomputed] == [{**row, "as_of": None} for row in health]
     finally:
         store.close()
+
+
+def test_given_two_worker_processes_when_a_burst_comes_shuffled_and_twice_then_each_applies_once_newest_wins(
+    pg_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """The deployed `perly-webhooks --workers 2`: two processes, each with its writer and refresher, on
+    one schema; every event delivered twice, in a shuffled order over 8 connections (a subscription's
+    update may come before its creation)."""
+    events = [e for n in range(CUSTOMERS) for e in history(n)]
+    deliveries = events + events
+    random.Random(13).shuffle(deliveries)
+    config = {**pg_config, "as_of": "2026-11-01T00:00:00Z"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    process, url = start_receiver(
+        tmp_path / "config.json", tmp_path / "server.log", SECRET, timeout_s=60, extra_args=["--workers", "2"]
+    )
+    parsed = parse_config(config)
+    store = open_store(parsed.store, customer_ids_of)
+    try:
+        # Both workers are up: each holds a writer's and a refresher's connection.
+        deadline = time.monotonic() + 30
+        while len(connections := receiver_connections(store)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(connections) == 4
+
+        def deliver(each: dict[str, Any]) -> str:
+            response = httpx.post(f"{url}{DEFAULT_PATH}", **delivery(each), timeout=30)
+            assert response.status_code == 200, response.text
+            return str(response.json()["status"])
+
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(deliver, deliveries))
+        assert statuses.count("accepted") == len(events)
+        assert statuses.count("duplicate") == len(events)
+        while time.monotonic() < deadline + 60 and store.query(
+            "SELECT COUNT(*) AS n FROM perly_webhook_events WHERE applied_ms IS NULL"
+        ) != [{"n": 0}]:
+            time.sleep(0.1)
+    finally:
+        stop_receiver(process)
+
+    try:
+        ledger = store.query("SELECT event_id, applied_ms FROM perly_webhook_events")
+        assert len(ledger) == len(events)
+        assert all(row["applied_ms"] for row in ledger)
+        assert len(store.query("SELECT id FROM stripe_events")) == len(events)
+        # The newer version of each subscription (quantity 1) won, whichever arrived last.
+        subscriptions = store.query("SELECT id, data FROM stripe_subscriptions ORDER BY id")
+        assert len(subscriptions) == CUSTOMERS
+        assert all(orjson.loads(row["data"])["items"]["data"][0]["quantity"] == 1 for row in subscriptions)
+        health = store.query("SELECT * FROM perly_customer_health ORDER BY customer_id")
+        assert len(health) == CUSTOMERS
+        assert all(row["flag_payment_failures"] == 1 for row in health)
+        # What the two processes left equals one clean recomputation.
+        movements = store.query("SELECT * FROM perly_mrr_movements ORDER BY customer_id, at, kind")
+        Ingestor(store, parsed.health).refresh(
+            [f"cus_pg_{n}" for n in range(CUSTOMERS)], datetime.fromtimestamp(T0, UTC)
+        )
+        assert store.query("SELECT * FROM perly_mrr_movements ORDER BY customer_id, at, kind") == movements
+        assert store.query("SELECT * FROM perly_customer_health ORDER BY customer_id") == health
+    finally:
+        store.close()
+
+
+def receiver_connections(store: Any) -> list[dict[str, Any]]:
+    """The store connections of `perly-webhooks` processes on this server (not this test's own)."""
+    return store.query(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = ? AND pid <> pg_backend_pid()",
+        ("destination-perly",),
+    )

@@ -176,6 +176,9 @@ class Store(ABC):
     """The interface the Ingestor, the writer, the report and the webhook receiver use."""
 
     int_type = "INTEGER"
+    # This connection's write transactions go before those of the process's other connections waiting
+    # for theirs (SQLite, where they take turns; PostgreSQL writes them concurrently).
+    urgent_writes = False
 
     def __init__(self, customer_ids_of: CustomerIdsOf | None = None) -> None:
         self._customer_ids_of = customer_ids_of
@@ -314,10 +317,15 @@ class Store(ABC):
     def has_table(self, table: str) -> bool:
         """Cached when present (tables are never dropped); a miss asks the catalog again, since
         another connection or process may have created it since."""
-        if self._tables is not None and table in self._tables:
-            return True
-        self._tables = self._list_tables()
-        return table in self._tables
+        return table in self.present_tables([table])
+
+    def present_tables(self, tables: Iterable[str]) -> set[str]:
+        """Those of `tables` that exist, asking the catalog at most once (a refresh reading tables a
+        small account never had asked once per missing table and chunk)."""
+        wanted = set(tables)
+        if self._tables is None or not wanted <= self._tables:
+            self._tables = self._list_tables()
+        return wanted & self._tables
 
     def ensure_schema(self) -> None:
         """Creates the Perly tables (and adds columns the health model gained since)."""
@@ -559,11 +567,10 @@ class Store(ABC):
         """The account-wide coupons, prices and products by id (deleted ones flagged, still there:
         live subscriptions may reference them)."""
         lookups: dict[str, dict[str, Record]] = {}
+        present = self.present_tables(table_for_stream(stream) for stream in LOOKUP_STREAMS)
         for stream in LOOKUP_STREAMS:
             table = table_for_stream(stream)
-            rows = (
-                self._fetch_tuples(f"SELECT id, deleted, data FROM {table}") if self.has_table(table) else []
-            )
+            rows = self._fetch_tuples(f"SELECT id, deleted, data FROM {table}") if table in present else []
             lookups[stream] = {str(row_id): _parsed(data, deleted) for row_id, deleted, data in rows}
         return lookups
 
@@ -602,8 +609,9 @@ class Store(ABC):
         }
         customers = table_for_stream("customers")
         list_tables = [(s, table_for_stream(s)) for s in CUSTOMER_LIST_STREAMS]
-        list_tables = [(s, t) for s, t in list_tables if self.has_table(t)]
-        has_customers = self.has_table(customers)
+        present = self.present_tables([customers, *(t for _, t in list_tables)])
+        list_tables = [(s, t) for s, t in list_tables if t in present]
+        has_customers = customers in present
         for chunk in _chunks(ids):
             marks = ", ".join("?" * len(chunk))
             if has_customers:

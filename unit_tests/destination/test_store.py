@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -562,3 +563,65 @@ def test_given_postgresql_then_raw_objects_are_compressed_with_lz4(tmp_path: Pat
         assert rows == [{"method": "lz4"}]
     finally:
         factory.cleanup()
+
+
+def test_given_stream_tables_a_small_account_never_had_then_loading_asks_the_catalog_once_and_sees_later_ones(
+    store_factory: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = store_factory.open()
+    store.ensure_schema()
+    store.upsert_records("customers", [customer("cus_1")])  # no subscriptions, invoices, prices, ...
+    asked: list[int] = []
+    list_tables = store._list_tables
+
+    def counted() -> set[str]:
+        asked.append(1)
+        return list_tables()
+
+    monkeypatch.setattr(store, "_list_tables", counted)
+    assert store.load_bundles(["cus_1"], store.load_lookups())["cus_1"].subscriptions == []
+    assert len(asked) == 2  # once for the lookups, once for the customer's lists
+
+    other = store_factory.open()  # a sync creating a table the receiver's connection had not seen
+    other.upsert_records("subscriptions", [subscription("sub_1", "cus_1")])
+    assert [s["id"] for s in store.load_bundles(["cus_1"])["cus_1"].subscriptions] == ["sub_1"]
+
+
+def test_given_one_process_s_connections_to_a_sqlite_file_then_they_take_turns_the_urgent_one_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The webhook receiver's writer (urgent) and refresher share a file: a write waits for the
+    transaction in progress only, and goes before the other waiting ones, without polling SQLite's
+    lock (here SQLite would refuse at once: no busy timeout, no retries)."""
+    monkeypatch.setattr("destination_perly.store.sqlite.LOCK_RETRIES", 1)
+    holder, refresher, writer = (SqliteStore(tmp_path / "perly.db") for _ in range(3))
+    holder.ensure_schema()
+    for store in (refresher, writer):
+        store._conn.execute("PRAGMA busy_timeout = 0")
+    writer.urgent_writes = True
+    order: list[str] = []
+    errors: list[BaseException] = []
+
+    def write(store: Store, name: str) -> None:
+        try:
+            with store.transaction():
+                store.mark_dirty([f"cus_{name}"])
+                order.append(name)
+        except BaseException as error:
+            errors.append(error)
+
+    with holder.transaction():
+        holder.mark_dirty(["cus_holder"])
+        threads = [threading.Thread(target=write, args=(refresher, "refresher"))]
+        threads[0].start()
+        time.sleep(0.2)  # the refresher waits first
+        threads.append(threading.Thread(target=write, args=(writer, "writer")))
+        threads[1].start()
+        deadline = time.monotonic() + 10
+        while not writer._turns._urgent_waiting and time.monotonic() < deadline:  # type: ignore[union-attr]
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join(10)
+    assert errors == []
+    assert order == ["writer", "refresher"]
+    assert holder.dirty_customers() == {"cus_holder", "cus_writer", "cus_refresher"}

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +14,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
     from starlette.testclient import TestClient
 
-from destination_perly.config import open_store, parse_config
+from destination_perly.config import DestinationConfig, open_store, parse_config
+from destination_perly.ingest import customer_ids_of
 from destination_perly.store.base import Store
 from destination_perly.webhooks import DEFAULT_PATH, ReceiverSettings, create_app, settings_from_config
 from unit_tests.webhooks.builders import OLD_SECRET, SECRET, T0
@@ -53,6 +54,17 @@ class Receiver:
 
 def sqlite_config(tmp_path: Path) -> dict[str, Any]:
     return {"store": {"store_type": "sqlite", "path": str(tmp_path / "perly.db")}}
+
+
+def store_opener(config: DestinationConfig) -> Callable[[], Store]:
+    """What the receiver is given to open its connections: the store, its schema ensured."""
+
+    def open_with_schema() -> Store:
+        store = open_store(config.store, customer_ids_of)
+        store.ensure_schema()
+        return store
+
+    return open_with_schema
 
 
 @pytest.fixture

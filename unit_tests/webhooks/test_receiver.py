@@ -25,7 +25,7 @@ from unit_tests.webhooks.builders import (
     failed_charge,
     subscription,
 )
-from unit_tests.webhooks.conftest import FakeClock, Receiver, sqlite_config
+from unit_tests.webhooks.conftest import FakeClock, Receiver, sqlite_config, store_opener
 
 
 def stored(receiver: Receiver, stream: str, object_id: str) -> dict[str, Any]:
@@ -208,25 +208,22 @@ class FailingIngestor(Ingestor):
         super().__init__(*args)
         self.fail_upsert, self.fail_refresh = fail_upsert, fail_refresh
 
-    def upsert(self, stream: str, records: Any, *args: Any, **kwargs: Any) -> set[str]:
-        touched = super().upsert(stream, records, *args, **kwargs)
-        if self.fail_upsert and stream == "events":
+    def upsert_streams(self, records: Any, *args: Any, **kwargs: Any) -> set[str]:
+        touched = super().upsert_streams(records, *args, **kwargs)
+        if self.fail_upsert and "events" in records:
             raise RuntimeError("disk full")  # after the object row: the transaction must undo it
         return touched
 
-    def refresh(self, customer_ids: Any, as_of: datetime) -> Any:
+    def refresh(self, customer_ids: Any, as_of: datetime, dirty_only: bool = False) -> Any:
         if self.fail_refresh:
             raise RuntimeError("engine crashed")
-        return super().refresh(customer_ids, as_of)
+        return super().refresh(customer_ids, as_of, dirty_only)
 
 
 def _settings(tmp_path: Path, clock: FakeClock, **failures: bool) -> ReceiverSettings:
     config = parse_config(sqlite_config(tmp_path))
 
-    def make_store() -> Any:
-        store = open_store(config.store, customer_ids_of)
-        store.ensure_schema()
-        return store
+    make_store = store_opener(config)
 
     def make_ingestor(store: Any) -> Ingestor:
         return FailingIngestor(store, config.health, **failures)
@@ -325,10 +322,7 @@ def test_given_a_quiet_day_then_the_receiver_recomputes_health_that_changes_with
     ingestor.refresh_pending(clock())
     assert store.query("SELECT failed_payments_30d FROM perly_customer_health")[0]["failed_payments_30d"] == 1
 
-    def make_store() -> Any:
-        opened = open_store(config.store, customer_ids_of)
-        opened.ensure_schema()
-        return opened
+    make_store = store_opener(config)
 
     clock.now += timedelta(days=40)  # no event at all: the failure has left its 30-day window
     processor = WebhookProcessor(
