@@ -41,6 +41,8 @@ def as_list(value: Any) -> list[Any]:
 
 def to_time(value: Any) -> datetime | None:
     """Stripe unix seconds (int, float or digit string) or a datetime -> aware UTC datetime."""
+    if type(value) is int:  # nearly every call: first, before the checks for the other shapes
+        return _from_unix(value)
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, datetime):
