@@ -76,8 +76,19 @@ def exact(value: Any) -> Fraction | None:
         return None
     if isinstance(value, int):
         return Fraction(value)
+    if isinstance(value, str):
+        return _exact_text(value)
     try:
         return Fraction(Decimal(str(value)))
+    except (InvalidOperation, ValueError):
+        return None
+
+
+@lru_cache(maxsize=4096)
+def _exact_text(value: str) -> Fraction | None:
+    # Prices and tax rates repeat their decimal strings across items and versions: converted once each.
+    try:
+        return Fraction(Decimal(value))
     except (InvalidOperation, ValueError):
         return None
 
