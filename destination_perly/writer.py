@@ -4,9 +4,10 @@
   a full buffer is flushed alone, in one transaction, and the other buffers are left untouched.
 - A STATE message is echoed unchanged once the records it covers are committed: for a per-stream
   state, that stream's buffer; for a GLOBAL or legacy state, every buffer. A failed commit raises
-  before the echo, so uncommitted data is never acknowledged. While the input says the next messages
-  have already arrived (`more_waiting`, the reader process), a state waits for the next commit (at
-  most `max_state_delay_s`): one commit then covers several states.
+  before the echo, so uncommitted data is never acknowledged. On a store whose commits rewrite the
+  pages they touch (SQLite), while the input says the next messages have already arrived
+  (`more_waiting`, the reader process), a state waits for the next commit (at most
+  `max_state_delay_s`): one commit then covers several states.
 - `overwrite`, and refreshes that truncate (`minimum_generation_id == generation_id`), load into a
   stage table that replaces the live one in one transaction when the stream completes: on its
   STREAM_STATUS COMPLETE trace, or at the end of input when the input carries no stream statuses
@@ -278,7 +279,9 @@ class Writer:
         for plan in self.plans.values():
             if plan.staged:
                 self.store.begin_stage(plan.name, plan.generation_id)
-        more_waiting: Callable[[], bool] = getattr(messages, "more_waiting", lambda: False)
+        # A state may wait for the input that follows only where fewer commits cost less (the store).
+        waiting = getattr(messages, "more_waiting", None) if self.store.commits_rewrite_pages else None
+        more_waiting: Callable[[], bool] = waiting or (lambda: False)
         iterator = iter(messages)
         line = 0  # one message per input line, so a message's position is its line
         while True:

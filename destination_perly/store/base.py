@@ -237,6 +237,9 @@ class Store(ABC):
 
     # Orders rows of one table by insertion (a tie-breaker for equal timestamps).
     insertion_order = "rowid"
+    # Whether each commit writes out every page it touched (SQLite's WAL): then fewer, larger commits
+    # cost less, and the writer lets one commit cover several states when the input allows.
+    commits_rewrite_pages = False
 
     def _ensure_insertion_order(self, table: str) -> None:  # noqa: B027 - a hook: SQLite has rowid
         """Gives `table` the column `insertion_order` names when the backend needs one."""

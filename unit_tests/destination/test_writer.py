@@ -184,6 +184,27 @@ def test_given_input_already_waiting_then_states_share_a_commit_and_are_echoed_i
     assert writer.stats.states == 12
 
 
+class CommitsCostNothingMore(SqliteStore):
+    """A store for which fewer commits save nothing (PostgreSQL, measured: larger batches cost it more)."""
+
+    commits_rewrite_pages = False
+
+
+def test_given_a_store_without_page_rewriting_commits_then_each_state_is_committed_at_once(
+    tmp_path: Path,
+) -> None:
+    store = CommitsCostNothingMore(tmp_path / "perly.db")
+    messages = [record("customers", customer("cus_1")), stream_state("customers", 1)]
+    messages += [record("customers", customer("cus_2")), stream_state("customers", 2)]
+    output = make_writer(store).write(ReadAhead(messages))
+
+    first = next(m for m in output if m.type == Type.STATE)
+
+    assert first.state.stream.stream_state.updated == 1  # type: ignore[union-attr]
+    assert ids(store, "customers") == ["cus_1"]  # not held for cus_2
+    store.close()
+
+
 def test_given_states_held_then_they_wait_no_longer_than_the_limit(store: SqliteStore) -> None:
     clock = iter(float(t) for t in range(100))
     messages = [record("customers", customer("cus_1")), stream_state("customers", 1)]
