@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -270,6 +271,7 @@ class Writer:
         # (one commit, not one per state: each commit rewrites every index page it touched).
         self.held: list[tuple[AirbyteMessage, set[str]]] = []
         self.held_since = 0.0
+        self.written: Counter[str] = Counter()  # rows committed per stream since the last refresh
         self.preparer = RecordPreparer(ingestor, self.plans)
 
     # --- the message loop ---------------------------------------------------------------------
@@ -362,6 +364,7 @@ class Writer:
         self.total_bytes -= buffer.bytes
         del self.buffers[stream]
         self.stats.flushes += 1
+        self.written[stream] += len(buffer.rows)
         for _, uncommitted in self.held:
             uncommitted.discard(stream)
 
@@ -420,6 +423,8 @@ class Writer:
     # --- health -------------------------------------------------------------------------------
     def _refresh(self, include_time_sensitive: bool) -> None:
         started = self.monotonic()
+        self.store.analyze_grown(self.written)  # the refresh reads by customer through the indexes
+        self.written.clear()
         as_of = self.as_of()
         result = self.ingestor.refresh_pending(as_of, include_time_sensitive)
         self.stats.refreshed += result.refreshed

@@ -409,6 +409,10 @@ class Store(ABC):
                 self._tables.add(table)
         return table
 
+    def analyze_grown(self, written: Mapping[str, int]) -> None:  # noqa: B027 - a hook: only PostgreSQL
+        """After writing `written[stream]` rows to each stream: gives the query planner the tables' new
+        sizes where it needs them to use the indexes (PostgreSQL; SQLite's planner uses them anyway)."""
+
     def probe_writable(self) -> None:
         """Creates, writes and drops a probe table: proves the store accepts writes."""
         with self.transaction():

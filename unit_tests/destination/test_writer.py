@@ -529,6 +529,39 @@ def test_given_a_sync_on_either_backend_then_states_staging_dedup_and_health_agr
     assert health == [{"customer_id": "cus_1", "mrr": 4000}, {"customer_id": "cus_2", "mrr": 0}]
 
 
+@pytest.mark.postgres
+def test_given_a_sync_on_postgres_then_health_reads_the_bundles_through_the_indexes(tmp_path: Path) -> None:
+    factory = StoreFactory("postgres", tmp_path)
+    try:
+        store = factory.open()
+        messages = [record("invoices", invoice(f"in_{n:04}", f"cus_{n:04}")) for n in range(2000)]
+        messages.append(stream_state("invoices", 1))
+        ingestor = Ingestor(store, HealthConfig(), evaluate=FakeEngine(), customer_ids=customer_ids)
+        plans = plans_from_catalog(catalog(configured("invoices")))
+        plan_at_refresh: list[str] = []
+        refresh = ingestor.refresh_pending
+
+        def explained(*args: Any) -> Any:
+            chunk = [f"cus_{n:04}" for n in range(0, 2000, 100)]  # 1%, as a chunk of a large account
+            marks = ", ".join("?" * len(chunk))
+            rows = store.query(
+                f"EXPLAIN SELECT created, id, customer_id, data FROM stripe_invoices"
+                f" WHERE customer_id IN ({marks}) AND deleted = 0",
+                chunk,
+            )
+            plan_at_refresh.append(" ".join(str(row["QUERY PLAN"]) for row in rows))
+            return refresh(*args)
+
+        ingestor.refresh_pending = explained  # type: ignore[method-assign]
+        list(Writer(ingestor, plans, as_of=lambda: AS_OF).write(messages))
+
+        # Fresh tables have no statistics until ANALYZE; without them PostgreSQL scans whole tables.
+        assert "Seq Scan" not in plan_at_refresh[0]
+        assert "stripe_invoices_customer_idx" in plan_at_refresh[0]
+    finally:
+        factory.cleanup()
+
+
 def test_given_overwrite_without_statuses_and_a_silent_stream_then_its_table_is_kept(
     store: SqliteStore,
 ) -> None:
