@@ -12,8 +12,10 @@ by `DestinationPerly.write` into a fresh SQLite file, and health is recomputed f
 the end (the real engine). Scale N replays the book N times with ids marked by copy, so the store really
 holds N times the objects and customers. Prints records/s (wall and per CPU second: it counts the
 main process and its helper processes, whose share is shown apart; PostgreSQL's own server is not
-counted) and peak memory; the target is >= 20,000 records/s with memory flat in N, on either backend
-(`--postgres-dsn`, e.g. under `scripts/with-postgres.sh`: the DSN is in PERLY_TEST_POSTGRES_DSN).
+counted) and peak memory, then each figure against its target (issue 13): >= 20,000 records/s
+including health at every scale (the issue asks it of SQLite at 1x and 10x, of PostgreSQL at 1x), and
+peak RSS at most x1.1 from the smallest to the largest scale, on either backend (`--postgres-dsn`, e.g.
+under `scripts/with-postgres.sh`: the DSN is in PERLY_TEST_POSTGRES_DSN).
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ PER_ACCOUNT = {"products", "prices", "coupons"}  # one account: not copied per r
 EXPANDED = {"subscriptions": "discounts", "prices": "tiers"}
 STATE_EVERY = 500
 TARGET_RECORDS_PER_S = 20_000
+# Peak memory may grow this much from the smallest to the largest scale and still count as flat
+# (buffers, batches and refresh chunks are bounded; nothing grows with the book).
+FLAT_MEMORY_GROWTH = 1.1
 
 
 def load_book(customers: int) -> tuple[int, dict[str, list[dict[str, Any]]]]:
@@ -264,7 +269,8 @@ def main() -> None:
     )
     print(" ".join(f"{h:>{max(len(h), 8)}}" for h in header))
     results = []
-    for scale in (int(s) for s in args.scales.split(",")):
+    scales = [int(s) for s in args.scales.split(",")]
+    for scale in scales:
         with tempfile.TemporaryDirectory() as tmp:
             input_path = Path(tmp) / "input.jsonl"
             made = last_json_line(
@@ -300,12 +306,24 @@ def main() -> None:
             + f"this machine parses JSON at {r['json_parse_mb_per_s']} MB/s"
             + (f"; traced heap peak {r['traced_peak_mb']} MB" if r["traced_peak_mb"] is not None else "")
         )
-    slowest = min(r["records_per_s"] for r in results)
-    print(f"target >= {TARGET_RECORDS_PER_S:,} records/s at every scale: slowest {slowest:,}", end=" ")
-    print("(met)" if slowest >= TARGET_RECORDS_PER_S else "(NOT met)")
+    print("targets:")
+    for scale, r in zip(scales, results, strict=True):
+        verdict = met(r["records_per_s"] >= TARGET_RECORDS_PER_S)
+        print(
+            f"  {backend} {scale}x: {r['records_per_s']:,} records/s including health"
+            f" (health {r['health_seconds']} s) against >= {TARGET_RECORDS_PER_S:,}: {verdict}"
+        )
     if len(results) > 1:
-        growth = results[-1]["peak_rss_mb"] / results[0]["peak_rss_mb"]
-        print(f"memory flat in scale: peak RSS x{growth:.2f} from the smallest to the largest scale")
+        smallest, largest = results[0]["peak_rss_mb"], results[-1]["peak_rss_mb"]
+        growth = largest / smallest
+        print(
+            f"  memory flat in scale: peak RSS {smallest} MB at {scales[0]}x, {largest} MB at {scales[-1]}x"
+            f" (x{growth:.2f}) against <= x{FLAT_MEMORY_GROWTH}: {met(growth <= FLAT_MEMORY_GROWTH)}"
+        )
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
 
 
 if __name__ == "__main__":

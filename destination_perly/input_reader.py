@@ -91,62 +91,84 @@ def _receive(conn: Connection, received: queue.Queue[bytes | None]) -> None:
         received.put(None)
 
 
-def read_in_helper(lines: Iterable[str | bytes], prepare: Prepare) -> Iterator[InputMessage]:
+class HelperInput:
     """The messages `parse_input_lines` would give, records already prepared, read by a forked
-    process. From the call on, only that process may read `lines`."""
-    # Anything buffered for stdout must go out once, from here, not again from the child.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    context = multiprocessing.get_context("fork")
-    receiver, sender = context.Pipe(duplex=False)
-    try:
-        fcntl.fcntl(sender.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-    except OSError:  # a lower system limit: the default size works, only slower
-        pass
-    process = context.Process(target=_reader_loop, args=(sender, lines, prepare), daemon=True)
-    # multiprocessing closes sys.stdin in a new process, and `lines` is usually stdin itself.
-    stdin, sys.stdin = sys.stdin, None
-    # The child's collector must not walk (and so copy, page by page) the heap it shares with us.
-    gc.freeze()
-    try:
-        process.start()
-    finally:
-        gc.unfreeze()
-        sys.stdin = stdin
-    sender.close()
-    received: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUED_BATCHES)
-    receiving = threading.Thread(target=_receive, args=(receiver, received), daemon=True)
-    receiving.start()
-    finished = False
-    try:
-        while True:
-            raw = received.get()
-            if raw is None:
+    process; `more_waiting` tells whether the next message has already arrived."""
+
+    def __init__(self, lines: Iterable[str | bytes], prepare: Prepare) -> None:
+        self.lines = lines
+        self.prepare = prepare
+        self._received: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUED_BATCHES)
+        self._left = 0  # messages of the current batch not yet handed out
+
+    def more_waiting(self) -> bool:
+        return self._left > 0 or not self._received.empty()
+
+    def __iter__(self) -> Iterator[InputMessage]:
+        return self._messages()
+
+    def _messages(self) -> Iterator[InputMessage]:
+        """From the call on, only the reader process may read `lines`."""
+        # Anything buffered for stdout must go out once, from here, not again from the child.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        context = multiprocessing.get_context("fork")
+        receiver, sender = context.Pipe(duplex=False)
+        try:
+            fcntl.fcntl(sender.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:  # a lower system limit: the default size works, only slower
+            pass
+        process = context.Process(target=_reader_loop, args=(sender, self.lines, self.prepare), daemon=True)
+        # multiprocessing closes sys.stdin in a new process, and `lines` is usually stdin itself.
+        stdin, sys.stdin = sys.stdin, None
+        # The child's collector must not walk (and so copy, page by page) the heap it shares with us.
+        gc.freeze()
+        try:
+            process.start()
+        finally:
+            gc.unfreeze()
+            sys.stdin = stdin
+        sender.close()
+        received = self._received
+        receiving = threading.Thread(target=_receive, args=(receiver, received), daemon=True)
+        receiving.start()
+        finished = False
+        try:
+            while True:
+                raw = received.get()
+                if raw is None:
+                    process.join(timeout=EXIT_TIMEOUT_SECONDS)
+                    raise InputReaderError(
+                        f"the input reader process stopped unexpectedly (exit code {process.exitcode})"
+                    )
+                batch = pickle.loads(raw)  # noqa: S301 - sent by our own forked process
+                if batch is None:
+                    finished = True
+                    return
+                if isinstance(batch, str):
+                    raise InputReaderError(f"reading the input failed:\n{batch}")
+                self._left = len(batch)
+                for item in batch:
+                    self._left -= 1
+                    if type(item) is tuple:  # a prepared record, as sent
+                        stream, row, ids = item
+                        yield PreparedRecord(stream, Row._make(row), ids)
+                    else:
+                        yield item
+        finally:
+            if finished:
                 process.join(timeout=EXIT_TIMEOUT_SECONDS)
-                raise InputReaderError(
-                    f"the input reader process stopped unexpectedly (exit code {process.exitcode})"
-                )
-            batch = pickle.loads(raw)  # noqa: S301 - sent by our own forked process
-            if batch is None:
-                finished = True
-                return
-            if isinstance(batch, str):
-                raise InputReaderError(f"reading the input failed:\n{batch}")
-            for item in batch:
-                if type(item) is tuple:  # a prepared record, as sent
-                    stream, row, ids = item
-                    yield PreparedRecord(stream, Row._make(row), ids)
-                else:
-                    yield item
-    finally:
-        if finished:
-            process.join(timeout=EXIT_TIMEOUT_SECONDS)
-        if process.is_alive():  # stuck, or the writer stopped early (an error): the rest is not needed
-            process.kill()
-            process.join()
-        while receiving.is_alive():  # let the thread see the end of the pipe and stop
-            try:
-                received.get(timeout=0.1)
-            except queue.Empty:
-                pass
-        receiver.close()
+            if process.is_alive():  # stuck, or the writer stopped early (an error): the rest is not needed
+                process.kill()
+                process.join()
+            while receiving.is_alive():  # let the thread see the end of the pipe and stop
+                try:
+                    received.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            receiver.close()
+
+
+def read_in_helper(lines: Iterable[str | bytes], prepare: Prepare) -> HelperInput:
+    """`lines` parsed and prepared by a forked reader process, once iterated."""
+    return HelperInput(lines, prepare)

@@ -2,9 +2,12 @@
 
 - Records are buffered per stream, bounded by records and bytes per stream and by bytes overall;
   a full buffer is flushed alone, in one transaction, and the other buffers are left untouched.
-- A STATE message is echoed unchanged right after the records it covers are committed: for a
-  per-stream state, that stream's buffer; for a GLOBAL or legacy state, every buffer. A failed commit
-  raises before the echo, so uncommitted data is never acknowledged.
+- A STATE message is echoed unchanged once the records it covers are committed: for a per-stream
+  state, that stream's buffer; for a GLOBAL or legacy state, every buffer. A failed commit raises
+  before the echo, so uncommitted data is never acknowledged. On a store whose commits rewrite the
+  pages they touch (SQLite), while the input says the next messages have already arrived
+  (`more_waiting`, the reader process), a state waits for the next commit (at most
+  `max_state_delay_s`): one commit then covers several states.
 - `overwrite`, and refreshes that truncate (`minimum_generation_id == generation_id`), load into a
   stage table that replaces the live one in one transaction when the stream completes: on its
   STREAM_STATUS COMPLETE trace, or at the end of input when the input carries no stream statuses
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -163,6 +167,9 @@ class WriterLimits:
     max_bytes_total: int = 32 * 1024 * 1024
     # During a long sync, recompute touched customers at a state flush at most this often.
     refresh_interval_s: float = 120.0
+    # The longest a state waits for its commit while more input keeps arriving (the buffer limits
+    # above bound how much it covers).
+    max_state_delay_s: float = 1.0
 
 
 @dataclass
@@ -259,6 +266,12 @@ class Writer:
         self.completed: set[str] = set()
         self.heard_from: set[str] = set()
         self.last_refresh = monotonic()
+        # States read but not yet echoed, each with the streams whose buffers must be committed first:
+        # while more input is already waiting, a state's commit waits to be shared with what follows
+        # (one commit, not one per state: each commit rewrites every index page it touched).
+        self.held: list[tuple[AirbyteMessage, set[str]]] = []
+        self.held_since = 0.0
+        self.written: Counter[str] = Counter()  # rows committed per stream since the last refresh
         self.preparer = RecordPreparer(ingestor, self.plans)
 
     # --- the message loop ---------------------------------------------------------------------
@@ -268,28 +281,45 @@ class Writer:
         for plan in self.plans.values():
             if plan.staged:
                 self.store.begin_stage(plan.name, plan.generation_id)
-        # One message per input line, so a message's position is its line.
-        for line, message in enumerate(messages, 1):
+        # A state may wait for the input that follows only where fewer commits cost less (the store).
+        waiting = getattr(messages, "more_waiting", None) if self.store.commits_rewrite_pages else None
+        more_waiting: Callable[[], bool] = waiting or (lambda: False)
+        iterator = iter(messages)
+        line = 0  # one message per input line, so a message's position is its line
+        while True:
+            try:
+                message = next(iterator)
+            except StopIteration:
+                break
+            except Exception:  # the input failed: what the held states cover arrived whole
+                self._flush_held()
+                yield from self._release_states()
+                raise
+            line += 1
             if isinstance(message, RawRecord):
                 message = self.preparer(message.stream, message.data, message.line)
             elif isinstance(message, AirbyteMessage) and message.type == Type.RECORD and message.record:
                 message = self.preparer(message.record.stream, message.record.data, line)
             if isinstance(message, PreparedRecord):
                 self._add_record(message)
+                if self.held and not self.held[0][1]:  # a full buffer's flush covered a held state
+                    yield from self._release_states()
             elif isinstance(message, Skipped):
                 self.stats.malformed += message.record
                 yield _log(Level.ERROR if message.record else Level.WARN, message.message)
             elif message.type == Type.STATE and message.state is not None:
                 self._note_state_streams(message)
-                self._flush_for_state(message)
-                self.stats.states += 1
-                yield message
-                if self.monotonic() - self.last_refresh >= self.limits.refresh_interval_s:
-                    self._refresh(include_time_sensitive=False)
+                self._hold_state(message)
+                if more_waiting() and self.monotonic() - self.held_since < self.limits.max_state_delay_s:
+                    continue  # the next messages are here already: commit them with these records
+                self._flush_held()
+                yield from self._release_states()
             elif message.type == Type.TRACE and message.trace is not None:
                 self._on_trace(message)
+                yield from self._release_states()  # a completed stream's flush may cover held states
         for name in list(self.buffers):
             self._flush(name)
+        yield from self._release_states()
         if not self.saw_stream_status:
             # Without stream statuses, the end of input completes the streams that sent something;
             # one that sent nothing may never have started, so its live table is kept.
@@ -334,22 +364,44 @@ class Writer:
         self.total_bytes -= buffer.bytes
         del self.buffers[stream]
         self.stats.flushes += 1
+        self.written[stream] += len(buffer.rows)
+        for _, uncommitted in self.held:
+            uncommitted.discard(stream)
 
     # --- state --------------------------------------------------------------------------------
+    def _hold_state(self, message: AirbyteMessage) -> None:
+        """Keeps a state until the buffers it covers are committed (`_flush` crosses them off)."""
+        state = message.state
+        assert state is not None
+        if state.type == AirbyteStateType.STREAM and state.stream is not None:
+            covered = {state.stream.stream_descriptor.name} & set(self.buffers)
+        else:  # GLOBAL or legacy: the state covers every stream
+            covered = set(self.buffers)
+        if not self.held:
+            self.held_since = self.monotonic()
+        self.held.append((message, covered))
+
+    def _flush_held(self) -> None:
+        for _, uncommitted in list(self.held):
+            for name in sorted(uncommitted):
+                self._flush(name)
+
+    def _release_states(self) -> Iterator[AirbyteMessage]:
+        """Echoes, in order, the held states whose records are all committed."""
+        released = False
+        while self.held and not self.held[0][1]:
+            message, _ = self.held.pop(0)
+            self.stats.states += 1
+            released = True
+            yield message
+        if released and self.monotonic() - self.last_refresh >= self.limits.refresh_interval_s:
+            self._refresh(include_time_sensitive=False)
+
     def _note_state_streams(self, message: AirbyteMessage) -> None:
         state = message.state
         assert state is not None
         if state.type == AirbyteStateType.STREAM and state.stream is not None:
             self.heard_from.add(state.stream.stream_descriptor.name)
-
-    def _flush_for_state(self, message: AirbyteMessage) -> None:
-        state = message.state
-        assert state is not None
-        if state.type == AirbyteStateType.STREAM and state.stream is not None:
-            self._flush(state.stream.stream_descriptor.name)
-        else:  # GLOBAL or legacy: the state covers every stream
-            for name in list(self.buffers):
-                self._flush(name)
 
     # --- stream completion --------------------------------------------------------------------
     def _on_trace(self, message: AirbyteMessage) -> None:
@@ -371,6 +423,8 @@ class Writer:
     # --- health -------------------------------------------------------------------------------
     def _refresh(self, include_time_sensitive: bool) -> None:
         started = self.monotonic()
+        self.store.analyze_grown(self.written)  # the refresh reads by customer through the indexes
+        self.written.clear()
         as_of = self.as_of()
         result = self.ingestor.refresh_pending(as_of, include_time_sensitive)
         self.stats.refreshed += result.refreshed

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
+from functools import lru_cache
 from typing import Any
 
 from destination_perly.health.values import StripeObject, as_dict, as_list, currency_of, ref_id, to_time
@@ -49,14 +50,21 @@ def _is_full_period_line(line: StripeObject) -> bool:
 
 def recurring_of_days(days: int) -> dict[str, Any]:
     """The billing interval of a period this many days long (months rounded; 12 months a year)."""
+    interval, count = _interval_of_days(days)
+    return {"interval": interval, "interval_count": count}
+
+
+@lru_cache(maxsize=1024)
+def _interval_of_days(days: int) -> tuple[str, int]:
+    # Every invoice line asks, with a handful of distinct lengths: the exact division is done once each.
     if days >= 28:
         months = max(1, round(days / _DAYS_PER_MONTH))
         if months % 12 == 0:
-            return {"interval": "year", "interval_count": months // 12}
-        return {"interval": "month", "interval_count": months}
+            return "year", months // 12
+        return "month", months
     if days % 7 == 0:
-        return {"interval": "week", "interval_count": max(1, days // 7)}
-    return {"interval": "day", "interval_count": max(1, days)}
+        return "week", max(1, days // 7)
+    return "day", max(1, days)
 
 
 def prices_seen(holders: Iterable[Any], invoices: list[StripeObject]) -> dict[str, StripeObject]:
@@ -67,10 +75,10 @@ def prices_seen(holders: Iterable[Any], invoices: list[StripeObject]) -> dict[st
         for line in as_list(as_dict(invoice).get("lines")):
             line = as_dict(line)
             price_id = _line_price_id(line)
-            period = as_dict(line.get("period"))
-            start, end = to_time(period.get("start")), to_time(period.get("end"))
             if price_id is None or price_id in found or not _is_full_period_line(line):
                 continue
+            period = as_dict(line.get("period"))
+            start, end = to_time(period.get("start")), to_time(period.get("end"))
             if start is None or end is None or end <= start:
                 continue
             pricing = as_dict(line.get("pricing"))

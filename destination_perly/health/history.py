@@ -216,7 +216,8 @@ def _invoice_items(
         line_start, line_end = to_time(period.get("start")), to_time(period.get("end"))
         if line_start is None or line_end is None or line_end <= line_start:
             continue
-        known = as_dict(catalog.prices.get(ref_id(_line_price(line)) or ""))
+        price = _line_price(line)
+        known = as_dict(catalog.prices.get(ref_id(price) or ""))
         if as_dict(known.get("recurring")).get("usage_type") == "metered":
             continue  # usage is billed in arrears for the previous period: not this period's plan
         if start is None or line_start > start:
@@ -224,7 +225,6 @@ def _invoice_items(
         quantity = _quantity(line.get("quantity"))
         amount = line.get("amount")
         total += amount if isinstance(amount, int) else 0
-        price = _line_price(line)
         if isinstance(price, str) and isinstance(catalog.prices.get(price), dict):
             price = catalog.prices[price]  # whole: the engine's catalog may not hold it (see _known_prices)
         elif ref_id(price) is None or isinstance(price, str):

@@ -188,9 +188,11 @@ def period_amount(price: StripeObject, quantity: int, catalog: Catalog | None = 
 
 def tax_divisor(item: StripeObject, subscription: StripeObject, price: StripeObject) -> Fraction:
     """1 + the inclusive tax rate to back out of a tax-inclusive price (1 when nothing to back out)."""
+    if price.get("tax_behavior") == "exclusive":
+        return Fraction(1)
     rates = as_list(item.get("tax_rates")) or as_list(subscription.get("default_tax_rates"))
     inclusive = [as_dict(rate) for rate in rates if as_dict(rate).get("inclusive") is True]
-    if price.get("tax_behavior") == "exclusive":
+    if not inclusive:
         return Fraction(1)
     total = sum((exact(rate.get("percentage")) or Fraction(0) for rate in inclusive), Fraction(0))
     return 1 + total / 100
@@ -472,16 +474,20 @@ class SubscriptionAmounts:
         self.customer = customer
         self.catalog = catalog
         self._known: dict[tuple[bytes, tuple[bool, ...]], SubscriptionAmount] = {}
+        # The fields of each subscription version asked about, by its id(): the history asks about the
+        # same version at every moment. The version is kept too, so its id() is never reused.
+        self._fields: dict[int, tuple[StripeObject, bytes]] = {}
 
     def __call__(self, subscription: StripeObject, at: datetime) -> SubscriptionAmount:
-        items = [
-            [item.get(name) for name in ITEM_AMOUNT_FIELDS] if isinstance(item, dict) else item
-            for item in as_list(subscription.get("items"))
-        ]
-        key = (
-            orjson.dumps([items, *(subscription.get(name) for name in AMOUNT_FIELDS)]),
-            self._active_discounts(subscription, at),
-        )
+        kept = self._fields.get(id(subscription))
+        if kept is None or kept[0] is not subscription:
+            items = [
+                [item.get(name) for name in ITEM_AMOUNT_FIELDS] if isinstance(item, dict) else item
+                for item in as_list(subscription.get("items"))
+            ]
+            fields = orjson.dumps([items, *(subscription.get(name) for name in AMOUNT_FIELDS)])
+            kept = self._fields[id(subscription)] = (subscription, fields)
+        key = (kept[1], self._active_discounts(subscription, at))
         found = self._known.get(key)
         if found is None:
             found = self._known[key] = subscription_amount(subscription, self.customer, self.catalog, at)

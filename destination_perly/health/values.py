@@ -41,6 +41,8 @@ def as_list(value: Any) -> list[Any]:
 
 def to_time(value: Any) -> datetime | None:
     """Stripe unix seconds (int, float or digit string) or a datetime -> aware UTC datetime."""
+    if type(value) is int:  # nearly every call: first, before the checks for the other shapes
+        return _from_unix(value)
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, datetime):
@@ -74,8 +76,19 @@ def exact(value: Any) -> Fraction | None:
         return None
     if isinstance(value, int):
         return Fraction(value)
+    if isinstance(value, str):
+        return _exact_text(value)
     try:
         return Fraction(Decimal(str(value)))
+    except (InvalidOperation, ValueError):
+        return None
+
+
+@lru_cache(maxsize=4096)
+def _exact_text(value: str) -> Fraction | None:
+    # Prices and tax rates repeat their decimal strings across items and versions: converted once each.
+    try:
+        return Fraction(Decimal(value))
     except (InvalidOperation, ValueError):
         return None
 

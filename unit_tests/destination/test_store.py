@@ -340,6 +340,33 @@ def test_given_open_invoices_trials_and_failures_then_those_are_marked_time_sens
     assert store.dirty_customers() == {"cus_open", "cus_trial", "cus_failed"}
 
 
+def test_given_large_tables_then_time_sensitive_rows_are_found_by_partial_indexes_not_scans(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "perly.db")
+    store.ensure_schema()
+    for stream in ("invoices", "subscriptions", "charges"):
+        store.ensure_stream_table(stream)
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+
+    store.mark_time_sensitive(AS_OF)
+
+    store._conn.set_trace_callback(None)
+    plans = {
+        sql.split(" FROM ")[2].split()[0]: " ".join(
+            str(row[3]) for row in store._conn.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()
+        )
+        for sql in statements
+        if sql.startswith("INSERT INTO perly_dirty_customers") and " stripe_" in sql
+    }
+    assert set(plans) == {"stripe_invoices", "stripe_subscriptions", "stripe_charges"}
+    for table, plan in plans.items():
+        assert f"USING INDEX {table}_clock_idx" in plan
+        assert f"SCAN {table}" not in plan
+    store.close()
+
+
 def test_given_the_dirty_ledger_then_marks_survive_until_cleared(store_factory: StoreFactory) -> None:
     first = store_factory.open()
     first.ensure_schema()

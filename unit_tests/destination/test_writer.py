@@ -144,6 +144,88 @@ def test_given_states_then_they_are_echoed_unchanged_and_in_order(store: SqliteS
     ]
 
 
+class ReadAhead:
+    """Input whose next messages have always arrived already, as when a source streams faster than
+    the writer commits (`HelperInput.more_waiting` tells it from its queue)."""
+
+    def __init__(self, messages: list[AirbyteMessage]) -> None:
+        self.messages = messages
+
+    def __iter__(self) -> Iterator[AirbyteMessage]:
+        return iter(self.messages)
+
+    def more_waiting(self) -> bool:
+        return True
+
+
+def test_given_input_already_waiting_then_states_share_a_commit_and_are_echoed_in_order_once_committed(
+    store: SqliteStore,
+) -> None:
+    messages: list[AirbyteMessage] = []
+    for n in range(1, 7):
+        messages += [record("customers", customer(f"cus_{n}")), stream_state("customers", n)]
+        messages += [record("invoices", invoice(f"in_{n}", f"cus_{n}")), stream_state("invoices", n)]
+    writer = make_writer(store, limits=WriterLimits(max_records_per_stream=3))
+    committed_at_echo: list[tuple[int, list[str]]] = []
+
+    for out in writer.write(ReadAhead(messages)):
+        if out.type == Type.STATE:
+            state = out.state.stream  # type: ignore[union-attr]
+            name = state.stream_descriptor.name  # type: ignore[union-attr]
+            committed_at_echo.append((state.stream_state.updated, ids(store, name)))  # type: ignore[union-attr]
+
+    # Every state, in order; each echoed only once the records before it were committed.
+    assert [n for n, _ in committed_at_echo] == [n for n in range(1, 7) for _ in range(2)]
+    for index, (n, committed) in enumerate(committed_at_echo):
+        prefix = "cus" if index % 2 == 0 else "in"
+        assert {f"{prefix}_{k}" for k in range(1, n + 1)} <= set(committed)
+    # One commit per full buffer (3 records), not one per state.
+    assert writer.stats.flushes == 4
+    assert writer.stats.states == 12
+
+
+class CommitsCostNothingMore(SqliteStore):
+    """A store for which fewer commits save nothing (PostgreSQL, measured: larger batches cost it more)."""
+
+    commits_rewrite_pages = False
+
+
+def test_given_a_store_without_page_rewriting_commits_then_each_state_is_committed_at_once(
+    tmp_path: Path,
+) -> None:
+    store = CommitsCostNothingMore(tmp_path / "perly.db")
+    messages = [record("customers", customer("cus_1")), stream_state("customers", 1)]
+    messages += [record("customers", customer("cus_2")), stream_state("customers", 2)]
+    output = make_writer(store).write(ReadAhead(messages))
+
+    first = next(m for m in output if m.type == Type.STATE)
+
+    assert first.state.stream.stream_state.updated == 1  # type: ignore[union-attr]
+    assert ids(store, "customers") == ["cus_1"]  # not held for cus_2
+    store.close()
+
+
+def test_given_states_held_then_they_wait_no_longer_than_the_limit(store: SqliteStore) -> None:
+    clock = iter(float(t) for t in range(100))
+    messages = [record("customers", customer("cus_1")), stream_state("customers", 1)]
+    messages += [record("customers", customer("cus_2")), stream_state("customers", 2)]
+    messages += [record("customers", customer("cus_3")), stream_state("customers", 3)]
+    ingestor = Ingestor(store, HealthConfig(), evaluate=FakeEngine(), customer_ids=customer_ids)
+    writer = Writer(
+        ingestor,
+        every_stream(),
+        as_of=lambda: AS_OF,
+        limits=WriterLimits(max_state_delay_s=1.5),
+        monotonic=lambda: next(clock),
+    )
+    output = writer.write(ReadAhead(messages))
+
+    first = next(m for m in output if m.type == Type.STATE)
+
+    assert first.state.stream.stream_state.updated == 1  # type: ignore[union-attr]
+    assert ids(store, "customers") == ["cus_1", "cus_2"]  # held at the first state, committed at the second
+
+
 def test_given_a_commit_that_fails_then_the_state_after_those_records_is_never_acknowledged(
     tmp_path: Path,
 ) -> None:
@@ -445,6 +527,39 @@ def test_given_a_sync_on_either_backend_then_states_staging_dedup_and_health_agr
     assert ids(store, "prices") == ["price_new"]
     health = store.query("SELECT customer_id, mrr FROM perly_customer_health ORDER BY customer_id")
     assert health == [{"customer_id": "cus_1", "mrr": 4000}, {"customer_id": "cus_2", "mrr": 0}]
+
+
+@pytest.mark.postgres
+def test_given_a_sync_on_postgres_then_health_reads_the_bundles_through_the_indexes(tmp_path: Path) -> None:
+    factory = StoreFactory("postgres", tmp_path)
+    try:
+        store = factory.open()
+        messages = [record("invoices", invoice(f"in_{n:04}", f"cus_{n:04}")) for n in range(2000)]
+        messages.append(stream_state("invoices", 1))
+        ingestor = Ingestor(store, HealthConfig(), evaluate=FakeEngine(), customer_ids=customer_ids)
+        plans = plans_from_catalog(catalog(configured("invoices")))
+        plan_at_refresh: list[str] = []
+        refresh = ingestor.refresh_pending
+
+        def explained(*args: Any) -> Any:
+            chunk = [f"cus_{n:04}" for n in range(0, 2000, 100)]  # 1%, as a chunk of a large account
+            marks = ", ".join("?" * len(chunk))
+            rows = store.query(
+                f"EXPLAIN SELECT created, id, customer_id, data FROM stripe_invoices"
+                f" WHERE customer_id IN ({marks}) AND deleted = 0",
+                chunk,
+            )
+            plan_at_refresh.append(" ".join(str(row["QUERY PLAN"]) for row in rows))
+            return refresh(*args)
+
+        ingestor.refresh_pending = explained  # type: ignore[method-assign]
+        list(Writer(ingestor, plans, as_of=lambda: AS_OF).write(messages))
+
+        # Fresh tables have no statistics until ANALYZE; without them PostgreSQL scans whole tables.
+        assert "Seq Scan" not in plan_at_refresh[0]
+        assert "stripe_invoices_customer_idx" in plan_at_refresh[0]
+    finally:
+        factory.cleanup()
 
 
 def test_given_overwrite_without_statuses_and_a_silent_stream_then_its_table_is_kept(
