@@ -14,32 +14,12 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
-
-from airbyte_cdk.models import (  # type: ignore[attr-defined,unused-ignore]
-    AirbyteEstimateTraceMessage,
-    AirbyteLogMessage,
-    AirbyteMessage,
-    AirbyteRecordMessage,
-    AirbyteStateBlob,
-    AirbyteStateMessage,
-    AirbyteStateType,
-    AirbyteStreamState,
-    AirbyteStreamStatus,
-    AirbyteTraceMessage,
-    EstimateType,
-    FailureType,
-    Level,
-    StreamDescriptor,
-    SyncMode,
-    TraceType,
-    Type,
-)
-from airbyte_cdk.utils.stream_status_utils import as_airbyte_message as status_message
-from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from stripe_vocabulary import API_VERSION, CUSTOMER_OWNED_STREAMS, customer_of, tombstone
 
+from . import protocol as ab
 from .check import missing_core_message
 from .client import (
     StripeAuthError,
@@ -78,6 +58,9 @@ EVENTS_OVERLAP = 600
 LIST_OVERLAP = 600
 PAGE_SIZE = 100
 EVENTS_KEY = "__events__"
+
+# A message built when it is yielded (see `begin`).
+Deferred = Callable[[], "ab.AirbyteMessage"]
 
 
 class Client(Protocol):
@@ -131,18 +114,21 @@ class StreamRun:
     departures_checked: bool = False
 
 
-def _log(level: Level, text: str) -> AirbyteMessage:
-    return AirbyteMessage(type=Type.LOG, log=AirbyteLogMessage(level=level, message=text))
+def _log(level: str, text: str) -> ab.AirbyteMessage:
+    """A LOG message; `level` is a name of the protocol's levels ("INFO", "WARN"...)."""
+    return ab.AirbyteMessage(type=ab.Type.LOG, log=ab.AirbyteLogMessage(level=ab.Level(level), message=text))
 
 
-def _estimate(stream: str, rows: int) -> AirbyteMessage:
+def _estimate(stream: str, rows: int) -> ab.AirbyteMessage:
     """How many records a stream should emit in this sync, for the platform's progress display."""
-    return AirbyteMessage(
-        type=Type.TRACE,
-        trace=AirbyteTraceMessage(
-            type=TraceType.ESTIMATE,
+    return ab.AirbyteMessage(
+        type=ab.Type.TRACE,
+        trace=ab.AirbyteTraceMessage(
+            type=ab.TraceType.ESTIMATE,
             emitted_at=time.time() * 1000,
-            estimate=AirbyteEstimateTraceMessage(name=stream, type=EstimateType.STREAM, row_estimate=rows),
+            estimate=ab.AirbyteEstimateTraceMessage(
+                name=stream, type=ab.EstimateType.STREAM, row_estimate=rows
+            ),
         ),
     )
 
@@ -163,7 +149,7 @@ class SyncReader:
     def __init__(
         self,
         client: Client,
-        streams: list[tuple[StreamDef, SyncMode]],
+        streams: list[tuple[StreamDef, bool]],
         states: dict[str, dict[str, Any]],
         settings: ReadSettings,
         now_ms: Callable[[], float] = lambda: time.time() * 1000,
@@ -173,7 +159,11 @@ class SyncReader:
         self._states = states
         self._settings = settings
         self._now_ms = now_ms
-        self._out: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=64)
+        # Pages waiting for the generator thread. Room for a second of pages: `begin` may run before
+        # the CDK is imported, and the generator starts to drain them only after that import.
+        self._out: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=192)
+        self._began = False
+        self._planned: list[Deferred] = []
         self._runs: dict[str, StreamRun] = {}
         self._lock = threading.Lock()
         self._outstanding = 0
@@ -200,7 +190,7 @@ class SyncReader:
 
     def _probe(self) -> int:
         """One cheap request: it gives the server's clock and tells whether events are readable."""
-        wants_events = any(s is EVENTS or mode == SyncMode.incremental for s, mode in self._selected)
+        wants_events = any(s is EVENTS or incremental for s, incremental in self._selected)
         path = EVENTS.path if wants_events else self._selected[0][0].path
         try:
             self._client.get(path, [("limit", 1)])
@@ -209,18 +199,18 @@ class SyncReader:
                 self._events_denied = denied
         return int(self._client.server_now())
 
-    def _plan(self, now: int) -> Iterator[AirbyteMessage]:
+    def _plan(self, now: int) -> Iterator[Deferred]:
         s = self._settings
-        for stream, sync_mode in self._selected:
-            incremental = sync_mode == SyncMode.incremental
+        for stream, incremental in self._selected:
             state = self._states.get(stream.name, {}) if incremental else {}
             run = StreamRun(stream=stream, incremental=incremental, upper=now + 1, lower=s.start)
             run.previous_full_requests = state.get("full_read_requests")
             self._runs[stream.name] = run
             cursor = state.get(stream.cursor_field)
             if isinstance(cursor, int) and cursor > now:
-                yield _log(
-                    Level.WARN,
+                yield partial(
+                    _log,
+                    "WARN",
                     f"{stream.name}: the saved cursor ({cursor}) is ahead of Stripe's clock ({now}), "
                     "a clock skew; it is taken as Stripe's now so that no later change is skipped.",
                 )
@@ -229,8 +219,9 @@ class SyncReader:
                 run.mode = "events_stream"
                 oldest_available = now - EVENT_RETENTION
                 if isinstance(cursor, int) and cursor < oldest_available + RETENTION_MARGIN:
-                    yield _log(
-                        Level.WARN,
+                    yield partial(
+                        _log,
+                        "WARN",
                         f"events: the saved cursor ({cursor}) is older than Stripe's 30-day event "
                         "retention; events between it and the retention edge can no longer be read.",
                     )
@@ -246,8 +237,9 @@ class SyncReader:
             replays_events = self._events_denied is None
             if isinstance(backfill, dict) and replays_events and int(backfill["upper"]) < retention_edge:
                 # The changes made since that backfill began are no longer in the events list.
-                yield _log(
-                    Level.WARN,
+                yield partial(
+                    _log,
+                    "WARN",
                     f"{stream.name}: the interrupted backfill began more than 30 days ago; Stripe keeps "
                     "events for 30 days only, so it starts again from the beginning to lose no change.",
                 )
@@ -258,7 +250,9 @@ class SyncReader:
                 run.covered_at_start = sum(b - a for a, b in run.done)
                 if run.sketch is not None:
                     run.sketch = previous  # the listed ids of what was read before the interruption
-                yield _log(Level.INFO, f"{stream.name}: resuming the backfill; {self._describe_done(run)}.")
+                yield partial(
+                    _log, "INFO", f"{stream.name}: resuming the backfill; {self._describe_done(run)}."
+                )
             elif (
                 isinstance(cursor, int)
                 and run.rule is not None
@@ -269,10 +263,11 @@ class SyncReader:
                 run.present = IdSketch() if previous is not None else None
                 last_records = state.get("records")
                 if isinstance(last_records, int):
-                    yield _estimate(stream.name, last_records)  # about as many as the last time
+                    yield partial(_estimate, stream.name, last_records)  # about as many as the last time
             elif isinstance(cursor, int) and replays_events and cursor < retention_edge:
-                yield _log(
-                    Level.WARN,
+                yield partial(
+                    _log,
+                    "WARN",
                     f"{stream.name}: the last sync was more than 30 days ago (cursor {cursor}); Stripe "
                     "keeps events for 30 days only, so this stream is read again in full instead of "
                     "replaying events, to lose no change.",
@@ -301,7 +296,7 @@ class SyncReader:
         elif isinstance(carried, list) and customers.covered_at_start > 0:
             self._named_customers, self._unlisted_carried = set(carried), True
 
-    def _explain_full_reads(self) -> Iterator[AirbyteMessage]:
+    def _explain_full_reads(self) -> Iterator[Deferred]:
         """Without events, changes cannot be replayed: say what each stream reads instead."""
         if self._events_denied is None:
             return
@@ -321,8 +316,9 @@ class SyncReader:
                 if once
                 else ""
             )
-            yield _log(
-                Level.WARN,
+            yield partial(
+                _log,
+                "WARN",
                 "The API key cannot read events (it lacks 'rak_event_read'), so changes cannot be replayed: "
                 f"{names} are read again in full to stay correct, which costs requests in proportion to "
                 f"the account's size rather than to its changes.{cost}{later} Grant the key Events: Read "
@@ -330,8 +326,9 @@ class SyncReader:
             )
         reconciled = [r.stream.name for r in runs if r.mode == "reconcile"]
         if reconciled:
-            yield _log(
-                Level.INFO,
+            yield partial(
+                _log,
+                "INFO",
                 "The API key cannot read events (it lacks 'rak_event_read'): "
                 f"{', '.join(reconciled)} read only what can still change: objects created since the last "
                 "sync, every customer, subscriptions not canceled, draft, open and uncollectible invoices, "
@@ -578,29 +575,53 @@ class SyncReader:
 
     # ---- the generator thread ------------------------------------------------------------------
 
-    def read(self) -> Iterator[AirbyteMessage]:
+    def begin(self) -> None:
+        """What `read` does before its first message: the probe, the plan and the first requests.
+        Called early, before the Airbyte CDK is imported (see early.py), the requests start during
+        that import: nothing here builds a message (the plan's are built when `read` yields them).
+        Raises StripeError when the probe fails; after that, `read` or `stop` must follow."""
+        if self._began or not self._selected:
+            return
+        self._began = True
+        now = self._probe()
+        self._planned = list(self._plan(now))
+        self._executor = ThreadPoolExecutor(max_workers=self._settings.workers, thread_name_prefix="stripe")
+        self._sublists = ThreadPoolExecutor(max_workers=self._settings.workers, thread_name_prefix="sublists")
+        self._start(now)
+
+    def read(self) -> Iterator[ab.AirbyteMessage]:
         if not self._selected:
             return
         try:
-            now = self._probe()
+            self.begin()
         except StripeError as error:
             raise _as_traced(error) from error
-        yield from self._plan(now)
-        for run in self._runs.values():
-            yield status_message(StreamDescriptor(name=run.stream.name), AirbyteStreamStatus.STARTED)
-        self._executor = ThreadPoolExecutor(max_workers=self._settings.workers, thread_name_prefix="stripe")
-        self._sublists = ThreadPoolExecutor(max_workers=self._settings.workers, thread_name_prefix="sublists")
         try:
-            yield from self._start(now)
+            for message in self._planned:
+                yield message()
+            for run in self._runs.values():
+                descriptor = ab.StreamDescriptor(name=run.stream.name)
+                yield ab.status_message(descriptor, ab.AirbyteStreamStatus.STARTED)
+            for run in self._runs.values():
+                if run.failed is not None:  # the events stream, when events are not readable
+                    yield from self._report_failure(run, run.failed)
+            # Streams with nothing to do finish at once (e.g. an empty plan).
+            yield from self._finish_ready()
             yield from self._loop()
         finally:
-            self._stop.set()
-            self._drain()
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._sublists.shutdown(wait=True, cancel_futures=True)
+            self.stop()
         yield from self._finish()
 
-    def _start(self, now: int) -> Iterator[AirbyteMessage]:
+    def stop(self) -> None:
+        """Ends the reads begun (workers stop at their next request) and waits for their threads."""
+        self._stop.set()
+        if self._executor is None or self._sublists is None:
+            return
+        self._drain()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._sublists.shutdown(wait=True, cancel_futures=True)
+
+    def _start(self, now: int) -> None:
         for run in self._runs.values():
             if run.mode == "backfill":
                 for gap in gaps(run.lower, run.upper, run.done):
@@ -615,7 +636,6 @@ class SyncReader:
             self._events_done = True
             for run in consumers:
                 run.failed = self._events_denied
-                yield from self._report_failure(run, self._events_denied)
         else:
             # The events stream carries every billing type; otherwise follow what is replayed.
             followed = OBJECT_STREAMS if EVENTS.name in self._runs else [r.stream for r in consumers]
@@ -626,8 +646,6 @@ class SyncReader:
                 base: Params = tuple(("types[]", t) for t in chunk)
                 for window in initial_windows((start, now + 1), max_days=2, max_parts=8):
                     self._submit_window(EVENTS_KEY, EVENTS.path, base, window, None, cut=False)
-        # Streams with nothing to do finish at once (e.g. an empty plan).
-        yield from self._finish_ready()
 
     def _list(self, run: StreamRun, params: Params, interval: Interval) -> None:
         """Read every object of a list created in `interval`: one window, which hands parts of itself
@@ -648,7 +666,7 @@ class SyncReader:
             if run.lower < cut:
                 self._list(run, filtered_params(run.stream, extra), (run.lower, cut))
 
-    def _check_departures(self, run: StreamRun) -> Iterator[AirbyteMessage]:
+    def _check_departures(self, run: StreamRun) -> Iterator[ab.AirbyteMessage]:
         """The objects that left the lists since the last sync (paid, canceled, deleted) are fetched
         one by one; when too many left to name them, the stream is read in full this once."""
         if run.previous is None or run.present is None or run.rule is None:
@@ -657,27 +675,27 @@ class SyncReader:
         departed = run.previous.departed(run.present)
         if departed is None and lists_everything(run.stream, run.rule):
             yield _log(
-                Level.WARN,
+                "WARN",
                 f"{name}: more objects were deleted since the last sync than the state can name; the "
                 "deleted ones stay in the destination as they were. Sync more often to avoid this.",
             )
         elif departed is None:
             yield _log(
-                Level.WARN,
+                "WARN",
                 f"{name}: more objects changed state since the last sync than the state can name; the "
                 "stream is read in full this once. Sync more often to avoid this.",
             )
             self._list(run, run.stream.list_params, (run.lower, run.upper))
         elif departed:
             yield _log(
-                Level.INFO,
+                "INFO",
                 f"{name}: {len(departed)} objects left the lists of what can still change since the last "
                 "sync (paid, canceled, deleted...); fetching each.",
             )
             for object_id in departed:
                 self._submit(name, self._refetch, run.stream, Change(object_id=object_id, at=run.upper - 1))
 
-    def _fetch_unlisted_customers(self, run: StreamRun) -> Iterator[AirbyteMessage]:
+    def _fetch_unlisted_customers(self, run: StreamRun) -> Iterator[ab.AirbyteMessage]:
         """Fetch once each customer that other objects name but the customers list did not give: a
         deleted one becomes a tombstone (as its deletion event would give), a live one a record."""
         assert self._named_customers is not None
@@ -686,7 +704,7 @@ class SyncReader:
         if not unlisted:
             return
         yield _log(
-            Level.INFO,
+            "INFO",
             f"customers: {len(unlisted)} customers named by subscriptions, invoices or charges were not "
             "listed (Stripe lists only live customers); fetching each once to learn whether it was deleted.",
         )
@@ -705,7 +723,7 @@ class SyncReader:
             named = (customer_of(key, record) for record in records)
             self._named_customers.update(customer for customer in named if customer)
 
-    def _loop(self) -> Iterator[AirbyteMessage]:
+    def _loop(self) -> Iterator[ab.AirbyteMessage]:
         while True:
             with self._lock:
                 if self._outstanding == 0:
@@ -724,20 +742,21 @@ class SyncReader:
                     yield from self._on_events_read()
                 yield from self._finish_ready()
 
-    def _emit_records(self, run: StreamRun, records: list[dict[str, Any]]) -> Iterator[AirbyteMessage]:
+    def _emit_records(self, run: StreamRun, records: list[dict[str, Any]]) -> Iterator[ab.AirbyteMessage]:
         if run.records == 0 and records:
-            yield status_message(StreamDescriptor(name=run.stream.name), AirbyteStreamStatus.RUNNING)
+            yield ab.status_message(ab.StreamDescriptor(name=run.stream.name), ab.AirbyteStreamStatus.RUNNING)
         run.records += len(records)
         emitted_at = int(self._now_ms())
         name = run.stream.name
         for record in records:
-            yield AirbyteMessage(
-                type=Type.RECORD, record=AirbyteRecordMessage(stream=name, data=record, emitted_at=emitted_at)
+            yield ab.AirbyteMessage(
+                type=ab.Type.RECORD,
+                record=ab.AirbyteRecordMessage(stream=name, data=record, emitted_at=emitted_at),
             )
 
     def _on_page(
         self, key: str, records: list[dict[str, Any]], covered: Interval | None
-    ) -> Iterator[AirbyteMessage]:
+    ) -> Iterator[ab.AirbyteMessage]:
         if key != EVENTS_KEY:
             run = self._runs[key]
             if isinstance(run.failed, StripePermissionError):
@@ -777,7 +796,7 @@ class SyncReader:
         if events_run is not None and events_run.failed is None and to_emit:
             yield from self._emit_records(events_run, to_emit)
 
-    def _on_events_read(self) -> Iterator[AirbyteMessage]:
+    def _on_events_read(self) -> Iterator[ab.AirbyteMessage]:
         """All events are in: fetch each changed object once (tombstones for the deleted)."""
         for name, changes in self._changes.items():
             run = self._runs[name]
@@ -798,7 +817,7 @@ class SyncReader:
                     as_sent.append(obj)
             fetched = len(changes) - len(tombstones) - len(as_sent)
             yield _log(
-                Level.INFO,
+                "INFO",
                 f"{name}: {len(changes)} objects changed since the last sync ({len(tombstones)} deleted); "
                 f"{len(as_sent)} taken from their newest event, {fetched} fetched (or completed) again.",
             )
@@ -808,7 +827,7 @@ class SyncReader:
         self._changes = {}
         self._events_done = True
 
-    def _on_window_done(self, key: str, window: Interval) -> Iterator[AirbyteMessage]:
+    def _on_window_done(self, key: str, window: Interval) -> Iterator[ab.AirbyteMessage]:
         if key == EVENTS_KEY:
             return
         run = self._runs[key]
@@ -829,7 +848,7 @@ class SyncReader:
             if run.present is not None and record["created"] < run.previous_upper:
                 run.present.add(object_id)
 
-    def _checkpoint(self, run: StreamRun) -> Iterator[AirbyteMessage]:
+    def _checkpoint(self, run: StreamRun) -> Iterator[ab.AirbyteMessage]:
         """At most once a second per stream: how many records the backfill will give, and (when
         incremental) the state of what is read so far."""
         moment = time.monotonic()
@@ -853,15 +872,15 @@ class SyncReader:
             and not gaps(run.lower, run.upper, run.done)
         )
 
-    def _on_error(self, key: str, error: BaseException) -> Iterator[AirbyteMessage]:
+    def _on_error(self, key: str, error: BaseException) -> Iterator[ab.AirbyteMessage]:
         if isinstance(error, _Cancelled):
             return
         if isinstance(error, StripeAuthError):
             self._stop.set()
-            raise AirbyteTracedException(
+            raise ab.AirbyteTracedException(
                 message=f"Stripe rejected the API key during the sync: {error}",
                 internal_message=str(error),
-                failure_type=FailureType.config_error,
+                failure_type=ab.FailureType.config_error,
                 exception=error,
             )
         targets = (
@@ -878,30 +897,30 @@ class SyncReader:
                 run.failed = error
                 yield from self._report_failure(run, error)
 
-    def _report_failure(self, run: StreamRun, error: BaseException) -> Iterator[AirbyteMessage]:
+    def _report_failure(self, run: StreamRun, error: BaseException) -> Iterator[ab.AirbyteMessage]:
         name = run.stream.name
         if isinstance(error, StripePermissionError):
             permission = getattr(error, "permission", None) or run.stream.permission
             yield _log(
-                Level.WARN,
+                "WARN",
                 f"{name}: skipped: the API key lacks the '{permission}' permission "
                 f"(Stripe answered 403 for {run.stream.path}). Grant it to sync this stream.",
             )
             return
         failure_type = (
-            FailureType.transient_error
+            ab.FailureType.transient_error
             if isinstance(error, StripeTransientError)
-            else FailureType.system_error
+            else ab.FailureType.system_error
         )
         text = str(error) if isinstance(error, StripeError) else f"{type(error).__name__}: {error}"
-        yield AirbyteTracedException(
+        yield ab.AirbyteTracedException(
             message=f"{name}: the stream could not be read: {text}",
             internal_message=text,
             failure_type=failure_type,
-            stream_descriptor=StreamDescriptor(name=name),
+            stream_descriptor=ab.StreamDescriptor(name=name),
         ).as_sanitized_airbyte_message()
 
-    def _finish_ready(self) -> Iterator[AirbyteMessage]:
+    def _finish_ready(self) -> Iterator[ab.AirbyteMessage]:
         # Customers last: they wait for the streams that name customers (`_fetch_unlisted_customers`).
         for run in sorted(self._runs.values(), key=lambda r: r.stream.name == "customers"):
             if run.finished or run.pending > 0:
@@ -923,11 +942,11 @@ class SyncReader:
             run.finished = True
             yield from self._close(run)
 
-    def _close(self, run: StreamRun) -> Iterator[AirbyteMessage]:
-        descriptor = StreamDescriptor(name=run.stream.name)
+    def _close(self, run: StreamRun) -> Iterator[ab.AirbyteMessage]:
+        descriptor = ab.StreamDescriptor(name=run.stream.name)
         outcome = "failed" if run.failed is not None else "done"
         yield _log(
-            Level.INFO,
+            "INFO",
             f"{run.stream.name}: {outcome}: {run.records} records in {run.requests} requests "
             f"({_MODE_NAMES[run.mode]}).",
         )
@@ -935,7 +954,7 @@ class SyncReader:
             if run.incremental and run.mode == "backfill" and run.done:
                 # The windows read in full stay read: the next sync resumes from here.
                 yield self._state_message(run)
-            yield status_message(descriptor, AirbyteStreamStatus.INCOMPLETE)
+            yield ab.status_message(descriptor, ab.AirbyteStreamStatus.INCOMPLETE)
             return
         if run.incremental:
             if run.mode == "backfill":
@@ -951,9 +970,9 @@ class SyncReader:
                 if run.mode == "reconcile":
                     new_state["records"] = run.records
             yield self._state_message(run, new_state)
-        yield status_message(descriptor, AirbyteStreamStatus.COMPLETE)
+        yield ab.status_message(descriptor, ab.AirbyteStreamStatus.COMPLETE)
 
-    def _state_message(self, run: StreamRun, blob: dict[str, Any] | None = None) -> AirbyteMessage:
+    def _state_message(self, run: StreamRun, blob: dict[str, Any] | None = None) -> ab.AirbyteMessage:
         if blob is None:
             blob = {
                 "backfill": {
@@ -969,18 +988,18 @@ class SyncReader:
                 blob["watch"] = run.sketch.to_state()
             if run.stream.name == "customers" and self._unlisted:
                 blob["backfill"]["unlisted"] = self._unlisted  # a fetch failed: the next sync fetches again
-        return AirbyteMessage(
-            type=Type.STATE,
-            state=AirbyteStateMessage(
-                type=AirbyteStateType.STREAM,
-                stream=AirbyteStreamState(
-                    stream_descriptor=StreamDescriptor(name=run.stream.name),
-                    stream_state=AirbyteStateBlob(**blob),
+        return ab.AirbyteMessage(
+            type=ab.Type.STATE,
+            state=ab.AirbyteStateMessage(
+                type=ab.AirbyteStateType.STREAM,
+                stream=ab.AirbyteStreamState(
+                    stream_descriptor=ab.StreamDescriptor(name=run.stream.name),
+                    stream_state=ab.AirbyteStateBlob(**blob),
                 ),
             ),
         )
 
-    def _finish(self) -> Iterator[AirbyteMessage]:
+    def _finish(self) -> Iterator[ab.AirbyteMessage]:
         failed = [r for r in self._runs.values() if r.failed is not None]
         # Without a core stream every customer's health would read "none": fail, after the other streams
         # have been read and checkpointed (nothing read is lost), naming the permissions to grant.
@@ -991,18 +1010,18 @@ class SyncReader:
         }
         if denied_core:
             message = missing_core_message("API key", denied_core)
-            raise AirbyteTracedException(
-                message=message, internal_message=message, failure_type=FailureType.config_error
+            raise ab.AirbyteTracedException(
+                message=message, internal_message=message, failure_type=ab.FailureType.config_error
             )
         hard = [r for r in failed if not isinstance(r.failed, StripePermissionError)]
         if not hard:
             return
         names = ", ".join(r.stream.name for r in hard)
         all_transient = all(isinstance(r.failed, StripeTransientError) for r in hard)
-        raise AirbyteTracedException(
+        raise ab.AirbyteTracedException(
             message=f"These streams did not sync completely: {names}. The other streams did.",
             internal_message=f"failed streams: {names}",
-            failure_type=FailureType.transient_error if all_transient else FailureType.system_error,
+            failure_type=ab.FailureType.transient_error if all_transient else ab.FailureType.system_error,
         )
         yield  # pragma: no cover - makes this a generator
 
@@ -1025,14 +1044,14 @@ class SyncReader:
                 self._runs[key].pending -= 1
 
 
-def _as_traced(error: StripeError) -> AirbyteTracedException:
+def _as_traced(error: StripeError) -> ab.AirbyteTracedException:
     if isinstance(error, StripeAuthError | StripePermissionError):
-        failure_type = FailureType.config_error
+        failure_type = ab.FailureType.config_error
     elif isinstance(error, StripeTransientError):
-        failure_type = FailureType.transient_error
+        failure_type = ab.FailureType.transient_error
     else:
-        failure_type = FailureType.system_error
-    return AirbyteTracedException(
+        failure_type = ab.FailureType.system_error
+    return ab.AirbyteTracedException(
         message=f"Stripe: {error}", internal_message=str(error), failure_type=failure_type, exception=error
     )
 
