@@ -422,6 +422,7 @@ class SyncReader:
         pages = _PageGuard(path)
         s = self._settings
         seen = 0
+        held: Callable[[], None] | None = None  # queues the last page read (see `_page_sender`)
         while True:
             params: list[tuple[str, str | int]] = [*base, ("limit", PAGE_SIZE)]
             params += [("created[gte]", low), ("created[lt]", end)]
@@ -440,15 +441,11 @@ class SyncReader:
             data = pages.objects(page, cursor, need_created=True)
             pages.check_range(data, low, end)
             if data:
-                observed = int(self._client.server_now())
-                # An object deleted since it was listed (e.g. a draft invoice) is left out, as a
-                # listing a moment later would leave it out; a stored one gets its deletion event.
-                kept = data if expand is None else self._complete_all(key, expand, data)
-                if expand is not None:
-                    for obj in kept:
-                        obj["updated"] = observed
-                # Everything of this window newer than the page's last second is now queued.
-                self._out.put(("page", key, kept, (int(data[-1]["created"]) + 1, top)))
+                # Everything of this window newer than the page's last second, once queued.
+                send = self._page_sender(key, expand, data, (int(data[-1]["created"]) + 1, top))
+                if held is not None:
+                    held()
+                held = send
             if not data or page.get("has_more") is not True:
                 break
             seen += len(data)
@@ -466,19 +463,33 @@ class SyncReader:
                 if cut is not None and self._submit_window(key, path, base, (low, cut), expand, open_ended):
                     low, open_ended = cut, False
             cursor = str(data[-1]["id"])
+        if held is not None:
+            held()
         self._out.put(("window_done", key, (low, top)))
 
-    def _complete_all(self, key: str, stream: StreamDef, data: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """`_complete` for a page's objects, the sublists fetched at once (a page with several long
-        invoices would otherwise hold its window back for as many round trips): the objects that
-        still exist, in their order."""
-        truncated = [obj for obj in data if _truncated(stream, obj)]
-        if len(truncated) < 2:
-            return [obj for obj in data if self._complete(key, stream, obj)]
+    def _page_sender(
+        self, key: str, expand: StreamDef | None, data: list[dict[str, Any]], covered: Interval
+    ) -> Callable[[], None]:
+        """Starts fetching the sublists of a page's objects (see `_complete`) on their own threads,
+        and returns what queues the page once they are in: the window requests its next page
+        meanwhile, instead of waiting a round trip or more for each page with a long invoice. An
+        object deleted since it was listed (e.g. a draft invoice) is left out, as a listing a moment
+        later would leave it out; a stored one gets its deletion event."""
+        if expand is None:
+            return partial(self._out.put, ("page", key, data, covered))
+        observed = int(self._client.server_now())
+        truncated = [obj for obj in data if _truncated(expand, obj)]
         assert self._sublists is not None
-        exists = self._sublists.map(lambda obj: self._complete(key, stream, obj), truncated)
-        gone = {obj["id"] for obj, found in zip(truncated, exists, strict=True) if not found}
-        return [obj for obj in data if obj["id"] not in gone]
+        fetches = [self._sublists.submit(self._complete, key, expand, obj) for obj in truncated]
+
+        def send() -> None:
+            gone = {obj["id"] for obj, fetch in zip(truncated, fetches, strict=True) if not fetch.result()}
+            kept = [obj for obj in data if obj["id"] not in gone]
+            for obj in kept:
+                obj["updated"] = observed
+            self._out.put(("page", key, kept, covered))
+
+        return send
 
     def _complete(self, key: str, stream: StreamDef, obj: dict[str, Any]) -> bool:
         """Make embedded lists whole: every subscription item, every invoice line. False when the

@@ -4,6 +4,7 @@ resume, events replay, deletions, the 30-day fallback, permissions and errors, G
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -325,6 +326,44 @@ def test_given_subscription_with_30_items_and_invoice_with_25_lines_when_read_th
     sub_lists = [query_of(r) for r in fake.requests if urlparse(r.url).path == "/v1/subscriptions"]
     expand = ["data.discounts", "data.items.data.discounts"]
     assert all(q.get("status") == ["all"] and q.get("expand[]") == expand for q in sub_lists)
+
+
+def test_given_a_long_invoice_on_a_page_when_read_then_the_next_page_is_asked_while_its_lines_come() -> None:
+    """A window does not wait a round trip for a page's sublists before it asks for its next page."""
+    fake = FakeStripe()
+    lines = [{"id": f"il_{i:03d}", "object": "line_item"} for i in range(25)]
+    for i in range(150):
+        fake.add("invoices", NOW - DAY - i, lines={"object": "list", "data": lines if i == 0 else []})
+    next_page_asked = threading.Event()
+    asked_before_lines_answered: list[bool] = []
+
+    class Observing:  # sees each request before the fake Stripe (which answers one at a time)
+        def __init__(self, inner: StripeClient) -> None:
+            self.inner = inner
+
+        def get(self, path: str, params: Any = ()) -> dict[str, Any]:
+            if path == "/v1/invoices" and "starting_after" in dict(params):
+                next_page_asked.set()
+            if path.endswith("/lines"):
+                asked_before_lines_answered.append(next_page_asked.wait(timeout=5))
+            return self.inner.get(path, params)
+
+        def server_now(self) -> int:
+            return self.inner.server_now()
+
+    plain = make_source(fake)._client_factory
+    with fake.serving():
+        output = read(
+            SourcePerlyStripe(client_factory=lambda config: Observing(plain(config))),
+            ConfigBuilder().build(),
+            catalog("invoices"),
+            None,
+        )
+
+    assert asked_before_lines_answered == [True]
+    invoices = records(output, "invoices")
+    assert len(invoices) == 150
+    assert [len(r["lines"]["data"]) for r in invoices if r["lines"]["data"]] == [25]
 
 
 GONE = {"error": {"type": "invalid_request_error", "code": "resource_missing", "message": "No such invoice"}}
