@@ -1,3 +1,4 @@
+import gc
 import sys
 
 # How the entrypoint serialises a STATE message (orjson keeps the model's field order: type first).
@@ -25,6 +26,9 @@ def run() -> None:
         from .entrypoint import ClearConfigEntrypoint
         from .source import SourcePerlyStripe
 
+        # The CDK's many long-lived objects out of the garbage collector's sight: its full passes
+        # during the read, and the last one at exit (a tenth of a second), no longer walk them all.
+        gc.freeze()
         entrypoint = ClearConfigEntrypoint(SourcePerlyStripe(early=early))
         with PRINT_BUFFER:
             for message in entrypoint.run(entrypoint.parse_args(args)):
