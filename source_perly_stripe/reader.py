@@ -79,6 +79,9 @@ class ReadSettings:
     # A window is cut for a free reader only where each piece holds at least this many pages: the
     # partial page every window ends on then costs at most ~4% more requests than full pages only.
     pages_per_cut: int = 16
+    # At the end of a read, windows are cut into pieces of a quarter of that, so that the last ones
+    # finish together; each cut costs half a page, so at most one per this many pages read (+0.25%).
+    pages_per_end_cut: int = 200
     state_interval_seconds: float = 1.0
 
 
@@ -178,6 +181,9 @@ class SyncReader:
         self._events_denied: StripePermissionError | None = None
         self._events_done = False
         self._windows_in_flight = 0  # windows being read, across streams (for `readers`)
+        self._pages_read = 0
+        self._end_cuts = 0  # cuts into smaller pieces at the end of the read
+        self._open_windows = 0  # windows in flight whose far past is unknown (see `plan_cut`)
         # See `_plan_unlisted_customers`: the customers that subscriptions, invoices and charges name
         # and the customers list did not give (Stripe lists only live customers: these were deleted,
         # maybe before any event we can read). Each is fetched once before customers completes.
@@ -371,13 +377,16 @@ class SyncReader:
             if cut and self._windows_in_flight >= self._settings.readers:
                 return False
             self._windows_in_flight += 1  # counted from now: a queued window will have a reader
+            self._open_windows += open_ended
 
         def read() -> None:
+            ended_open = open_ended
             try:
-                self._read_window(key, path, base, window, expand, open_ended)
+                ended_open = self._read_window(key, path, base, window, expand, open_ended)
             finally:
                 with self._lock:
                     self._windows_in_flight -= 1
+                    self._open_windows -= ended_open
 
         self._submit(key, read)
         return True
@@ -412,9 +421,10 @@ class SyncReader:
 
     def _read_window(
         self, key: str, path: str, base: Params, window: Interval, expand: StreamDef | None, open_ended: bool
-    ) -> None:
+    ) -> bool:
         """Page through one created window newest-first; when a reader is free, hand it part of the
-        unread rest (see `plan_cut`). Reports [low, top) done once every record in it was queued."""
+        unread rest (see `plan_cut`). Reports [low, top) done once every record in it was queued.
+        Returns whether it ended open-ended (it handed no far past on)."""
         low, top = window
         end = top
         last_created = top - 1
@@ -450,22 +460,39 @@ class SyncReader:
                 break
             seen += len(data)
             last_created = int(data[-1]["created"])
-            if self._windows_in_flight < s.readers:
+            self._pages_read += 1  # shared by the windows; a lost increment is harmless
+            in_flight = self._windows_in_flight
+            if in_flight < s.readers:
                 density = seen / max(1, top - last_created)
+                keep_pages = s.pages_per_cut
+                # The end of the read: what is left is in windows being read (none is open-ended),
+                # too few to use the budget. Smaller pieces let them finish together.
+                ending = (
+                    in_flight <= s.readers // 2
+                    and self._open_windows == 0
+                    and self._end_cuts < self._pages_read // s.pages_per_end_cut
+                )
+                if ending:
+                    keep_pages = s.pages_per_cut // 4
                 cut = plan_cut(
                     low,
                     last_created,
                     density,
                     open_ended=open_ended,
-                    keep_pages=s.pages_per_cut,
+                    keep_pages=keep_pages,
                     page_size=PAGE_SIZE,
                 )
                 if cut is not None and self._submit_window(key, path, base, (low, cut), expand, open_ended):
+                    if open_ended:  # the piece handed on is the open-ended one now
+                        with self._lock:
+                            self._open_windows -= 1
                     low, open_ended = cut, False
+                    self._end_cuts += ending
             cursor = str(data[-1]["id"])
         if held is not None:
             held()
         self._out.put(("window_done", key, (low, top)))
+        return open_ended
 
     def _page_sender(
         self, key: str, expand: StreamDef | None, data: list[dict[str, Any]], covered: Interval

@@ -143,6 +143,27 @@ def test_given_records_on_window_edges_when_read_then_each_record_emitted_exactl
     assert len(windows) > 8, "a dense range is cut into more windows than the first cut"
 
 
+def test_given_the_end_of_a_read_when_few_windows_are_left_then_they_are_cut_into_smaller_pieces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """So that the last windows finish together instead of one reading on alone (each record once)."""
+
+    def windows_read(pages_per_end_cut: int) -> int:
+        settings = ReadSettings(readers=2, pages_per_end_cut=pages_per_end_cut)
+        monkeypatch.setattr(source_module, "settings_from", lambda config: settings)
+        fake = FakeStripe()
+        # The first window keeps 16 pages and hands on the far past, 2 pages: it then reads on alone.
+        seeded = seed_customers(fake, 1_800, NOW - 1_800 * 60, 60)
+        output = sync(fake, "customers")
+        emitted = Counter(r["id"] for r in records(output, "customers"))
+        assert set(emitted) == {c["id"] for c in seeded}
+        assert max(emitted.values()) == 1
+        queries = [q for q in map(query_of, fake.requests) if "created[gte]" in q]
+        return len({(q["created[gte]"][0], q["created[lt]"][0]) for q in queries})
+
+    assert windows_read(pages_per_end_cut=1) > windows_read(pages_per_end_cut=10**6)
+
+
 def test_given_dense_data_when_read_then_pages_are_mostly_full() -> None:
     fake = FakeStripe()
     seed_customers(fake, 3_000, NOW - 20 * DAY, 300)
