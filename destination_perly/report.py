@@ -24,7 +24,8 @@ import json
 import os
 import sqlite3
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -34,9 +35,11 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from destination_perly.backtest import BacktestUnavailable, run_backtest
+from destination_perly.config import ConfigError, SqliteSettings, load_json_object, open_store, parse_config
 from destination_perly.health import HealthConfig
 from destination_perly.health.values import format_money
-from destination_perly.store.base import Store
+from destination_perly.store.base import Store, StoreError
+from destination_perly.store.sqlite import SqliteStore
 
 Row = dict[str, Any]
 QueryFn = Callable[[str], list[Row]]
@@ -680,76 +683,82 @@ def _sqlite_problem(db: Path, exc: sqlite3.Error) -> StoreUnavailable:
     return StoreUnreadable(f"cannot read {db} ({exc})")
 
 
-def sqlite_query(path: str | Path) -> QueryFn:
-    """A read-only query function over a SQLite store file."""
-    db = Path(path)
-    if not db.is_file():
-        raise StoreUnavailable(f"no SQLite store at {db}: run a sync first")
-    try:
-        connection = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise _sqlite_problem(db, exc) from exc
-    connection.row_factory = sqlite3.Row
+DEFAULT_DB = "var/perly.db"
 
-    def query(sql: str) -> list[Row]:
+
+@dataclass
+class ReportStore:
+    """A Perly store opened for reading by the report and the backtest. A failed read raises
+    StoreUnavailable saying what to do (StoreUnreadable for a corrupt or unreadable store), never a
+    driver's error."""
+
+    store: Store
+    health: HealthConfig  # the settings to score with: the config's, else the defaults
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
         try:
-            return [dict(row) for row in connection.execute(sql)]
-        except sqlite3.Error as exc:
-            raise _sqlite_problem(db, exc) from exc
+            yield
+        except Exception as exc:
+            problem = _read_problem(self.store, exc)
+            if problem is None:  # not the store's error: a bug, shown as one
+                raise
+            raise problem from exc
 
-    return query
+    def query(self, sql: str) -> list[Row]:
+        with self.reading():
+            return self.store.query(sql)
+
+    def backtest(self, as_of: datetime | None, horizon_days: int) -> BacktestResult:
+        with self.reading():
+            return run_backtest(self.store, as_of, horizon_days, self.health)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> ReportStore:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
-def query_for_config(raw_config: dict[str, Any]) -> QueryFn:
-    """A query function over the store the destination's config names (SQLite is opened read-only)."""
-    from destination_perly.config import ConfigError, SqliteSettings, open_store, parse_config
-    from destination_perly.store import StoreError
+def _read_problem(store: Store, exc: Exception) -> StoreUnavailable | None:
+    if isinstance(exc, sqlite3.Error) and isinstance(store, SqliteStore):
+        return _sqlite_problem(store.path, exc)
+    if not isinstance(store, SqliteStore):
+        import psycopg  # already loaded: the store is a PostgreSQL one
 
+        if isinstance(exc, psycopg.Error):  # a missing table reads differently on each backend
+            return StoreUnavailable(f"cannot read the Perly tables ({type(exc).__name__}): run a sync first")
+    return None
+
+
+def open_report_store(config: Mapping[str, Any] | None = None, db: str | Path | None = None) -> ReportStore:
+    """The store a destination config names (else the SQLite file `db`, default var/perly.db), opened
+    for reading: a SQLite file read-only, never created. Raises StoreUnavailable: its messages never
+    quote a secret."""
+    health = HealthConfig()
+    path = Path(db or DEFAULT_DB)
     try:
-        settings = parse_config(raw_config).store
-        if isinstance(settings, SqliteSettings):
-            return sqlite_query(settings.path)
-        store = open_store(settings)
-    except (ConfigError, StoreError) as exc:  # their messages never quote a secret
+        if config is not None:
+            parsed = parse_config(dict(config))
+            if not isinstance(parsed.store, SqliteSettings):
+                return ReportStore(open_store(parsed.store), parsed.health)
+            path, health = Path(parsed.store.path), parsed.health
+        if not path.is_file():
+            raise StoreUnavailable(f"no SQLite store at {path}: run a sync first")
+        return ReportStore(SqliteStore(path, read_only=True), health)
+    except ConfigError as exc:
         raise StoreUnavailable(str(exc)) from exc
-
-    def query(sql: str) -> list[Row]:
-        try:
-            return store.query(sql)
-        except Exception as exc:  # a missing table reads differently on each backend
-            raise StoreUnavailable(
-                f"cannot read the Perly tables ({type(exc).__name__}): run a sync first"
-            ) from exc
-
-    return query
+    except StoreError as exc:
+        if isinstance(exc.__cause__, sqlite3.Error):  # SQLite read the file's header when opening it
+            raise _sqlite_problem(path, exc.__cause__) from exc
+        raise StoreUnavailable(str(exc)) from exc
 
 
 # ---------------------------------------------------------------------------------------------------
 # Command line
-
-
-def open_store_for(db: str | None, config_path: str | None) -> tuple[Store, HealthConfig]:
-    """The store the command line names (`--config` or `--db`) and the health settings to score with
-    (the config's, else the defaults), for the backtest; a SQLite file is opened read-only (a missing
-    one is an error, never created)."""
-    from destination_perly.config import ConfigError, SqliteSettings, open_store, parse_config
-    from destination_perly.store import StoreError
-    from destination_perly.store.sqlite import SqliteStore
-
-    try:
-        health = HealthConfig()
-        if config_path:
-            parsed = parse_config(json.loads(Path(config_path).read_text(encoding="utf-8")))
-            settings, health = parsed.store, parsed.health
-        else:
-            settings = SqliteSettings(path=db or "var/perly.db")
-        if isinstance(settings, SqliteSettings):
-            if not Path(settings.path).is_file():
-                raise StoreUnavailable(f"no SQLite store at {settings.path}: run a sync first")
-            return SqliteStore(settings.path, read_only=True), health
-        return open_store(settings), health
-    except (ConfigError, StoreError) as exc:  # their messages never quote a secret
-        raise StoreUnavailable(str(exc)) from exc
 
 
 def _parse_time(text: str) -> datetime:
@@ -792,57 +801,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--horizon-days", type=int, default=30, help="backtest horizon (default 30)")
     args = parser.parse_args(argv)
-    if args.backtest:
-        return _print_backtest(args)
-
     try:
-        if args.config:
-            query = query_for_config(json.loads(Path(args.config).read_text(encoding="utf-8")))
-        else:
-            query = sqlite_query(args.db or "var/perly.db")
-        report = read_report(query, args.as_of, args.since, args.days)
-    except StoreUnavailable as exc:
+        config = None if args.config is None else load_json_object(args.config)
+        with open_report_store(config, args.db) as opened:
+            if args.backtest:
+                return _print_backtest(opened, args.as_of, args.horizon_days)
+            report = read_report(opened.query, args.as_of, args.since, args.days)
+            if args.html:
+                report.backtest = default_backtest(opened, args.horizon_days)
+    except (ConfigError, StoreUnavailable) as exc:
         print(f"perly-report: {safe_text(exc)}", file=sys.stderr)
-        return exc.exit_code
+        return exc.exit_code if isinstance(exc, StoreUnavailable) else 2
     print(render_summary(report))
     print()
     print(render_at_risk(report, args.top or None))
     if args.html:
         from destination_perly.private_files import write_private
 
-        report.backtest = default_backtest(args.db, args.config, args.horizon_days)
         write_private(Path(args.html), render_html(report).encode())  # names and emails: owner-only
         print(f"\nHTML report written to {args.html}")
     return 0
 
 
-def default_backtest(
-    db: str | None, config_path: str | None, horizon_days: int = 30
-) -> BacktestResult | None:
+def default_backtest(opened: ReportStore, horizon_days: int = 30) -> BacktestResult | None:
     """The backtest the HTML page shows: as of the newest data less the horizon, or None when the
     store cannot give one yet (the page then says what a backtest is)."""
     try:
-        store, health = open_store_for(db, config_path)
-    except StoreUnavailable:
-        return None
-    try:
-        return run_backtest(store, None, horizon_days, health)
+        return opened.backtest(None, horizon_days)
     except BacktestUnavailable:
         return None
-    finally:
-        store.close()
 
 
-def _print_backtest(args: argparse.Namespace) -> int:
+def _print_backtest(opened: ReportStore, as_of: datetime | None, horizon_days: int) -> int:
     try:
-        store, health = open_store_for(args.db, args.config)
-        try:
-            result = run_backtest(store, args.as_of, args.horizon_days, health)
-        finally:
-            store.close()
-    except (StoreUnavailable, BacktestUnavailable) as exc:
+        result = opened.backtest(as_of, horizon_days)
+    except BacktestUnavailable as exc:
         print(f"perly-report: {safe_text(exc)}", file=sys.stderr)
-        return exc.exit_code if isinstance(exc, StoreUnavailable) else 2
+        return 2
     print("Backtest of the risk score: how well it would have warned of the churn that followed")
     for label, value in backtest_rows(result):
         print(f"  {label}: {value}")

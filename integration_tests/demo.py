@@ -356,11 +356,11 @@ def demo(
     from destination_perly.report import (
         backtest_rows,
         default_backtest,
+        open_report_store,
         read_report,
         render_at_risk,
         render_html,
         render_summary,
-        sqlite_query,
     )
     from integration_tests.stripe_emulator import Emulator
 
@@ -414,10 +414,11 @@ def demo(
             print_realtime(realtime, emulator.now)
             print(f"   step took {time.monotonic() - step_started:.1f}s (receiver start and stop included)")
 
-    report = read_report(sqlite_query(store), period_start=datetime.fromisoformat(first_as_of))
+    with open_report_store(db=store) as opened:
+        report = read_report(opened.query, period_start=datetime.fromisoformat(first_as_of))
+        report.backtest = default_backtest(opened)
     print("\n" + render_summary(report) + "\n")
     print(render_at_risk(report, top))
-    report.backtest = default_backtest(str(store), None)
     # The default run writes var/perly-report.html (where the README points); another workdir keeps its own.
     html = VAR / "perly-report.html" if workdir == VAR / "demo" else workdir / "perly-report.html"
     write_private(html, render_html(report).encode())  # the page lists every at-risk customer

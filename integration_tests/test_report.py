@@ -20,11 +20,11 @@ from destination_perly.report import (
     build_report,
     main,
     movement_rows,
+    open_report_store,
     read_report,
     render_at_risk,
     render_html,
     render_summary,
-    sqlite_query,
 )
 from integration_tests.postgres import postgres_dsn, store_settings
 from integration_tests.report_store import AT_RISK, fill, write_store
@@ -38,7 +38,7 @@ def store(tmp_path: Path) -> Path:
 def test_given_store_when_reported_then_every_non_churned_customer_with_a_score_is_listed_in_rank_order(
     store: Path,
 ) -> None:
-    report = read_report(sqlite_query(store))
+    report = read_report(open_report_store(db=store).query)
 
     # Healthy but cancelling at period end is listed (its score is above 0); churned, deleted and
     # score-0 customers are not. Tied on 35: EUR first (currencies by code, never amounts compared
@@ -54,7 +54,7 @@ def test_given_store_when_reported_then_every_non_churned_customer_with_a_score_
 def test_given_customers_churned_in_and_before_the_period_then_only_the_recent_one_is_listed_for_win_back(
     store: Path,
 ) -> None:
-    report = read_report(sqlite_query(store))
+    report = read_report(open_report_store(db=store).query)
 
     assert [(c.customer_id, c.currency, c.mrr_lost, c.churn_type) for c in report.recently_churned] == [
         ("cus_lost", "usd", 4000, "involuntary")
@@ -81,7 +81,7 @@ def test_ties_on_score_never_compare_amounts_across_currencies() -> None:
 
 
 def test_counts_agree_between_the_summary_the_lists_and_the_html(store: Path) -> None:
-    report = read_report(sqlite_query(store))
+    report = read_report(open_report_store(db=store).query)
     summary, lists, page = render_summary(report), render_at_risk(report), render_html(report)
 
     assert f"{AT_RISK_TITLE}: 4" in summary.splitlines()
@@ -99,7 +99,7 @@ def test_counts_agree_between_the_summary_the_lists_and_the_html(store: Path) ->
 
 
 def test_each_listed_customer_links_to_its_stripe_dashboard_page_in_its_mode(store: Path) -> None:
-    report = read_report(sqlite_query(store))
+    report = read_report(open_report_store(db=store).query)
     lists, page = render_at_risk(report), render_html(report)
 
     live = "https://dashboard.stripe.com/customers/cus_failing"  # the store's one live-mode customer
@@ -112,14 +112,14 @@ def test_each_listed_customer_links_to_its_stripe_dashboard_page_in_its_mode(sto
 
 
 def test_given_two_currencies_when_reported_then_mrr_is_summed_per_currency_never_across(store: Path) -> None:
-    report = read_report(sqlite_query(store))
+    report = read_report(open_report_store(db=store).query)
 
     assert report.customers == 8  # the deleted customer is not counted
     assert report.mrr_by_currency == {"usd": 5000 + 12000 + 2000 + 9000, "eur": 1000, "jpy": 30000}
 
 
 def test_given_default_period_then_only_movements_of_the_last_30_days_count(store: Path) -> None:
-    report = read_report(sqlite_query(store))
+    report = read_report(open_report_store(db=store).query)
 
     assert report.as_of == datetime(2026, 11, 8, tzinfo=UTC)  # newest as_of in the store, not the wall clock
     by_kind = {(m.currency, m.kind): (m.count, m.delta) for m in report.movements}
@@ -133,7 +133,7 @@ def test_given_default_period_then_only_movements_of_the_last_30_days_count(stor
 
 
 def test_given_since_then_movements_before_it_are_left_out(store: Path) -> None:
-    report = read_report(sqlite_query(store), period_start=datetime(2026, 11, 4, tzinfo=UTC))
+    report = read_report(open_report_store(db=store).query, period_start=datetime(2026, 11, 4, tzinfo=UTC))
 
     assert {m.kind for m in report.movements} == {"churn", "expansion"}
 
@@ -153,7 +153,7 @@ def test_given_store_when_cli_runs_then_terminal_shows_summary_and_ranked_list(
 
 
 def test_the_html_movement_table_has_the_terminals_rows_net_included(store: Path) -> None:
-    report = read_report(sqlite_query(store))
+    report = read_report(open_report_store(db=store).query)
     terminal = [
         tuple(re.split(r"\s{2,}", line.strip()))
         for line in render_summary(report).splitlines()
@@ -169,7 +169,7 @@ def test_the_html_movement_table_has_the_terminals_rows_net_included(store: Path
 
 
 def test_every_amount_in_the_html_page_carries_its_currency(store: Path) -> None:
-    text = html.unescape(re.sub(r"<[^>]+>", " ", render_html(read_report(sqlite_query(store)))))
+    text = html.unescape(re.sub(r"<[^>]+>", " ", render_html(read_report(open_report_store(db=store).query))))
     amounts = re.finditer(
         r"(?<![\w.,])[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.,])[+-]?\d+\.\d{2,3}\b", text
     )
@@ -225,7 +225,7 @@ def test_a_small_change_does_not_fill_its_chart_like_a_large_one_fills_another()
 
 
 def test_html_page_is_self_contained_and_escapes_customer_text(store: Path) -> None:
-    page = render_html(read_report(sqlite_query(store)))
+    page = render_html(read_report(open_report_store(db=store).query))
 
     assert "&lt;b&gt;Shrink &amp; Co&lt;/b&gt;" in page
     assert "<b>Shrink" not in page
@@ -236,7 +236,7 @@ def test_html_page_is_self_contained_and_escapes_customer_text(store: Path) -> N
 
 
 def test_movement_chart_has_a_signed_bar_per_kind_and_the_net(store: Path) -> None:
-    page = render_html(read_report(sqlite_query(store)))
+    page = render_html(read_report(open_report_store(db=store).query))
     usd = re.search(r'<svg class="chart" data-currency="usd".*?</svg>', page, re.S)
     assert usd is not None
     bars = re.findall(r'data-kind="(\w+)" data-amount="(-?\d+)" x="[\d.]+" y="([\d.]+)"', usd.group(0))
@@ -272,7 +272,7 @@ class Backtest:
 
 
 def test_the_html_page_shows_the_backtest_figures_when_the_report_has_them(store: Path) -> None:
-    report = read_report(sqlite_query(store))
+    report = read_report(open_report_store(db=store).query)
     assert "No backtest in this report" in render_html(report)
 
     churned_mrr, caught = {"usd": 250000, "jpy": 90000}, {"usd": 125000}
@@ -366,6 +366,28 @@ def test_given_postgres_destination_config_then_the_report_reads_that_store(
     assert ranked == AT_RISK
     assert "        https://dashboard.stripe.com/customers/cus_failing" in out.splitlines()
     assert f"{CHURNED_TITLE}: 1" in out
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("command", [[], ["--backtest"]], ids=["report", "backtest"])
+def test_given_a_postgres_schema_without_the_perly_tables_then_report_and_backtest_say_run_a_sync(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    import psycopg
+
+    dsn = postgres_dsn()
+    schema = f"perly_empty_{uuid.uuid4().hex[:8]}"
+    config = tmp_path / "destination.json"
+    config.write_text(json.dumps({"store": store_settings(dsn, schema)}))
+    try:
+        assert main(["--config", str(config), *command]) == 2
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    captured = capsys.readouterr()
+    assert captured.err.startswith("perly-report: ")
+    assert "run a sync first" in captured.err
+    assert captured.out == ""
 
 
 def test_no_store_when_cli_runs_then_it_says_so_and_fails(tmp_path: Path) -> None:

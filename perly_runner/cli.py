@@ -32,7 +32,7 @@ def sync(source_config: Path, destination_config: Path, state_path: Path, top: i
     """One sync (a real account, or anything the configs name), then the report."""
     from destination_perly.report import (
         StoreUnavailable,
-        query_for_config,
+        open_report_store,
         read_report,
         render_at_risk,
         render_html,
@@ -48,7 +48,8 @@ def sync(source_config: Path, destination_config: Path, state_path: Path, top: i
     result = run_sync(workdir, source, destination, catalog, state_path, print_progress)
     print(f"   {result.total:,} records in {result.seconds:.1f}s; state saved to {state_path}")
     try:
-        report = read_report(query_for_config(destination))
+        with open_report_store(destination) as opened:
+            report = read_report(opened.query)
     except StoreUnavailable as exc:
         print(f"report: {exc}", file=sys.stderr)
         return 1

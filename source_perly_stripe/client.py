@@ -132,6 +132,11 @@ def validate_api_key(key: object) -> str | None:
         return (
             "This is a Stripe account id (acct_...), not an API key. Put it in the Connected account field."
         )
+    if key.startswith(("sk_", "rk_")) and any(ch.isspace() for ch in key):
+        return (
+            "The API key is malformed: it has a space, tab or line break inside it (around it is fine). "
+            f"Copy the key again from {where}."
+        )
     if key.startswith(("sk_", "rk_")):
         return (
             "The API key is malformed: it should be sk_ or rk_, then live_ or test_, then letters, digits "

@@ -191,6 +191,7 @@ class SyncReader:
         self._listed_customers: set[str] = set()
         self._unlisted_carried = False  # named by an interrupted sync's state: nothing more is collected
         self._unlisted: list[str] = []  # being fetched; kept in the state should a fetch fail
+        self._unlisted_in_state: set[str] = set()  # what the last customers state carried
 
     # ---- planning ------------------------------------------------------------------------------
 
@@ -288,19 +289,28 @@ class SyncReader:
 
     def _plan_unlisted_customers(self) -> None:
         """Whether this sync fetches the customers other objects name that the customers list leaves
-        out (see `_named_customers`): when customers are read in full from the start without an events
-        stream to tell their deletions (`customer.deleted`), or to finish a failed fetch of them."""
+        out (see `_named_customers`): when customers are read in full without an events stream to tell
+        their deletions (`customer.deleted`), and to finish what an interrupted sync named (the
+        customers state carries them: `_carry_named_customers`)."""
         customers = self._runs.get("customers")
         if customers is None or customers.mode != "backfill":
             return
         backfill = self._states.get("customers", {}).get("backfill") if customers.incremental else None
         carried = backfill.get("unlisted") if isinstance(backfill, dict) else None
+        named = set(carried) if isinstance(carried, list) else set()
         events_tell_deletions = EVENTS.name in self._runs and self._events_denied is None
-        if customers.covered_at_start == 0 and not events_tell_deletions:
-            if CUSTOMER_OWNED_STREAMS & self._runs.keys():
-                self._named_customers = set()
-        elif isinstance(carried, list) and customers.covered_at_start > 0:
-            self._named_customers, self._unlisted_carried = set(carried), True
+        owners = [run for run in self._runs.values() if run.stream.name in CUSTOMER_OWNED_STREAMS]
+        owners_list = any(run.mode == "backfill" for run in owners)
+        if owners and not events_tell_deletions and (customers.covered_at_start == 0 or owners_list):
+            if customers.covered_at_start > 0:
+                # Which customers the interrupted sync listed is not kept: list them all again, so that
+                # every customer the owners' pages name is known to be listed or not.
+                customers.done, customers.covered_at_start = [], 0
+                if customers.sketch is not None:
+                    customers.sketch = IdSketch()
+            self._named_customers = named
+        elif named:
+            self._named_customers, self._unlisted_carried = named, True
 
     def _explain_full_reads(self) -> Iterator[Deferred]:
         """Without events, changes cannot be replayed: say what each stream reads instead."""
@@ -753,11 +763,11 @@ class SyncReader:
 
     def _note_customers(self, key: str, records: list[dict[str, Any]]) -> None:
         """Which customers this page lists (customers) or names (the objects customers own)."""
-        if self._named_customers is None or self._unlisted_carried:
+        if self._named_customers is None:
             return
         if key == "customers":
             self._listed_customers.update(record["id"] for record in records)
-        elif key in CUSTOMER_OWNED_STREAMS:
+        elif key in CUSTOMER_OWNED_STREAMS and not self._unlisted_carried:
             named = (customer_of(key, record) for record in records)
             self._named_customers.update(customer for customer in named if customer)
 
@@ -898,17 +908,32 @@ class SyncReader:
         if covered_now > 0:
             unread = max(0, run.upper - run.lower - covered)
             yield _estimate(run.stream.name, run.records + run.records * unread // covered_now)
-        if run.incremental and not self._awaits_unlisted(run):
+        if run.incremental:
+            yield from self._carry_named_customers(run)
             yield self._state_message(run)
 
-    def _awaits_unlisted(self, run: StreamRun) -> bool:
-        """A customers backfill read to the end whose unlisted customers are not fetched yet: its
-        state would tell the next sync that nothing is left to read."""
-        return (
-            run.stream.name == "customers"
+    def _carry_named_customers(self, run: StreamRun) -> Iterator[ab.AirbyteMessage]:
+        """Before a state of a stream that names customers: a customers state carrying each customer
+        named so far that the list has not given, unless the last one did. A sync interrupted after
+        that stream's state then still fetches them (its pages are not read again)."""
+        customers = self._runs.get("customers")
+        if (
+            run.stream.name in CUSTOMER_OWNED_STREAMS
+            and customers is not None
+            and customers.incremental
+            and not customers.finished
             and self._named_customers is not None
-            and not gaps(run.lower, run.upper, run.done)
-        )
+            and not self._unlisted_carried
+            and not self._named_customers - self._listed_customers <= self._unlisted_in_state
+        ):
+            yield self._state_message(customers)
+
+    def _unverified_customers(self) -> list[str]:
+        """The customers named by other objects and not listed (so far), or being fetched: the
+        customers state carries them until each is fetched."""
+        if self._named_customers is None:
+            return self._unlisted
+        return sorted(self._named_customers - self._listed_customers)
 
     def _on_error(self, key: str, error: BaseException) -> Iterator[ab.AirbyteMessage]:
         if isinstance(error, _Cancelled):
@@ -981,6 +1006,8 @@ class SyncReader:
             yield from self._close(run)
 
     def _close(self, run: StreamRun) -> Iterator[ab.AirbyteMessage]:
+        if run.incremental:
+            yield from self._carry_named_customers(run)  # before this stream's last state
         descriptor = ab.StreamDescriptor(name=run.stream.name)
         outcome = "failed" if run.failed is not None else "done"
         yield _log(
@@ -1024,8 +1051,11 @@ class SyncReader:
                 blob["full_read_requests"] = run.previous_full_requests
             if run.sketch is not None:
                 blob["watch"] = run.sketch.to_state()
-            if run.stream.name == "customers" and self._unlisted:
-                blob["backfill"]["unlisted"] = self._unlisted  # a fetch failed: the next sync fetches again
+            if run.stream.name == "customers":
+                unverified = self._unverified_customers()  # the next sync fetches these
+                self._unlisted_in_state = set(unverified)
+                if unverified:
+                    blob["backfill"]["unlisted"] = unverified
         return ab.AirbyteMessage(
             type=ab.Type.STATE,
             state=ab.AirbyteStateMessage(

@@ -8,6 +8,7 @@ transaction-scoped advisory lock so concurrent `CREATE TABLE IF NOT EXISTS` neve
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from operator import itemgetter
@@ -22,6 +23,10 @@ from destination_perly.private_files import private_temp_file
 from destination_perly.store.base import CustomerIdsOf, Store, StoreError, StoreUnreachable
 
 CONNECT_TIMEOUT_S = 10
+# How long switching an older table to lz4 may wait for the table's lock (others queue behind it).
+LZ4_LOCK_WAIT_MS = 500
+
+log = logging.getLogger("perly.store")
 
 
 def _pg_sql(text: str) -> str:
@@ -197,6 +202,31 @@ class PostgresStore(Store):
 
     def _raw_json_type(self) -> str:
         return "TEXT COMPRESSION lz4" if self._lz4 else "TEXT"
+
+    def ensure_schema(self) -> None:
+        super().ensure_schema()
+        self._lz4_for_new_rows()
+
+    def _lz4_for_new_rows(self) -> None:
+        """Stream tables created before lz4 (pglz) compress the rows written from now on with lz4; rows
+        already stored keep pglz (no rewrite). The ALTER holds the table's exclusive lock for an instant,
+        but queues every reader and writer behind it while it waits: it waits at most LZ4_LOCK_WAIT_MS
+        for a busy table (a webhook receiver writing) and is otherwise left for the next start."""
+        if not self._lz4:
+            return
+        pglz_tables = self._fetch_tuples(
+            "SELECT c.relname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ? AND c.relkind = 'r'"
+            " AND c.relname LIKE 'stripe\\_%' AND a.attname = 'data' AND a.attcompression <> 'l'",
+            (self.schema,),
+        )
+        for (table,) in pglz_tables:
+            try:
+                with self.transaction():
+                    self._execute(f"SET LOCAL lock_timeout = {LZ4_LOCK_WAIT_MS}")
+                    self._execute(f"ALTER TABLE {table} ALTER COLUMN data SET COMPRESSION lz4")
+            except psycopg.errors.LockNotAvailable:
+                log.info("%s is busy: its new rows stay pglz-compressed until the next start", table)
 
     def _insert_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         insert = f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest("

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from destination_perly.private_files import create_private_file, make_private_dirs
+from destination_perly.private_files import create_private_file, make_private_dirs, tighten_existing
 from destination_perly.store.base import CustomerIdsOf, Store, StoreError
 
 BUSY_TIMEOUT_MS = 30_000
@@ -45,6 +45,8 @@ class SqliteStore(Store):
                 create_private_file(self.path)
             except OSError as exc:
                 raise StoreError(f"cannot create the SQLite file {path}: {exc}") from exc
+        if str(path) != ":memory:":  # a store made before Perly created it owner-only: made so now
+            tighten_existing(self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"))
         try:
             self._conn = sqlite3.connect(
                 f"{self.path.resolve().as_uri()}?mode=ro" if read_only else str(path),

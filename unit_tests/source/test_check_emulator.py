@@ -128,3 +128,30 @@ def test_cli_check_with_the_four_permission_key_succeeds(emulator: Emulator, tmp
 
     assert code == 0
     assert connection_status(output)["status"] == "SUCCEEDED"
+
+
+# A key as a copy from the Dashboard or a password manager may bring it: spaces before, a line break after.
+PASTED = "  rk_test_perly_billing\n"
+
+
+def test_given_a_key_pasted_with_spaces_and_a_line_break_then_check_is_ok(emulator: Emulator) -> None:
+    report = diagnose(config_for(emulator, PASTED))
+
+    assert report.ok
+    assert "customers" in report.readable
+
+
+@pytest.mark.slow
+def test_cli_check_with_a_pasted_key_succeeds_and_with_a_space_inside_says_so_never_showing_it(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    inside = "rk_test_perly_bil ling"
+
+    pasted = connection_status(run_cli_check(tmp_path, config_for(emulator, PASTED))[1])
+    code, output = run_cli_check(tmp_path, config_for(emulator, inside))
+
+    assert pasted["status"] == "SUCCEEDED"
+    assert code == 0
+    assert connection_status(output)["status"] == "FAILED"
+    assert "space, tab or line break inside it" in connection_status(output)["message"]
+    assert "perly_bil" not in output

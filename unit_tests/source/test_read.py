@@ -665,6 +665,87 @@ def test_given_the_unlisted_customer_fetch_fails_when_synced_again_then_the_tomb
     )
 
 
+def read_until_state(
+    fake: FakeStripe, names: tuple[str, ...], stop: Any, state: list[Any] | None = None
+) -> tuple[list[dict[str, Any]], list[Any]]:
+    """A sync killed right after the first STATE for which `stop(stream, blob, emitted ids)` is true: the
+    records it emitted and the last state of each stream acknowledged by then (the next sync's)."""
+    config = ConfigBuilder().with_api_key(TEST_RESTRICTED_KEY).build()
+    emitted: list[dict[str, Any]] = []
+    last: dict[str, Any] = {s.stream.stream_descriptor.name: s for s in state or []}
+    with fake.serving():
+        messages = make_source(fake).read(logging.getLogger("test"), config, catalog(*names), state)
+        try:
+            for message in messages:
+                if message.type == Type.RECORD:
+                    emitted.append(message.record.data)
+                elif message.type == Type.STATE:
+                    stream = message.state.stream.stream_descriptor.name
+                    last[stream] = message.state
+                    blob = dict(message.state.stream.stream_state.__dict__)
+                    if stop(stream, blob, {r["id"] for r in emitted}):
+                        break
+        finally:
+            messages.close()  # type: ignore[attr-defined]
+    return emitted, list(last.values())
+
+
+OWNERS = ("subscriptions", "invoices", "charges")
+GONE = {"id": "cus_gone", "object": "customer", "deleted": True, "updated": NOW}
+
+
+def test_given_the_first_sync_killed_after_the_owning_streams_completed_when_resumed_then_the_tombstone_comes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(source_module, "settings_from", lambda config: ReadSettings(state_interval_seconds=0))
+    fake = account_with_a_deleted_customer()
+    fake.add("invoices", NOW - 60 * DAY, object_id="in_live", customer="cus_live", status="paid")
+    fake.add("charges", NOW - 60 * DAY, object_id="ch_live", customer="cus_live")
+    names = ("customers", *OWNERS)
+    completed: set[str] = set()
+
+    def owners_completed(stream: str, blob: dict[str, Any], emitted: set[str]) -> bool:
+        if stream in OWNERS and "backfill" not in blob:  # its final state: it will not be read again
+            completed.add(stream)
+        return completed == set(OWNERS)  # killed before customers fetched the unlisted one
+
+    killed, acknowledged = read_until_state(fake, names, owners_completed)
+    resumed, _ = read_until_state(fake, names, lambda *_: False, acknowledged)
+
+    assert GONE not in killed
+    assert GONE in resumed
+    assert "/v1/customers/cus_live" not in fake.paths()
+
+
+def test_given_the_first_sync_killed_while_an_owning_stream_reads_when_resumed_then_the_tombstone_comes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(source_module, "settings_from", lambda config: ReadSettings(state_interval_seconds=0))
+    fake = FakeStripe()
+    live = seed_customers(fake, 300, NOW - 300 * DAY, DAY // 2)
+    fake.add("customers", NOW - 299 * DAY, object_id="cus_gone")
+    fake.delete("customers", "cus_gone")
+    fake.add("subscriptions", NOW - 298 * DAY, object_id="sub_gone", customer="cus_gone", status="canceled")
+    for customer in live:
+        fake.add("subscriptions", customer["created"] + 60, customer=customer["id"], status="active")
+    names = ("customers", "subscriptions")
+
+    def sub_gone_acknowledged(stream: str, blob: dict[str, Any], emitted: set[str]) -> bool:
+        # The page that named cus_gone is acknowledged (never read again), the stream not finished.
+        return stream == "subscriptions" and "sub_gone" in emitted and "backfill" in blob
+
+    killed, acknowledged = read_until_state(fake, names, sub_gone_acknowledged)
+    resumed, final = read_until_state(fake, names, lambda *_: False, acknowledged)
+
+    assert "sub_gone" in {r["id"] for r in killed}
+    assert "sub_gone" not in {r["id"] for r in resumed}
+    assert GONE in resumed
+    # The resumed sync lists every customer again rather than fetch the live ones one by one.
+    assert {r["id"] for r in resumed if r["id"].startswith("cus_")} == {c["id"] for c in live} | {"cus_gone"}
+    assert [p for p in fake.paths() if p.startswith("/v1/customers/")] == ["/v1/customers/cus_gone"]
+    assert all("backfill" not in dict(s.stream.stream_state.__dict__) for s in final)
+
+
 def test_given_an_events_stream_when_first_sync_then_unlisted_customers_are_not_fetched() -> None:
     fake = account_with_a_deleted_customer()
 

@@ -19,6 +19,8 @@ from source_perly_stripe.client import DEFAULT_BASE_URL, validate_api_key
 from unit_tests.source.builders import ACCOUNT_ID, TEST_RESTRICTED_KEY, ConfigBuilder
 
 SPEC_PATH = Path(source_perly_stripe.__file__).parent / "spec.json"
+# A key as a copy from the Dashboard or a password manager may bring it: spaces before, a line break after.
+PASTED_KEY = "  rk_test_51Habcdef0123456789\n"
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,7 @@ def test_api_key_is_secret_and_first(schema: dict[str, Any]) -> None:
 
     assert api_key["airbyte_secret"] is True
     assert api_key["order"] == 0
-    assert api_key["pattern"] == "^(sk|rk)_(live|test)_[A-Za-z0-9_]+$"
+    assert api_key["pattern"] == r"^\s*(sk|rk)_(live|test)_[A-Za-z0-9_]+\s*$"
     assert api_key["pattern_descriptor"]
 
 
@@ -69,16 +71,31 @@ def test_api_key_is_secret_and_first(schema: dict[str, Any]) -> None:
         ("pk_test_51Habcdef0123456789", False),
         ("sk_prod_51Habcdef0123456789", False),
         ("sk_live_", False),
-        (" sk_live_51Habcdef0123456789", False),
         ("whsec_51Habcdef0123456789", False),
+        # Whitespace around a pasted key is forgiven (the client strips it); inside a key it is not.
+        (" sk_live_51Habcdef0123456789", True),
+        (PASTED_KEY, True),
+        ("\trk_test_51Habcdef0123456789\r\n", True),
+        ("rk_test_51Habcdef 0123456789", False),
+        ("rk_test_51Habcdef\n0123456789", False),
+        (" rk_test_51Habcdef\t0123456789\n", False),
     ],
 )
 def test_form_pattern_and_key_validation_agree(schema: dict[str, Any], key: str, accepted: bool) -> None:
     form_accepts = re.fullmatch(schema["properties"]["api_key"]["pattern"], key) is not None
 
     assert form_accepts is accepted
-    # The connector is as strict as the form, except that it forgives whitespace around a pasted key.
-    assert (validate_api_key(key) is None) is (accepted or key.strip() != key)
+    assert (validate_api_key(key) is None) is accepted
+
+
+@pytest.mark.parametrize("key", ["rk_test_51Habcdef 0123456789", " rk_test_51Habcdef\t0123456789\n"])
+def test_a_key_with_whitespace_inside_is_refused_saying_so_without_showing_it(key: str) -> None:
+    message = validate_api_key(key)
+
+    assert message is not None
+    assert "space, tab or line break inside it" in message
+    assert "51Habcdef" not in message
+    assert "0123456789" not in message
 
 
 def test_every_field_has_title_description_and_a_unique_order(schema: dict[str, Any]) -> None:
@@ -189,12 +206,9 @@ _FIELD_VALUES = st.one_of(
 )
 def test_the_connector_rejects_every_config_the_spec_rejects(config: dict[str, Any]) -> None:
     """The entrypoint validates with `config_problem` instead of the CDK's schema check (whose messages
-    quote values): it must be at least as strict, but for the whitespace it forgives around a key."""
+    quote values): it must be at least as strict."""
     schema = json.loads(SPEC_PATH.read_text())["connectionSpecification"]
-    as_the_client_sees_it = dict(config)
-    if isinstance(config.get("api_key"), str):
-        as_the_client_sees_it["api_key"] = config["api_key"].strip()
-    if not is_valid(schema, as_the_client_sees_it):
+    if not is_valid(schema, config):
         assert config_problem(config) is not None
 
 
@@ -262,3 +276,65 @@ def test_the_cli_prints_the_spec_message_the_cdk_would_without_importing_the_cdk
     spec = SourcePerlyStripe().spec(logging.getLogger("test"))
     expected = AirbyteEntrypoint.airbyte_message_to_string(AirbyteMessage(type=Type.SPEC, spec=spec))
     assert output == [expected, "no cdk"]
+
+
+def spec_from_the_cli() -> dict[str, Any]:
+    """The connection specification as `source-perly-stripe spec` prints it (the form Airbyte shows)."""
+    import subprocess
+    import sys
+
+    root = Path(source_perly_stripe.__file__).parents[1]
+    output = subprocess.run(
+        [sys.executable, str(root / "main.py"), "spec"], check=True, capture_output=True, text=True, cwd=root
+    ).stdout
+    specification: dict[str, Any] = json.loads(output)["spec"]["connectionSpecification"]
+    return specification
+
+
+def test_the_spec_the_cli_prints_accepts_a_pasted_key_with_whitespace_around_it_not_inside() -> None:
+    schema = spec_from_the_cli()
+
+    assert is_valid(schema, {"api_key": PASTED_KEY})
+    assert not is_valid(schema, {"api_key": "rk_test_51Habcdef 0123456789"})
+    assert config_problem({"api_key": PASTED_KEY}) is None
+
+
+@pytest.mark.browser
+def test_a_browser_form_reading_the_spec_pattern_accepts_the_pasted_key(tmp_path: Path) -> None:
+    """Airbyte's form checks the pattern with the browser's own RegExp (ECMAScript, where `$` does not
+    match before a final line break as Python's does): Chromium gives the form's verdicts."""
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.fail("chromium is not installed: run scripts/ensure-system-deps.sh")
+    keys = [PASTED_KEY, "\trk_test_51Habcdef0123456789\r\n", "rk_test_51Habcdef 0123456789", "pk_test_51H"]
+    pattern = spec_from_the_cli()["properties"]["api_key"]["pattern"]
+    page = tmp_path / "form.html"
+    page.write_text(
+        "<body><script>const pattern = new RegExp("
+        + json.dumps(pattern)
+        + "); document.body.textContent = 'verdicts=' + JSON.stringify("
+        + json.dumps(keys)
+        + ".map((key) => pattern.test(key)));</script></body>"
+    )
+    dom = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+
+    verdicts = re.search(r"verdicts=(\[[^\]]*\])", dom)
+    assert verdicts is not None, dom
+    assert json.loads(verdicts[1]) == [True, True, False, False]
