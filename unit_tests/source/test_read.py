@@ -650,6 +650,28 @@ def test_given_customer_deleted_before_the_first_sync_when_read_without_events_t
     assert statuses(output, "customers")[-1] == AirbyteStreamStatus.COMPLETE
 
 
+def test_given_customers_listed_when_a_charge_names_an_unlisted_customer_then_it_is_fetched_at_once() -> None:
+    """Not after the owning streams end: the end of a first sync waits a round trip less."""
+    fake = account_with_a_deleted_customer()
+    fake.add("charges", NOW - 60, object_id="ch_gone", customer="cus_gone")
+    for i in range(2_000):
+        fake.add("charges", NOW - 120 - i * 60, customer="cus_live")
+    config = ConfigBuilder().with_api_key(TEST_RESTRICTED_KEY).build()
+
+    output = sync(fake, "customers", "charges", config=config)
+
+    paths = fake.paths()
+    last_charges_page = max(i for i, path in enumerate(paths) if path == "/v1/charges")
+    assert paths.count("/v1/customers/cus_gone") == 1
+    assert paths.index("/v1/customers/cus_gone") < last_charges_page
+    assert {"id": "cus_gone", "object": "customer", "deleted": True, "updated": NOW} in records(
+        output, "customers"
+    )
+    assert output.is_in_logs(
+        "customers: 1 customers named by subscriptions, invoices or charges were not listed"
+    )
+
+
 def test_given_the_unlisted_customer_fetch_fails_when_synced_again_then_the_tombstone_comes() -> None:
     fake = account_with_a_deleted_customer()
     fake.fail(r"^/v1/customers/cus_gone$", 500, times=10)
