@@ -6,8 +6,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from destination_perly.config import DOCKER_SQLITE_PATH, PEM_CERTIFICATE, SSL_MODES
 from destination_perly.health.model import RiskPolicy
+
+# Values the spec offers and the config checks (destination_perly/config.py imports them): here, so
+# that `destination-perly spec` imports no JSON-schema validator.
+DOCKER_SQLITE_PATH = "/local/perly.db"
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
 
 POLICY_HELP = {
     "delinquent_churn_days": "Days past due after which a past_due subscription stops counting toward MRR.",
