@@ -129,3 +129,13 @@ def test_no_read_begins_early_from_a_state_that_is_not_per_stream(
     argv = write_inputs(tmp_path, emulator)
     (tmp_path / "state.json").write_text(json.dumps(state))
     assert begin_read([*argv, "--state", str(tmp_path / "state.json")]) is None
+
+
+def test_no_read_begins_early_for_another_verb_or_a_config_the_source_refuses(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    argv = write_inputs(tmp_path, emulator)
+    assert begin_read(["check", *argv[1:]]) is None
+    assert begin_read([]) is None
+    (tmp_path / "config.json").write_text(json.dumps({"api_key": "pk_test_123", "base_url": emulator.url}))
+    assert begin_read(argv) is None  # the CDK's run reports it, in words

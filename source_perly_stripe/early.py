@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .check import config_problem, parse_start_date
-from .client import StripeClient, client_from_config
+from .client import StripeClient, StripeError, client_from_config
 from .reader import STRIPE_LAUNCH, ReadSettings, SyncReader
 from .streams import STREAMS_BY_NAME
 
@@ -62,6 +62,8 @@ class EarlyRead:
 
 def begin_read(argv: list[str]) -> EarlyRead | None:
     """Starts the read `argv` asks for (`read --config ... --catalog ... [--state ...]`), or None."""
+    if argv[:1] != ["read"]:
+        return None  # any other verb, or none: the CDK's parser answers (and explains a mistake)
     parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     parser.add_argument("command")
     for option in ("--config", "--catalog", "--state"):
@@ -82,7 +84,7 @@ def begin_read(argv: list[str]) -> EarlyRead | None:
             states,
             read_settings(config),
         )
-    except (argparse.ArgumentError, SystemExit, OSError, ValueError):
+    except (argparse.ArgumentError, SystemExit, OSError, ValueError, StripeError):
         return None
     try:
         reader.begin()
