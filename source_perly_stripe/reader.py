@@ -162,9 +162,9 @@ class SyncReader:
         self._states = states
         self._settings = settings
         self._now_ms = now_ms
-        # Pages waiting for the generator thread. Room for a second of pages: `begin` may run before
-        # the CDK is imported, and the generator starts to drain them only after that import.
-        self._out: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=192)
+        # Pages waiting for the generator thread (bounded: memory). When `begin` runs before the CDK
+        # is imported, this holds the pages read meanwhile: about as many as the import lets in.
+        self._out: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=64)
         self._began = False
         self._planned: list[Deferred] = []
         self._runs: dict[str, StreamRun] = {}
