@@ -183,7 +183,7 @@ class SyncReader:
         self._windows_in_flight = 0  # windows being read, across streams (for `readers`)
         self._pages_read = 0
         self._end_cuts = 0  # cuts into smaller pieces at the end of the read
-        self._open_windows = 0  # windows in flight whose far past is unknown (see `plan_cut`)
+        self._open_windows: set[object] = set()  # windows being read whose far past is unknown
         # See `_plan_unlisted_customers`: the customers that subscriptions, invoices and charges name
         # and the customers list did not give (Stripe lists only live customers: these were deleted,
         # maybe before any event we can read). Each is fetched once before customers completes.
@@ -388,16 +388,17 @@ class SyncReader:
             if cut and self._windows_in_flight >= self._settings.readers:
                 return False
             self._windows_in_flight += 1  # counted from now: a queued window will have a reader
-            self._open_windows += open_ended
+            token = object()
+            if open_ended:
+                self._open_windows.add(token)
 
         def read() -> None:
-            ended_open = open_ended
             try:
-                ended_open = self._read_window(key, path, base, window, expand, open_ended)
+                self._read_window(key, path, base, window, expand, open_ended, token)
             finally:
                 with self._lock:
                     self._windows_in_flight -= 1
-                    self._open_windows -= ended_open
+                    self._open_windows.discard(token)
 
         self._submit(key, read)
         return True
@@ -431,11 +432,18 @@ class SyncReader:
     # ---- work done on worker threads -----------------------------------------------------------
 
     def _read_window(
-        self, key: str, path: str, base: Params, window: Interval, expand: StreamDef | None, open_ended: bool
-    ) -> bool:
+        self,
+        key: str,
+        path: str,
+        base: Params,
+        window: Interval,
+        expand: StreamDef | None,
+        open_ended: bool,
+        token: object,
+    ) -> None:
         """Page through one created window newest-first; when a reader is free, hand it part of the
         unread rest (see `plan_cut`). Reports [low, top) done once every record in it was queued.
-        Returns whether it ended open-ended (it handed no far past on)."""
+        `token` stands for the window in `_open_windows` while it is open-ended."""
         low, top = window
         end = top
         last_created = top - 1
@@ -480,7 +488,7 @@ class SyncReader:
                 # too few to use the budget. Smaller pieces let them finish together.
                 ending = (
                     in_flight <= s.readers // 2
-                    and self._open_windows == 0
+                    and not self._open_windows
                     and self._end_cuts < self._pages_read // s.pages_per_end_cut
                 )
                 if ending:
@@ -494,16 +502,14 @@ class SyncReader:
                     page_size=PAGE_SIZE,
                 )
                 if cut is not None and self._submit_window(key, path, base, (low, cut), expand, open_ended):
-                    if open_ended:  # the piece handed on is the open-ended one now
-                        with self._lock:
-                            self._open_windows -= 1
+                    with self._lock:
+                        self._open_windows.discard(token)  # the piece handed on is the open-ended one
                     low, open_ended = cut, False
                     self._end_cuts += ending
             cursor = str(data[-1]["id"])
         if held is not None:
             held()
         self._out.put(("window_done", key, (low, top)))
-        return open_ended
 
     def _page_sender(
         self, key: str, expand: StreamDef | None, data: list[dict[str, Any]], covered: Interval
