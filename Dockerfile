@@ -16,9 +16,9 @@ WORKDIR /airbyte/integration_code
 # and doc edits do not re-download them. Their build/ goes too: its empty files are newer than the
 # copied code and setuptools would install them instead.
 COPY pyproject.toml ./
-RUN mkdir -p source_perly_stripe destination_perly perly_runner stripe_vocabulary \
+RUN mkdir -p source_perly_stripe destination_perly perly_runner stripe_vocabulary connector_spec \
     && touch README.md source_perly_stripe/__init__.py destination_perly/__init__.py perly_runner/__init__.py \
-        stripe_vocabulary/__init__.py \
+        stripe_vocabulary/__init__.py connector_spec/__init__.py \
     && pip install -q . \
     && pip uninstall -q -y perly-stripe \
     && rm -rf build *.egg-info
@@ -27,6 +27,7 @@ COPY source_perly_stripe ./source_perly_stripe
 COPY destination_perly ./destination_perly
 COPY perly_runner ./perly_runner
 COPY stripe_vocabulary ./stripe_vocabulary
+COPY connector_spec ./connector_spec
 RUN pip install -q --no-deps . && rm -rf build *.egg-info
 
 FROM ${BASE_IMAGE} AS runtime

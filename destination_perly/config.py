@@ -20,13 +20,11 @@ from jsonschema import Draft7Validator
 from jsonschema.exceptions import best_match
 
 from destination_perly.health.model import HealthConfig, RiskPolicy, TierRule
+from destination_perly.spec import DOCKER_SQLITE_PATH, PEM_CERTIFICATE, SSL_MODES
 from destination_perly.store.base import CustomerIdsOf, Store
 
-DOCKER_SQLITE_PATH = "/local/perly.db"
 LOCAL_SQLITE_PATH = "var/perly.db"
-SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 VERIFYING_SSL_MODES = ("verify-ca", "verify-full")
-PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
 SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 

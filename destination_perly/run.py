@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from destination_perly.destination import DestinationPerly
-
 
 def run() -> None:
+    """`spec` is answered before the CDK is imported, which takes most of a second (see connector_spec)."""
+    if sys.argv[1:] == ["spec"]:
+        import connector_spec
+        from destination_perly.spec import destination_spec
+
+        print(connector_spec.spec_message_line(destination_spec()), flush=True)
+        return
+    from destination_perly.destination import DestinationPerly
+
     DestinationPerly().run(sys.argv[1:])

@@ -8,7 +8,6 @@ always probed, whatever `stream_names` holds, because the product needs them.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections.abc import Iterable, Mapping
@@ -16,11 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-
-from airbyte_cdk.entrypoint import AirbyteEntrypoint
-from airbyte_cdk.models import ConnectorSpecification, FailureType  # type: ignore[attr-defined]
-from airbyte_cdk.utils.airbyte_secrets_utils import get_secrets, update_secrets
-from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from source_perly_stripe.client import (
     DEFAULT_BASE_URL,
@@ -84,10 +78,10 @@ class _CheckFailed(Exception):
 def config_problem(config: object) -> str | None:
     """A message naming the first bad field of `config`, else None. It never quotes a value.
 
-    This replaces the CDK's validation against the spec (see `ClearConfigEntrypoint`), whose messages
-    quote the offending value: escaped (a tab as `\\t`), so its exact-string secret filter misses a key
-    with whitespace around it. It is at least as strict as the spec (a test holds it to that), except
-    that whitespace around a pasted key is forgiven, as the client strips it.
+    This replaces the CDK's validation against the spec (see `entrypoint.ClearConfigEntrypoint`), whose
+    messages quote the offending value: escaped (a tab as `\\t`), so its exact-string secret filter
+    misses a key with whitespace around it. It is at least as strict as the spec (a test holds it to
+    that), except that whitespace around a pasted key is forgiven, as the client strips it.
     """
     if not isinstance(config, Mapping):
         return "The config must be a JSON object."
@@ -341,53 +335,3 @@ def _failure_message(client: StripeClient, error: StripeError, what: str) -> str
             "Check the API base URL, or leave it at https://api.stripe.com."
         )
     return f"Stripe refused to list {what}: {error.message}"
-
-
-class ClearConfigEntrypoint(AirbyteEntrypoint):
-    """The CDK entrypoint, but a config is validated by `config_problem` instead of the CDK's schema
-    check, so a bad config is explained in words and no error can quote a secret in any form.
-
-    Use it where `launch` would build an `AirbyteEntrypoint` (see `source_perly_stripe.run`).
-    """
-
-    @staticmethod
-    def validate_connection(source_spec: ConnectorSpecification, config: Mapping[str, Any]) -> None:
-        problem = config_problem(config)
-        if problem:
-            raise AirbyteTracedException(
-                message=problem, internal_message=problem, failure_type=FailureType.config_error
-            )
-
-    @staticmethod
-    def set_up_secret_filter(config: Mapping[str, Any], connection_specification: Mapping[str, Any]) -> None:
-        """The CDK masks each secret by its exact text; the key is used stripped, and a message may
-        show it escaped, so every such form is masked too."""
-        if not isinstance(config, Mapping):
-            return
-        update_secrets(
-            sorted(
-                {
-                    form
-                    for value in get_secrets(connection_specification, config)
-                    for form in secret_forms(value)
-                },
-                key=len,
-                reverse=True,
-            )
-        )
-
-
-def secret_forms(value: object) -> set[str]:
-    """`value` as it may appear in a message: as is or stripped, each raw or escaped (JSON, Python)."""
-    text = str(value)
-    return {
-        shown
-        for form in (text, text.strip())
-        for shown in (
-            form,
-            json.dumps(form)[1:-1],
-            json.dumps(form, ensure_ascii=False)[1:-1],
-            repr(form)[1:-1],
-        )
-        if shown
-    }

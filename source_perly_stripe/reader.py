@@ -14,32 +14,12 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
-
-from airbyte_cdk.models import (  # type: ignore[attr-defined,unused-ignore]
-    AirbyteEstimateTraceMessage,
-    AirbyteLogMessage,
-    AirbyteMessage,
-    AirbyteRecordMessage,
-    AirbyteStateBlob,
-    AirbyteStateMessage,
-    AirbyteStateType,
-    AirbyteStreamState,
-    AirbyteStreamStatus,
-    AirbyteTraceMessage,
-    EstimateType,
-    FailureType,
-    Level,
-    StreamDescriptor,
-    SyncMode,
-    TraceType,
-    Type,
-)
-from airbyte_cdk.utils.stream_status_utils import as_airbyte_message as status_message
-from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from stripe_vocabulary import API_VERSION, CUSTOMER_OWNED_STREAMS, customer_of, tombstone
 
+from . import protocol as ab
 from .check import missing_core_message
 from .client import (
     StripeAuthError,
@@ -79,6 +59,9 @@ LIST_OVERLAP = 600
 PAGE_SIZE = 100
 EVENTS_KEY = "__events__"
 
+# A message built when it is yielded (see `begin`).
+Deferred = Callable[[], "ab.AirbyteMessage"]
+
 
 class Client(Protocol):
     def get(self, path: str, params: Any = ()) -> dict[str, Any]: ...
@@ -96,6 +79,9 @@ class ReadSettings:
     # A window is cut for a free reader only where each piece holds at least this many pages: the
     # partial page every window ends on then costs at most ~4% more requests than full pages only.
     pages_per_cut: int = 16
+    # At the end of a read, windows are cut into pieces of a quarter of that, so that the last ones
+    # finish together; each cut costs half a page, so at most one per this many pages read (+0.25%).
+    pages_per_end_cut: int = 200
     state_interval_seconds: float = 1.0
 
 
@@ -131,18 +117,21 @@ class StreamRun:
     departures_checked: bool = False
 
 
-def _log(level: Level, text: str) -> AirbyteMessage:
-    return AirbyteMessage(type=Type.LOG, log=AirbyteLogMessage(level=level, message=text))
+def _log(level: str, text: str) -> ab.AirbyteMessage:
+    """A LOG message; `level` is a name of the protocol's levels ("INFO", "WARN"...)."""
+    return ab.AirbyteMessage(type=ab.Type.LOG, log=ab.AirbyteLogMessage(level=ab.Level(level), message=text))
 
 
-def _estimate(stream: str, rows: int) -> AirbyteMessage:
+def _estimate(stream: str, rows: int) -> ab.AirbyteMessage:
     """How many records a stream should emit in this sync, for the platform's progress display."""
-    return AirbyteMessage(
-        type=Type.TRACE,
-        trace=AirbyteTraceMessage(
-            type=TraceType.ESTIMATE,
+    return ab.AirbyteMessage(
+        type=ab.Type.TRACE,
+        trace=ab.AirbyteTraceMessage(
+            type=ab.TraceType.ESTIMATE,
             emitted_at=time.time() * 1000,
-            estimate=AirbyteEstimateTraceMessage(name=stream, type=EstimateType.STREAM, row_estimate=rows),
+            estimate=ab.AirbyteEstimateTraceMessage(
+                name=stream, type=ab.EstimateType.STREAM, row_estimate=rows
+            ),
         ),
     )
 
@@ -163,7 +152,7 @@ class SyncReader:
     def __init__(
         self,
         client: Client,
-        streams: list[tuple[StreamDef, SyncMode]],
+        streams: list[tuple[StreamDef, bool]],
         states: dict[str, dict[str, Any]],
         settings: ReadSettings,
         now_ms: Callable[[], float] = lambda: time.time() * 1000,
@@ -173,7 +162,11 @@ class SyncReader:
         self._states = states
         self._settings = settings
         self._now_ms = now_ms
+        # Pages waiting for the generator thread (bounded: memory). When `begin` runs before the CDK
+        # is imported, this holds the pages read meanwhile: about as many as the import lets in.
         self._out: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=64)
+        self._began = False
+        self._planned: list[Deferred] = []
         self._runs: dict[str, StreamRun] = {}
         self._lock = threading.Lock()
         self._outstanding = 0
@@ -188,6 +181,9 @@ class SyncReader:
         self._events_denied: StripePermissionError | None = None
         self._events_done = False
         self._windows_in_flight = 0  # windows being read, across streams (for `readers`)
+        self._pages_read = 0
+        self._end_cuts = 0  # cuts into smaller pieces at the end of the read
+        self._open_windows: set[object] = set()  # windows being read whose far past is unknown
         # See `_plan_unlisted_customers`: the customers that subscriptions, invoices and charges name
         # and the customers list did not give (Stripe lists only live customers: these were deleted,
         # maybe before any event we can read). Each is fetched once before customers completes.
@@ -195,13 +191,14 @@ class SyncReader:
         self._listed_customers: set[str] = set()
         self._unlisted_carried = False  # named by an interrupted sync's state: nothing more is collected
         self._unlisted: list[str] = []  # being fetched; kept in the state should a fetch fail
+        self._fetched_early: set[str] = set()  # see `_fetch_unlisted_early`
         self._unlisted_in_state: set[str] = set()  # what the last customers state carried
 
     # ---- planning ------------------------------------------------------------------------------
 
     def _probe(self) -> int:
         """One cheap request: it gives the server's clock and tells whether events are readable."""
-        wants_events = any(s is EVENTS or mode == SyncMode.incremental for s, mode in self._selected)
+        wants_events = any(s is EVENTS or incremental for s, incremental in self._selected)
         path = EVENTS.path if wants_events else self._selected[0][0].path
         try:
             self._client.get(path, [("limit", 1)])
@@ -210,18 +207,18 @@ class SyncReader:
                 self._events_denied = denied
         return int(self._client.server_now())
 
-    def _plan(self, now: int) -> Iterator[AirbyteMessage]:
+    def _plan(self, now: int) -> Iterator[Deferred]:
         s = self._settings
-        for stream, sync_mode in self._selected:
-            incremental = sync_mode == SyncMode.incremental
+        for stream, incremental in self._selected:
             state = self._states.get(stream.name, {}) if incremental else {}
             run = StreamRun(stream=stream, incremental=incremental, upper=now + 1, lower=s.start)
             run.previous_full_requests = state.get("full_read_requests")
             self._runs[stream.name] = run
             cursor = state.get(stream.cursor_field)
             if isinstance(cursor, int) and cursor > now:
-                yield _log(
-                    Level.WARN,
+                yield partial(
+                    _log,
+                    "WARN",
                     f"{stream.name}: the saved cursor ({cursor}) is ahead of Stripe's clock ({now}), "
                     "a clock skew; it is taken as Stripe's now so that no later change is skipped.",
                 )
@@ -230,8 +227,9 @@ class SyncReader:
                 run.mode = "events_stream"
                 oldest_available = now - EVENT_RETENTION
                 if isinstance(cursor, int) and cursor < oldest_available + RETENTION_MARGIN:
-                    yield _log(
-                        Level.WARN,
+                    yield partial(
+                        _log,
+                        "WARN",
                         f"events: the saved cursor ({cursor}) is older than Stripe's 30-day event "
                         "retention; events between it and the retention edge can no longer be read.",
                     )
@@ -247,8 +245,9 @@ class SyncReader:
             replays_events = self._events_denied is None
             if isinstance(backfill, dict) and replays_events and int(backfill["upper"]) < retention_edge:
                 # The changes made since that backfill began are no longer in the events list.
-                yield _log(
-                    Level.WARN,
+                yield partial(
+                    _log,
+                    "WARN",
                     f"{stream.name}: the interrupted backfill began more than 30 days ago; Stripe keeps "
                     "events for 30 days only, so it starts again from the beginning to lose no change.",
                 )
@@ -259,7 +258,9 @@ class SyncReader:
                 run.covered_at_start = sum(b - a for a, b in run.done)
                 if run.sketch is not None:
                     run.sketch = previous  # the listed ids of what was read before the interruption
-                yield _log(Level.INFO, f"{stream.name}: resuming the backfill; {self._describe_done(run)}.")
+                yield partial(
+                    _log, "INFO", f"{stream.name}: resuming the backfill; {self._describe_done(run)}."
+                )
             elif (
                 isinstance(cursor, int)
                 and run.rule is not None
@@ -270,10 +271,11 @@ class SyncReader:
                 run.present = IdSketch() if previous is not None else None
                 last_records = state.get("records")
                 if isinstance(last_records, int):
-                    yield _estimate(stream.name, last_records)  # about as many as the last time
+                    yield partial(_estimate, stream.name, last_records)  # about as many as the last time
             elif isinstance(cursor, int) and replays_events and cursor < retention_edge:
-                yield _log(
-                    Level.WARN,
+                yield partial(
+                    _log,
+                    "WARN",
                     f"{stream.name}: the last sync was more than 30 days ago (cursor {cursor}); Stripe "
                     "keeps events for 30 days only, so this stream is read again in full instead of "
                     "replaying events, to lose no change.",
@@ -311,7 +313,7 @@ class SyncReader:
         elif named:
             self._named_customers, self._unlisted_carried = named, True
 
-    def _explain_full_reads(self) -> Iterator[AirbyteMessage]:
+    def _explain_full_reads(self) -> Iterator[Deferred]:
         """Without events, changes cannot be replayed: say what each stream reads instead."""
         if self._events_denied is None:
             return
@@ -331,8 +333,9 @@ class SyncReader:
                 if once
                 else ""
             )
-            yield _log(
-                Level.WARN,
+            yield partial(
+                _log,
+                "WARN",
                 "The API key cannot read events (it lacks 'rak_event_read'), so changes cannot be replayed: "
                 f"{names} are read again in full to stay correct, which costs requests in proportion to "
                 f"the account's size rather than to its changes.{cost}{later} Grant the key Events: Read "
@@ -340,8 +343,9 @@ class SyncReader:
             )
         reconciled = [r.stream.name for r in runs if r.mode == "reconcile"]
         if reconciled:
-            yield _log(
-                Level.INFO,
+            yield partial(
+                _log,
+                "INFO",
                 "The API key cannot read events (it lacks 'rak_event_read'): "
                 f"{', '.join(reconciled)} read only what can still change: objects created since the last "
                 "sync, every customer, subscriptions not canceled, draft, open and uncollectible invoices, "
@@ -384,13 +388,17 @@ class SyncReader:
             if cut and self._windows_in_flight >= self._settings.readers:
                 return False
             self._windows_in_flight += 1  # counted from now: a queued window will have a reader
+            token = object()
+            if open_ended:
+                self._open_windows.add(token)
 
         def read() -> None:
             try:
-                self._read_window(key, path, base, window, expand, open_ended)
+                self._read_window(key, path, base, window, expand, open_ended, token)
             finally:
                 with self._lock:
                     self._windows_in_flight -= 1
+                    self._open_windows.discard(token)
 
         self._submit(key, read)
         return True
@@ -424,10 +432,18 @@ class SyncReader:
     # ---- work done on worker threads -----------------------------------------------------------
 
     def _read_window(
-        self, key: str, path: str, base: Params, window: Interval, expand: StreamDef | None, open_ended: bool
+        self,
+        key: str,
+        path: str,
+        base: Params,
+        window: Interval,
+        expand: StreamDef | None,
+        open_ended: bool,
+        token: object,
     ) -> None:
         """Page through one created window newest-first; when a reader is free, hand it part of the
-        unread rest (see `plan_cut`). Reports [low, top) done once every record in it was queued."""
+        unread rest (see `plan_cut`). Reports [low, top) done once every record in it was queued.
+        `token` stands for the window in `_open_windows` while it is open-ended."""
         low, top = window
         end = top
         last_created = top - 1
@@ -435,6 +451,7 @@ class SyncReader:
         pages = _PageGuard(path)
         s = self._settings
         seen = 0
+        held: Callable[[], None] | None = None  # queues the last page read (see `_page_sender`)
         while True:
             params: list[tuple[str, str | int]] = [*base, ("limit", PAGE_SIZE)]
             params += [("created[gte]", low), ("created[lt]", end)]
@@ -453,45 +470,70 @@ class SyncReader:
             data = pages.objects(page, cursor, need_created=True)
             pages.check_range(data, low, end)
             if data:
-                observed = int(self._client.server_now())
-                # An object deleted since it was listed (e.g. a draft invoice) is left out, as a
-                # listing a moment later would leave it out; a stored one gets its deletion event.
-                kept = data if expand is None else self._complete_all(key, expand, data)
-                if expand is not None:
-                    for obj in kept:
-                        obj["updated"] = observed
-                # Everything of this window newer than the page's last second is now queued.
-                self._out.put(("page", key, kept, (int(data[-1]["created"]) + 1, top)))
+                # Everything of this window newer than the page's last second, once queued.
+                send = self._page_sender(key, expand, data, (int(data[-1]["created"]) + 1, top))
+                if held is not None:
+                    held()
+                held = send
             if not data or page.get("has_more") is not True:
                 break
             seen += len(data)
             last_created = int(data[-1]["created"])
-            if self._windows_in_flight < s.readers:
+            self._pages_read += 1  # shared by the windows; a lost increment is harmless
+            in_flight = self._windows_in_flight
+            if in_flight < s.readers:
                 density = seen / max(1, top - last_created)
+                keep_pages = s.pages_per_cut
+                # The end of the read: what is left is in windows being read (none is open-ended),
+                # too few to use the budget. Smaller pieces let them finish together.
+                ending = (
+                    in_flight <= s.readers // 2
+                    and not self._open_windows
+                    and self._end_cuts < self._pages_read // s.pages_per_end_cut
+                )
+                if ending:
+                    keep_pages = s.pages_per_cut // 4
                 cut = plan_cut(
                     low,
                     last_created,
                     density,
                     open_ended=open_ended,
-                    keep_pages=s.pages_per_cut,
+                    keep_pages=keep_pages,
                     page_size=PAGE_SIZE,
                 )
                 if cut is not None and self._submit_window(key, path, base, (low, cut), expand, open_ended):
+                    with self._lock:
+                        self._open_windows.discard(token)  # the piece handed on is the open-ended one
                     low, open_ended = cut, False
+                    self._end_cuts += ending
             cursor = str(data[-1]["id"])
+        if held is not None:
+            held()
         self._out.put(("window_done", key, (low, top)))
 
-    def _complete_all(self, key: str, stream: StreamDef, data: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """`_complete` for a page's objects, the sublists fetched at once (a page with several long
-        invoices would otherwise hold its window back for as many round trips): the objects that
-        still exist, in their order."""
-        truncated = [obj for obj in data if _truncated(stream, obj)]
-        if len(truncated) < 2:
-            return [obj for obj in data if self._complete(key, stream, obj)]
+    def _page_sender(
+        self, key: str, expand: StreamDef | None, data: list[dict[str, Any]], covered: Interval
+    ) -> Callable[[], None]:
+        """Starts fetching the sublists of a page's objects (see `_complete`) on their own threads,
+        and returns what queues the page once they are in: the window requests its next page
+        meanwhile, instead of waiting a round trip or more for each page with a long invoice. An
+        object deleted since it was listed (e.g. a draft invoice) is left out, as a listing a moment
+        later would leave it out; a stored one gets its deletion event."""
+        if expand is None:
+            return partial(self._out.put, ("page", key, data, covered))
+        observed = int(self._client.server_now())
+        truncated = [obj for obj in data if _truncated(expand, obj)]
         assert self._sublists is not None
-        exists = self._sublists.map(lambda obj: self._complete(key, stream, obj), truncated)
-        gone = {obj["id"] for obj, found in zip(truncated, exists, strict=True) if not found}
-        return [obj for obj in data if obj["id"] not in gone]
+        fetches = [self._sublists.submit(self._complete, key, expand, obj) for obj in truncated]
+
+        def send() -> None:
+            gone = {obj["id"] for obj, fetch in zip(truncated, fetches, strict=True) if not fetch.result()}
+            kept = [obj for obj in data if obj["id"] not in gone]
+            for obj in kept:
+                obj["updated"] = observed
+            self._out.put(("page", key, kept, covered))
+
+        return send
 
     def _complete(self, key: str, stream: StreamDef, obj: dict[str, Any]) -> bool:
         """Make embedded lists whole: every subscription item, every invoice line. False when the
@@ -588,29 +630,53 @@ class SyncReader:
 
     # ---- the generator thread ------------------------------------------------------------------
 
-    def read(self) -> Iterator[AirbyteMessage]:
+    def begin(self) -> None:
+        """What `read` does before its first message: the probe, the plan and the first requests.
+        Called early, before the Airbyte CDK is imported (see early.py), the requests start during
+        that import: nothing here builds a message (the plan's are built when `read` yields them).
+        Raises StripeError when the probe fails; after that, `read` or `stop` must follow."""
+        if self._began or not self._selected:
+            return
+        self._began = True
+        now = self._probe()
+        self._planned = list(self._plan(now))
+        self._executor = ThreadPoolExecutor(max_workers=self._settings.workers, thread_name_prefix="stripe")
+        self._sublists = ThreadPoolExecutor(max_workers=self._settings.workers, thread_name_prefix="sublists")
+        self._start(now)
+
+    def read(self) -> Iterator[ab.AirbyteMessage]:
         if not self._selected:
             return
         try:
-            now = self._probe()
+            self.begin()
         except StripeError as error:
             raise _as_traced(error) from error
-        yield from self._plan(now)
-        for run in self._runs.values():
-            yield status_message(StreamDescriptor(name=run.stream.name), AirbyteStreamStatus.STARTED)
-        self._executor = ThreadPoolExecutor(max_workers=self._settings.workers, thread_name_prefix="stripe")
-        self._sublists = ThreadPoolExecutor(max_workers=self._settings.workers, thread_name_prefix="sublists")
         try:
-            yield from self._start(now)
+            for message in self._planned:
+                yield message()
+            for run in self._runs.values():
+                descriptor = ab.StreamDescriptor(name=run.stream.name)
+                yield ab.status_message(descriptor, ab.AirbyteStreamStatus.STARTED)
+            for run in self._runs.values():
+                if run.failed is not None:  # the events stream, when events are not readable
+                    yield from self._report_failure(run, run.failed)
+            # Streams with nothing to do finish at once (e.g. an empty plan).
+            yield from self._finish_ready()
             yield from self._loop()
         finally:
-            self._stop.set()
-            self._drain()
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._sublists.shutdown(wait=True, cancel_futures=True)
+            self.stop()
         yield from self._finish()
 
-    def _start(self, now: int) -> Iterator[AirbyteMessage]:
+    def stop(self) -> None:
+        """Ends the reads begun (workers stop at their next request) and waits for their threads."""
+        self._stop.set()
+        if self._executor is None or self._sublists is None:
+            return
+        self._drain()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._sublists.shutdown(wait=True, cancel_futures=True)
+
+    def _start(self, now: int) -> None:
         for run in self._runs.values():
             if run.mode == "backfill":
                 for gap in gaps(run.lower, run.upper, run.done):
@@ -625,7 +691,6 @@ class SyncReader:
             self._events_done = True
             for run in consumers:
                 run.failed = self._events_denied
-                yield from self._report_failure(run, self._events_denied)
         else:
             # The events stream carries every billing type; otherwise follow what is replayed.
             followed = OBJECT_STREAMS if EVENTS.name in self._runs else [r.stream for r in consumers]
@@ -636,8 +701,6 @@ class SyncReader:
                 base: Params = tuple(("types[]", t) for t in chunk)
                 for window in initial_windows((start, now + 1), max_days=2, max_parts=8):
                     self._submit_window(EVENTS_KEY, EVENTS.path, base, window, None, cut=False)
-        # Streams with nothing to do finish at once (e.g. an empty plan).
-        yield from self._finish_ready()
 
     def _list(self, run: StreamRun, params: Params, interval: Interval) -> None:
         """Read every object of a list created in `interval`: one window, which hands parts of itself
@@ -658,7 +721,7 @@ class SyncReader:
             if run.lower < cut:
                 self._list(run, filtered_params(run.stream, extra), (run.lower, cut))
 
-    def _check_departures(self, run: StreamRun) -> Iterator[AirbyteMessage]:
+    def _check_departures(self, run: StreamRun) -> Iterator[ab.AirbyteMessage]:
         """The objects that left the lists since the last sync (paid, canceled, deleted) are fetched
         one by one; when too many left to name them, the stream is read in full this once."""
         if run.previous is None or run.present is None or run.rule is None:
@@ -667,37 +730,38 @@ class SyncReader:
         departed = run.previous.departed(run.present)
         if departed is None and lists_everything(run.stream, run.rule):
             yield _log(
-                Level.WARN,
+                "WARN",
                 f"{name}: more objects were deleted since the last sync than the state can name; the "
                 "deleted ones stay in the destination as they were. Sync more often to avoid this.",
             )
         elif departed is None:
             yield _log(
-                Level.WARN,
+                "WARN",
                 f"{name}: more objects changed state since the last sync than the state can name; the "
                 "stream is read in full this once. Sync more often to avoid this.",
             )
             self._list(run, run.stream.list_params, (run.lower, run.upper))
         elif departed:
             yield _log(
-                Level.INFO,
+                "INFO",
                 f"{name}: {len(departed)} objects left the lists of what can still change since the last "
                 "sync (paid, canceled, deleted...); fetching each.",
             )
             for object_id in departed:
                 self._submit(name, self._refetch, run.stream, Change(object_id=object_id, at=run.upper - 1))
 
-    def _fetch_unlisted_customers(self, run: StreamRun) -> Iterator[AirbyteMessage]:
+    def _fetch_unlisted_customers(self, run: StreamRun) -> Iterator[ab.AirbyteMessage]:
         """Fetch once each customer that other objects name but the customers list did not give: a
         deleted one becomes a tombstone (as its deletion event would give), a live one a record."""
         assert self._named_customers is not None
-        unlisted = sorted(self._named_customers - self._listed_customers)
+        unlisted = sorted(self._named_customers - self._listed_customers - self._fetched_early)
         self._named_customers, self._unlisted = None, unlisted
-        if not unlisted:
+        count = len(unlisted) + len(self._fetched_early)
+        if not count:
             return
         yield _log(
-            Level.INFO,
-            f"customers: {len(unlisted)} customers named by subscriptions, invoices or charges were not "
+            "INFO",
+            f"customers: {count} customers named by subscriptions, invoices or charges were not "
             "listed (Stripe lists only live customers); fetching each once to learn whether it was deleted.",
         )
         for customer in unlisted:
@@ -714,8 +778,27 @@ class SyncReader:
         elif key in CUSTOMER_OWNED_STREAMS and not self._unlisted_carried:
             named = (customer_of(key, record) for record in records)
             self._named_customers.update(customer for customer in named if customer)
+            self._fetch_unlisted_early()
 
-    def _loop(self) -> Iterator[AirbyteMessage]:
+    def _fetch_unlisted_early(self) -> None:
+        """Once the customers list is read in full, a customer other objects name and the list did
+        not give is fetched at once, not after the owning streams end (`_fetch_unlisted_customers`):
+        the end of a first sync waits a round trip less."""
+        customers = self._runs.get("customers")
+        if (
+            self._named_customers is None
+            or self._unlisted_carried
+            or customers is None
+            or customers.failed is not None
+            or gaps(customers.lower, customers.upper, customers.done)
+        ):
+            return
+        for customer in sorted(self._named_customers - self._listed_customers - self._fetched_early):
+            self._fetched_early.add(customer)
+            change = Change(object_id=customer, at=customers.upper - 1)
+            self._submit(customers.stream.name, self._refetch, customers.stream, change)
+
+    def _loop(self) -> Iterator[ab.AirbyteMessage]:
         while True:
             with self._lock:
                 if self._outstanding == 0:
@@ -734,20 +817,21 @@ class SyncReader:
                     yield from self._on_events_read()
                 yield from self._finish_ready()
 
-    def _emit_records(self, run: StreamRun, records: list[dict[str, Any]]) -> Iterator[AirbyteMessage]:
+    def _emit_records(self, run: StreamRun, records: list[dict[str, Any]]) -> Iterator[ab.AirbyteMessage]:
         if run.records == 0 and records:
-            yield status_message(StreamDescriptor(name=run.stream.name), AirbyteStreamStatus.RUNNING)
+            yield ab.status_message(ab.StreamDescriptor(name=run.stream.name), ab.AirbyteStreamStatus.RUNNING)
         run.records += len(records)
         emitted_at = int(self._now_ms())
         name = run.stream.name
         for record in records:
-            yield AirbyteMessage(
-                type=Type.RECORD, record=AirbyteRecordMessage(stream=name, data=record, emitted_at=emitted_at)
+            yield ab.AirbyteMessage(
+                type=ab.Type.RECORD,
+                record=ab.AirbyteRecordMessage(stream=name, data=record, emitted_at=emitted_at),
             )
 
     def _on_page(
         self, key: str, records: list[dict[str, Any]], covered: Interval | None
-    ) -> Iterator[AirbyteMessage]:
+    ) -> Iterator[ab.AirbyteMessage]:
         if key != EVENTS_KEY:
             run = self._runs[key]
             if isinstance(run.failed, StripePermissionError):
@@ -787,7 +871,7 @@ class SyncReader:
         if events_run is not None and events_run.failed is None and to_emit:
             yield from self._emit_records(events_run, to_emit)
 
-    def _on_events_read(self) -> Iterator[AirbyteMessage]:
+    def _on_events_read(self) -> Iterator[ab.AirbyteMessage]:
         """All events are in: fetch each changed object once (tombstones for the deleted)."""
         for name, changes in self._changes.items():
             run = self._runs[name]
@@ -808,7 +892,7 @@ class SyncReader:
                     as_sent.append(obj)
             fetched = len(changes) - len(tombstones) - len(as_sent)
             yield _log(
-                Level.INFO,
+                "INFO",
                 f"{name}: {len(changes)} objects changed since the last sync ({len(tombstones)} deleted); "
                 f"{len(as_sent)} taken from their newest event, {fetched} fetched (or completed) again.",
             )
@@ -818,12 +902,14 @@ class SyncReader:
         self._changes = {}
         self._events_done = True
 
-    def _on_window_done(self, key: str, window: Interval) -> Iterator[AirbyteMessage]:
+    def _on_window_done(self, key: str, window: Interval) -> Iterator[ab.AirbyteMessage]:
         if key == EVENTS_KEY:
             return
         run = self._runs[key]
         if run.mode == "backfill":
             run.done = merge([*run.done, window])
+            if key == "customers":
+                self._fetch_unlisted_early()
             yield from self._checkpoint(run)
 
     def _follow(self, run: StreamRun, records: list[dict[str, Any]]) -> None:
@@ -839,7 +925,7 @@ class SyncReader:
             if run.present is not None and record["created"] < run.previous_upper:
                 run.present.add(object_id)
 
-    def _checkpoint(self, run: StreamRun) -> Iterator[AirbyteMessage]:
+    def _checkpoint(self, run: StreamRun) -> Iterator[ab.AirbyteMessage]:
         """At most once a second per stream: how many records the backfill will give, and (when
         incremental) the state of what is read so far."""
         moment = time.monotonic()
@@ -855,7 +941,7 @@ class SyncReader:
             yield from self._carry_named_customers(run)
             yield self._state_message(run)
 
-    def _carry_named_customers(self, run: StreamRun) -> Iterator[AirbyteMessage]:
+    def _carry_named_customers(self, run: StreamRun) -> Iterator[ab.AirbyteMessage]:
         """Before a state of a stream that names customers: a customers state carrying each customer
         named so far that the list has not given, unless the last one did. A sync interrupted after
         that stream's state then still fetches them (its pages are not read again)."""
@@ -878,15 +964,15 @@ class SyncReader:
             return self._unlisted
         return sorted(self._named_customers - self._listed_customers)
 
-    def _on_error(self, key: str, error: BaseException) -> Iterator[AirbyteMessage]:
+    def _on_error(self, key: str, error: BaseException) -> Iterator[ab.AirbyteMessage]:
         if isinstance(error, _Cancelled):
             return
         if isinstance(error, StripeAuthError):
             self._stop.set()
-            raise AirbyteTracedException(
+            raise ab.AirbyteTracedException(
                 message=f"Stripe rejected the API key during the sync: {error}",
                 internal_message=str(error),
-                failure_type=FailureType.config_error,
+                failure_type=ab.FailureType.config_error,
                 exception=error,
             )
         targets = (
@@ -903,30 +989,30 @@ class SyncReader:
                 run.failed = error
                 yield from self._report_failure(run, error)
 
-    def _report_failure(self, run: StreamRun, error: BaseException) -> Iterator[AirbyteMessage]:
+    def _report_failure(self, run: StreamRun, error: BaseException) -> Iterator[ab.AirbyteMessage]:
         name = run.stream.name
         if isinstance(error, StripePermissionError):
             permission = getattr(error, "permission", None) or run.stream.permission
             yield _log(
-                Level.WARN,
+                "WARN",
                 f"{name}: skipped: the API key lacks the '{permission}' permission "
                 f"(Stripe answered 403 for {run.stream.path}). Grant it to sync this stream.",
             )
             return
         failure_type = (
-            FailureType.transient_error
+            ab.FailureType.transient_error
             if isinstance(error, StripeTransientError)
-            else FailureType.system_error
+            else ab.FailureType.system_error
         )
         text = str(error) if isinstance(error, StripeError) else f"{type(error).__name__}: {error}"
-        yield AirbyteTracedException(
+        yield ab.AirbyteTracedException(
             message=f"{name}: the stream could not be read: {text}",
             internal_message=text,
             failure_type=failure_type,
-            stream_descriptor=StreamDescriptor(name=name),
+            stream_descriptor=ab.StreamDescriptor(name=name),
         ).as_sanitized_airbyte_message()
 
-    def _finish_ready(self) -> Iterator[AirbyteMessage]:
+    def _finish_ready(self) -> Iterator[ab.AirbyteMessage]:
         # Customers last: they wait for the streams that name customers (`_fetch_unlisted_customers`).
         for run in sorted(self._runs.values(), key=lambda r: r.stream.name == "customers"):
             if run.finished or run.pending > 0:
@@ -948,13 +1034,13 @@ class SyncReader:
             run.finished = True
             yield from self._close(run)
 
-    def _close(self, run: StreamRun) -> Iterator[AirbyteMessage]:
+    def _close(self, run: StreamRun) -> Iterator[ab.AirbyteMessage]:
         if run.incremental:
             yield from self._carry_named_customers(run)  # before this stream's last state
-        descriptor = StreamDescriptor(name=run.stream.name)
+        descriptor = ab.StreamDescriptor(name=run.stream.name)
         outcome = "failed" if run.failed is not None else "done"
         yield _log(
-            Level.INFO,
+            "INFO",
             f"{run.stream.name}: {outcome}: {run.records} records in {run.requests} requests "
             f"({_MODE_NAMES[run.mode]}).",
         )
@@ -962,7 +1048,7 @@ class SyncReader:
             if run.incremental and run.mode == "backfill" and run.done:
                 # The windows read in full stay read: the next sync resumes from here.
                 yield self._state_message(run)
-            yield status_message(descriptor, AirbyteStreamStatus.INCOMPLETE)
+            yield ab.status_message(descriptor, ab.AirbyteStreamStatus.INCOMPLETE)
             return
         if run.incremental:
             if run.mode == "backfill":
@@ -978,9 +1064,9 @@ class SyncReader:
                 if run.mode == "reconcile":
                     new_state["records"] = run.records
             yield self._state_message(run, new_state)
-        yield status_message(descriptor, AirbyteStreamStatus.COMPLETE)
+        yield ab.status_message(descriptor, ab.AirbyteStreamStatus.COMPLETE)
 
-    def _state_message(self, run: StreamRun, blob: dict[str, Any] | None = None) -> AirbyteMessage:
+    def _state_message(self, run: StreamRun, blob: dict[str, Any] | None = None) -> ab.AirbyteMessage:
         if blob is None:
             blob = {
                 "backfill": {
@@ -999,18 +1085,18 @@ class SyncReader:
                 self._unlisted_in_state = set(unverified)
                 if unverified:
                     blob["backfill"]["unlisted"] = unverified
-        return AirbyteMessage(
-            type=Type.STATE,
-            state=AirbyteStateMessage(
-                type=AirbyteStateType.STREAM,
-                stream=AirbyteStreamState(
-                    stream_descriptor=StreamDescriptor(name=run.stream.name),
-                    stream_state=AirbyteStateBlob(**blob),
+        return ab.AirbyteMessage(
+            type=ab.Type.STATE,
+            state=ab.AirbyteStateMessage(
+                type=ab.AirbyteStateType.STREAM,
+                stream=ab.AirbyteStreamState(
+                    stream_descriptor=ab.StreamDescriptor(name=run.stream.name),
+                    stream_state=ab.AirbyteStateBlob(**blob),
                 ),
             ),
         )
 
-    def _finish(self) -> Iterator[AirbyteMessage]:
+    def _finish(self) -> Iterator[ab.AirbyteMessage]:
         failed = [r for r in self._runs.values() if r.failed is not None]
         # Without a core stream every customer's health would read "none": fail, after the other streams
         # have been read and checkpointed (nothing read is lost), naming the permissions to grant.
@@ -1021,18 +1107,18 @@ class SyncReader:
         }
         if denied_core:
             message = missing_core_message("API key", denied_core)
-            raise AirbyteTracedException(
-                message=message, internal_message=message, failure_type=FailureType.config_error
+            raise ab.AirbyteTracedException(
+                message=message, internal_message=message, failure_type=ab.FailureType.config_error
             )
         hard = [r for r in failed if not isinstance(r.failed, StripePermissionError)]
         if not hard:
             return
         names = ", ".join(r.stream.name for r in hard)
         all_transient = all(isinstance(r.failed, StripeTransientError) for r in hard)
-        raise AirbyteTracedException(
+        raise ab.AirbyteTracedException(
             message=f"These streams did not sync completely: {names}. The other streams did.",
             internal_message=f"failed streams: {names}",
-            failure_type=FailureType.transient_error if all_transient else FailureType.system_error,
+            failure_type=ab.FailureType.transient_error if all_transient else ab.FailureType.system_error,
         )
         yield  # pragma: no cover - makes this a generator
 
@@ -1055,14 +1141,14 @@ class SyncReader:
                 self._runs[key].pending -= 1
 
 
-def _as_traced(error: StripeError) -> AirbyteTracedException:
+def _as_traced(error: StripeError) -> ab.AirbyteTracedException:
     if isinstance(error, StripeAuthError | StripePermissionError):
-        failure_type = FailureType.config_error
+        failure_type = ab.FailureType.config_error
     elif isinstance(error, StripeTransientError):
-        failure_type = FailureType.transient_error
+        failure_type = ab.FailureType.transient_error
     else:
-        failure_type = FailureType.system_error
-    return AirbyteTracedException(
+        failure_type = ab.FailureType.system_error
+    return ab.AirbyteTracedException(
         message=f"Stripe: {error}", internal_message=str(error), failure_type=failure_type, exception=error
     )
 

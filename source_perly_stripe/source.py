@@ -30,24 +30,14 @@ from airbyte_cdk.models import (  # type: ignore[attr-defined,unused-ignore]
 from airbyte_cdk.sources import Source
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
-from .check import check_connection, parse_start_date
-from .client import StripeClient, StripeError
-from .reader import STRIPE_LAUNCH, Client, ReadSettings, SyncReader
+from .check import check_connection
+from .client import StripeError
+from .early import EarlyRead, make_client, read_settings
+from .reader import Client, ReadSettings, SyncReader
 from .spec_message import spec_json
 from .streams import ALL_STREAMS, STREAMS_BY_NAME
 
 ClientFactory = Callable[[Mapping[str, Any]], Client]
-
-
-def make_client(config: Mapping[str, Any]) -> StripeClient:
-    workers = int(config.get("concurrency") or ReadSettings.workers)
-    return StripeClient(
-        str(config.get("api_key") or ""),
-        base_url=config.get("base_url") or "https://api.stripe.com",
-        account_id=config.get("account_id") or None,
-        max_requests_per_second=config.get("max_requests_per_second") or None,
-        pool_size=max(workers, 4),
-    )
 
 
 @cache
@@ -58,23 +48,20 @@ def load_schema(stream_name: str) -> dict[str, Any]:
 
 
 def settings_from(config: Mapping[str, Any]) -> ReadSettings:
-    settings = ReadSettings()
     try:
-        start = parse_start_date(config.get("start_date"))
+        return read_settings(config)
     except ValueError as bad_date:  # only when `read` is called without the entrypoint's validation
         raise AirbyteTracedException(
             message=str(bad_date), internal_message=str(bad_date), failure_type=FailureType.config_error
         ) from None
-    if start is not None:
-        settings.start = max(STRIPE_LAUNCH, int(start.timestamp()))
-    if config.get("concurrency"):
-        settings.workers = max(1, min(32, int(config["concurrency"])))
-    return settings
 
 
 class SourcePerlyStripe(Source):
-    def __init__(self, client_factory: ClientFactory | None = None) -> None:
+    def __init__(self, client_factory: ClientFactory | None = None, early: EarlyRead | None = None) -> None:
+        """`early`: a read begun before the CDK was imported (see early.py), taken if `read` is asked
+        for the same one."""
         self._client_factory: ClientFactory = client_factory or make_client
+        self._early = early
 
     def spec(self, logger: logging.Logger) -> ConnectorSpecification:
         return ConnectorSpecificationSerializer.load(spec_json())
@@ -114,14 +101,18 @@ class SourcePerlyStripe(Source):
                     message=f"The catalog names a stream this source does not have: {configured.stream.name}",
                     failure_type=FailureType.config_error,
                 )
-            selected.append((stream, configured.sync_mode))
-        try:
-            client = self._client_factory(config)
-        except StripeError as error:  # e.g. a key of the wrong format
-            raise AirbyteTracedException(
-                message=str(error), internal_message=str(error), failure_type=FailureType.config_error
-            ) from error
-        reader = SyncReader(client, selected, states_by_stream(state or []), settings_from(config))
+            selected.append((stream, configured.sync_mode == SyncMode.incremental))
+        states = states_by_stream(state or [])
+        early, self._early = self._early, None
+        reader = early.take(config, [(s.name, i) for s, i in selected], states) if early else None
+        if reader is None:
+            try:
+                client = self._client_factory(config)
+            except StripeError as error:  # e.g. a key of the wrong format
+                raise AirbyteTracedException(
+                    message=str(error), internal_message=str(error), failure_type=FailureType.config_error
+                ) from error
+            reader = SyncReader(client, selected, states, settings_from(config))
         yield from reader.read()
 
 

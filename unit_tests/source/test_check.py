@@ -23,12 +23,12 @@ from airbyte_cdk.sources import Source
 import source_perly_stripe
 from source_perly_stripe.check import (
     CORE_STREAMS,
-    ClearConfigEntrypoint,
     check_connection,
     config_problem,
     diagnose,
 )
 from source_perly_stripe.client import StripeClient, client_from_config, mask_key
+from source_perly_stripe.entrypoint import ClearConfigEntrypoint
 from unit_tests.source.builders import (
     ACCOUNT_ID,
     DEFAULT_BASE_URL,

@@ -4,6 +4,7 @@ resume, events replay, deletions, the 30-day fallback, permissions and errors, G
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -140,6 +141,27 @@ def test_given_records_on_window_edges_when_read_then_each_record_emitted_exactl
         if "created[gte]" in q
     }
     assert len(windows) > 8, "a dense range is cut into more windows than the first cut"
+
+
+def test_given_the_end_of_a_read_when_few_windows_are_left_then_they_are_cut_into_smaller_pieces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """So that the last windows finish together instead of one reading on alone (each record once)."""
+
+    def windows_read(pages_per_end_cut: int) -> int:
+        settings = ReadSettings(readers=2, pages_per_end_cut=pages_per_end_cut)
+        monkeypatch.setattr(source_module, "settings_from", lambda config: settings)
+        fake = FakeStripe()
+        # The first window keeps 16 pages and hands on the far past, 2 pages: it then reads on alone.
+        seeded = seed_customers(fake, 1_800, NOW - 1_800 * 60, 60)
+        output = sync(fake, "customers")
+        emitted = Counter(r["id"] for r in records(output, "customers"))
+        assert set(emitted) == {c["id"] for c in seeded}
+        assert max(emitted.values()) == 1
+        queries = [q for q in map(query_of, fake.requests) if "created[gte]" in q]
+        return len({(q["created[gte]"][0], q["created[lt]"][0]) for q in queries})
+
+    assert windows_read(pages_per_end_cut=1) > windows_read(pages_per_end_cut=10**6)
 
 
 def test_given_dense_data_when_read_then_pages_are_mostly_full() -> None:
@@ -325,6 +347,44 @@ def test_given_subscription_with_30_items_and_invoice_with_25_lines_when_read_th
     sub_lists = [query_of(r) for r in fake.requests if urlparse(r.url).path == "/v1/subscriptions"]
     expand = ["data.discounts", "data.items.data.discounts"]
     assert all(q.get("status") == ["all"] and q.get("expand[]") == expand for q in sub_lists)
+
+
+def test_given_a_long_invoice_on_a_page_when_read_then_the_next_page_is_asked_while_its_lines_come() -> None:
+    """A window does not wait a round trip for a page's sublists before it asks for its next page."""
+    fake = FakeStripe()
+    lines = [{"id": f"il_{i:03d}", "object": "line_item"} for i in range(25)]
+    for i in range(150):
+        fake.add("invoices", NOW - DAY - i, lines={"object": "list", "data": lines if i == 0 else []})
+    next_page_asked = threading.Event()
+    asked_before_lines_answered: list[bool] = []
+
+    class Observing:  # sees each request before the fake Stripe (which answers one at a time)
+        def __init__(self, inner: StripeClient) -> None:
+            self.inner = inner
+
+        def get(self, path: str, params: Any = ()) -> dict[str, Any]:
+            if path == "/v1/invoices" and "starting_after" in dict(params):
+                next_page_asked.set()
+            if path.endswith("/lines"):
+                asked_before_lines_answered.append(next_page_asked.wait(timeout=5))
+            return self.inner.get(path, params)
+
+        def server_now(self) -> int:
+            return self.inner.server_now()
+
+    plain = make_source(fake)._client_factory
+    with fake.serving():
+        output = read(
+            SourcePerlyStripe(client_factory=lambda config: Observing(plain(config))),
+            ConfigBuilder().build(),
+            catalog("invoices"),
+            None,
+        )
+
+    assert asked_before_lines_answered == [True]
+    invoices = records(output, "invoices")
+    assert len(invoices) == 150
+    assert [len(r["lines"]["data"]) for r in invoices if r["lines"]["data"]] == [25]
 
 
 GONE = {"error": {"type": "invalid_request_error", "code": "resource_missing", "message": "No such invoice"}}
@@ -588,6 +648,28 @@ def test_given_customer_deleted_before_the_first_sync_when_read_without_events_t
     ]
     assert order[-2:] == ["record", "state"]
     assert statuses(output, "customers")[-1] == AirbyteStreamStatus.COMPLETE
+
+
+def test_given_customers_listed_when_a_charge_names_an_unlisted_customer_then_it_is_fetched_at_once() -> None:
+    """Not after the owning streams end: the end of a first sync waits a round trip less."""
+    fake = account_with_a_deleted_customer()
+    fake.add("charges", NOW - 60, object_id="ch_gone", customer="cus_gone")
+    for i in range(2_000):
+        fake.add("charges", NOW - 120 - i * 60, customer="cus_live")
+    config = ConfigBuilder().with_api_key(TEST_RESTRICTED_KEY).build()
+
+    output = sync(fake, "customers", "charges", config=config)
+
+    paths = fake.paths()
+    last_charges_page = max(i for i, path in enumerate(paths) if path == "/v1/charges")
+    assert paths.count("/v1/customers/cus_gone") == 1
+    assert paths.index("/v1/customers/cus_gone") < last_charges_page
+    assert {"id": "cus_gone", "object": "customer", "deleted": True, "updated": NOW} in records(
+        output, "customers"
+    )
+    assert output.is_in_logs(
+        "customers: 1 customers named by subscriptions, invoices or charges were not listed"
+    )
 
 
 def test_given_the_unlisted_customer_fetch_fails_when_synced_again_then_the_tombstone_comes() -> None:

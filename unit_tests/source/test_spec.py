@@ -233,7 +233,7 @@ def test_the_entrypoint_masks_a_padded_key_also_as_the_client_uses_it_and_as_mes
 ) -> None:
     from airbyte_cdk.utils.airbyte_secrets_utils import filter_secrets, update_secrets
 
-    from source_perly_stripe.check import ClearConfigEntrypoint
+    from source_perly_stripe.entrypoint import ClearConfigEntrypoint
 
     padded = '\t rk_test_builder"Key\\0123456789\n'
     try:

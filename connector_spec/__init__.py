@@ -1,0 +1,38 @@
+"""The SPEC message of an Airbyte connector without the Airbyte CDK, for Perly's source and destination.
+
+`spec` is the verb run most often (every connector form load) and importing the CDK takes most of a
+second, so each connector prints its SPEC from a plain dict. The bytes are those the CDK's serializer
+gives: ConnectorSpecification's fields in their declared order, unset ones left out, the two with a
+default (supportsNormalization, supportsDBT) filled in. Its own package: the source must not import
+the destination, and this is Airbyte's protocol, not Stripe's vocabulary."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+# (field, default) in the order of airbyte_cdk.models.ConnectorSpecification; None: left out when unset.
+_SPEC_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("connectionSpecification", None),
+    ("documentationUrl", None),
+    ("changelogUrl", None),
+    ("supportsIncremental", None),
+    ("supportsNormalization", False),
+    ("supportsDBT", False),
+    ("supported_destination_sync_modes", None),
+    ("authSpecification", None),
+    ("advanced_auth", None),
+    ("protocol_version", None),
+)
+
+
+def spec_message_line(spec: Mapping[str, Any]) -> str:
+    """The SPEC message of `spec` (a ConnectorSpecification as JSON) as one line, as the CDK prints it."""
+    unknown = set(spec) - {name for name, _ in _SPEC_FIELDS}
+    if unknown:
+        raise ValueError(f"The spec has fields the Airbyte protocol does not: {sorted(unknown)}")
+    ordered = {
+        name: spec.get(name, default) for name, default in _SPEC_FIELDS if spec.get(name, default) is not None
+    }
+    return json.dumps({"type": "SPEC", "spec": ordered}, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,141 @@
+"""`source-perly-stripe read` makes its first requests before the Airbyte CDK is imported (the import
+takes most of a second), and the sync it gives is the one the CDK's path gives."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airbyte_cdk.models import ConfiguredAirbyteCatalogSerializer, Type
+
+from integration_tests.stripe_emulator import Emulator
+from source_perly_stripe.early import begin_read
+from source_perly_stripe.source import SourcePerlyStripe
+
+pytestmark = pytest.mark.emulator
+
+ROOT = Path(__file__).resolve().parent.parent
+CORE = ("customers", "subscriptions", "invoices", "charges")
+
+
+def catalog_json(names: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "streams": [
+            {
+                "stream": {"name": n, "json_schema": {}, "supported_sync_modes": ["incremental"]},
+                "sync_mode": "incremental",
+                "destination_sync_mode": "append",
+            }
+            for n in names
+        ]
+    }
+
+
+def write_inputs(folder: Path, emulator: Emulator, names: tuple[str, ...] = CORE) -> list[str]:
+    config = {"api_key": "sk_test_perly_demo", "base_url": emulator.url}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "catalog.json").write_text(json.dumps(catalog_json(names)))
+    return ["read", "--config", str(folder / "config.json"), "--catalog", str(folder / "catalog.json")]
+
+
+def test_read_requests_stripe_before_the_cdk_is_imported(emulator: Emulator, tmp_path: Path) -> None:
+    program = (
+        "import sys, time\n"
+        "from source_perly_stripe.early import begin_read\n"
+        "early = begin_read(sys.argv[1:])\n"
+        "client = early.reader._client\n"
+        "deadline = time.monotonic() + 30\n"
+        "while client.stats.snapshot()['requests'] < 5 and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "print(client.stats.snapshot()['requests'] >= 5, 'airbyte_cdk' in sys.modules)\n"
+        "early.stop()\n"
+    )
+    argv = write_inputs(tmp_path, emulator)
+    output = subprocess.run(
+        [sys.executable, "-c", program, *argv], check=True, capture_output=True, text=True, cwd=ROOT
+    ).stdout
+    assert output.split() == ["True", "False"]  # the probe and first pages made, no CDK imported
+
+
+def test_the_cli_read_begun_early_emits_the_sync_the_cdk_path_emits(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    argv = write_inputs(tmp_path, emulator)
+    cli = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *argv], check=True, capture_output=True, cwd=ROOT
+    ).stdout
+    messages = [json.loads(line) for line in cli.splitlines() if line.startswith(b"{")]
+    cli_records = Counter(
+        (m["record"]["stream"], m["record"]["data"]["id"]) for m in messages if m["type"] == "RECORD"
+    )
+    cli_states = {
+        m["state"]["stream"]["stream_descriptor"]["name"]: m["state"]["stream"]["stream_state"]
+        for m in messages
+        if m["type"] == "STATE"
+    }
+
+    config = json.loads((tmp_path / "config.json").read_text())
+    catalog = ConfiguredAirbyteCatalogSerializer.load(json.loads((tmp_path / "catalog.json").read_text()))
+    records: Counter[tuple[str, str]] = Counter()
+    states: dict[str, Any] = {}
+    for message in SourcePerlyStripe().read(logging.getLogger("test"), config, catalog, []):
+        if message.type == Type.RECORD:
+            records[(message.record.stream, message.record.data["id"])] += 1
+        elif message.type == Type.STATE:
+            states[message.state.stream.stream_descriptor.name] = dict(
+                message.state.stream.stream_state.__dict__
+            )
+
+    assert cli_records == records
+    assert set(cli_states) == set(CORE)
+    # How many requests a read took depends on timing (windows are cut for free readers).
+    for state in (*cli_states.values(), *states.values()):
+        state.pop("full_read_requests")
+    assert cli_states == states
+
+
+def test_a_read_begun_early_for_other_streams_is_stopped_and_the_asked_read_done(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    early = begin_read(write_inputs(tmp_path, emulator, ("customers", "charges")))
+    assert early is not None
+    config = json.loads((tmp_path / "config.json").read_text())
+    catalog = ConfiguredAirbyteCatalogSerializer.load(catalog_json(("customers",)))
+
+    messages = list(SourcePerlyStripe(early=early).read(logging.getLogger("test"), config, catalog, []))
+
+    streams = {m.record.stream for m in messages if m.type == Type.RECORD}
+    assert streams == {"customers"}
+    assert not [t for t in threading.enumerate() if t.name.startswith(("stripe", "sublists"))]
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"customers": {"created": 1}},  # the legacy form: the CDK's path decides what it means
+        [{"type": "GLOBAL", "global": {"stream_states": []}}],
+    ],
+)
+def test_no_read_begins_early_from_a_state_that_is_not_per_stream(
+    emulator: Emulator, tmp_path: Path, state: object
+) -> None:
+    argv = write_inputs(tmp_path, emulator)
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    assert begin_read([*argv, "--state", str(tmp_path / "state.json")]) is None
+
+
+def test_no_read_begins_early_for_another_verb_or_a_config_the_source_refuses(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    argv = write_inputs(tmp_path, emulator)
+    assert begin_read(["check", *argv[1:]]) is None
+    assert begin_read([]) is None
+    (tmp_path / "config.json").write_text(json.dumps({"api_key": "pk_test_123", "base_url": emulator.url}))
+    assert begin_read(argv) is None  # the CDK's run reports it, in words
