@@ -111,10 +111,11 @@ def billed_amounts(invoices: list[StripeObject]) -> dict[tuple[str, int], Fracti
         when = created if isinstance(created, int) else 0
         for line in as_list(as_dict(invoice).get("lines")):
             line = as_dict(line)
+            if as_dict(line.get("pricing")).get("unit_amount_decimal") is not None:
+                continue  # a per-unit price (most lines: told before reading the rest)
             price_id, quantity, amount = _line_price_id(line), line.get("quantity"), line.get("amount")
             if (
                 price_id is None
-                or as_dict(line.get("pricing")).get("unit_amount_decimal") is not None
                 or not _is_full_period_line(line)
                 or not isinstance(quantity, int)
                 or not isinstance(amount, int)
