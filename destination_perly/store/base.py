@@ -371,17 +371,17 @@ class Store(ABC):
             for table in sorted(self._list_tables()):
                 if table.startswith("stripe_") and "type" not in self._list_columns(table):
                     self._add_type_column(table)
+            self._add_missing_clock_indexes()
         self._tables = None
-        self._add_missing_clock_indexes()
 
     def _add_missing_clock_indexes(self) -> None:
-        """Stream tables created before the clock indexes get them: without, `mark_time_sensitive`
-        reads every row at each sync. On SQLite a one-time build (writers wait for it)."""
-        live = {table_for_stream(stream): stream for stream in TIME_SENSITIVE_ROWS}
-        present = self.present_tables(live)
-        with self.transaction():
-            for table in sorted(present):
-                self._execute(clock_index_ddl(table, live[table]))
+        """Stream tables created before the clock indexes get them, in `ensure_schema`'s transaction:
+        without, `mark_time_sensitive` reads every row at each sync. On SQLite a one-time build of
+        about 0.3 s at 10x the book (writers wait for it)."""
+        present = self._list_tables()
+        for stream in TIME_SENSITIVE_ROWS:
+            if (table := table_for_stream(stream)) in present:
+                self._execute(clock_index_ddl(table, stream))
 
     def _add_type_column(self, table: str) -> None:
         """A stream table written before the `type` column: added, and filled in from the stored JSON

@@ -216,9 +216,14 @@ class PostgresStore(Store):
 
     def ensure_schema(self) -> None:
         super().ensure_schema()
+        self._build_missing_clock_indexes()
         self._lz4_for_new_rows()
 
     def _add_missing_clock_indexes(self) -> None:
+        """Not in `ensure_schema`'s transaction: a plain CREATE INDEX there would hold up every writer
+        for the whole build (see _build_missing_clock_indexes)."""
+
+    def _build_missing_clock_indexes(self) -> None:
         """Builds the clock indexes missing from older stream tables CONCURRENTLY: writers (a live
         webhook receiver) go on meanwhile. The build waits at most CLOCK_INDEX_WAIT_MS for each
         transaction already writing the table; giving up, or being interrupted, leaves an invalid index,

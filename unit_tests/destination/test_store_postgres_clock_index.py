@@ -4,16 +4,12 @@ it opens, never holding up a writer (a webhook receiver) that is using the table
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
-import psycopg
 import pytest
 
 from destination_perly.store.base import Store, table_for_stream
-from integration_tests.postgres import postgres_dsn
 from unit_tests.destination.builders import AS_OF, invoice
-from unit_tests.destination.conftest import StoreFactory
+from unit_tests.destination.conftest import StoreFactory, opens_without_waiting, writer_mid_transaction
 
 pytestmark = pytest.mark.postgres
 
@@ -22,16 +18,9 @@ INDEX = f"{TABLE}_clock_idx"
 
 
 @pytest.fixture
-def factory(tmp_path: Path) -> Iterator[StoreFactory]:
-    opened = StoreFactory("postgres", tmp_path)
-    yield opened
-    opened.cleanup()
-
-
-@pytest.fixture
-def older_store(factory: StoreFactory) -> Store:
+def older_store(postgres_factory: StoreFactory) -> Store:
     """A store whose invoices table was created before the clock indexes, holding an open invoice."""
-    store = factory.open()
+    store = postgres_factory.open()
     store.ensure_schema()
     store.upsert_records("invoices", [invoice("in_open", "cus_open", status="open")])
     store.execute(f"DROP INDEX {INDEX}")
@@ -39,7 +28,7 @@ def older_store(factory: StoreFactory) -> Store:
 
 
 def index_state(store: Store) -> str:
-    """ "valid", "invalid" (a concurrent build that did not finish) or "missing"."""
+    """The index's state: valid, invalid (a concurrent build that did not finish) or missing."""
     rows = store.query(
         "SELECT i.indisvalid AS valid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
         " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relname = ?",
@@ -49,23 +38,12 @@ def index_state(store: Store) -> str:
 
 
 def test_given_a_writer_mid_transaction_then_opening_gives_up_and_the_next_start_rebuilds_the_index(
-    factory: StoreFactory, older_store: Store
+    postgres_factory: StoreFactory, older_store: Store
 ) -> None:
-    writer = psycopg.connect(postgres_dsn())  # a webhook receiver between its insert and its commit
-    try:
-        writer.execute(
-            f'INSERT INTO "{factory.schema}".{TABLE} (id, updated, data) VALUES (%s, 1, %s)', ("in_w", "{}")
-        )
-        reopened = factory.open()
-        opening = threading.Thread(target=reopened.ensure_schema, daemon=True)
-        opening.start()
-        opening.join(timeout=30)
-
-        assert not opening.is_alive()  # it gave up on the busy table instead of waiting for the writer
+    reopened = postgres_factory.open()
+    with writer_mid_transaction(postgres_factory, TABLE):
+        assert opens_without_waiting(reopened)  # it gave up on the busy table instead of waiting
         assert index_state(reopened) == "invalid"  # what an interrupted concurrent build leaves
-        writer.commit()  # the writer was never blocked
-    finally:
-        writer.close()
 
     reopened.ensure_schema()  # the next start, with the table free: the invalid index is replaced
     assert index_state(reopened) == "valid"
@@ -74,12 +52,12 @@ def test_given_a_writer_mid_transaction_then_opening_gives_up_and_the_next_start
 
 
 def test_given_a_receiver_writing_steadily_then_the_index_is_still_built(
-    factory: StoreFactory, older_store: Store
+    postgres_factory: StoreFactory, older_store: Store
 ) -> None:
     done = threading.Event()
 
     def keep_writing() -> None:
-        writer = factory.open()
+        writer = postgres_factory.open()
         n = 0
         while not done.is_set():
             writer.upsert_records("invoices", [invoice(f"in_{n}", "cus_w")])
@@ -88,7 +66,7 @@ def test_given_a_receiver_writing_steadily_then_the_index_is_still_built(
     writing = threading.Thread(target=keep_writing, daemon=True)
     writing.start()
     try:
-        reopened = factory.open()
+        reopened = postgres_factory.open()
         reopened.ensure_schema()
     finally:
         done.set()
