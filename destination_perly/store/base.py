@@ -377,7 +377,7 @@ class Store(ABC):
     def _add_missing_clock_indexes(self) -> None:
         """Stream tables created before the clock indexes get them, in `ensure_schema`'s transaction:
         without, `mark_time_sensitive` reads every row at each sync. On SQLite a one-time build of
-        about 0.3 s at 10x the book (writers wait for it)."""
+        0.2-2.4 s at 10x the book (writers wait for it)."""
         present = self._list_tables()
         for stream in TIME_SENSITIVE_ROWS:
             if (table := table_for_stream(stream)) in present:
