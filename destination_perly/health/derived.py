@@ -18,7 +18,7 @@ always win over these reconstructions (the engine lays them over).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
@@ -67,15 +67,18 @@ def _interval_of_days(days: int) -> tuple[str, int]:
     return "day", max(1, days)
 
 
-def prices_seen(holders: Iterable[Any], invoices: list[StripeObject]) -> dict[str, StripeObject]:
+def prices_seen(
+    holders: Iterable[Any], invoices: list[StripeObject], stored: Mapping[str, Any]
+) -> dict[str, StripeObject]:
     """Every price the customer's objects show, by id: embedded in subscription items (all but the
-    tiers), else rebuilt from a full-period invoice line (product, unit amount, interval)."""
+    tiers), else rebuilt from a full-period invoice line (product, unit amount, interval), unless
+    `stored` (read with a fuller key, laid over these) has it."""
     found: dict[str, StripeObject] = {}
     for invoice in invoices:
         for line in as_list(as_dict(invoice).get("lines")):
             line = as_dict(line)
             price_id = _line_price_id(line)
-            if price_id is None or price_id in found or not _is_full_period_line(line):
+            if price_id is None or price_id in found or price_id in stored or not _is_full_period_line(line):
                 continue
             period = as_dict(line.get("period"))
             start, end = to_time(period.get("start")), to_time(period.get("end"))
@@ -111,10 +114,11 @@ def billed_amounts(invoices: list[StripeObject]) -> dict[tuple[str, int], Fracti
         when = created if isinstance(created, int) else 0
         for line in as_list(as_dict(invoice).get("lines")):
             line = as_dict(line)
+            if as_dict(line.get("pricing")).get("unit_amount_decimal") is not None:
+                continue  # a per-unit price (most lines: told before reading the rest)
             price_id, quantity, amount = _line_price_id(line), line.get("quantity"), line.get("amount")
             if (
                 price_id is None
-                or as_dict(line.get("pricing")).get("unit_amount_decimal") is not None
                 or not _is_full_period_line(line)
                 or not isinstance(quantity, int)
                 or not isinstance(amount, int)
@@ -214,7 +218,7 @@ def coupons_seen(
         item_of[discount_id] = ref_id(discount.get("subscription_item"))
         found = evidence.setdefault(coupon_id, _Evidence())
         found.repeating = found.repeating or discount.get("end") is not None
-    for invoice in invoices:
+    for invoice in invoices if evidence else ():  # (most customers have no discount to look for)
         if invoice.get("status") not in ("open", "paid"):
             continue
         for discount_id, base, amount in _discount_amounts(invoice, item_of):

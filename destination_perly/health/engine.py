@@ -101,7 +101,7 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
     attached = known_discounts(customer, *subscriptions)
     coupons_rebuilt, coupon_limitations = coupons_seen(attached.values(), invoices)
     catalog = Catalog(
-        prices={**prices_seen([*event_objects, *subscriptions], invoices), **bundle.prices},
+        prices={**prices_seen([*event_objects, *subscriptions], invoices, bundle.prices), **bundle.prices},
         coupons={**coupons_rebuilt, **bundle.coupons},
         products=bundle.products,
         discounts=discounts_seen,

@@ -27,7 +27,7 @@ rows (see `_append_new` and docs/DESIGN.md).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -142,7 +142,7 @@ def _known_prices(catalog: Catalog, states: list[StripeObject], invoices: list[S
     """The catalog completed with the prices the subscriptions carry expanded, then the per-unit prices
     full-period invoice lines show: invoice lines name prices by id only, and a key without Read on
     Prices has no other copy of them (an old plan is on no subscription any more)."""
-    found = _prices_from_lines(invoices)
+    found = _prices_from_lines(invoices, catalog.prices)
     found.update(
         (str(price["id"]), price)
         for state in states
@@ -153,16 +153,19 @@ def _known_prices(catalog: Catalog, states: list[StripeObject], invoices: list[S
     return replace(catalog, prices={**catalog.prices, **missing}) if missing else catalog
 
 
-def _prices_from_lines(invoices: list[StripeObject]) -> dict[str, StripeObject]:
+def _prices_from_lines(invoices: list[StripeObject], known: Mapping[str, Any]) -> dict[str, StripeObject]:
     """Per-unit recurring prices as full-period subscription lines show them: the line's unit amount
-    times its quantity is its amount (a tiered price's is not, and is left out)."""
+    times its quantity is its amount (a tiered price's is not, and is left out). Prices already
+    `known` are not rebuilt (nearly every line's: the engine's catalog has what the lines show)."""
     found: dict[str, StripeObject] = {}
     for invoice in invoices:
         for line in as_list(invoice.get("lines")):
             line = as_dict(line)
-            details = as_dict(as_dict(line.get("parent")).get("subscription_item_details"))
             pricing = as_dict(line.get("pricing"))
             price_id = as_dict(pricing.get("price_details")).get("price")
+            if not isinstance(price_id, str) or price_id in known:
+                continue
+            details = as_dict(as_dict(line.get("parent")).get("subscription_item_details"))
             period = as_dict(line.get("period"))
             start, end = to_time(period.get("start")), to_time(period.get("end"))
             unit = str(pricing.get("unit_amount_decimal") or "")
@@ -317,15 +320,12 @@ def _proration_changes(
         # A proration is billed through a pending invoice item: either parent may describe it.
         parent = as_dict(line.get("parent"))
         details = as_dict(parent.get(str(parent.get("type") or "subscription_item_details")))
+        if details.get("proration") is not True:
+            continue  # (most lines: before reading the rest)
         amount = line.get("amount")
         price_id = ref_id(_line_price(line))
         at = to_time(as_dict(line.get("period")).get("start"))
-        if (
-            details.get("proration") is not True
-            or not isinstance(amount, int)
-            or price_id is None
-            or at is None
-        ):
+        if not isinstance(amount, int) or price_id is None or at is None:
             continue
         added, removed = changes.setdefault(at, ([], set()))
         if amount < 0:

@@ -474,9 +474,10 @@ class SubscriptionAmounts:
         self.customer = customer
         self.catalog = catalog
         self._known: dict[tuple[bytes, tuple[bool, ...]], SubscriptionAmount] = {}
-        # The fields of each subscription version asked about, by its id(): the history asks about the
-        # same version at every moment. The version is kept too, so its id() is never reused.
-        self._fields: dict[int, tuple[StripeObject, bytes]] = {}
+        # The fields and discounts of each subscription version asked about, by its id(): the history
+        # asks about the same version at every moment. The version is kept too, so its id() is never
+        # reused.
+        self._fields: dict[int, tuple[StripeObject, bytes, list[Any]]] = {}
 
     def __call__(self, subscription: StripeObject, at: datetime) -> SubscriptionAmount:
         kept = self._fields.get(id(subscription))
@@ -486,15 +487,13 @@ class SubscriptionAmounts:
                 for item in as_list(subscription.get("items"))
             ]
             fields = orjson.dumps([items, *(subscription.get(name) for name in AMOUNT_FIELDS)])
-            kept = self._fields[id(subscription)] = (subscription, fields)
-        key = (kept[1], self._active_discounts(subscription, at))
+            discounts = subscription_and_item_discounts(subscription, self.catalog)
+            if self.customer is not None:
+                discounts.append(self.customer.get("discount"))
+            kept = self._fields[id(subscription)] = (subscription, fields, discounts)
+        # Which discounts are active at `at` is all the time changes in the amount.
+        key = (kept[1], tuple(discount_active(discount, at) for discount in kept[2]))
         found = self._known.get(key)
         if found is None:
             found = self._known[key] = subscription_amount(subscription, self.customer, self.catalog, at)
         return found
-
-    def _active_discounts(self, subscription: StripeObject, at: datetime) -> tuple[bool, ...]:
-        discounts = subscription_and_item_discounts(subscription, self.catalog)
-        if self.customer is not None:
-            discounts.append(self.customer.get("discount"))
-        return tuple(discount_active(discount, at) for discount in discounts)

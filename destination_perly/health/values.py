@@ -31,11 +31,14 @@ def as_dict(value: Any) -> StripeObject:
 
 
 def as_list(value: Any) -> list[Any]:
-    """A JSON list, or the `data` of a Stripe list object, else empty."""
+    """A JSON list, or the `data` of a Stripe list object, else empty: the object's own list, never
+    a copy (the rules only read it; copying was a tenth of the engine's calls)."""
     if isinstance(value, list):
         return value
-    if isinstance(value, dict) and isinstance(value.get("data"), list):
-        return list(value["data"])
+    if isinstance(value, dict):
+        data = value.get("data")
+        if isinstance(data, list):
+            return data
     return []
 
 

@@ -63,6 +63,15 @@ TIME_SENSITIVE_ROWS: dict[str, tuple[str, str, bool]] = {
     "subscriptions": ("customer_id", "status IN ('trialing', 'past_due', 'unpaid') AND deleted = 0", False),
     "charges": ("created, customer_id", "status = 'failed' AND deleted = 0", True),
 }
+
+
+def clock_index_ddl(table: str, stream: str, concurrently: bool = False) -> str:
+    """The partial index of `stream`'s time-sensitive rows (see TIME_SENSITIVE_ROWS) on `table`."""
+    columns, rows, _ = TIME_SENSITIVE_ROWS[stream]
+    how = "CONCURRENTLY " if concurrently else ""
+    return f"CREATE INDEX {how}IF NOT EXISTS {table}_clock_idx ON {table} ({columns}) WHERE {rows}"
+
+
 # Keeps IN (...) lists well under every backend's parameter limit.
 IN_CHUNK = 500
 
@@ -362,7 +371,17 @@ class Store(ABC):
             for table in sorted(self._list_tables()):
                 if table.startswith("stripe_") and "type" not in self._list_columns(table):
                     self._add_type_column(table)
+            self._add_missing_clock_indexes()
         self._tables = None
+
+    def _add_missing_clock_indexes(self) -> None:
+        """Stream tables created before the clock indexes get them, in `ensure_schema`'s transaction:
+        without, `mark_time_sensitive` reads every row at each sync. On SQLite a one-time build of
+        0.2-2.4 s at 10x the book (writers wait for it)."""
+        present = self._list_tables()
+        for stream in TIME_SENSITIVE_ROWS:
+            if (table := table_for_stream(stream)) in present:
+                self._execute(clock_index_ddl(table, stream))
 
     def _add_type_column(self, table: str) -> None:
         """A stream table written before the `type` column: added, and filled in from the stored JSON
@@ -409,10 +428,7 @@ class Store(ABC):
                 )
                 self._execute(f"CREATE INDEX IF NOT EXISTS {table}_customer_idx ON {table} (customer_id)")
                 if stream in TIME_SENSITIVE_ROWS:
-                    columns, rows, _ = TIME_SENSITIVE_ROWS[stream]
-                    self._execute(
-                        f"CREATE INDEX IF NOT EXISTS {table}_clock_idx ON {table} ({columns}) WHERE {rows}"
-                    )
+                    self._execute(clock_index_ddl(table, stream))
             if self._tables is not None:  # (a rolled-back outer transaction forgets the cache)
                 self._tables.add(table)
         return table

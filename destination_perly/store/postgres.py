@@ -20,11 +20,22 @@ from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 
 from destination_perly.private_files import private_temp_file
-from destination_perly.store.base import CustomerIdsOf, Store, StoreError, StoreUnreachable, table_for_stream
+from destination_perly.store.base import (
+    TIME_SENSITIVE_ROWS,
+    CustomerIdsOf,
+    Store,
+    StoreError,
+    StoreUnreachable,
+    clock_index_ddl,
+    table_for_stream,
+)
 
 CONNECT_TIMEOUT_S = 10
 # How long switching an older table to lz4 may wait for the table's lock (others queue behind it).
 LZ4_LOCK_WAIT_MS = 500
+# How long building a missing clock index may wait for each transaction already writing the table
+# (the build never blocks them; our own start waits).
+CLOCK_INDEX_WAIT_MS = 2000
 
 log = logging.getLogger("perly.store")
 
@@ -205,7 +216,45 @@ class PostgresStore(Store):
 
     def ensure_schema(self) -> None:
         super().ensure_schema()
+        self._build_missing_clock_indexes()
         self._lz4_for_new_rows()
+
+    def _add_missing_clock_indexes(self) -> None:
+        """Not in `ensure_schema`'s transaction: a plain CREATE INDEX there would hold up every writer
+        for the whole build (see _build_missing_clock_indexes)."""
+
+    def _build_missing_clock_indexes(self) -> None:
+        """Builds the clock indexes missing from older stream tables CONCURRENTLY: writers (a live
+        webhook receiver) go on meanwhile. The build waits at most CLOCK_INDEX_WAIT_MS for each
+        transaction already writing the table; giving up, or being interrupted, leaves an invalid index,
+        dropped and built again at the next start. One process builds at a time (an advisory lock
+        tried, not waited for: another process starting meanwhile leaves it to the first)."""
+        live = {table_for_stream(stream): stream for stream in TIME_SENSITIVE_ROWS}
+        valid = dict(
+            self._fetch_tuples(
+                "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ? AND c.relname LIKE ?",
+                (self.schema, "%\\_clock\\_idx"),
+            )
+        )
+        missing = [
+            table for table in sorted(self.present_tables(live)) if not valid.get(f"{table}_clock_idx")
+        ]
+        lock = f"perly:{self.schema}:clock_indexes"
+        if not missing or not self._fetch_tuples("SELECT pg_try_advisory_lock(hashtext(?))", (lock,))[0][0]:
+            return
+        try:
+            self._execute(f"SET lock_timeout = {CLOCK_INDEX_WAIT_MS}")
+            for table in missing:
+                try:
+                    if f"{table}_clock_idx" in valid:  # invalid: left by an interrupted build
+                        self._execute(f"DROP INDEX CONCURRENTLY IF EXISTS {table}_clock_idx")
+                    self._execute(clock_index_ddl(table, live[table], concurrently=True))
+                except psycopg.errors.LockNotAvailable:
+                    log.info("%s is busy: its clock index is left for the next start", table)
+        finally:
+            self._execute("RESET lock_timeout")
+            self._execute("SELECT pg_advisory_unlock(hashtext(?))", (lock,))
 
     def _lz4_for_new_rows(self) -> None:
         """Stream tables created before lz4 (pglz) compress the rows written from now on with lz4; rows

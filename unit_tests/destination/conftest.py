@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,35 @@ def sqlite_store(tmp_path: Path) -> Iterator[SqliteStore]:
     opened.ensure_schema()
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def postgres_factory(tmp_path: Path) -> Iterator[StoreFactory]:
+    opened = StoreFactory("postgres", tmp_path)
+    yield opened
+    opened.cleanup()
+
+
+@contextmanager
+def writer_mid_transaction(factory: StoreFactory, table: str) -> Iterator[None]:
+    """Another connection (a webhook receiver) between its insert into `table` and its commit, which
+    it makes on leaving the block: it was never blocked meanwhile."""
+    import psycopg
+
+    writer = psycopg.connect(postgres_dsn())
+    try:
+        writer.execute(
+            f'INSERT INTO "{factory.schema}".{table} (id, updated, data) VALUES (%s, 1, %s)', ("in_w", "{}")
+        )
+        yield
+        writer.commit()
+    finally:
+        writer.close()
+
+
+def opens_without_waiting(store: Store) -> bool:
+    """Whether the store's `ensure_schema` returned within 30 s (instead of waiting for a writer)."""
+    opening = threading.Thread(target=store.ensure_schema, daemon=True)
+    opening.start()
+    opening.join(timeout=30)
+    return not opening.is_alive()

@@ -367,6 +367,39 @@ def test_given_large_tables_then_time_sensitive_rows_are_found_by_partial_indexe
     store.close()
 
 
+def clock_indexes(store: Store) -> set[str]:
+    """The valid clock indexes the store has, whichever the backend."""
+    if isinstance(store, SqliteStore):
+        sql = "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE '%clock_idx'"
+    else:
+        sql = (
+            "SELECT c.relname AS name FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = current_schema() AND c.relname LIKE '%clock_idx' AND i.indisvalid"
+        )
+    return {str(row["name"]) for row in store.query(sql)}
+
+
+def test_given_stream_tables_made_before_the_clock_indexes_when_the_store_opens_then_they_get_them(
+    store_factory: StoreFactory,
+) -> None:
+    older = store_factory.open()
+    older.ensure_schema()
+    older.upsert_records("invoices", [invoice("in_open", "cus_open", status="open")])
+    older.upsert_records("subscriptions", [subscription("sub_1", "cus_trial", status="trialing")])
+    for stream in ("invoices", "subscriptions"):
+        older.execute(f"DROP INDEX {table_for_stream(stream)}_clock_idx")
+    assert clock_indexes(older) == set()
+
+    reopened = store_factory.open()
+    reopened.ensure_schema()
+    reopened.ensure_schema()  # a second start finds them and leaves them be
+
+    assert clock_indexes(reopened) == {"stripe_invoices_clock_idx", "stripe_subscriptions_clock_idx"}
+    reopened.mark_time_sensitive(AS_OF)
+    assert reopened.dirty_customers() == {"cus_open", "cus_trial"}
+
+
 def test_given_the_dirty_ledger_then_marks_survive_until_cleared(store_factory: StoreFactory) -> None:
     first = store_factory.open()
     first.ensure_schema()

@@ -3,17 +3,11 @@ new rows to lz4 when it opens, without holding up a writer that is using the tab
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from pathlib import Path
-
-import psycopg
 import pytest
 
 from destination_perly.store.base import Store, table_for_stream
-from integration_tests.postgres import postgres_dsn
 from unit_tests.destination.builders import invoice
-from unit_tests.destination.conftest import StoreFactory
+from unit_tests.destination.conftest import StoreFactory, opens_without_waiting, writer_mid_transaction
 
 pytestmark = pytest.mark.postgres
 
@@ -22,17 +16,10 @@ LONG = "a long line " * 500  # long enough for PostgreSQL to compress the row
 
 
 @pytest.fixture
-def factory(tmp_path: Path) -> Iterator[StoreFactory]:
-    opened = StoreFactory("postgres", tmp_path)
-    yield opened
-    opened.cleanup()
-
-
-@pytest.fixture
-def older_store(factory: StoreFactory) -> Store:
+def older_store(postgres_factory: StoreFactory) -> Store:
     """A store whose invoices table was created before lz4 (the column has no method: the server's
     default, pglz), holding one compressed row."""
-    store = factory.open()
+    store = postgres_factory.open()
     store.ensure_schema()
     store.ensure_stream_table("invoices")
     store.execute(f"ALTER TABLE {TABLE} ALTER COLUMN data SET COMPRESSION default")
@@ -54,11 +41,11 @@ def column_method(store: Store) -> str:
 
 
 def test_given_an_older_pglz_table_when_the_store_opens_then_new_rows_are_lz4_and_old_ones_still_read(
-    factory: StoreFactory, older_store: Store
+    postgres_factory: StoreFactory, older_store: Store
 ) -> None:
     assert compression(older_store) == {"in_old": "pglz"}
 
-    reopened = factory.open()
+    reopened = postgres_factory.open()
     reopened.ensure_schema()
     reopened.upsert_records("invoices", [invoice("in_new", "cus_1", description=LONG)])
 
@@ -67,23 +54,12 @@ def test_given_an_older_pglz_table_when_the_store_opens_then_new_rows_are_lz4_an
 
 
 def test_given_a_writer_mid_transaction_on_the_table_then_opening_does_not_wait_for_it(
-    factory: StoreFactory, older_store: Store
+    postgres_factory: StoreFactory, older_store: Store
 ) -> None:
-    writer = psycopg.connect(postgres_dsn())  # a webhook receiver between its insert and its commit
-    try:
-        writer.execute(
-            f'INSERT INTO "{factory.schema}".{TABLE} (id, updated, data) VALUES (%s, 1, %s)', ("in_w", "{}")
-        )
-        reopened = factory.open()
-        opening = threading.Thread(target=reopened.ensure_schema, daemon=True)
-        opening.start()
-        opening.join(timeout=30)
-
-        assert not opening.is_alive()  # it gave up on the busy table instead of waiting for the writer
+    reopened = postgres_factory.open()
+    with writer_mid_transaction(postgres_factory, TABLE):
+        assert opens_without_waiting(reopened)  # it gave up on the busy table instead of waiting
         assert column_method(reopened) == ""
-        writer.commit()
-    finally:
-        writer.close()
 
     reopened.ensure_schema()  # the next start, with the table free
     assert column_method(reopened) == "l"
