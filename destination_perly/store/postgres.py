@@ -36,6 +36,8 @@ LZ4_LOCK_WAIT_MS = 500
 # How long building a missing clock index may wait for each transaction already writing the table
 # (the build never blocks them; our own start waits).
 CLOCK_INDEX_WAIT_MS = 2000
+# The statistics target of the writer's own ANALYZE before a refresh (see analyze_grown).
+ANALYZE_STATISTICS_TARGET = 10
 
 log = logging.getLogger("perly.store")
 
@@ -321,15 +323,22 @@ class PostgresStore(Store):
         """ANALYZE each table never analyzed or grown by more than a tenth (autovacuum's own threshold,
         which it reaches only a minute or so later). Without statistics the planner reads the bundles
         of every refresh chunk by a parallel scan of whole tables: at 10x the book it spent more on
-        that than on everything else the refresh does."""
-        for stream, rows in sorted(written.items()):
-            table = table_for_stream(stream)
-            if not rows or not self.has_table(table):
-                continue
-            found = self._fetch_tuples("SELECT reltuples FROM pg_class WHERE oid = ?::regclass", (table,))
-            known = float(found[0][0]) if found else -1.0
-            if known < 0 or rows > known / 10:
-                self._execute(f"ANALYZE {table}")
+        that than on everything else the refresh does.
+
+        A sample of 300 x ANALYZE_STATISTICS_TARGET rows (not the server's default 30,000) is enough for
+        that choice, and the refresh waits for it: 0.05 s instead of 0.14-0.17 s at 1x the book. The
+        coarser statistics stay until the table next grows by a tenth (then autovacuum or this ANALYZE
+        runs again); the store's own queries (by customer, by id, the clock indexes) need no more."""
+        with self.transaction():
+            self._execute(f"SET LOCAL default_statistics_target = {ANALYZE_STATISTICS_TARGET}")
+            for stream, rows in sorted(written.items()):
+                table = table_for_stream(stream)
+                if not rows or not self.has_table(table):
+                    continue
+                found = self._fetch_tuples("SELECT reltuples FROM pg_class WHERE oid = ?::regclass", (table,))
+                known = float(found[0][0]) if found else -1.0
+                if known < 0 or rows > known / 10:
+                    self._execute(f"ANALYZE {table}")
 
     def _fetch(self, text: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return self._conn.execute(self._convert(text), tuple(params)).fetchall()

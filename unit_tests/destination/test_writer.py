@@ -558,6 +558,14 @@ def test_given_a_sync_on_postgres_then_health_reads_the_bundles_through_the_inde
         # Fresh tables have no statistics until ANALYZE; without them PostgreSQL scans whole tables.
         assert "Seq Scan" not in plan_at_refresh[0]
         assert "stripe_invoices_customer_idx" in plan_at_refresh[0]
+        # The sync waits for that ANALYZE: it samples a few thousand rows, not the default 30,000
+        # (a histogram of at most 11 bounds, not 101).
+        bounds = store.query(
+            "SELECT array_length(histogram_bounds, 1) AS n FROM pg_stats"
+            " WHERE schemaname = current_schema() AND tablename = 'stripe_invoices' AND attname = 'id'"
+        )
+        assert bounds
+        assert 2 <= bounds[0]["n"] <= 11
     finally:
         factory.cleanup()
 
