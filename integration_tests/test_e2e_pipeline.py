@@ -226,6 +226,35 @@ def test_sync_command_runs_full_then_incremental_from_saved_state(
     assert not (tmp_path / "sync-run" / "source_config.json").exists()
 
 
+@pytest.mark.emulator
+def test_sync_command_shows_the_connectors_warnings_as_they_come(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the recommended key, each stream skipped for a missing permission is told, and so is a
+    store made owner-only: `perly sync` used to keep the connectors' warnings in its run files."""
+    from integration_tests.stripe_emulator import Emulator
+
+    store = tmp_path / "perly.db"
+    store.touch(mode=0o644)
+    store.chmod(0o644)
+    with Emulator(customers=20, seed=5) as emulator:
+        source_config = {**demo.emulator_source_config(emulator.url), "api_key": "rk_test_perly_billing"}
+        source = pipeline.write_json(tmp_path / "source.json", source_config)
+        destination = pipeline.write_json(
+            tmp_path / "destination.json",
+            {"store": {"store_type": "sqlite", "path": str(store)}, "as_of": demo.iso(emulator.now)},
+        )
+        command = ["sync", "--source-config", str(source), "--destination-config", str(destination)]
+        code = cli.main([*command, "--state", str(tmp_path / "state.json")])
+
+    err = capsys.readouterr().err
+    assert code == 0
+    for stream, permission in [("events", "rak_event_read"), ("coupons", "rak_coupon_read")]:
+        assert f"source: {stream}: skipped: the API key lacks the '{permission}' permission" in err
+    assert f"destination: {store} was open to other users (mode 0644)" in err
+    assert "rk_test_perly_billing" not in err
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [

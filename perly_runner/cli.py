@@ -16,6 +16,7 @@ from perly_runner.pipeline import (
     configured_catalog,
     discover,
     load_state,
+    print_notice,
     print_progress,
     run_sync,
 )
@@ -45,7 +46,7 @@ def sync(source_config: Path, destination_config: Path, state_path: Path, top: i
     mode = "incremental, from the saved state" if load_state(state_path) else "full"
     print(f"Sync ({mode}): {', '.join(s['stream']['name'] for s in catalog['streams'])}")
     workdir = state_path.parent / "sync-run"  # the run's files (catalog, stderr) beside its state
-    result = run_sync(workdir, source, destination, catalog, state_path, print_progress)
+    result = run_sync(workdir, source, destination, catalog, state_path, print_progress, notice=print_notice)
     print(f"   {result.total:,} records in {result.seconds:.1f}s; state saved to {state_path}")
     try:
         with open_report_store(destination) as opened:

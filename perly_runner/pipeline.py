@@ -171,6 +171,10 @@ def load_state(path: Path) -> list[dict[str, Any]]:
 
 
 Progress = Callable[[SyncResult, float], None]
+Notice = Callable[[str], None]
+# The connectors' log levels a user must see as they come: a stream skipped for a missing permission,
+# records the destination skipped, a file made owner-only. Their INFO lines stay in the run's files.
+NOTICE_LEVELS = ("WARN", "ERROR", "FATAL")
 
 
 def run_sync(
@@ -182,13 +186,15 @@ def run_sync(
     progress: Progress | None = None,
     progress_every_s: float = 1.0,
     stop_after_records: int | None = None,
+    notice: Notice | None = None,
 ) -> SyncResult:
     """`source read | destination write`, relaying messages so records can be counted.
 
     Only STATE messages the destination echoes (so committed) are saved to `state_path`; the next
     run reads from that state. The connectors' copies of the configs (mode 0600) are removed when
     they exit. `stop_after_records` kills both connectors once that many records have
-    been relayed: the crash the kill-mid-sync test needs.
+    been relayed: the crash the kill-mid-sync test needs. `notice` is given each warning or error
+    either connector logs, as `source: ...` or `destination: ...`.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     src_config = write_json(workdir / "source_config.json", source_config)
@@ -226,6 +232,12 @@ def run_sync(
             destination_errors: list[str] = []
             killed = threading.Event()
 
+            def tell(connector: str, message: dict[str, Any]) -> None:
+                log = message.get("log") if message.get("type") == "LOG" else None
+                if notice is not None and isinstance(log, dict) and log.get("level") in NOTICE_LEVELS:
+                    first_line = str(log.get("message", "")).strip().splitlines()[:1]
+                    notice(f"{connector}: {first_line[0] if first_line else log['level']}")
+
             def relay(src_out: IO[bytes], dst_in: IO[bytes]) -> None:
                 last = time.monotonic()
                 try:
@@ -237,6 +249,7 @@ def run_sync(
                         elif kind in ("TRACE", "LOG"):
                             source_errors.append(line.decode(errors="replace"))
                             del source_errors[:-20]
+                            tell("source", message)
                         if kind in ("RECORD", "STATE", "TRACE"):
                             dst_in.write(line)  # LOG lines are the source's own; the destination ignores them
                         if stop_after_records is not None and result.total >= stop_after_records:
@@ -272,6 +285,7 @@ def run_sync(
                 elif message.get("type") in ("TRACE", "LOG"):
                     destination_errors.append(line.decode(errors="replace"))
                     del destination_errors[:-20]
+                    tell("destination", message)
             relay_thread.join()
             source_code, destination_code = source.wait(), destination.wait()
     finally:
@@ -295,6 +309,10 @@ def run_sync(
     if progress:
         progress(result, result.seconds)
     return result
+
+
+def print_notice(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def print_progress(result: SyncResult, elapsed: float) -> None:
