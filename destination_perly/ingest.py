@@ -231,10 +231,7 @@ class Ingestor:
                     row, ids = self.prepare(stream, record, generation_id)
                     rows[stream].append(row)
                     touched.update(ids)
-            with self.store.batched(), self.store.transaction():
-                for stream, stream_rows in rows.items():
-                    self.store.upsert_rows(stream, stream_rows, stage)
-                self.store.mark_dirty(touched)
+            self.upsert_rows(rows, touched, stage)
         return touched
 
     def touched_by(self, records: Mapping[str, Iterable[Record]]) -> set[str]:
@@ -274,10 +271,11 @@ class Ingestor:
             expanded.append(sub)
         return expanded
 
-    def upsert_rows(self, stream: str, rows: list[Row], touched: set[str], stage: bool = False) -> None:
-        """One transaction: the rows and the dirty marks of their customers."""
+    def upsert_rows(self, rows: Mapping[str, list[Row]], touched: set[str], stage: bool = False) -> None:
+        """One transaction: each stream's rows and the dirty marks of their customers."""
         with self.store.batched(), self.store.transaction():
-            self.store.upsert_rows(stream, rows, stage)
+            for stream, stream_rows in rows.items():
+                self.store.upsert_rows(stream, stream_rows, stage)
             self.store.mark_dirty(touched)
 
     def refresh_pending(self, as_of: datetime, include_time_sensitive: bool = True) -> RefreshResult:

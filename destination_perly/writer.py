@@ -360,7 +360,7 @@ class Writer:
         if buffer is None or not buffer.rows:
             return
         plan = self.plans[stream]
-        self.ingestor.upsert_rows(stream, buffer.rows, buffer.touched, stage=plan.staged)
+        self.ingestor.upsert_rows({stream: buffer.rows}, buffer.touched, stage=plan.staged)
         self.total_bytes -= buffer.bytes
         del self.buffers[stream]
         self.stats.flushes += 1

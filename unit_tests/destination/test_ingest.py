@@ -42,10 +42,10 @@ def test_given_a_batch_the_store_refuses_then_it_raises_keeps_nothing_and_the_ne
     good, _ = ingestor.prepare("customers", customer("cus_1"))
     refused = good._replace(id="cus_2", customer_id="cus_2", updated=None)  # updated is NOT NULL
     with pytest.raises(Exception, match="(?i)not.null|null value"):
-        ingestor.upsert_rows("customers", [good, refused], {"cus_1", "cus_2"})
+        ingestor.upsert_rows({"customers": [good, refused]}, {"cus_1", "cus_2"})
     assert store.query("SELECT id FROM stripe_customers") == []
     assert store.dirty_customers() == set()
-    ingestor.upsert_rows("customers", [good], {"cus_1"})
+    ingestor.upsert_rows({"customers": [good]}, {"cus_1"})
     assert store.query("SELECT id FROM stripe_customers") == [{"id": "cus_1"}]
     assert store.dirty_customers() == {"cus_1"}
 
