@@ -47,12 +47,13 @@ from typing import Any
 from destination_perly.health import CustomerBundle, CustomerHealth, HealthConfig, evaluate_customer
 from destination_perly.health.counting import ended_at, in_trial
 from destination_perly.health.history import version_before
+from destination_perly.health.mrr import known_discounts, with_known_discounts
 from destination_perly.health.payments import (
     days_past_due_at,
     invoice_subscription_id,
     was_open_at,
 )
-from destination_perly.health.values import StripeObject, as_dict, as_list, ref_id, to_time
+from destination_perly.health.values import StripeObject, as_dict, ref_id, to_time
 from destination_perly.store.base import HEALTH_TABLE, MOVEMENTS_TABLE, Store, parse_iso, table_for_stream
 
 TOP_SHARE = 0.10  # the top decile by score
@@ -192,13 +193,6 @@ def _invoice_at(invoice: StripeObject, at: datetime) -> StripeObject | None:
     return state
 
 
-def _expanded_like(state: StripeObject, stored: StripeObject) -> StripeObject:
-    """An event's object lists its discounts by id; the stored object has them expanded."""
-    known = {found["id"]: found for found in as_list(stored.get("discounts")) if isinstance(found, dict)}
-    listed = as_list(state.get("discounts"))
-    return {**state, "discounts": [known.get(d, d) if isinstance(d, str) else d for d in listed]}
-
-
 def state_at(
     bundle: CustomerBundle, at: datetime, events_since: datetime | None = None
 ) -> CustomerBundle | None:
@@ -228,7 +222,8 @@ def state_at(
         decided, earlier = _from_events(by_subscription.get(str(sub.get("id")), []), at)
         if decided and earlier is None:
             continue  # created after `at`
-        state = _expanded_like(earlier, sub) if earlier is not None else sub
+        # An event's object names its discounts by id; the stored object has them expanded.
+        state = with_known_discounts(earlier, known_discounts(sub)) if earlier is not None else sub
         unchanged = not decided and events_since is not None and events_since <= at
         subscriptions.append(_subscription_by_dates(state, invoices, at, status_known=decided or unchanged))
     return replace(
