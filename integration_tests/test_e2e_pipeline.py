@@ -154,6 +154,43 @@ def test_when_the_destination_dies_then_the_source_is_stopped_and_the_destinatio
     assert "destination exited with 1: store is full" in str(outcome[0])
 
 
+# A source still waiting for its first answer (a slow or unreachable Stripe): it writes nothing.
+SILENT_SOURCE = """
+import time
+time.sleep(3600)
+"""
+# A destination that refuses its config at once, saying so as a log line and as its error trace.
+REFUSING_DESTINATION = """
+import json
+for message in ({"type": "LOG", "log": {"level": "FATAL", "message": "store must be an object"}},
+                {"type": "TRACE", "trace": {"type": "ERROR", "emitted_at": 0,
+                                            "error": {"message": "store must be an object"}}}):
+    print(json.dumps(message))
+raise SystemExit(1)
+"""
+
+
+def test_when_the_destination_fails_before_any_record_then_a_silent_source_is_stopped_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_connectors(tmp_path, monkeypatch, SILENT_SOURCE, REFUSING_DESTINATION)
+    catalog = pipeline.configured_catalog(CATALOG, ["customers"])
+    outcome: list[BaseException] = []
+
+    def sync() -> None:
+        try:
+            pipeline.run_sync(tmp_path / "run", {"api_key": "sk_test_x"}, {}, catalog)
+        except BaseException as error:
+            outcome.append(error)
+
+    runner = threading.Thread(target=sync, daemon=True)
+    runner.start()
+    runner.join(timeout=60)
+
+    assert not runner.is_alive(), "the sync waited for a source whose records had nowhere to go"
+    assert str(outcome[0]) == "destination exited with 1: store must be an object"
+
+
 @pytest.mark.usefixtures("fake_connectors")
 def test_only_state_the_destination_echoed_is_kept_and_its_error_is_reported(tmp_path: Path) -> None:
     state = tmp_path / "state.json"

@@ -130,7 +130,9 @@ def error_lines(output: str, limit: int = 5) -> str:
         elif message.get("type") == "TRACE" and message["trace"].get("type") == "ERROR":
             lines.append(message["trace"]["error"].get("message", ""))
         elif message.get("type") == "LOG" and message["log"].get("level") in ("ERROR", "FATAL"):
-            lines.append(message["log"].get("message", "").splitlines()[0])
+            lines.append((str(message["log"].get("message", "")).splitlines() or [""])[0])
+    # A connector often says the same thing as a log line and as its error trace.
+    lines = [line for i, line in enumerate(lines) if i == 0 or line != lines[i - 1]]
     return " | ".join(lines[-limit:]) or "(no error message)"
 
 
@@ -286,6 +288,11 @@ def run_sync(
                     destination_errors.append(line.decode(errors="replace"))
                     del destination_errors[:-20]
                     tell("destination", message)
+            if destination.wait() != 0:
+                # The destination failed (e.g. its config): a source with nothing to write yet (a
+                # slow first page, retries against an unreachable Stripe) would otherwise run on
+                # until its next write breaks the pipe.
+                source.kill()
             relay_thread.join()
             source_code, destination_code = source.wait(), destination.wait()
     finally:
