@@ -9,6 +9,8 @@ the destination, and this is Airbyte's protocol, not Stripe's vocabulary."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,3 +38,13 @@ def spec_message_line(spec: Mapping[str, Any]) -> str:
         name: spec.get(name, default) for name, default in _SPEC_FIELDS if spec.get(name, default) is not None
     }
     return json.dumps({"type": "SPEC", "spec": ordered}, ensure_ascii=False, separators=(",", ":"))
+
+
+def print_spec_message(spec: Mapping[str, Any]) -> None:
+    """Print the SPEC message of `spec`. A reader that stops early (`spec | head -c 80`) ends the
+    command quietly, as it would `cat`, instead of with a traceback."""
+    try:
+        print(spec_message_line(spec), flush=True)
+    except BrokenPipeError:
+        # Python flushes stdout again at exit, which would fail the same way.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
