@@ -30,6 +30,8 @@ from airbyte_cdk.models import (  # type: ignore[attr-defined,unused-ignore]
 from airbyte_cdk.sources import Source
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
+import connector_spec
+
 from .check import check_connection
 from .client import StripeError
 from .early import EarlyRead, make_client, read_settings
@@ -62,6 +64,17 @@ class SourcePerlyStripe(Source):
         for the same one."""
         self._client_factory: ClientFactory = client_factory or make_client
         self._early = early
+
+    @staticmethod
+    def read_config(config_path: str) -> dict[str, Any]:
+        """The CDK's, but a config file that is missing or not a JSON object (a hand-written one, for
+        `docker run`) is a config error saying which and where, not "something went wrong"."""
+        try:
+            return connector_spec.read_json_object(config_path)
+        except connector_spec.ConfigFileError as exc:
+            raise AirbyteTracedException(
+                message=str(exc), internal_message=str(exc), failure_type=FailureType.config_error
+            ) from None
 
     def spec(self, logger: logging.Logger) -> ConnectorSpecification:
         return ConnectorSpecificationSerializer.load(spec_json())
