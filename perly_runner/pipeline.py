@@ -179,6 +179,15 @@ Notice = Callable[[str], None]
 NOTICE_LEVELS = ("WARN", "ERROR", "FATAL")
 
 
+def notice_text(connector: str, level: object, message: object) -> str | None:
+    """What a user is shown of a connector's log line as it comes: the first line of a warning or
+    an error, as `source: ...` or `destination: ...`; None for the other levels."""
+    if level not in NOTICE_LEVELS:
+        return None
+    lines = str(message or "").strip().splitlines()
+    return f"{connector}: {lines[0] if lines else level}"
+
+
 def run_sync(
     workdir: Path,
     source_config: dict[str, Any],
@@ -236,9 +245,13 @@ def run_sync(
 
             def tell(connector: str, message: dict[str, Any]) -> None:
                 log = message.get("log") if message.get("type") == "LOG" else None
-                if notice is not None and isinstance(log, dict) and log.get("level") in NOTICE_LEVELS:
-                    first_line = str(log.get("message", "")).strip().splitlines()[:1]
-                    notice(f"{connector}: {first_line[0] if first_line else log['level']}")
+                text = (
+                    notice_text(connector, log.get("level"), log.get("message"))
+                    if isinstance(log, dict)
+                    else None
+                )
+                if notice is not None and text is not None:
+                    notice(text)
 
             def relay(src_out: IO[bytes], dst_in: IO[bytes]) -> None:
                 last = time.monotonic()

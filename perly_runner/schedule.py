@@ -22,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from perly_runner.pipeline import DESTINATION_SCRIPT, SOURCE_SCRIPT, executable
+from perly_runner.pipeline import DESTINATION_SCRIPT, SOURCE_SCRIPT, executable, notice_text
 
 INSTALL_HINT = (
     "PyAirbyte is not installed in this Python ({python}): `perly schedule` needs the optional extra, "
@@ -76,6 +76,25 @@ def log(message: str) -> None:
     print(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} perly schedule: {message}", flush=True)
 
 
+def tell_notices(connector: Any, name: str) -> None:
+    """Print each warning or error `connector` logs, as `source: ...` or `destination: ...`.
+
+    PyAirbyte keeps the connectors' log lines in its log files only, all at INFO: a cron user would
+    never see a stream the key cannot read and the permission it needs. Its per-message hook
+    (`_peek_airbyte_message`, airbyte==0.71.3 is pinned exactly) is wrapped on this instance."""
+    peek = connector._peek_airbyte_message
+
+    def peek_and_tell(message: Any, *args: Any, **kwargs: Any) -> Any:
+        entry = getattr(message, "log", None)
+        if entry is not None:
+            text = notice_text(name, getattr(entry.level, "value", entry.level), entry.message)
+            if text is not None:
+                log(text)
+        return peek(message, *args, **kwargs)
+
+    connector._peek_airbyte_message = peek_and_tell
+
+
 def sync(ab: Any, settings: Settings) -> int:
     """One run; returns the exit status (0 ok or skipped, 1 failed)."""
     # PyAirbyte needs absolute paths to run local executables.
@@ -94,6 +113,8 @@ def sync(ab: Any, settings: Settings) -> int:
         destination = ab.get_destination(
             DESTINATION_SCRIPT, config=settings.destination_config, local_executable=destination_exe
         )
+        tell_notices(source, "source")
+        tell_notices(destination, "destination")
         log("sync started" + (" (full refresh)" if settings.full_refresh else ""))
         try:
             result = destination.write(
