@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -58,6 +59,20 @@ def settings_from(config: Mapping[str, Any]) -> ReadSettings:
         ) from None
 
 
+@contextmanager
+def _unusable_file_as_config_error(kind: str, path: str) -> Iterator[None]:
+    """A catalog or state file the CDK cannot take (hand-edited, for `docker run`) is a config error
+    naming the file and the fault, not "something went wrong in the connector"."""
+    try:
+        yield
+    except Exception as unusable:  # the CDK's reader raises ValueError, its serializers their own
+        fault = " ".join(str(unusable).split())
+        message = f"The {kind} file {path} cannot be used: {fault}"
+        raise AirbyteTracedException(
+            message=message, internal_message=message, failure_type=FailureType.config_error
+        ) from None
+
+
 class SourcePerlyStripe(Source):
     def __init__(self, client_factory: ClientFactory | None = None, early: EarlyRead | None = None) -> None:
         """`early`: a read begun before the CDK was imported (see early.py), taken if `read` is asked
@@ -75,6 +90,16 @@ class SourcePerlyStripe(Source):
             raise AirbyteTracedException(
                 message=str(exc), internal_message=str(exc), failure_type=FailureType.config_error
             ) from None
+
+    @classmethod
+    def read_catalog(cls, catalog_path: str) -> ConfiguredAirbyteCatalog:
+        with _unusable_file_as_config_error("catalog", catalog_path):
+            return super().read_catalog(catalog_path)
+
+    @classmethod
+    def read_state(cls, state_path: str) -> list[AirbyteStateMessage]:
+        with _unusable_file_as_config_error("state", state_path):
+            return super().read_state(state_path)
 
     def spec(self, logger: logging.Logger) -> ConnectorSpecification:
         return ConnectorSpecificationSerializer.load(spec_json())
