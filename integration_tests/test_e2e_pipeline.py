@@ -131,27 +131,36 @@ def fake_connectors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     use_connectors(tmp_path, monkeypatch, FAKE_SOURCE, FAKE_DESTINATION)
 
 
-def test_when_the_destination_dies_then_the_source_is_stopped_and_the_destinations_error_is_reported(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    use_connectors(tmp_path, monkeypatch, ENDLESS_SOURCE, FAKE_DESTINATION)
+def failure_of_a_sync_that_must_end(tmp_path: Path, hang: str) -> BaseException:
+    """run_sync of the customers stream in a thread: the error it ended with. A sync still running
+    after a minute has hung (`hang` says how); the connectors here end in well under a second."""
     catalog = pipeline.configured_catalog(CATALOG, ["customers"])
     outcome: list[BaseException] = []
 
     def sync() -> None:
         try:
-            state = tmp_path / "state.json"
-            pipeline.run_sync(tmp_path / "run", {"api_key": "sk_test_x"}, {}, catalog, state)
+            pipeline.run_sync(
+                tmp_path / "run", {"api_key": "sk_test_x"}, {}, catalog, tmp_path / "state.json"
+            )
         except BaseException as error:
             outcome.append(error)
 
     runner = threading.Thread(target=sync, daemon=True)
     runner.start()
     runner.join(timeout=60)
+    assert not runner.is_alive(), f"the sync hung: {hang}"
+    return outcome[0]
 
-    assert not runner.is_alive(), "the sync hung: the source was left blocked on a full pipe"
-    assert isinstance(outcome[0], pipeline.SyncFailed)
-    assert "destination exited with 1: store is full" in str(outcome[0])
+
+def test_when_the_destination_dies_then_the_source_is_stopped_and_the_destinations_error_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_connectors(tmp_path, monkeypatch, ENDLESS_SOURCE, FAKE_DESTINATION)
+
+    failure = failure_of_a_sync_that_must_end(tmp_path, "the source was left blocked on a full pipe")
+
+    assert isinstance(failure, pipeline.SyncFailed)
+    assert "destination exited with 1: store is full" in str(failure)
 
 
 # A source still waiting for its first answer (a slow or unreachable Stripe): it writes nothing.
@@ -174,21 +183,10 @@ def test_when_the_destination_fails_before_any_record_then_a_silent_source_is_st
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     use_connectors(tmp_path, monkeypatch, SILENT_SOURCE, REFUSING_DESTINATION)
-    catalog = pipeline.configured_catalog(CATALOG, ["customers"])
-    outcome: list[BaseException] = []
 
-    def sync() -> None:
-        try:
-            pipeline.run_sync(tmp_path / "run", {"api_key": "sk_test_x"}, {}, catalog)
-        except BaseException as error:
-            outcome.append(error)
+    failure = failure_of_a_sync_that_must_end(tmp_path, "it waited for a source with nowhere to write")
 
-    runner = threading.Thread(target=sync, daemon=True)
-    runner.start()
-    runner.join(timeout=60)
-
-    assert not runner.is_alive(), "the sync waited for a source whose records had nowhere to go"
-    assert str(outcome[0]) == "destination exited with 1: store must be an object"
+    assert str(failure) == "destination exited with 1: store must be an object"
 
 
 @pytest.mark.usefixtures("fake_connectors")
