@@ -314,3 +314,30 @@ def test_sync_command_with_an_unusable_config_says_why_without_a_traceback_or_th
     assert expected in err
     assert "Traceback" not in err
     assert "sk_test_secret1234" not in err
+
+
+def test_sync_command_is_skipped_while_another_sync_with_the_same_state_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    use_connectors(tmp_path, monkeypatch, FAKE_SOURCE, FAKE_DESTINATION)  # a run would fail: no catalog
+    config = tmp_path / "config.json"
+    config.write_text('{"api_key": "sk_test_x"}')
+    state = tmp_path / "var" / "state.json"
+    command = [
+        "sync",
+        "--source-config",
+        str(config),
+        "--destination-config",
+        str(config),
+        "--state",
+        str(state),
+    ]
+
+    with pipeline.exclusive_run(tmp_path / "var" / "state.json.lock") as acquired:  # the run still going
+        assert acquired
+        code = cli.main(command)
+
+    assert code == 0
+    assert f"another sync with the state {state} is still running; skipped" in capsys.readouterr().out
+    assert not state.exists()
+    assert cli.main(command) == 1  # once it has ended, a run goes ahead (and meets the stand-ins)

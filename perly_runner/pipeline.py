@@ -8,6 +8,7 @@ source into destination.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -16,7 +17,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -50,6 +52,24 @@ def executable(name: str, bin_dir: Path | None = None) -> str:
             f"{name} is not installed: install perly-stripe (pip install .) in this Python's venv"
         )
     return str(Path(found).absolute())
+
+
+@contextmanager
+def exclusive_run(lock_path: Path) -> Iterator[bool]:
+    """Yields False when another run holds the lock: a run started (by cron, or by hand) while the
+    last one with the same state is still going would read the same changes twice and race it for
+    the state file and the run's files."""
+    make_private_dirs(lock_path.parent)
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def write_json(path: Path, value: Any) -> Path:

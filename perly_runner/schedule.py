@@ -10,19 +10,16 @@ not committed. A lock file keeps two runs from overlapping.
 
 from __future__ import annotations
 
-import fcntl
 import importlib
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from perly_runner.pipeline import DESTINATION_SCRIPT, SOURCE_SCRIPT, executable, notice_text
+from perly_runner.pipeline import DESTINATION_SCRIPT, SOURCE_SCRIPT, exclusive_run, executable, notice_text
 
 INSTALL_HINT = (
     "PyAirbyte is not installed in this Python ({python}): `perly schedule` needs the optional extra, "
@@ -56,22 +53,6 @@ def load_airbyte() -> ModuleType:
         raise PyAirbyteMissing(INSTALL_HINT.format(python=sys.executable)) from None
 
 
-@contextmanager
-def exclusive_run(state_dir: Path) -> Iterator[bool]:
-    """Yields False when another run holds the lock (cron fired while the last sync was still going)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / "perly-sync.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def log(message: str) -> None:
     print(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} perly schedule: {message}", flush=True)
 
@@ -100,7 +81,7 @@ def sync(ab: Any, settings: Settings) -> int:
     # PyAirbyte needs absolute paths to run local executables.
     source_exe = executable(SOURCE_SCRIPT, settings.bin_dir)
     destination_exe = executable(DESTINATION_SCRIPT, settings.bin_dir)
-    with exclusive_run(settings.state_dir) as acquired:
+    with exclusive_run(settings.state_dir / "perly-sync.lock") as acquired:
         if not acquired:
             log("another sync is still running; skipped")
             return 0
