@@ -1,4 +1,5 @@
-"""The SPEC message of an Airbyte connector without the Airbyte CDK, for Perly's source and destination.
+"""The SPEC message of an Airbyte connector without the Airbyte CDK, for Perly's source and destination,
+and the reading of the config file a user writes by hand.
 
 `spec` is the verb run most often (every connector form load) and importing the CDK takes most of a
 second, so each connector prints its SPEC from a plain dict. The bytes are those the CDK's serializer
@@ -9,7 +10,10 @@ the destination, and this is Airbyte's protocol, not Stripe's vocabulary."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 # (field, default) in the order of airbyte_cdk.models.ConnectorSpecification; None: left out when unset.
@@ -36,3 +40,32 @@ def spec_message_line(spec: Mapping[str, Any]) -> str:
         name: spec.get(name, default) for name, default in _SPEC_FIELDS if spec.get(name, default) is not None
     }
     return json.dumps({"type": "SPEC", "spec": ordered}, ensure_ascii=False, separators=(",", ":"))
+
+
+def print_spec_message(spec: Mapping[str, Any]) -> None:
+    """Print the SPEC message of `spec`. A reader that stops early (`spec | head -c 80`) ends the
+    command quietly, as it would `cat`, instead of with a traceback."""
+    try:
+        print(spec_message_line(spec), flush=True)
+    except BrokenPipeError:
+        # Python flushes stdout again at exit, which would fail the same way.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+class ConfigFileError(ValueError):
+    """A config file that cannot be read or is not one JSON object; the message says which and why."""
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A config file's JSON object. The error names the file and the position of a syntax error,
+    never the file's text: it may hold a key or a password."""
+    try:
+        loaded = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigFileError(f"cannot read {path}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise ConfigFileError(f"{path} is not valid JSON{where}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigFileError(f"{path} must hold a JSON object")
+    return loaded

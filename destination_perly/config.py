@@ -8,7 +8,6 @@ containers. When no path is configured, that default is used if `/local` exists 
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 from jsonschema import Draft7Validator
 from jsonschema.exceptions import best_match
 
+import connector_spec
 from destination_perly.health.model import HealthConfig, RiskPolicy, TierRule
 from destination_perly.spec import DOCKER_SQLITE_PATH, PEM_CERTIFICATE, SSL_MODES
 from destination_perly.store.base import CustomerIdsOf, Store
@@ -57,17 +57,11 @@ class DestinationConfig:
 
 
 def load_json_object(path: str | Path) -> dict[str, Any]:
-    """A config file's JSON object. ConfigError names the file and the position of a syntax error,
-    never the file's text: it may hold a key or a password."""
+    """A config file's JSON object, or ConfigError saying why not (see connector_spec)."""
     try:
-        loaded = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno})") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path} must hold a JSON object")
-    return loaded
+        return connector_spec.read_json_object(path)
+    except connector_spec.ConfigFileError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def default_sqlite_path() -> str:

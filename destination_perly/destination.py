@@ -22,6 +22,7 @@ from airbyte_cdk.models import (  # type: ignore[attr-defined,unused-ignore]
 )
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
+import connector_spec
 from destination_perly.config import (
     ConfigError,
     DestinationConfig,
@@ -104,7 +105,13 @@ class DestinationPerly(Destination):
         """The CDK's, but the config is validated here first, by `config_problem`: the CDK's schema
         check would quote a bad value, and its secret filter misses a password's escaped form."""
         if parsed_args.command in ("check", "write"):
-            problem = config_problem(self.read_config(parsed_args.config), connection_specification())
+            problem: str | None
+            try:
+                config = connector_spec.read_json_object(parsed_args.config)
+            except connector_spec.ConfigFileError as unreadable:  # (a hand-written one, for `docker run`)
+                problem = str(unreadable)
+            else:
+                problem = config_problem(config, connection_specification())
             if problem:
                 error = _config_error(f"Invalid configuration: {problem}")
                 status = error.as_connection_status_message()

@@ -21,7 +21,14 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from destination_perly.health.model import CustomerBundle, CustomerEvaluation, HealthConfig, MrrSnapshot
-from destination_perly.health.mrr import known_discounts, unknown_discount_ids, with_known_discounts
+from destination_perly.health.mrr import (
+    items_in_part,
+    known_discounts,
+    unknown_discount_ids,
+    with_known_discounts,
+    with_stored_items,
+)
+from destination_perly.health.values import as_list
 from destination_perly.store.base import Record, Row, Store, make_row
 from stripe_vocabulary import customer_of
 
@@ -225,7 +232,7 @@ class Ingestor:
             for stream in sorted(records):
                 batch = records[stream]
                 if stream == "subscriptions":
-                    batch = self.with_stored_discounts(batch)
+                    batch = self.with_stored_details(batch)
                 rows[stream] = []
                 for record in batch:
                     row, ids = self.prepare(stream, record, generation_id)
@@ -243,24 +250,30 @@ class Ingestor:
             for c in self._customer_ids(stream, record)
         }
 
-    def with_stored_discounts(self, subscriptions: Iterable[Record]) -> list[Record]:
-        """Subscriptions with each discount they (or their items) name by id only, as an event's payload
-        does, replaced by the object of that id in their stored version (read with the discounts
-        expanded; a discount never changes but for its `end`), so that a webhook does not make MRR
-        forget a discount until the next sync. An id the stored version does not have is stored as it
-        is: the health engine looks it up in the customer's discount events, else names it in the
-        health row's `limitations`."""
+    def with_stored_details(self, subscriptions: Iterable[Record]) -> list[Record]:
+        """Subscriptions as an event's payload renders them, completed from their stored version so
+        that a webhook does not make MRR forget what the payload leaves out until the next sync:
+        - each discount they (or their items) name by id only is replaced by the object of that id in
+          the stored version (read with the discounts expanded; a discount never changes but for its
+          `end`). An id the stored version does not have is stored as it is: the health engine looks
+          it up in the customer's discount events, else names it in the health row's `limitations`;
+        - items listed in part (`items.has_more`: a payload lists the first 20) get the stored
+          version's later items when it lists the same first items in the same order (see
+          `with_stored_items`); otherwise MRR leaves the rest out and the health row says so."""
         subscriptions = list(subscriptions)
         named = [
-            sub["id"] for sub in subscriptions if isinstance(sub.get("id"), str) and unknown_discount_ids(sub)
+            sub["id"]
+            for sub in subscriptions
+            if isinstance(sub.get("id"), str) and (unknown_discount_ids(sub) or items_in_part(sub))
         ]
         if not named:
             return subscriptions
         stored = self.store.load_records("subscriptions", named)
-        expanded: list[Record] = []
+        completed: list[Record] = []
         for sub in subscriptions:
             if sub.get("id") in stored:
-                sub = with_known_discounts(sub, known_discounts(stored[sub["id"]]))
+                earlier = stored[sub["id"]]
+                sub = with_stored_items(with_known_discounts(sub, known_discounts(earlier)), earlier)
             if unknown := unknown_discount_ids(sub):
                 logger.warning(
                     "subscription %s names discounts %s by id only and its stored version does not have"
@@ -268,8 +281,15 @@ class Ingestor:
                     sub.get("id"),
                     ", ".join(unknown),
                 )
-            expanded.append(sub)
-        return expanded
+            if items_in_part(sub):
+                logger.warning(
+                    "subscription %s lists only its first %d items and its stored version cannot complete"
+                    " them: its MRR leaves the others out until the next sync reads them",
+                    sub.get("id"),
+                    len(as_list(sub.get("items"))),
+                )
+            completed.append(sub)
+        return completed
 
     def upsert_rows(self, rows: Mapping[str, list[Row]], touched: set[str], stage: bool = False) -> None:
         """One transaction: each stream's rows and the dirty marks of their customers."""

@@ -11,7 +11,7 @@ def run() -> None:
         import connector_spec
         from destination_perly.spec import destination_spec
 
-        print(connector_spec.spec_message_line(destination_spec()), flush=True)
+        connector_spec.print_spec_message(destination_spec())
         return
     from destination_perly.destination import DestinationPerly
 

@@ -131,27 +131,62 @@ def fake_connectors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     use_connectors(tmp_path, monkeypatch, FAKE_SOURCE, FAKE_DESTINATION)
 
 
-def test_when_the_destination_dies_then_the_source_is_stopped_and_the_destinations_error_is_reported(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    use_connectors(tmp_path, monkeypatch, ENDLESS_SOURCE, FAKE_DESTINATION)
+def failure_of_a_sync_that_must_end(tmp_path: Path, hang: str) -> BaseException:
+    """run_sync of the customers stream in a thread: the error it ended with. A sync still running
+    after a minute has hung (`hang` says how); the connectors here end in well under a second."""
     catalog = pipeline.configured_catalog(CATALOG, ["customers"])
     outcome: list[BaseException] = []
 
     def sync() -> None:
         try:
-            state = tmp_path / "state.json"
-            pipeline.run_sync(tmp_path / "run", {"api_key": "sk_test_x"}, {}, catalog, state)
+            pipeline.run_sync(
+                tmp_path / "run", {"api_key": "sk_test_x"}, {}, catalog, tmp_path / "state.json"
+            )
         except BaseException as error:
             outcome.append(error)
 
     runner = threading.Thread(target=sync, daemon=True)
     runner.start()
     runner.join(timeout=60)
+    assert not runner.is_alive(), f"the sync hung: {hang}"
+    return outcome[0]
 
-    assert not runner.is_alive(), "the sync hung: the source was left blocked on a full pipe"
-    assert isinstance(outcome[0], pipeline.SyncFailed)
-    assert "destination exited with 1: store is full" in str(outcome[0])
+
+def test_when_the_destination_dies_then_the_source_is_stopped_and_the_destinations_error_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_connectors(tmp_path, monkeypatch, ENDLESS_SOURCE, FAKE_DESTINATION)
+
+    failure = failure_of_a_sync_that_must_end(tmp_path, "the source was left blocked on a full pipe")
+
+    assert isinstance(failure, pipeline.SyncFailed)
+    assert "destination exited with 1: store is full" in str(failure)
+
+
+# A source still waiting for its first answer (a slow or unreachable Stripe): it writes nothing.
+SILENT_SOURCE = """
+import time
+time.sleep(3600)
+"""
+# A destination that refuses its config at once, saying so as a log line and as its error trace.
+REFUSING_DESTINATION = """
+import json
+for message in ({"type": "LOG", "log": {"level": "FATAL", "message": "store must be an object"}},
+                {"type": "TRACE", "trace": {"type": "ERROR", "emitted_at": 0,
+                                            "error": {"message": "store must be an object"}}}):
+    print(json.dumps(message))
+raise SystemExit(1)
+"""
+
+
+def test_when_the_destination_fails_before_any_record_then_a_silent_source_is_stopped_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_connectors(tmp_path, monkeypatch, SILENT_SOURCE, REFUSING_DESTINATION)
+
+    failure = failure_of_a_sync_that_must_end(tmp_path, "it waited for a source with nowhere to write")
+
+    assert str(failure) == "destination exited with 1: store must be an object"
 
 
 @pytest.mark.usefixtures("fake_connectors")
@@ -279,3 +314,30 @@ def test_sync_command_with_an_unusable_config_says_why_without_a_traceback_or_th
     assert expected in err
     assert "Traceback" not in err
     assert "sk_test_secret1234" not in err
+
+
+def test_sync_command_is_skipped_while_another_sync_with_the_same_state_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    use_connectors(tmp_path, monkeypatch, FAKE_SOURCE, FAKE_DESTINATION)  # a run would fail: no catalog
+    config = tmp_path / "config.json"
+    config.write_text('{"api_key": "sk_test_x"}')
+    state = tmp_path / "var" / "state.json"
+    command = [
+        "sync",
+        "--source-config",
+        str(config),
+        "--destination-config",
+        str(config),
+        "--state",
+        str(state),
+    ]
+
+    with pipeline.exclusive_run(tmp_path / "var" / "state.json.lock") as acquired:  # the run still going
+        assert acquired
+        code = cli.main(command)
+
+    assert code == 0
+    assert f"another sync with the state {state} is still running; skipped" in capsys.readouterr().out
+    assert not state.exists()
+    assert cli.main(command) == 1  # once it has ended, a run goes ahead (and meets the stand-ins)

@@ -45,7 +45,7 @@ def forms(secret: str) -> set[str]:
 
 def run(script: str, verb: str | None, tmp_path: Path, config: Any, stdin: str = "") -> tuple[str, int]:
     config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps(config))
+    config_file.write_text(config if isinstance(config, str) else json.dumps(config))  # text: as typed
     catalog_file = tmp_path / "catalog.json"
     catalog_file.write_text(json.dumps(CATALOG))
     args = [console_script(script), *([verb] if verb else []), "--config", str(config_file)]
@@ -148,6 +148,24 @@ def test_a_key_the_server_refuses_is_not_shown(tmp_path: Path, emulator: Emulato
 
     assert_never_shown(output, key)
     assert "config_error" in output
+
+
+@pytest.mark.parametrize(
+    ("script", "verb"),
+    [("source-perly-stripe", "check"), ("source-perly-stripe", "read"), ("destination-perly", "write")],
+)
+def test_a_config_file_that_is_not_json_is_a_config_error_naming_the_place_not_the_text(
+    tmp_path: Path, script: str, verb: str
+) -> None:
+    key = f"sk_live_{CANARY}0123456789abcd"
+    hand_edited = '{"api_key": "' + key + '",\n "base_url": }'  # a value left out by hand
+
+    output, returncode = run(script, verb, tmp_path, hand_edited)
+
+    assert_never_shown(output, key)
+    assert returncode != 0
+    assert '"failure_type":"config_error"' in output
+    assert "config.json is not valid JSON (line 2, column 14)" in output
 
 
 # ------------------------------------------------------------------------------------- destination

@@ -15,6 +15,7 @@ from perly_runner.pipeline import (
     SyncFailed,
     configured_catalog,
     discover,
+    exclusive_run,
     load_state,
     print_notice,
     print_progress,
@@ -30,7 +31,18 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def sync(source_config: Path, destination_config: Path, state_path: Path, top: int, html: Path | None) -> int:
-    """One sync (a real account, or anything the configs name), then the report."""
+    """One sync (a real account, or anything the configs name), then the report; skipped while
+    another sync with the same state runs."""
+    with exclusive_run(state_path.with_name(state_path.name + ".lock")) as acquired:
+        if not acquired:
+            print(f"perly sync: another sync with the state {state_path} is still running; skipped")
+            return 0
+        return sync_and_report(source_config, destination_config, state_path, top, html)
+
+
+def sync_and_report(
+    source_config: Path, destination_config: Path, state_path: Path, top: int, html: Path | None
+) -> int:
     from destination_perly.report import (
         StoreUnavailable,
         open_report_store,

@@ -8,6 +8,7 @@ source into destination.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -16,7 +17,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -50,6 +52,24 @@ def executable(name: str, bin_dir: Path | None = None) -> str:
             f"{name} is not installed: install perly-stripe (pip install .) in this Python's venv"
         )
     return str(Path(found).absolute())
+
+
+@contextmanager
+def exclusive_run(lock_path: Path) -> Iterator[bool]:
+    """Yields False when another run holds the lock: a run started (by cron, or by hand) while the
+    last one with the same state is still going would read the same changes twice and race it for
+    the state file and the run's files."""
+    make_private_dirs(lock_path.parent)
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def write_json(path: Path, value: Any) -> Path:
@@ -130,7 +150,9 @@ def error_lines(output: str, limit: int = 5) -> str:
         elif message.get("type") == "TRACE" and message["trace"].get("type") == "ERROR":
             lines.append(message["trace"]["error"].get("message", ""))
         elif message.get("type") == "LOG" and message["log"].get("level") in ("ERROR", "FATAL"):
-            lines.append(message["log"].get("message", "").splitlines()[0])
+            lines.append((str(message["log"].get("message", "")).splitlines() or [""])[0])
+    # A connector often says the same thing as a log line and as its error trace.
+    lines = [line for i, line in enumerate(lines) if i == 0 or line != lines[i - 1]]
     return " | ".join(lines[-limit:]) or "(no error message)"
 
 
@@ -175,6 +197,15 @@ Notice = Callable[[str], None]
 # The connectors' log levels a user must see as they come: a stream skipped for a missing permission,
 # records the destination skipped, a file made owner-only. Their INFO lines stay in the run's files.
 NOTICE_LEVELS = ("WARN", "ERROR", "FATAL")
+
+
+def notice_text(connector: str, level: object, message: object) -> str | None:
+    """What a user is shown of a connector's log line as it comes: the first line of a warning or
+    an error, as `source: ...` or `destination: ...`; None for the other levels."""
+    if level not in NOTICE_LEVELS:
+        return None
+    lines = str(message or "").strip().splitlines()
+    return f"{connector}: {lines[0] if lines else level}"
 
 
 def run_sync(
@@ -234,9 +265,13 @@ def run_sync(
 
             def tell(connector: str, message: dict[str, Any]) -> None:
                 log = message.get("log") if message.get("type") == "LOG" else None
-                if notice is not None and isinstance(log, dict) and log.get("level") in NOTICE_LEVELS:
-                    first_line = str(log.get("message", "")).strip().splitlines()[:1]
-                    notice(f"{connector}: {first_line[0] if first_line else log['level']}")
+                text = (
+                    notice_text(connector, log.get("level"), log.get("message"))
+                    if isinstance(log, dict)
+                    else None
+                )
+                if notice is not None and text is not None:
+                    notice(text)
 
             def relay(src_out: IO[bytes], dst_in: IO[bytes]) -> None:
                 last = time.monotonic()
@@ -286,6 +321,11 @@ def run_sync(
                     destination_errors.append(line.decode(errors="replace"))
                     del destination_errors[:-20]
                     tell("destination", message)
+            if destination.wait() != 0:
+                # The destination failed (e.g. its config): a source with nothing to write yet (a
+                # slow first page, retries against an unreachable Stripe) would otherwise run on
+                # until its next write breaks the pipe.
+                source.kill()
             relay_thread.join()
             source_code, destination_code = source.wait(), destination.wait()
     finally:

@@ -10,19 +10,16 @@ not committed. A lock file keeps two runs from overlapping.
 
 from __future__ import annotations
 
-import fcntl
 import importlib
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from perly_runner.pipeline import DESTINATION_SCRIPT, SOURCE_SCRIPT, executable
+from perly_runner.pipeline import DESTINATION_SCRIPT, SOURCE_SCRIPT, exclusive_run, executable, notice_text
 
 INSTALL_HINT = (
     "PyAirbyte is not installed in this Python ({python}): `perly schedule` needs the optional extra, "
@@ -56,24 +53,27 @@ def load_airbyte() -> ModuleType:
         raise PyAirbyteMissing(INSTALL_HINT.format(python=sys.executable)) from None
 
 
-@contextmanager
-def exclusive_run(state_dir: Path) -> Iterator[bool]:
-    """Yields False when another run holds the lock (cron fired while the last sync was still going)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / "perly-sync.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def log(message: str) -> None:
     print(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} perly schedule: {message}", flush=True)
+
+
+def tell_notices(connector: Any, name: str) -> None:
+    """Print each warning or error `connector` logs, as `source: ...` or `destination: ...`.
+
+    PyAirbyte keeps the connectors' log lines in its log files only, all at INFO: a cron user would
+    never see a stream the key cannot read and the permission it needs. Its per-message hook
+    (`_peek_airbyte_message`, airbyte==0.71.3 is pinned exactly) is wrapped on this instance."""
+    peek = connector._peek_airbyte_message
+
+    def peek_and_tell(message: Any, *args: Any, **kwargs: Any) -> Any:
+        entry = getattr(message, "log", None)
+        if entry is not None:
+            text = notice_text(name, getattr(entry.level, "value", entry.level), entry.message)
+            if text is not None:
+                log(text)
+        return peek(message, *args, **kwargs)
+
+    connector._peek_airbyte_message = peek_and_tell
 
 
 def sync(ab: Any, settings: Settings) -> int:
@@ -81,7 +81,7 @@ def sync(ab: Any, settings: Settings) -> int:
     # PyAirbyte needs absolute paths to run local executables.
     source_exe = executable(SOURCE_SCRIPT, settings.bin_dir)
     destination_exe = executable(DESTINATION_SCRIPT, settings.bin_dir)
-    with exclusive_run(settings.state_dir) as acquired:
+    with exclusive_run(settings.state_dir / "perly-sync.lock") as acquired:
         if not acquired:
             log("another sync is still running; skipped")
             return 0
@@ -94,6 +94,8 @@ def sync(ab: Any, settings: Settings) -> int:
         destination = ab.get_destination(
             DESTINATION_SCRIPT, config=settings.destination_config, local_executable=destination_exe
         )
+        tell_notices(source, "source")
+        tell_notices(destination, "destination")
         log("sync started" + (" (full refresh)" if settings.full_refresh else ""))
         try:
             result = destination.write(

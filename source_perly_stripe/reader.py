@@ -285,10 +285,10 @@ class SyncReader:
                 run.events_from = cursor - EVENTS_OVERLAP
                 self._changes[stream.name] = {}
             # Otherwise (first sync, or events not readable) the stream is read in full.
-        self._plan_unlisted_customers()
+        yield from self._plan_unlisted_customers()
         yield from self._explain_full_reads()
 
-    def _plan_unlisted_customers(self) -> None:
+    def _plan_unlisted_customers(self) -> Iterator[Deferred]:
         """Whether this sync fetches the customers other objects name that the customers list leaves
         out (see `_named_customers`): when customers are read in full without an events stream to tell
         their deletions (`customer.deleted`), and to finish what an interrupted sync named (the
@@ -309,6 +309,13 @@ class SyncReader:
                 customers.done, customers.covered_at_start = [], 0
                 if customers.sketch is not None:
                     customers.sketch = IdSketch()
+                yield partial(
+                    _log,
+                    "INFO",
+                    "customers: the interrupted sync's customers list is read again from the start: "
+                    "without Events: Read, a customer the other streams name is fetched only when the "
+                    "list leaves it out (deleted), and which customers that sync listed is not kept.",
+                )
             self._named_customers = named
         elif named:
             self._named_customers, self._unlisted_carried = named, True

@@ -13,9 +13,11 @@ def run() -> None:
     early.py)."""
     args = sys.argv[1:]
     if args == ["spec"]:
-        from .spec_message import spec_message_line
+        import connector_spec
 
-        print(spec_message_line(), flush=True)
+        from .spec_message import spec_json
+
+        connector_spec.print_spec_message(spec_json())
         return
     from .early import begin_read
 

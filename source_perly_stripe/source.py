@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -29,6 +30,8 @@ from airbyte_cdk.models import (  # type: ignore[attr-defined,unused-ignore]
 )
 from airbyte_cdk.sources import Source
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
+
+import connector_spec
 
 from .check import check_connection
 from .client import StripeError
@@ -56,12 +59,47 @@ def settings_from(config: Mapping[str, Any]) -> ReadSettings:
         ) from None
 
 
+@contextmanager
+def _unusable_file_as_config_error(kind: str, path: str) -> Iterator[None]:
+    """A catalog or state file the CDK cannot take (hand-edited, for `docker run`) is a config error
+    naming the file and the fault, not "something went wrong in the connector"."""
+    try:
+        yield
+    except Exception as unusable:  # the CDK's reader raises ValueError, its serializers their own
+        fault = " ".join(str(unusable).split())
+        message = f"The {kind} file {path} cannot be used: {fault}"
+        raise AirbyteTracedException(
+            message=message, internal_message=message, failure_type=FailureType.config_error
+        ) from None
+
+
 class SourcePerlyStripe(Source):
     def __init__(self, client_factory: ClientFactory | None = None, early: EarlyRead | None = None) -> None:
         """`early`: a read begun before the CDK was imported (see early.py), taken if `read` is asked
         for the same one."""
         self._client_factory: ClientFactory = client_factory or make_client
         self._early = early
+
+    @staticmethod
+    def read_config(config_path: str) -> dict[str, Any]:
+        """The CDK's, but a config file that is missing or not a JSON object (a hand-written one, for
+        `docker run`) is a config error saying which and where, not "something went wrong"."""
+        try:
+            return connector_spec.read_json_object(config_path)
+        except connector_spec.ConfigFileError as exc:
+            raise AirbyteTracedException(
+                message=str(exc), internal_message=str(exc), failure_type=FailureType.config_error
+            ) from None
+
+    @classmethod
+    def read_catalog(cls, catalog_path: str) -> ConfiguredAirbyteCatalog:
+        with _unusable_file_as_config_error("catalog", catalog_path):
+            return super().read_catalog(catalog_path)
+
+    @classmethod
+    def read_state(cls, state_path: str) -> list[AirbyteStateMessage]:
+        with _unusable_file_as_config_error("state", state_path):
+            return super().read_state(state_path)
 
     def spec(self, logger: logging.Logger) -> ConnectorSpecification:
         return ConnectorSpecificationSerializer.load(spec_json())

@@ -6,15 +6,8 @@ import json
 from importlib import resources
 from typing import Any
 
-import connector_spec
-
 
 def spec_json() -> dict[str, Any]:
     text = resources.files("source_perly_stripe").joinpath("spec.json").read_text()
     spec: dict[str, Any] = json.loads(text)
     return spec
-
-
-def spec_message_line() -> str:
-    """The SPEC message as one line of JSON, as the CDK entrypoint prints it."""
-    return connector_spec.spec_message_line(spec_json())

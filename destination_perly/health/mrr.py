@@ -334,6 +334,27 @@ def with_known_discounts(subscription: StripeObject, known: Mapping[str, StripeO
     return result
 
 
+def items_in_part(subscription: StripeObject) -> bool:
+    """Whether the subscription lists only its first items, as an event's payload does (the sync
+    pages the rest in)."""
+    listed = subscription.get("items")
+    return isinstance(listed, dict) and listed.get("has_more") is True
+
+
+def with_stored_items(subscription: StripeObject, stored: StripeObject) -> StripeObject:
+    """A subscription that lists only its first items, completed with the later items of `stored`,
+    its stored version listing all of them, when `stored` lists the same first items in the same
+    order. Otherwise it is returned as it is: which items were removed could not be told. The input
+    is not changed."""
+    listed, known = as_dict(subscription.get("items")), as_dict(stored.get("items"))
+    first, every = as_list(listed), as_list(known)
+    if not items_in_part(subscription) or known.get("has_more") is not False or len(every) <= len(first):
+        return subscription
+    if [ref_id(item) for item in first] != [ref_id(item) for item in every[: len(first)]]:
+        return subscription
+    return {**subscription, "items": {**listed, "data": [*first, *every[len(first) :]], "has_more": False}}
+
+
 def unknown_discount_ids(subscription: StripeObject, catalog: Catalog | None = None) -> list[str]:
     """The discounts a subscription and its items name by id only (as an event's payload does) that
     the catalog does not know either."""
@@ -440,11 +461,11 @@ def subscription_amount(
         " webhook's payload) and left out of MRR (the next sync tells)"
         for discount_id in unknown_discount_ids(subscription, catalog)
     )
-    listed = subscription.get("items")
-    if isinstance(listed, dict) and listed.get("has_more") is True:  # a payload's first page (the sync pages)
+    if items_in_part(subscription):  # and the stored version could not complete it (`with_stored_items`)
         limitations.append(
-            f"MRR: {ref_id(subscription.get('id'))} has more items than the {len(as_list(listed))} a"
-            " webhook's payload lists; the others are left out of MRR (the next sync tells)"
+            f"MRR: {ref_id(subscription.get('id'))} has more items than the"
+            f" {len(as_list(subscription.get('items')))} a webhook's payload lists; the others are left"
+            " out of MRR (the next sync tells)"
         )
     net = sum(
         (max(amount, Fraction(0)) / item.tax_divisor for amount, item in zip(amounts, items, strict=True)),

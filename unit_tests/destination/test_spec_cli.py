@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,18 @@ def _spec() -> dict:
     from destination_perly.spec import destination_spec
 
     return destination_spec()
+
+
+@pytest.mark.parametrize("connector", ["destination_perly", "source_perly_stripe"])
+def test_spec_into_a_pipe_whose_reader_has_gone_ends_quietly(connector: str) -> None:
+    """`spec | head -c 80` and the like: the reader closes the pipe before the message is written."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    program = f"import sys; sys.argv = ['{connector}', 'spec']\nfrom {connector}.run import run; run()"
+    try:
+        ended = subprocess.run(
+            [sys.executable, "-c", program], stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=ROOT
+        )
+    finally:
+        os.close(write_end)
+    assert (ended.returncode, ended.stderr) == (0, "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from destination_perly.health.mrr import (
     subscription_and_item_discounts,
     unknown_discount_ids,
     with_known_discounts,
+    with_stored_items,
 )
 from unit_tests.health.builders import (
     bundle,
@@ -439,3 +441,53 @@ def test_given_a_payload_listing_only_the_first_items_then_mrr_counts_those_and_
         "MRR: sub_1 has more items than the 2 a webhook's payload lists; the others are left out of MRR"
         " (the next sync tells)"
     ]
+
+
+def stored_with_items(*amounts: int) -> dict[str, Any]:
+    """A subscription as the sync stores it: every item listed."""
+    return subscription(*(item(price(amount=a, price_id=f"price_{a}")) for a in amounts))
+
+
+def first_items_of(stored: dict[str, Any], count: int) -> dict[str, Any]:
+    """The same subscription as a webhook's payload lists it: its first `count` items only."""
+    return {**stored, "items": {**stored["items"], "data": stored["items"]["data"][:count], "has_more": True}}
+
+
+def test_given_a_payload_listing_the_stored_first_items_then_the_stored_later_items_complete_it() -> None:
+    stored = stored_with_items(1000, 500, 700, 300)
+    payload = first_items_of(stored, 2)
+    payload["items"]["data"][1] = {**payload["items"]["data"][1], "quantity": 3}  # the change the event tells
+    before = copy.deepcopy(payload)
+
+    completed = with_stored_items(payload, stored)
+
+    assert [i["id"] for i in completed["items"]["data"]] == [
+        "si_price_1000",
+        "si_price_500",
+        "si_price_700",
+        "si_price_300",
+    ]
+    assert completed["items"]["data"][1]["quantity"] == 3
+    assert completed["items"]["has_more"] is False
+    assert evaluate(bundle(subscriptions=[completed])).health.mrr == 1000 + 3 * 500 + 700 + 300
+    assert evaluate(bundle(subscriptions=[completed])).health.limitations == []
+    assert payload == before
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        stored_with_items(
+            1000, 700, 300
+        ),  # the payload's second item is not the stored second: removed or added
+        first_items_of(stored_with_items(1000, 500, 700), 2),  # the stored version is a payload too
+        stored_with_items(1000, 500),  # the stored version has no later items to give
+    ],
+    ids=["other-first-items", "stored-in-part", "nothing-later"],
+)
+def test_given_a_stored_version_that_cannot_tell_the_later_items_then_the_payload_is_kept_as_it_is(
+    stored: dict[str, Any],
+) -> None:
+    payload = first_items_of(stored_with_items(1000, 500, 700, 300), 2)
+
+    assert with_stored_items(payload, stored) == payload

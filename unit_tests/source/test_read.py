@@ -757,15 +757,19 @@ def test_given_the_first_sync_killed_while_an_owning_stream_reads_when_resumed_t
         return stream == "subscriptions" and "sub_gone" in emitted and "backfill" in blob
 
     killed, acknowledged = read_until_state(fake, names, sub_gone_acknowledged)
-    resumed, final = read_until_state(fake, names, lambda *_: False, acknowledged)
+    output = sync(
+        fake, *names, state=acknowledged, config=ConfigBuilder().with_api_key(TEST_RESTRICTED_KEY).build()
+    )
+    resumed = [m.record.data for m in output.records]
 
     assert "sub_gone" in {r["id"] for r in killed}
     assert "sub_gone" not in {r["id"] for r in resumed}
     assert GONE in resumed
-    # The resumed sync lists every customer again rather than fetch the live ones one by one.
+    # The resumed sync lists every customer again rather than fetch the live ones one by one, and says so.
     assert {r["id"] for r in resumed if r["id"].startswith("cus_")} == {c["id"] for c in live} | {"cus_gone"}
     assert [p for p in fake.paths() if p.startswith("/v1/customers/")] == ["/v1/customers/cus_gone"]
-    assert all("backfill" not in dict(s.stream.stream_state.__dict__) for s in final)
+    assert any("customers list is read again from the start" in m.log.message for m in output.logs)
+    assert all("backfill" not in dict(s.stream.stream_state.__dict__) for s in final_states(output))
 
 
 def test_given_an_events_stream_when_first_sync_then_unlisted_customers_are_not_fetched() -> None:
