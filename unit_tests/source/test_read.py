@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -35,17 +36,18 @@ from .fake_stripe import FakeStripe
 NOW = DEFAULT_NOW
 
 
-def make_source(fake: FakeStripe) -> SourcePerlyStripe:
-    def factory(config: Any) -> StripeClient:
-        return StripeClient(
-            config["api_key"],
-            max_requests_per_second=10_000,
-            max_retries=2,
-            clock=lambda: fake.now,
-            sleep=lambda _: None,
-        )
+def make_client(fake: FakeStripe, config: Any) -> StripeClient:
+    return StripeClient(
+        config["api_key"],
+        max_requests_per_second=10_000,
+        max_retries=2,
+        clock=lambda: fake.now,
+        sleep=lambda _: None,
+    )
 
-    return SourcePerlyStripe(client_factory=factory)
+
+def make_source(fake: FakeStripe) -> SourcePerlyStripe:
+    return SourcePerlyStripe(client_factory=partial(make_client, fake))
 
 
 def catalog(*names: str, mode: SyncMode = SyncMode.incremental) -> Any:
@@ -136,7 +138,7 @@ def test_given_records_on_window_edges_when_read_then_each_record_emitted_exactl
     assert set(emitted) == {c["id"] for c in seeded}
     assert max(emitted.values()) == 1
     windows = {
-        (q["created[gte]"][0], q["created[lt]"][0])
+        (q["created[gte]"][0], q.get("created[lt]", ["(asked with the probe)"])[0])
         for q in map(query_of, fake.requests)
         if "created[gte]" in q
     }
@@ -159,7 +161,7 @@ def test_given_the_end_of_a_read_when_few_windows_are_left_then_they_are_cut_int
         assert set(emitted) == {c["id"] for c in seeded}
         assert max(emitted.values()) == 1
         queries = [q for q in map(query_of, fake.requests) if "created[gte]" in q]
-        return len({(q["created[gte]"][0], q["created[lt]"][0]) for q in queries})
+        return len({(q["created[gte]"][0], q.get("created[lt]", [None])[0]) for q in queries})
 
     assert windows_read(pages_per_end_cut=1) > windows_read(pages_per_end_cut=10**6)
 
@@ -196,6 +198,93 @@ def test_given_backfill_when_read_then_every_record_carries_server_time_and_stat
 
     assert {r["updated"] for r in records(output, "customers")} == {NOW}
     assert state_blob(output, "customers")["updated"] == NOW
+
+
+class ProbeAnswersLate:
+    """The client, but the probe's answer is handed back only once a list page without an upper end (a
+    window begun with the probe) was asked, and that page goes to Stripe only once the probe took
+    Stripe's clock, after `meanwhile()` ran (what happens in Stripe between the two). (requests-mock
+    serves one request at a time, so the order is kept here, around the client.)"""
+
+    def __init__(self, inner: StripeClient, meanwhile: Any = None) -> None:
+        self.inner = inner
+        self.meanwhile = meanwhile
+        self.page_asked, self.clock_taken = threading.Event(), threading.Event()
+        self.page_asked_before_the_probe_answered = False
+
+    def get(self, path: str, params: Any = ()) -> dict[str, Any]:
+        query = dict(params)
+        if path == "/v1/events" and query.get("limit") == 1:
+            answer = self.inner.get(path, params)
+            self.page_asked_before_the_probe_answered = self.page_asked.wait(timeout=5)
+            return answer
+        if "created[gte]" in query and "created[lt]" not in query:
+            self.page_asked.set()
+            self.clock_taken.wait(timeout=5)
+            if self.meanwhile is not None:
+                self.meanwhile()
+                self.meanwhile = None
+        return self.inner.get(path, params)
+
+    def server_now(self) -> int:
+        now = self.inner.server_now()
+        self.clock_taken.set()
+        return now
+
+
+def sync_with_a_late_probe(
+    fake: FakeStripe, meanwhile: Any = None
+) -> tuple[EntrypointOutput, ProbeAnswersLate]:
+    clients: list[ProbeAnswersLate] = []
+
+    def factory(config: Any) -> ProbeAnswersLate:
+        clients.append(ProbeAnswersLate(make_client(fake, config), meanwhile))
+        return clients[-1]
+
+    with fake.serving():
+        output = read(
+            SourcePerlyStripe(client_factory=factory), ConfigBuilder().build(), catalog("customers")
+        )
+    return output, clients[0]
+
+
+def test_given_a_first_sync_then_the_first_list_page_is_asked_before_the_probe_answers() -> None:
+    fake = FakeStripe()
+    seeded = seed_customers(fake, 250, NOW - 30 * DAY, 600)
+
+    output, client = sync_with_a_late_probe(fake)
+
+    assert client.page_asked_before_the_probe_answered, "the first page waited a round trip for the probe"
+    emitted = Counter(r["id"] for r in records(output, "customers"))
+    assert set(emitted) == {c["id"] for c in seeded}
+    assert max(emitted.values()) == 1
+    assert state_blob(output, "customers")["updated"] == NOW, "the cursor is Stripe's clock at the probe"
+
+
+def test_given_objects_created_between_the_probe_and_the_first_page_then_none_is_lost_or_skipped() -> None:
+    """The first page, asked with the probe, may list objects created after the probe answered: they
+    are left to the next sync, which replays events from before this one's cursor."""
+    fake = FakeStripe()
+    seeded = seed_customers(fake, 150, NOW - 30 * DAY, 600)
+    created_meanwhile: list[dict[str, Any]] = []
+
+    def stripe_moves_on() -> None:
+        fake.now = NOW + 1
+        for i in range(120):  # more than a page: the whole first page is newer than the probe
+            new = fake.add("customers", NOW + 1, object_id=f"cus_meanwhile_{i:03d}")
+            created_meanwhile.append(new)
+            fake.add_event("customer.created", new, NOW + 1)
+
+    first, _ = sync_with_a_late_probe(fake, stripe_moves_on)
+    second = sync(fake, "customers", state=final_states(first))
+
+    assert len(created_meanwhile) == 120, "the first page was asked before the probe answered"
+    first_ids = Counter(r["id"] for r in records(first, "customers"))
+    assert set(first_ids) == {c["id"] for c in seeded}, "the first sync reads up to the probe's clock"
+    assert max(first_ids.values()) == 1
+    assert state_blob(first, "customers")["updated"] == NOW
+    second_ids = {r["id"] for r in records(second, "customers")}
+    assert second_ids == {c["id"] for c in created_meanwhile}, "the next sync gives what was created since"
 
 
 def test_given_backfill_when_read_then_no_state_precedes_the_records_it_covers() -> None:
@@ -249,7 +338,10 @@ def test_given_backfill_interrupted_by_errors_when_resumed_then_all_records_and_
     middle = NOW - 200 * DAY
     # Every window that ends before `middle` keeps failing: the first sync cannot finish them.
     fake.fail(
-        r"^/v1/customers$", 503, times=10_000, only_if=lambda q: int(q.get("created[lt]", ["0"])[0]) <= middle
+        r"^/v1/customers$",
+        503,
+        times=10_000,
+        only_if=lambda q: int(q.get("created[lt]", [str(NOW + 1)])[0]) <= middle,
     )
 
     first = sync(fake, "customers", expecting_exception=True)
@@ -264,7 +356,7 @@ def test_given_backfill_interrupted_by_errors_when_resumed_then_all_records_and_
     assert emitted == {c["id"] for c in seeded}
     for query in map(query_of, fake.requests):
         if "created[gte]" in query:
-            low, high = int(query["created[gte]"][0]), int(query["created[lt]"][0])
+            low, high = int(query["created[gte]"][0]), int(query.get("created[lt]", [str(NOW + 1)])[0])
             assert not any(a <= low and high <= b for a, b in done), "a finished window was read again"
     final = state_blob(second, "customers")
     assert final["updated"] == NOW
@@ -725,11 +817,24 @@ def test_given_the_first_sync_killed_after_the_owning_streams_completed_when_res
     fake.add("charges", NOW - 60 * DAY, object_id="ch_live", customer="cus_live")
     names = ("customers", *OWNERS)
     completed: set[str] = set()
+    # The unlisted customer's fetch waits for the kill: the customers list may be read in full before
+    # the owners complete, and the fetch then start at once (`_fetch_unlisted_early`).
+    killed_now = threading.Event()
+    respond = fake._respond
+
+    def fetch_after_the_kill(request: Any, context: Any) -> Any:
+        if urlparse(request.url).path == "/v1/customers/cus_gone":
+            killed_now.wait(timeout=10)
+        return respond(request, context)
+
+    monkeypatch.setattr(fake, "_respond", fetch_after_the_kill)
 
     def owners_completed(stream: str, blob: dict[str, Any], emitted: set[str]) -> bool:
         if stream in OWNERS and "backfill" not in blob:  # its final state: it will not be read again
             completed.add(stream)
-        return completed == set(OWNERS)  # killed before customers fetched the unlisted one
+        if completed == set(OWNERS):  # killed before customers fetched the unlisted one
+            killed_now.set()
+        return killed_now.is_set()
 
     killed, acknowledged = read_until_state(fake, names, owners_completed)
     resumed, _ = read_until_state(fake, names, lambda *_: False, acknowledged)
