@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from functools import partial
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -46,8 +45,30 @@ def make_client(fake: FakeStripe, config: Any) -> StripeClient:
     )
 
 
-def make_source(fake: FakeStripe) -> SourcePerlyStripe:
-    return SourcePerlyStripe(client_factory=partial(make_client, fake))
+def make_source(fake: FakeStripe, held_back: dict[str, threading.Event] | None = None) -> SourcePerlyStripe:
+    """`held_back`: a request for one of these paths goes out only once its event is set."""
+
+    def factory(config: Any) -> Any:
+        client = make_client(fake, config)
+        return HoldingBack(client, held_back) if held_back else client
+
+    return SourcePerlyStripe(client_factory=factory)
+
+
+class HoldingBack:
+    """The client, holding requests for some paths back until their event is set (around the client:
+    requests-mock serves one request at a time, so holding one inside it would hold them all)."""
+
+    def __init__(self, inner: StripeClient, held_back: dict[str, threading.Event]) -> None:
+        self.inner, self.held_back = inner, held_back
+
+    def get(self, path: str, params: Any = ()) -> dict[str, Any]:
+        if path in self.held_back:
+            self.held_back[path].wait(timeout=10)
+        return self.inner.get(path, params)
+
+    def server_now(self) -> int:
+        return self.inner.server_now()
 
 
 def catalog(*names: str, mode: SyncMode = SyncMode.incremental) -> Any:
@@ -780,15 +801,22 @@ def test_given_the_unlisted_customer_fetch_fails_when_synced_again_then_the_tomb
 
 
 def read_until_state(
-    fake: FakeStripe, names: tuple[str, ...], stop: Any, state: list[Any] | None = None
+    fake: FakeStripe,
+    names: tuple[str, ...],
+    stop: Any,
+    state: list[Any] | None = None,
+    held_back: dict[str, threading.Event] | None = None,
 ) -> tuple[list[dict[str, Any]], list[Any]]:
     """A sync killed right after the first STATE for which `stop(stream, blob, emitted ids)` is true: the
-    records it emitted and the last state of each stream acknowledged by then (the next sync's)."""
+    records it emitted and the last state of each stream acknowledged by then (the next sync's).
+    `held_back`: see `make_source`."""
     config = ConfigBuilder().with_api_key(TEST_RESTRICTED_KEY).build()
     emitted: list[dict[str, Any]] = []
     last: dict[str, Any] = {s.stream.stream_descriptor.name: s for s in state or []}
     with fake.serving():
-        messages = make_source(fake).read(logging.getLogger("test"), config, catalog(*names), state)
+        messages = make_source(fake, held_back).read(
+            logging.getLogger("test"), config, catalog(*names), state
+        )
         try:
             for message in messages:
                 if message.type == Type.RECORD:
@@ -820,14 +848,6 @@ def test_given_the_first_sync_killed_after_the_owning_streams_completed_when_res
     # The unlisted customer's fetch waits for the kill: the customers list may be read in full before
     # the owners complete, and the fetch then start at once (`_fetch_unlisted_early`).
     killed_now = threading.Event()
-    respond = fake._respond
-
-    def fetch_after_the_kill(request: Any, context: Any) -> Any:
-        if urlparse(request.url).path == "/v1/customers/cus_gone":
-            killed_now.wait(timeout=10)
-        return respond(request, context)
-
-    monkeypatch.setattr(fake, "_respond", fetch_after_the_kill)
 
     def owners_completed(stream: str, blob: dict[str, Any], emitted: set[str]) -> bool:
         if stream in OWNERS and "backfill" not in blob:  # its final state: it will not be read again
@@ -836,7 +856,8 @@ def test_given_the_first_sync_killed_after_the_owning_streams_completed_when_res
             killed_now.set()
         return killed_now.is_set()
 
-    killed, acknowledged = read_until_state(fake, names, owners_completed)
+    held_back = {"/v1/customers/cus_gone": killed_now}
+    killed, acknowledged = read_until_state(fake, names, owners_completed, held_back=held_back)
     resumed, _ = read_until_state(fake, names, lambda *_: False, acknowledged)
 
     assert GONE not in killed
