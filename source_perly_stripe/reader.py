@@ -655,7 +655,8 @@ class SyncReader:
         """What `read` does before its first message: the probe, the plan and the first requests.
         Called early, before the Airbyte CDK is imported (see early.py), the requests start during
         that import: nothing here builds a message (the plan's are built when `read` yields them).
-        Raises StripeError when the probe fails; after that, `read` or `stop` must follow."""
+        Raises StripeError when the probe fails (the requests begun with it are stopped). Once it
+        returned, `read` or `stop` must follow."""
         if self._began or not self._selected:
             return
         self._began = True
