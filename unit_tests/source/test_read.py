@@ -254,7 +254,10 @@ class ProbeAnswersLate:
 
 
 def sync_with_a_late_probe(
-    fake: FakeStripe, meanwhile: Any = None
+    fake: FakeStripe,
+    meanwhile: Any = None,
+    names: tuple[str, ...] = ("customers",),
+    state: list[AirbyteStateMessage] | None = None,
 ) -> tuple[EntrypointOutput, ProbeAnswersLate]:
     clients: list[ProbeAnswersLate] = []
 
@@ -264,7 +267,7 @@ def sync_with_a_late_probe(
 
     with fake.serving():
         output = read(
-            SourcePerlyStripe(client_factory=factory), ConfigBuilder().build(), catalog("customers")
+            SourcePerlyStripe(client_factory=factory), ConfigBuilder().build(), catalog(*names), state
         )
     return output, clients[0]
 
@@ -306,6 +309,30 @@ def test_given_objects_created_between_the_probe_and_the_first_page_then_none_is
     assert state_blob(first, "customers")["updated"] == NOW
     second_ids = {r["id"] for r in records(second, "customers")}
     assert second_ids == {c["id"] for c in created_meanwhile}, "the next sync gives what was created since"
+
+
+def test_given_a_stream_with_a_cursor_beside_a_new_one_then_only_the_new_one_begins_with_the_probe() -> None:
+    """A stream with a state waits for the probe (its plan depends on what the probe tells); a stream
+    added to the catalog since begins with it; both read what they should."""
+    fake = FakeStripe()
+    cursor = NOW - DAY
+    changed = fake.add("customers", NOW - 90 * DAY, object_id="cus_changed", email="new@example.com")
+    fake.add("customers", NOW - 80 * DAY, object_id="cus_untouched")
+    fake.add_event("customer.updated", changed, cursor + 600)
+    charges = [fake.add("charges", NOW - 40 * DAY + i * 3_600) for i in range(230)]
+
+    output, client = sync_with_a_late_probe(
+        fake, names=("customers", "charges"), state=events_mode_state("customers", cursor)
+    )
+
+    assert client.page_asked_before_the_probe_answered
+    assert [r["id"] for r in records(output, "customers")] == ["cus_changed"]
+    emitted = Counter(r["id"] for r in records(output, "charges"))
+    assert set(emitted) == {c["id"] for c in charges}
+    assert max(emitted.values()) == 1
+    assert "/v1/customers" not in fake.paths(), "customers replays its events: no list read"
+    assert state_blob(output, "customers")["updated"] == NOW
+    assert state_blob(output, "charges")["updated"] == NOW
 
 
 def test_given_backfill_when_read_then_no_state_precedes_the_records_it_covers() -> None:
