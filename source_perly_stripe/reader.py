@@ -666,12 +666,12 @@ class SyncReader:
         self._begin_early()
         try:
             now = probe.result()
+            self._planned = list(self._plan(now))
         except BaseException:
             self._stop.set()
             self._probed.set()  # the windows begun early stop (`_stripe_now`)
             self.stop()
             raise
-        self._planned = list(self._plan(now))
         self._now = now
         self._probed.set()
         self._start(now)
