@@ -67,14 +67,24 @@ class CountingClient:
         self.page_records = 0
         self.full_page_slots = 0
         self.other = 0
-        self.sent_at: list[float] = []
+        self.sent_at: list[float] = []  # when each request left: its turn in the budget (retries too)
+        self.answered_at: list[float] = []
         self.end_fills: Counter[int] = Counter()  # records on each window's last page, by tens
+        take_turn = inner.budget.acquire
+
+        def acquire() -> float:
+            waited = take_turn()
+            with self.lock:
+                self.sent_at.append(time.monotonic())
+            return waited
+
+        inner.budget.acquire = acquire  # type: ignore[method-assign]
 
     def get(self, path: str, params: Any = ()) -> dict[str, Any]:
         body = self.inner.get(path, params)
         is_window = any(name == "created[gte]" for name, _ in params)
         with self.lock:
-            self.sent_at.append(time.monotonic())
+            self.answered_at.append(time.monotonic())
             if is_window:
                 self.pages["window"] += 1
                 self.page_records += len(body.get("data") or [])
@@ -306,8 +316,10 @@ def first_sync(customers: int, latency_ms: int, budget: float, concurrency: int)
             f"  all requests {made:,} against the least possible {least:,} (those full pages, "
             f"{client.other:,} sublists and the probe) = {made / least:.3f}x"
         )
-        seconds = Counter(int(t - result["started"]) for t in result["client"].sent_at)
-        print(f"  requests in each second: {[seconds[i] for i in range(max(seconds) + 1)]}")
+        # The budget governs when requests leave; their answers come a round trip later.
+        for label, times in (("sent", client.sent_at), ("answered", client.answered_at)):
+            seconds = Counter(int(t - result["started"]) for t in times)
+            print(f"  requests {label} in each second: {[seconds[i] for i in range(max(seconds) + 1)]}")
         with tempfile.TemporaryDirectory() as folder:
             config_path, catalog_path = Path(folder, "config.json"), Path(folder, "catalog.json")
             config_path.write_text(json.dumps(config))

@@ -166,6 +166,11 @@ class SyncReader:
         # is imported, this holds the pages read meanwhile: about as many as the import lets in.
         self._out: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=64)
         self._began = False
+        # Stripe's clock at the probe (`_probe`): the upper end of every backfill. Windows begun
+        # before the probe answers wait for it (`_stripe_now`).
+        self._now = 0
+        self._probed = threading.Event()
+        self._begun_early: set[str] = set()  # streams whose first window went out with the probe
         self._planned: list[Deferred] = []
         self._runs: dict[str, StreamRun] = {}
         self._lock = threading.Lock()
@@ -209,11 +214,14 @@ class SyncReader:
 
     def _plan(self, now: int) -> Iterator[Deferred]:
         s = self._settings
+        runs: dict[str, StreamRun] = {}
         for stream, incremental in self._selected:
             state = self._states.get(stream.name, {}) if incremental else {}
-            run = StreamRun(stream=stream, incremental=incremental, upper=now + 1, lower=s.start)
+            # A stream begun early (`_begin_early`) keeps its run: its window is counted in it.
+            run = self._runs.get(stream.name) or StreamRun(stream=stream, incremental=incremental)
+            run.lower, run.upper = s.start, now + 1
             run.previous_full_requests = state.get("full_read_requests")
-            self._runs[stream.name] = run
+            runs[stream.name] = run
             cursor = state.get(stream.cursor_field)
             if isinstance(cursor, int) and cursor > now:
                 yield partial(
@@ -285,6 +293,7 @@ class SyncReader:
                 run.events_from = cursor - EVENTS_OVERLAP
                 self._changes[stream.name] = {}
             # Otherwise (first sync, or events not readable) the stream is read in full.
+        self._runs = runs  # in the catalog's order
         yield from self._plan_unlisted_customers()
         yield from self._explain_full_reads()
 
@@ -383,7 +392,7 @@ class SyncReader:
         key: str,
         path: str,
         base: Params,
-        window: Interval,
+        window: tuple[int, int | None],
         expand: StreamDef | None,
         open_ended: bool = True,
         *,
@@ -443,16 +452,17 @@ class SyncReader:
         key: str,
         path: str,
         base: Params,
-        window: Interval,
+        window: tuple[int, int | None],
         expand: StreamDef | None,
         open_ended: bool,
         token: object,
     ) -> None:
         """Page through one created window newest-first; when a reader is free, hand it part of the
         unread rest (see `plan_cut`). Reports [low, top) done once every record in it was queued.
-        `token` stands for the window in `_open_windows` while it is open-ended."""
-        low, top = window
-        end = top
+        `token` stands for the window in `_open_windows` while it is open-ended. A window without a
+        top was begun before the probe answered (`_begin_early`): its top is Stripe's clock then."""
+        low, end = window
+        top = end or 0
         last_created = top - 1
         cursor: str | None = None
         pages = _PageGuard(path)
@@ -460,8 +470,9 @@ class SyncReader:
         seen = 0
         held: Callable[[], None] | None = None  # queues the last page read (see `_page_sender`)
         while True:
-            params: list[tuple[str, str | int]] = [*base, ("limit", PAGE_SIZE)]
-            params += [("created[gte]", low), ("created[lt]", end)]
+            params: list[tuple[str, str | int]] = [*base, ("limit", PAGE_SIZE), ("created[gte]", low)]
+            if end is not None:
+                params.append(("created[lt]", end))
             if cursor:
                 params.append(("starting_after", cursor))
             try:
@@ -475,6 +486,16 @@ class SyncReader:
                 pages = _PageGuard(path)
                 continue
             data = pages.objects(page, cursor, need_created=True)
+            if end is None:
+                # The window ends where it would had it been asked for after the probe: what was
+                # created since is left to the next sync (it reads from before this one's cursor).
+                top = end = self._stripe_now() + 1
+                last_created = top - 1
+                in_window = [obj for obj in data if obj["created"] < end]
+                if data and not in_window and page.get("has_more") is True and low < end:
+                    cursor, pages = None, _PageGuard(path)  # a whole page created since: start at the top
+                    continue
+                data = in_window
             pages.check_range(data, low, end)
             if data:
                 # Everything of this window newer than the page's last second, once queued.
@@ -641,15 +662,46 @@ class SyncReader:
         """What `read` does before its first message: the probe, the plan and the first requests.
         Called early, before the Airbyte CDK is imported (see early.py), the requests start during
         that import: nothing here builds a message (the plan's are built when `read` yields them).
-        Raises StripeError when the probe fails; after that, `read` or `stop` must follow."""
+        Raises StripeError when the probe fails (the requests begun with it are stopped). Once it
+        returned, `read` or `stop` must follow."""
         if self._began or not self._selected:
             return
         self._began = True
-        now = self._probe()
-        self._planned = list(self._plan(now))
         self._executor = ThreadPoolExecutor(max_workers=self._settings.workers, thread_name_prefix="stripe")
         self._sublists = ThreadPoolExecutor(max_workers=self._settings.workers, thread_name_prefix="sublists")
+        probe = self._executor.submit(self._probe)  # first in the budget's queue: the others wait for it
+        self._begin_early()
+        try:
+            now = probe.result()
+            self._planned = list(self._plan(now))
+        except BaseException:
+            self._stop.set()
+            self._probed.set()  # the windows begun early stop (`_stripe_now`)
+            self.stop()
+            raise
+        self._now = now
+        self._probed.set()
         self._start(now)
+
+    def _begin_early(self) -> None:
+        """The first page of each stream read in full from the start (no state: a first sync, or a
+        full refresh) goes out with the probe instead of a round trip after it: such a stream's plan
+        does not depend on what the probe tells, only its upper end (Stripe's clock) does, which its
+        window learns when the page is in (see `_read_window`)."""
+        for stream, incremental in self._selected:
+            if stream is EVENTS or (incremental and self._states.get(stream.name)):
+                continue
+            self._runs[stream.name] = StreamRun(stream=stream, incremental=incremental)
+            self._begun_early.add(stream.name)
+            window = (self._settings.start, None)
+            self._submit_window(stream.name, stream.path, stream.list_params, window, stream, cut=False)
+
+    def _stripe_now(self) -> int:
+        """Stripe's clock at the probe, once it answered (workers of windows begun early wait here)."""
+        self._probed.wait()
+        if self._stop.is_set():
+            raise _Cancelled()
+        return self._now
 
     def read(self) -> Iterator[ab.AirbyteMessage]:
         if not self._selected:
@@ -685,6 +737,8 @@ class SyncReader:
 
     def _start(self, now: int) -> None:
         for run in self._runs.values():
+            if run.stream.name in self._begun_early:
+                continue
             if run.mode == "backfill":
                 for gap in gaps(run.lower, run.upper, run.done):
                     self._list(run, run.stream.list_params, gap)

@@ -35,17 +35,40 @@ from .fake_stripe import FakeStripe
 NOW = DEFAULT_NOW
 
 
-def make_source(fake: FakeStripe) -> SourcePerlyStripe:
-    def factory(config: Any) -> StripeClient:
-        return StripeClient(
-            config["api_key"],
-            max_requests_per_second=10_000,
-            max_retries=2,
-            clock=lambda: fake.now,
-            sleep=lambda _: None,
-        )
+def make_client(fake: FakeStripe, config: Any) -> StripeClient:
+    return StripeClient(
+        config["api_key"],
+        max_requests_per_second=10_000,
+        max_retries=2,
+        clock=lambda: fake.now,
+        sleep=lambda _: None,
+    )
+
+
+def make_source(fake: FakeStripe, held_back: dict[str, threading.Event] | None = None) -> SourcePerlyStripe:
+    """`held_back`: a request for one of these paths goes out only once its event is set."""
+
+    def factory(config: Any) -> Any:
+        client = make_client(fake, config)
+        return HoldingBack(client, held_back) if held_back else client
 
     return SourcePerlyStripe(client_factory=factory)
+
+
+class HoldingBack:
+    """The client, holding requests for some paths back until their event is set (around the client:
+    requests-mock serves one request at a time, so holding one inside it would hold them all)."""
+
+    def __init__(self, inner: StripeClient, held_back: dict[str, threading.Event]) -> None:
+        self.inner, self.held_back = inner, held_back
+
+    def get(self, path: str, params: Any = ()) -> dict[str, Any]:
+        if path in self.held_back:
+            self.held_back[path].wait(timeout=10)
+        return self.inner.get(path, params)
+
+    def server_now(self) -> int:
+        return self.inner.server_now()
 
 
 def catalog(*names: str, mode: SyncMode = SyncMode.incremental) -> Any:
@@ -136,7 +159,7 @@ def test_given_records_on_window_edges_when_read_then_each_record_emitted_exactl
     assert set(emitted) == {c["id"] for c in seeded}
     assert max(emitted.values()) == 1
     windows = {
-        (q["created[gte]"][0], q["created[lt]"][0])
+        (q["created[gte]"][0], q.get("created[lt]", ["(asked with the probe)"])[0])
         for q in map(query_of, fake.requests)
         if "created[gte]" in q
     }
@@ -159,7 +182,7 @@ def test_given_the_end_of_a_read_when_few_windows_are_left_then_they_are_cut_int
         assert set(emitted) == {c["id"] for c in seeded}
         assert max(emitted.values()) == 1
         queries = [q for q in map(query_of, fake.requests) if "created[gte]" in q]
-        return len({(q["created[gte]"][0], q["created[lt]"][0]) for q in queries})
+        return len({(q["created[gte]"][0], q.get("created[lt]", [None])[0]) for q in queries})
 
     assert windows_read(pages_per_end_cut=1) > windows_read(pages_per_end_cut=10**6)
 
@@ -196,6 +219,120 @@ def test_given_backfill_when_read_then_every_record_carries_server_time_and_stat
 
     assert {r["updated"] for r in records(output, "customers")} == {NOW}
     assert state_blob(output, "customers")["updated"] == NOW
+
+
+class ProbeAnswersLate:
+    """The client, but the probe's answer is handed back only once a list page without an upper end (a
+    window begun with the probe) was asked, and that page goes to Stripe only once the probe took
+    Stripe's clock, after `meanwhile()` ran (what happens in Stripe between the two). (requests-mock
+    serves one request at a time, so the order is kept here, around the client.)"""
+
+    def __init__(self, inner: StripeClient, meanwhile: Any = None) -> None:
+        self.inner = inner
+        self.meanwhile = meanwhile
+        self.page_asked, self.clock_taken = threading.Event(), threading.Event()
+        self.page_asked_before_the_probe_answered = False
+
+    def get(self, path: str, params: Any = ()) -> dict[str, Any]:
+        query = dict(params)
+        if path == "/v1/events" and query.get("limit") == 1:
+            answer = self.inner.get(path, params)
+            self.page_asked_before_the_probe_answered = self.page_asked.wait(timeout=5)
+            return answer
+        if "created[gte]" in query and "created[lt]" not in query:
+            self.page_asked.set()
+            self.clock_taken.wait(timeout=5)
+            if self.meanwhile is not None:
+                self.meanwhile()
+                self.meanwhile = None
+        return self.inner.get(path, params)
+
+    def server_now(self) -> int:
+        now = self.inner.server_now()
+        self.clock_taken.set()
+        return now
+
+
+def sync_with_a_late_probe(
+    fake: FakeStripe,
+    meanwhile: Any = None,
+    names: tuple[str, ...] = ("customers",),
+    state: list[AirbyteStateMessage] | None = None,
+) -> tuple[EntrypointOutput, ProbeAnswersLate]:
+    clients: list[ProbeAnswersLate] = []
+
+    def factory(config: Any) -> ProbeAnswersLate:
+        clients.append(ProbeAnswersLate(make_client(fake, config), meanwhile))
+        return clients[-1]
+
+    with fake.serving():
+        output = read(
+            SourcePerlyStripe(client_factory=factory), ConfigBuilder().build(), catalog(*names), state
+        )
+    return output, clients[0]
+
+
+def test_given_a_first_sync_then_the_first_list_page_is_asked_before_the_probe_answers() -> None:
+    fake = FakeStripe()
+    seeded = seed_customers(fake, 250, NOW - 30 * DAY, 600)
+
+    output, client = sync_with_a_late_probe(fake)
+
+    assert client.page_asked_before_the_probe_answered, "the first page waited a round trip for the probe"
+    emitted = Counter(r["id"] for r in records(output, "customers"))
+    assert set(emitted) == {c["id"] for c in seeded}
+    assert max(emitted.values()) == 1
+    assert state_blob(output, "customers")["updated"] == NOW, "the cursor is Stripe's clock at the probe"
+
+
+def test_given_objects_created_between_the_probe_and_the_first_page_then_none_is_lost_or_skipped() -> None:
+    """The first page, asked with the probe, may list objects created after the probe answered: they
+    are left to the next sync, which replays events from before this one's cursor."""
+    fake = FakeStripe()
+    seeded = seed_customers(fake, 150, NOW - 30 * DAY, 600)
+    created_meanwhile: list[dict[str, Any]] = []
+
+    def stripe_moves_on() -> None:
+        fake.now = NOW + 1
+        for i in range(120):  # more than a page: the whole first page is newer than the probe
+            new = fake.add("customers", NOW + 1, object_id=f"cus_meanwhile_{i:03d}")
+            created_meanwhile.append(new)
+            fake.add_event("customer.created", new, NOW + 1)
+
+    first, _ = sync_with_a_late_probe(fake, stripe_moves_on)
+    second = sync(fake, "customers", state=final_states(first))
+
+    assert len(created_meanwhile) == 120, "the first page was asked before the probe answered"
+    first_ids = Counter(r["id"] for r in records(first, "customers"))
+    assert set(first_ids) == {c["id"] for c in seeded}, "the first sync reads up to the probe's clock"
+    assert max(first_ids.values()) == 1
+    assert state_blob(first, "customers")["updated"] == NOW
+    second_ids = {r["id"] for r in records(second, "customers")}
+    assert second_ids == {c["id"] for c in created_meanwhile}, "the next sync gives what was created since"
+
+
+def test_given_a_stream_with_a_cursor_beside_a_new_one_then_only_the_new_one_begins_with_the_probe() -> None:
+    """A stream with a state waits for the probe (its plan depends on what the probe tells); a stream
+    added to the catalog since begins with it; both read what they should."""
+    fake = FakeStripe()
+    cursor = NOW - DAY
+    changed = fake.add("customers", NOW - 90 * DAY, object_id="cus_changed", email="new@example.com")
+    fake.add("customers", NOW - 80 * DAY, object_id="cus_untouched")
+    fake.add_event("customer.updated", changed, cursor + 600)
+    charges = [fake.add("charges", NOW - 40 * DAY + i * 3_600) for i in range(230)]
+
+    output, client = sync_with_a_late_probe(
+        fake, names=("customers", "charges"), state=events_mode_state("customers", cursor)
+    )
+
+    assert client.page_asked_before_the_probe_answered
+    assert [r["id"] for r in records(output, "customers")] == ["cus_changed"]
+    emitted = Counter(r["id"] for r in records(output, "charges"))
+    assert set(emitted) == {c["id"] for c in charges}
+    assert max(emitted.values()) == 1
+    assert "/v1/customers" not in fake.paths(), "customers replays its events: no list read"
+    assert state_blob(output, "customers")["updated"] == NOW
+    assert state_blob(output, "charges")["updated"] == NOW
 
 
 def test_given_backfill_when_read_then_no_state_precedes_the_records_it_covers() -> None:
@@ -249,7 +386,10 @@ def test_given_backfill_interrupted_by_errors_when_resumed_then_all_records_and_
     middle = NOW - 200 * DAY
     # Every window that ends before `middle` keeps failing: the first sync cannot finish them.
     fake.fail(
-        r"^/v1/customers$", 503, times=10_000, only_if=lambda q: int(q.get("created[lt]", ["0"])[0]) <= middle
+        r"^/v1/customers$",
+        503,
+        times=10_000,
+        only_if=lambda q: int(q.get("created[lt]", [str(NOW + 1)])[0]) <= middle,
     )
 
     first = sync(fake, "customers", expecting_exception=True)
@@ -264,7 +404,7 @@ def test_given_backfill_interrupted_by_errors_when_resumed_then_all_records_and_
     assert emitted == {c["id"] for c in seeded}
     for query in map(query_of, fake.requests):
         if "created[gte]" in query:
-            low, high = int(query["created[gte]"][0]), int(query["created[lt]"][0])
+            low, high = int(query["created[gte]"][0]), int(query.get("created[lt]", [str(NOW + 1)])[0])
             assert not any(a <= low and high <= b for a, b in done), "a finished window was read again"
     final = state_blob(second, "customers")
     assert final["updated"] == NOW
@@ -688,15 +828,22 @@ def test_given_the_unlisted_customer_fetch_fails_when_synced_again_then_the_tomb
 
 
 def read_until_state(
-    fake: FakeStripe, names: tuple[str, ...], stop: Any, state: list[Any] | None = None
+    fake: FakeStripe,
+    names: tuple[str, ...],
+    stop: Any,
+    state: list[Any] | None = None,
+    held_back: dict[str, threading.Event] | None = None,
 ) -> tuple[list[dict[str, Any]], list[Any]]:
     """A sync killed right after the first STATE for which `stop(stream, blob, emitted ids)` is true: the
-    records it emitted and the last state of each stream acknowledged by then (the next sync's)."""
+    records it emitted and the last state of each stream acknowledged by then (the next sync's).
+    `held_back`: see `make_source`."""
     config = ConfigBuilder().with_api_key(TEST_RESTRICTED_KEY).build()
     emitted: list[dict[str, Any]] = []
     last: dict[str, Any] = {s.stream.stream_descriptor.name: s for s in state or []}
     with fake.serving():
-        messages = make_source(fake).read(logging.getLogger("test"), config, catalog(*names), state)
+        messages = make_source(fake, held_back).read(
+            logging.getLogger("test"), config, catalog(*names), state
+        )
         try:
             for message in messages:
                 if message.type == Type.RECORD:
@@ -725,13 +872,19 @@ def test_given_the_first_sync_killed_after_the_owning_streams_completed_when_res
     fake.add("charges", NOW - 60 * DAY, object_id="ch_live", customer="cus_live")
     names = ("customers", *OWNERS)
     completed: set[str] = set()
+    # The unlisted customer's fetch waits for the kill: the customers list may be read in full before
+    # the owners complete, and the fetch then start at once (`_fetch_unlisted_early`).
+    killed_now = threading.Event()
 
     def owners_completed(stream: str, blob: dict[str, Any], emitted: set[str]) -> bool:
         if stream in OWNERS and "backfill" not in blob:  # its final state: it will not be read again
             completed.add(stream)
-        return completed == set(OWNERS)  # killed before customers fetched the unlisted one
+        if completed == set(OWNERS):  # killed before customers fetched the unlisted one
+            killed_now.set()
+        return killed_now.is_set()
 
-    killed, acknowledged = read_until_state(fake, names, owners_completed)
+    held_back = {"/v1/customers/cus_gone": killed_now}
+    killed, acknowledged = read_until_state(fake, names, owners_completed, held_back=held_back)
     resumed, _ = read_until_state(fake, names, lambda *_: False, acknowledged)
 
     assert GONE not in killed
