@@ -252,6 +252,9 @@ class Store(ABC):
     # Whether each commit writes out every page it touched (SQLite's WAL): then fewer, larger commits
     # cost less, and the writer lets one commit cover several states when the input allows.
     commits_rewrite_pages = False
+    # Whether two connections may each refresh their own customers at once (PostgreSQL); else a
+    # refresh helper only reads, under the main connection's write lock (SQLite: one writer at a time).
+    refreshes_in_parallel = False
 
     def _ensure_insertion_order(self, table: str) -> None:  # noqa: B027 - a hook: SQLite has rowid
         """Gives `table` the column `insertion_order` names when the backend needs one."""

@@ -174,6 +174,7 @@ class PostgresStore(Store):
             )
 
     insertion_order = "seq"
+    refreshes_in_parallel = True
 
     def _ensure_insertion_order(self, table: str) -> None:
         # An identity column: numbers existing rows too, then each insert in turn. Checked first: an
