@@ -175,6 +175,7 @@ class PostgresStore(Store):
 
     insertion_order = "seq"
     refreshes_in_parallel = True
+    flushes_pipelined = True
 
     def _ensure_insertion_order(self, table: str) -> None:
         # An identity column: numbers existing rows too, then each insert in turn. Checked first: an
@@ -191,6 +192,9 @@ class PostgresStore(Store):
 
     @contextmanager
     def batched(self) -> Iterator[None]:
+        if self._conn.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF:
+            yield  # inside an open batch: the statements join it, and its end reports what failed
+            return
         try:
             with self._conn.pipeline():
                 yield
