@@ -83,11 +83,11 @@ def test_given_a_helper_process_when_refreshing_the_book_then_results_match_one_
     assert helped == alone
 
 
-def _pending_store(path: Path, customers: int) -> SqliteStore:
-    store = SqliteStore(path)
+def _pending(factory: StoreFactory, customers: int) -> Store:
+    """`customers` customers with a subscription each, all pending."""
+    store = factory.open()
     store.ensure_schema()
-    writer = Ingestor(store, HealthConfig(), evaluate=FakeEngine())
-    writer.upsert(
+    Ingestor(store, HealthConfig(), evaluate=FakeEngine()).upsert(
         "subscriptions", [subscription(f"sub_{n}", f"cus_{n:02}", amount=100 + n) for n in range(customers)]
     )
     return store
@@ -97,7 +97,7 @@ def test_the_helper_reads_and_evaluates_only_while_the_main_process_holds_the_wr
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "perly.db"
-    store = _pending_store(path, 40)
+    store = _pending(StoreFactory("sqlite", tmp_path), 40)
     main_pid = os.getpid()
     engine = FakeEngine()
 
@@ -137,10 +137,12 @@ def _hang() -> None:
 
 @pytest.mark.parametrize("misbehave", [_die, _hang], ids=["dies", "hangs"])
 def test_given_the_helper_fails_then_the_main_process_refreshes_every_customer_itself(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, misbehave: Callable[[], None]
+    store_factory: StoreFactory, monkeypatch: pytest.MonkeyPatch, misbehave: Callable[[], None]
 ) -> None:
+    """On SQLite the helper evaluates half of each chunk, on PostgreSQL it refreshes chunks of its own:
+    either way the main process does what a failed helper left unsaved."""
     monkeypatch.setattr(ingest, "HELPER_TIMEOUT_SECONDS", 0.5)  # a hung helper is given up on quickly
-    store = _pending_store(tmp_path / "perly.db", 30)
+    store = _pending(store_factory, 30)
     main_pid = os.getpid()
     engine = FakeEngine()
 
@@ -161,13 +163,12 @@ def test_given_the_helper_fails_then_the_main_process_refreshes_every_customer_i
     assert {c for c, _ in engine.calls} == {f"cus_{n:02}" for n in range(30)}
     assert store.query("SELECT COUNT(*) AS n FROM perly_customer_health") == [{"n": 30}]
     assert store.dirty_customers() == set()
-    store.close()
 
 
 def test_given_an_engine_failure_in_the_helper_then_that_customer_stays_pending_and_the_rest_are_saved(
     tmp_path: Path,
 ) -> None:
-    store = _pending_store(tmp_path / "perly.db", 20)
+    store = _pending(StoreFactory("sqlite", tmp_path), 20)
     engine = FakeEngine()
     engine.fail_for = {"cus_03"}  # cus_03 falls in the helper's half of the first chunk
     ingestor = Ingestor(store, HealthConfig(), evaluate=engine, refresh_chunk=10, helper_min_customers=1)
@@ -184,7 +185,7 @@ def test_small_refreshes_and_stores_without_a_second_connection_stay_in_one_proc
     memory = SqliteStore(":memory:")
     assert memory.reader_opener() is None
     memory.close()
-    store = _pending_store(tmp_path / "perly.db", 5)
+    store = _pending(StoreFactory("sqlite", tmp_path), 5)
     engine = FakeEngine()
 
     def note_pid(bundle: CustomerBundle, config: HealthConfig, as_of: datetime) -> CustomerEvaluation:
@@ -202,7 +203,7 @@ def test_small_refreshes_and_stores_without_a_second_connection_stay_in_one_proc
 def test_given_the_helper_cannot_open_the_store_then_the_refresh_still_completes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = _pending_store(tmp_path / "perly.db", 12)
+    store = _pending(StoreFactory("sqlite", tmp_path), 12)
 
     def cannot_open() -> Store:
         raise OSError("too many open files")
@@ -215,15 +216,6 @@ def test_given_the_helper_cannot_open_the_store_then_the_refresh_still_completes
     store.close()
 
 
-def _postgres_pending(factory: StoreFactory, customers: int) -> Store:
-    store = factory.open()
-    store.ensure_schema()
-    Ingestor(store, HealthConfig(), evaluate=FakeEngine()).upsert(
-        "subscriptions", [subscription(f"sub_{n}", f"cus_{n:02}", amount=100 + n) for n in range(customers)]
-    )
-    return store
-
-
 @pytest.mark.postgres
 def test_on_postgres_the_helper_refreshes_its_own_chunks_holding_their_customers_itself(
     postgres_factory: StoreFactory,
@@ -234,7 +226,7 @@ def test_on_postgres_the_helper_refreshes_its_own_chunks_holding_their_customers
 
     from integration_tests.postgres import postgres_dsn
 
-    store = _postgres_pending(postgres_factory, 20)
+    store = _pending(postgres_factory, 20)
     main_pid, schema = os.getpid(), postgres_factory.schema
     main_backend = store._conn.info.backend_pid  # type: ignore[attr-defined]
     engine = FakeEngine()
@@ -264,39 +256,10 @@ def test_on_postgres_the_helper_refreshes_its_own_chunks_holding_their_customers
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("misbehave", [_die, _hang], ids=["dies", "hangs"])
-def test_on_postgres_given_the_helper_fails_then_the_main_process_refreshes_its_chunks_too(
-    postgres_factory: StoreFactory, monkeypatch: pytest.MonkeyPatch, misbehave: Callable[[], None]
-) -> None:
-    monkeypatch.setattr(ingest, "HELPER_TIMEOUT_SECONDS", 0.5)  # a hung helper is given up on quickly
-    store = _postgres_pending(postgres_factory, 30)
-    main_pid = os.getpid()
-    engine = FakeEngine()
-
-    def misbehaves_in_the_helper(
-        bundle: CustomerBundle, config: HealthConfig, as_of: datetime
-    ) -> CustomerEvaluation:
-        if os.getpid() != main_pid:
-            misbehave()
-        return engine(bundle, config, as_of)
-
-    ingestor = Ingestor(
-        store, HealthConfig(), evaluate=misbehaves_in_the_helper, refresh_chunk=10, helper_min_customers=1
-    )
-    result = ingestor.refresh_pending(AS_OF)
-
-    assert result.refreshed == 30
-    assert result.failed == []
-    assert {c for c, _ in engine.calls} == {f"cus_{n:02}" for n in range(30)}
-    assert store.query("SELECT COUNT(*) AS n FROM perly_customer_health") == [{"n": 30}]
-    assert store.dirty_customers() == set()
-
-
-@pytest.mark.postgres
 def test_on_postgres_an_engine_failure_in_the_helper_is_reported_and_that_customer_stays_pending(
     postgres_factory: StoreFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = _postgres_pending(postgres_factory, 20)
+    store = _pending(postgres_factory, 20)
     engine = FakeEngine()
     engine.fail_for = {"cus_01"}  # in the first chunk, the helper's
     ingestor = Ingestor(store, HealthConfig(), evaluate=engine, refresh_chunk=10, helper_min_customers=1)
