@@ -110,9 +110,9 @@ def evaluate_customers(
 def _helper_loop(
     conn: Connection, open_reader: Callable[[], Store], evaluate: Evaluate, config: HealthConfig
 ) -> None:
-    """The helper process, on its own connection: evaluates the customers it is sent (`saves` false),
-    or refreshes them itself, in its own transaction holding them (`saves` true), as `Ingestor.refresh`
-    would; it answers with their outcomes."""
+    """The helper process, on its own connection: evaluates the customers it is sent and answers with
+    their outcomes (`saves` false), or refreshes them itself, in its own transaction holding them, as
+    `Ingestor.refresh` would, and answers with what the main process logs of them (`saves` true)."""
     store = open_reader()
     ingestor = Ingestor(store, config, evaluate)
     try:
