@@ -13,12 +13,13 @@ import logging
 import multiprocessing
 import sys
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
 from destination_perly.health.model import CustomerBundle, CustomerEvaluation, HealthConfig, MrrSnapshot
 from destination_perly.health.mrr import (
@@ -82,6 +83,18 @@ class Outcome:
     error: str | None = None
 
 
+class Reported(NamedTuple):
+    """What the main process logs and counts of a saved outcome (a helper that saved sends only this)."""
+
+    customer_id: str
+    error: str | None
+    problems: tuple[str, ...]
+
+
+def reported(outcomes: Iterable[Outcome]) -> list[Reported]:
+    return [Reported(o.customer_id, o.error, tuple(getattr(o.evaluation, "problems", ()))) for o in outcomes]
+
+
 def evaluate_customers(
     store: Store, customer_ids: Sequence[str], as_of: datetime, evaluate: Evaluate, config: HealthConfig
 ) -> list[Outcome]:
@@ -104,14 +117,20 @@ def evaluate_customers(
 def _helper_loop(
     conn: Connection, open_reader: Callable[[], Store], evaluate: Evaluate, config: HealthConfig
 ) -> None:
-    """The helper process: evaluates the customers it is sent, from its own read connection."""
+    """The helper process, on its own connection: evaluates the customers it is sent and answers with
+    their outcomes (`saves` false), or refreshes them itself, in its own transaction holding them, as
+    `Ingestor.refresh` would, and answers with what the main process logs of them (`saves` true)."""
     store = open_reader()
+    ingestor = Ingestor(store, config, evaluate)
     try:
         while (request := conn.recv()) is not None:
-            customer_ids, as_of = request
+            customer_ids, as_of, saves, dirty_only = request
             try:
-                with cyclic_gc_paused():
-                    conn.send(evaluate_customers(store, customer_ids, as_of, evaluate, config))
+                if saves:
+                    conn.send(ingestor._refresh_alone(customer_ids, as_of, dirty_only))
+                else:
+                    with cyclic_gc_paused():
+                        conn.send(evaluate_customers(store, customer_ids, as_of, evaluate, config))
             except Exception:  # e.g. a locked or missing table: the main process does this share itself
                 conn.send(traceback.format_exc())
     finally:
@@ -121,13 +140,17 @@ def _helper_loop(
 
 # A chunk takes the helper well under a second; a helper silent this long is stuck, not slow.
 HELPER_TIMEOUT_SECONDS = 120.0
+# Chunks sent to a helper refreshing on its own, ahead of its answers: it never waits for the next.
+HELPER_QUEUED_CHUNKS = 2
 
 
 class RefreshHelper:
-    """A forked process that loads and evaluates part of each refresh chunk while the main process does
-    the rest. It reads through its own connection, and only after the main process has taken the lock
-    on the chunk's customers, so what it reads is what the main process would (no newer write can
-    commit before the main process saves); all saving stays in the main process."""
+    """A forked process that takes part of a refresh, on its own connection. Where the store takes one
+    writer at a time (SQLite), it loads and evaluates part of each chunk, only after the main process
+    has taken the lock on the chunk's customers, so what it reads is what the main process would (no
+    newer write can commit before the main process saves), and the main process saves. Where it takes
+    several (`Store.refreshes_in_parallel`), it refreshes whole chunks itself, holding their customers
+    as the main process does its own, so neither waits for the other."""
 
     def __init__(self, open_reader: Callable[[], Store], evaluate: Evaluate, config: HealthConfig) -> None:
         # Anything buffered for stdout must go out once, from here, not again from the child.
@@ -146,14 +169,25 @@ class RefreshHelper:
             gc.unfreeze()
         child_end.close()
 
-    def start(self, customer_ids: Sequence[str], as_of: datetime) -> None:
+    def start(
+        self, customer_ids: Sequence[str], as_of: datetime, saves: bool = False, dirty_only: bool = False
+    ) -> None:
+        """Sends it work; requests are answered in order, one `finish` each."""
         try:
-            self._conn.send((list(customer_ids), as_of))
+            self._conn.send((list(customer_ids), as_of, saves, dirty_only))
         except OSError:  # it has already stopped: `finish` reports it
             pass
 
-    def finish(self) -> list[Outcome] | None:
-        """The helper's outcomes, or None when it failed (logged; the caller does the work itself)."""
+    def answered(self) -> bool:
+        """Whether the answer to the oldest request is there (or the helper has stopped)."""
+        try:
+            return self._conn.poll()
+        except OSError:
+            return True
+
+    def finish(self) -> Any:
+        """The answer to the oldest request (outcomes, or what a saving helper reports of them), or None
+        when the helper failed (logged; the caller does the work itself)."""
         try:
             if not self._conn.poll(HELPER_TIMEOUT_SECONDS):
                 logger.warning("the refresh helper process hangs; evaluating in the main process")
@@ -166,7 +200,7 @@ class RefreshHelper:
         if isinstance(answer, str):
             logger.warning("the refresh helper failed; evaluating in the main process: %s", answer)
             return None
-        return list(answer)
+        return answer
 
     def close(self) -> None:
         try:
@@ -328,6 +362,9 @@ class Ingestor:
         ids = sorted(set(customer_ids))
         result = RefreshResult()
         helper = self._start_helper(len(ids))
+        if helper is not None and self.store.refreshes_in_parallel:
+            self._refresh_in_parallel(ids, as_of, result, helper, dirty_only)
+            return result
         try:
             for start in range(0, len(ids), self.refresh_chunk):
                 chunk = ids[start : start + self.refresh_chunk]
@@ -346,6 +383,45 @@ class Ingestor:
                 helper.close()
         return result
 
+    def _refresh_in_parallel(
+        self, ids: list[str], as_of: datetime, result: RefreshResult, helper: RefreshHelper, dirty_only: bool
+    ) -> None:
+        """The helper and this process each refresh their own chunks, of half the usual size (each holds
+        as much at once as with a shared chunk): the helper always has the next one waiting, this
+        process takes the others. If the helper fails, this process does its chunks too."""
+        size = max(1, self.refresh_chunk // 2)
+        waiting = deque(ids[start : start + size] for start in range(0, len(ids), size))
+        sent: deque[list[str]] = deque()  # the helper's chunks, answered in order
+        working: RefreshHelper | None = helper
+        try:
+            while waiting or sent:
+                while working is not None and len(sent) < HELPER_QUEUED_CHUNKS and waiting:
+                    sent.append(waiting.popleft())
+                    working.start(sent[-1], as_of, saves=True, dirty_only=dirty_only)
+                if working is not None and sent and (not waiting or working.answered()):
+                    outcomes = working.finish()
+                    if outcomes is None:  # not saved (rolled back): this process does them all
+                        working.close()
+                        working = None
+                        waiting.extendleft(reversed(sent))
+                        sent.clear()
+                        continue
+                    sent.popleft()
+                    self._report(outcomes, result)
+                elif waiting:
+                    self._report(self._refresh_alone(waiting.popleft(), as_of, dirty_only), result)
+        finally:
+            if working is not None:
+                working.close()
+
+    def _refresh_alone(self, chunk: list[str], as_of: datetime, dirty_only: bool) -> list[Reported]:
+        """Refreshes a chunk in one transaction holding its customers, with no helper."""
+        with self.store.transaction(), cyclic_gc_paused():
+            self.store.lock_customers(chunk)
+            outcomes = self._evaluate_and_save(chunk, as_of, None, dirty_only)
+        assert outcomes is not None  # (only a helper fails)
+        return outcomes
+
     def _start_helper(self, customers: int) -> RefreshHelper | None:
         if self.helper_min_customers is None or customers < self.helper_min_customers:
             return None
@@ -363,11 +439,22 @@ class Ingestor:
         dirty_only: bool = False,
     ) -> bool:
         """Evaluates and saves one chunk; False (nothing saved) when the helper failed."""
+        outcomes = self._evaluate_and_save(chunk, as_of, helper, dirty_only)
+        if outcomes is None:
+            return False
+        self._report(outcomes, result)
+        return True
+
+    def _evaluate_and_save(
+        self, chunk: list[str], as_of: datetime, helper: RefreshHelper | None, dirty_only: bool
+    ) -> list[Reported] | None:
+        """Inside the transaction holding the chunk: evaluates and saves it; None (nothing saved) when the
+        helper failed."""
         seen_marks = self.store.dirty_marks(chunk)
         if dirty_only:
             chunk = [customer_id for customer_id in chunk if customer_id in seen_marks]
             if not chunk:
-                return True
+                return []
         theirs: list[str] = chunk[: len(chunk) // 2] if helper is not None else []
         if helper is not None:
             helper.start(theirs, as_of)  # only now: the lock on the chunk is held
@@ -375,9 +462,20 @@ class Ingestor:
         if helper is not None:
             helped = helper.finish()
             if helped is None:
-                return False
-            outcomes = helped + outcomes
-        failed: set[str] = set()
+                return None
+            outcomes = list(helped) + outcomes
+        failed = {o.customer_id for o in outcomes if o.error is not None}
+        evaluations = [o.evaluation for o in outcomes if o.evaluation is not None]
+        snapshots = [(o.customer_id, o.snapshot) for o in outcomes if o.snapshot is not None]
+        with self.store.batched():
+            self.store.save_results(evaluations, snapshots)
+            self.store.clear_dirty({c: m for c, m in seen_marks.items() if c not in failed})
+        return reported(outcomes)
+
+    def _report(self, outcomes: list[Reported], result: RefreshResult) -> None:
+        """Logs a saved chunk's failures and problems (a helper's too: it never writes to stdout) and
+        counts them in `result`."""
+        failed: list[str] = []
         for outcome in outcomes:
             if outcome.error is not None:
                 logger.error(
@@ -385,15 +483,8 @@ class Ingestor:
                     outcome.customer_id,
                     outcome.error,
                 )
-                failed.add(outcome.customer_id)
-            elif outcome.evaluation is not None:
-                for problem in getattr(outcome.evaluation, "problems", ()):
-                    logger.warning("customer %s: %s", outcome.customer_id, problem)
-        evaluations = [o.evaluation for o in outcomes if o.evaluation is not None]
-        snapshots = [(o.customer_id, o.snapshot) for o in outcomes if o.snapshot is not None]
-        with self.store.batched():
-            self.store.save_results(evaluations, snapshots)
-            self.store.clear_dirty({c: m for c, m in seen_marks.items() if c not in failed})
+                failed.append(outcome.customer_id)
+            for problem in outcome.problems:
+                logger.warning("customer %s: %s", outcome.customer_id, problem)
         result.failed.extend(sorted(failed))
-        result.refreshed += len(evaluations)
-        return True
+        result.refreshed += len(outcomes) - len(failed)

@@ -7,7 +7,10 @@
   before the echo, so uncommitted data is never acknowledged. On a store whose commits rewrite the
   pages they touch (SQLite), while the input says the next messages have already arrived
   (`more_waiting`, the reader process), a state waits for the next commit (at most
-  `max_state_delay_s`): one commit then covers several states.
+  `max_state_delay_s`): one commit then covers several states. On a store that pipelines statements
+  (PostgreSQL), a flush is sent without waiting for the server: the writer reads on while the server
+  commits it, confirms the commit before the next flush (or at once when no more input is waiting)
+  and only then echoes the states it covers.
 - `overwrite`, and refreshes that truncate (`minimum_generation_id == generation_id`), load into a
   stage table that replaces the live one in one transaction when the stream completes: on its
   STREAM_STATUS COMPLETE trace, or at the end of input when the input carries no stream statuses
@@ -30,6 +33,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -240,6 +244,19 @@ def plans_from_catalog(catalog: ConfiguredAirbyteCatalog) -> dict[str, StreamPla
     }
 
 
+@dataclass
+class HeldState:
+    """A state read but not yet echoed, and what must be committed before it is."""
+
+    message: AirbyteMessage
+    unflushed: set[str]  # the streams whose buffers it covers, not yet flushed
+    committing: bool = False  # a flush it covers is sent, its commit not yet confirmed
+
+    @property
+    def ready(self) -> bool:
+        return not self.unflushed and not self.committing
+
+
 def _log(level: Level, message: str) -> AirbyteMessage:
     return AirbyteMessage(type=Type.LOG, log=AirbyteLogMessage(level=level, message=message))
 
@@ -266,24 +283,34 @@ class Writer:
         self.completed: set[str] = set()
         self.heard_from: set[str] = set()
         self.last_refresh = monotonic()
-        # States read but not yet echoed, each with the streams whose buffers must be committed first:
-        # while more input is already waiting, a state's commit waits to be shared with what follows
-        # (one commit, not one per state: each commit rewrites every index page it touched).
-        self.held: list[tuple[AirbyteMessage, set[str]]] = []
+        # States read but not yet echoed, in order: on SQLite, while more input is already waiting, a
+        # state's commit waits to be shared with what follows (one commit, not one per state: each
+        # commit rewrites every index page it touched).
+        self.held: list[HeldState] = []
         self.held_since = 0.0
         self.written: Counter[str] = Counter()  # rows committed per stream since the last refresh
         self.preparer = RecordPreparer(ingestor, self.plans)
+        # The batch holding the last flush while its commit is on its way (`Store.flushes_pipelined`).
+        self.sent: ExitStack | None = None
 
     # --- the message loop ---------------------------------------------------------------------
     def write(self, messages: Iterable[InputMessage]) -> Iterator[AirbyteMessage]:
         """Accepts the CDK's messages or `parse_input_lines` output (records as `RawRecord`)."""
+        try:
+            yield from self._write(messages)
+        finally:
+            if self.sent is not None:  # stopped early (the caller may close the store next)
+                with suppress(Exception):
+                    self.sent.close()
+
+    def _write(self, messages: Iterable[InputMessage]) -> Iterator[AirbyteMessage]:
         self.store.ensure_schema()
         for plan in self.plans.values():
             if plan.staged:
                 self.store.begin_stage(plan.name, plan.generation_id)
+        more_waiting: Callable[[], bool] = getattr(messages, "more_waiting", None) or (lambda: False)
         # A state may wait for the input that follows only where fewer commits cost less (the store).
-        waiting = getattr(messages, "more_waiting", None) if self.store.commits_rewrite_pages else None
-        more_waiting: Callable[[], bool] = waiting or (lambda: False)
+        combine = self.store.commits_rewrite_pages
         iterator = iter(messages)
         line = 0  # one message per input line, so a message's position is its line
         while True:
@@ -293,6 +320,7 @@ class Writer:
                 break
             except Exception:  # the input failed: what the held states cover arrived whole
                 self._flush_held()
+                self._wait_for_commit()
                 yield from self._release_states()
                 raise
             line += 1
@@ -302,7 +330,7 @@ class Writer:
                 message = self.preparer(message.record.stream, message.record.data, line)
             if isinstance(message, PreparedRecord):
                 self._add_record(message)
-                if self.held and not self.held[0][1]:  # a full buffer's flush covered a held state
+                if self.held and self.held[0].ready:  # a full buffer's flush covered a held state
                     yield from self._release_states()
             elif isinstance(message, Skipped):
                 self.stats.malformed += message.record
@@ -310,15 +338,19 @@ class Writer:
             elif message.type == Type.STATE and message.state is not None:
                 self._note_state_streams(message)
                 self._hold_state(message)
-                if more_waiting() and self.monotonic() - self.held_since < self.limits.max_state_delay_s:
+                waiting = more_waiting()
+                if combine and waiting and self.monotonic() - self.held_since < self.limits.max_state_delay_s:
                     continue  # the next messages are here already: commit them with these records
                 self._flush_held()
+                if not waiting:  # nothing to read meanwhile: echo the state as soon as it is committed
+                    self._wait_for_commit()
                 yield from self._release_states()
             elif message.type == Type.TRACE and message.trace is not None:
                 self._on_trace(message)
                 yield from self._release_states()  # a completed stream's flush may cover held states
         for name in list(self.buffers):
             self._flush(name)
+        self._wait_for_commit()
         yield from self._release_states()
         if not self.saw_stream_status:
             # Without stream statuses, the end of input completes the streams that sent something;
@@ -360,13 +392,29 @@ class Writer:
         if buffer is None or not buffer.rows:
             return
         plan = self.plans[stream]
+        self._wait_for_commit()  # one flush on its way at a time
+        if self.store.flushes_pipelined:
+            self.sent = ExitStack()
+            self.sent.enter_context(self.store.batched())  # left open: the commit is only sent
         self.ingestor.upsert_rows({stream: buffer.rows}, buffer.touched, stage=plan.staged)
         self.total_bytes -= buffer.bytes
         del self.buffers[stream]
         self.stats.flushes += 1
         self.written[stream] += len(buffer.rows)
-        for _, uncommitted in self.held:
-            uncommitted.discard(stream)
+        for held in self.held:
+            if stream in held.unflushed:
+                held.unflushed.discard(stream)
+                held.committing = self.sent is not None
+
+    def _wait_for_commit(self) -> None:
+        """Until the server has answered the flush sent last, if any: raises what failed (the states it
+        covers are then never echoed). Every other use of the store comes after it."""
+        if self.sent is None:
+            return
+        sent, self.sent = self.sent, None
+        sent.close()
+        for held in self.held:
+            held.committing = False
 
     # --- state --------------------------------------------------------------------------------
     def _hold_state(self, message: AirbyteMessage) -> None:
@@ -379,18 +427,18 @@ class Writer:
             covered = set(self.buffers)
         if not self.held:
             self.held_since = self.monotonic()
-        self.held.append((message, covered))
+        self.held.append(HeldState(message, covered))
 
     def _flush_held(self) -> None:
-        for _, uncommitted in list(self.held):
-            for name in sorted(uncommitted):
+        for held in list(self.held):
+            for name in sorted(held.unflushed):
                 self._flush(name)
 
     def _release_states(self) -> Iterator[AirbyteMessage]:
         """Echoes, in order, the held states whose records are all committed."""
         released = False
-        while self.held and not self.held[0][1]:
-            message, _ = self.held.pop(0)
+        while self.held and self.held[0].ready:
+            message = self.held.pop(0).message
             self.stats.states += 1
             released = True
             yield message
@@ -417,12 +465,14 @@ class Writer:
 
     def _complete_staged(self, plan: StreamPlan) -> None:
         self._flush(plan.name)
+        self._wait_for_commit()
         self.store.swap_stage(plan.name)
         self.completed.add(plan.name)
 
     # --- health -------------------------------------------------------------------------------
     def _refresh(self, include_time_sensitive: bool) -> None:
         started = self.monotonic()
+        self._wait_for_commit()
         self.store.analyze_grown(self.written)  # the refresh reads by customer through the indexes
         self.written.clear()
         as_of = self.as_of()

@@ -252,6 +252,12 @@ class Store(ABC):
     # Whether each commit writes out every page it touched (SQLite's WAL): then fewer, larger commits
     # cost less, and the writer lets one commit cover several states when the input allows.
     commits_rewrite_pages = False
+    # Whether two connections may each refresh their own customers at once (PostgreSQL); else a
+    # refresh helper only reads, under the main connection's write lock (SQLite: one writer at a time).
+    refreshes_in_parallel = False
+    # Whether `batched` statements go to the server without waiting for it (PostgreSQL's pipeline): the
+    # writer then reads on while the server commits a flush, instead of the two working in turns.
+    flushes_pipelined = False
 
     def _ensure_insertion_order(self, table: str) -> None:  # noqa: B027 - a hook: SQLite has rowid
         """Gives `table` the column `insertion_order` names when the backend needs one."""
@@ -310,7 +316,8 @@ class Store(ABC):
 
     def batched(self) -> AbstractContextManager[None]:
         """Around statements that read nothing: PostgreSQL sends them all at once (one round trip, not
-        one each); an error then surfaces at the end and rolls the whole transaction back."""
+        one each); an error then surfaces at the end and rolls the whole transaction back. Inside an
+        open batch, the statements join it (the writer keeps one open while a flush commits)."""
         return nullcontext()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:

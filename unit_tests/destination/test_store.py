@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -623,6 +626,36 @@ def test_given_postgresql_then_raw_objects_are_compressed_with_lz4(tmp_path: Pat
         assert rows == [{"method": "lz4"}]
     finally:
         factory.cleanup()
+
+
+@pytest.mark.postgres
+def test_on_postgres_bundles_read_the_history_tables_through_their_indexes_without_statistics(
+    postgres_factory: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first sync's refresh fills the history tables as it goes, never analyzed: reading them whole
+    for every chunk made its cost grow with the square of the book."""
+    store = postgres_factory.open()
+    store.ensure_schema()
+    movement = MrrMovement("cus_0000", AS_OF, "new", None, "usd", 0, 1500, 1500, "sub_1")
+    movements = [dataclasses.replace(movement, customer_id=f"cus_{n:04}") for n in range(4000)]
+    store.save_results([evaluation_of("cus_0000", AS_OF, movements, [])], [])
+    plans: list[str] = []
+    fetch = store._fetch_tuples
+
+    def explaining(sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        if "FROM perly_mrr_movements" in sql:
+            plans.append(" ".join(str(row[0]) for row in fetch(f"EXPLAIN {sql}", params)))
+        return fetch(sql, params)
+
+    monkeypatch.setattr(store, "_fetch_tuples", explaining)
+    chunk = [f"cus_{n:04}" for n in range(0, 4000, 40)]  # 100 customers, as a refresh chunk
+    with store.transaction():
+        bundles = store.load_bundles(chunk)
+
+    assert all(len(bundles[c].history.movements) == 1 for c in chunk)  # type: ignore[union-attr]
+    assert plans
+    assert "Seq Scan" not in plans[0]
+    assert "perly_mrr_movements_customer_idx" in plans[0]
 
 
 def test_given_stream_tables_a_small_account_never_had_then_loading_asks_the_catalog_once_and_sees_later_ones(

@@ -570,6 +570,89 @@ def test_given_a_sync_on_postgres_then_health_reads_the_bundles_through_the_inde
         factory.cleanup()
 
 
+class ReadAheadNoting(ReadAhead):
+    """ReadAhead that notes, in `events`, each message as the writer takes it."""
+
+    def __init__(self, messages: list[AirbyteMessage], events: list[tuple[str, str]]) -> None:
+        super().__init__(messages)
+        self.events = events
+
+    def __iter__(self) -> Iterator[AirbyteMessage]:
+        for message in self.messages:
+            if message.type == Type.RECORD:
+                self.events.append(("read", str(message.record.data["id"])))  # type: ignore[union-attr]
+            yield message
+
+
+def _committed_customers(schema: str) -> list[str]:
+    """The customers another connection sees: only what is committed."""
+    import psycopg
+
+    from integration_tests.postgres import postgres_dsn
+
+    with psycopg.connect(postgres_dsn(), autocommit=True) as other:
+        rows = other.execute(f'SELECT id FROM "{schema}".stripe_customers ORDER BY id').fetchall()
+    return [str(row[0]) for row in rows]
+
+
+@pytest.mark.postgres
+def test_on_postgres_the_writer_reads_on_while_a_commit_is_on_its_way_and_echoes_states_once_committed(
+    postgres_factory: StoreFactory,
+) -> None:
+    store = postgres_factory.open()
+    store.ensure_schema()
+    store.ensure_stream_table("customers")
+    messages: list[AirbyteMessage] = []
+    for n in range(1, 5):
+        messages += [record("customers", customer(f"cus_{n}")), stream_state("customers", n)]
+    events: list[tuple[str, str]] = []
+
+    for out in make_writer(store).write(ReadAheadNoting(messages, events)):
+        if out.type == Type.STATE:
+            n = out.state.stream.stream_state.updated  # type: ignore[union-attr]
+            events.append(("echo", str(n)))
+            # Echoed only once the records it covers are committed (seen from another connection).
+            assert {f"cus_{k}" for k in range(1, n + 1)} <= set(_committed_customers(postgres_factory.schema))
+
+    # Each state's flush was sent, and the next record read, before its commit was confirmed.
+    assert events.index(("read", "cus_2")) < events.index(("echo", "1"))
+    assert [e for e in events if e[0] == "echo"] == [("echo", str(n)) for n in range(1, 5)]
+
+
+@pytest.mark.postgres
+def test_on_postgres_a_commit_failing_on_its_way_raises_and_its_state_is_never_acknowledged(
+    postgres_factory: StoreFactory,
+) -> None:
+    import psycopg
+
+    store = postgres_factory.open()
+    store.ensure_schema()
+    table = store.ensure_stream_table("customers")
+    store.execute(
+        "CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN RAISE EXCEPTION 'disk full'; END $$"
+    )
+    store.execute(
+        f"CREATE TRIGGER refuse_bad BEFORE INSERT ON {table} FOR EACH ROW"
+        " WHEN (NEW.id = 'cus_bad') EXECUTE FUNCTION refuse_bad()"
+    )
+    messages = [record("customers", customer("cus_1")), stream_state("customers", 1)]
+    messages += [record("customers", customer("cus_bad")), stream_state("customers", 2)]
+    messages += [record("customers", customer("cus_3")), stream_state("customers", 3)]
+    acknowledged: list[int] = []
+
+    def run() -> None:
+        for out in make_writer(store).write(ReadAhead(messages)):
+            if out.type == Type.STATE:
+                acknowledged.append(out.state.stream.stream_state.updated)  # type: ignore[union-attr]
+
+    with pytest.raises(psycopg.errors.RaiseException, match="disk full"):
+        run()
+
+    assert acknowledged == [1]
+    assert _committed_customers(postgres_factory.schema) == ["cus_1"]
+
+
 def test_given_overwrite_without_statuses_and_a_silent_stream_then_its_table_is_kept(
     store: SqliteStore,
 ) -> None:
