@@ -146,16 +146,21 @@ class EventLedger:
         )
         return {str(row["event_id"]) for row in claimed}
 
-    def mark_applied(self, event_ids: list[str], applied_ms: int) -> None:
+    def mark_applied(self, event_ids: list[str], applied_ms: int) -> int:
+        """Returns how many were not marked already (by another receiver)."""
+        marked = 0
         with self.store.transaction():
             for start in range(0, len(event_ids), 500):
                 chunk = event_ids[start : start + 500]
                 marks = ", ".join("?" * len(chunk))
-                self.store.execute(
-                    f"UPDATE {LEDGER_TABLE} SET applied_ms = ?"
-                    f" WHERE event_id IN ({marks}) AND applied_ms IS NULL",
-                    (applied_ms, *chunk),
+                marked += len(
+                    self.store.query(
+                        f"UPDATE {LEDGER_TABLE} SET applied_ms = ?"
+                        f" WHERE event_id IN ({marks}) AND applied_ms IS NULL RETURNING event_id",
+                        (applied_ms, *chunk),
+                    )
                 )
+        return marked
 
     def pending(self) -> list[tuple[str, set[str]]]:
         """Events stored but whose health refresh never finished (a crash, or a refresh that failed)."""
@@ -288,7 +293,7 @@ class WebhookProcessor:
             "refresh_failed": 0,
             "ignored": 0,
             "wrong_api_version": 0,  # ignored, and worth a look: the endpoint renders another version
-            "helped": 0,  # events found pending in the ledger (another receiver's) that this one applied
+            "helped": 0,  # events another receiver stored (found pending in the ledger) this one applied
         }
         self._threads: list[threading.Thread] = []
         self._started = False
@@ -581,7 +586,7 @@ class WebhookProcessor:
             ready = [(event_id, ids) for event_id, ids in waiting if ids <= refreshed]
             waiting = [(event_id, ids) for event_id, ids in waiting if not ids <= refreshed]
             try:
-                applied, held_elsewhere = _retry(
+                applied, newly_applied, held_elsewhere = _retry(
                     f"refreshing health for {len(group)} customers",
                     REFRESH_ATTEMPTS,
                     functools.partial(
@@ -607,7 +612,7 @@ class WebhookProcessor:
                 self._done(applied, applied=True)
             else:
                 with self._idle:
-                    self.counts["helped"] += len(applied)
+                    self.counts["helped"] += newly_applied
         return total
 
     def _refresh_group(
@@ -617,10 +622,11 @@ class WebhookProcessor:
         ready: list[tuple[str, set[str]]],
         busy: set[str],
         helping: bool,
-    ) -> tuple[list[str], list[str]]:
+    ) -> tuple[list[str], int, list[str]]:
         """Refreshes the group and marks applied the `ready` events (those it completes) whose
-        customers were not `busy` in another refresh, in one transaction. Returns those events, and
-        the group's customers another refresh held (only when `helping`: then it does not wait)."""
+        customers were not `busy` in another refresh, in one transaction. Returns those events, how
+        many of them no other receiver had marked, and the group's customers another refresh held
+        (only when `helping`: then it does not wait)."""
         held_elsewhere: list[str] = []
         with connection.store.transaction():
             if group:
@@ -629,8 +635,8 @@ class WebhookProcessor:
                 held_elsewhere = result.busy
             left = busy.union(held_elsewhere)
             applied = [event_id for event_id, ids in ready if not ids & left]
-            connection.ledger.mark_applied(applied, now_ms())
-        return applied, held_elsewhere
+            newly_applied = connection.ledger.mark_applied(applied, now_ms())
+        return applied, newly_applied, held_elsewhere
 
 
 def _customer_groups(batch: list[tuple[str, set[str]]], size: int) -> list[list[str]]:
