@@ -62,10 +62,13 @@ WRITE_BATCH_MAX_EVENTS = 100
 REFRESH_CHUNK_CUSTOMERS = 20
 # How often the receiver recomputes the clock-sensitive customers (and any left dirty).
 CLOCK_REFRESH_SECONDS = 900.0
-# Helping other receivers: a refresher with nothing of its own to do looks this often for events stored
-# and not applied yet, and takes the newest first (their own refresher works from the oldest). After a
-# failed attempt it waits longer.
+# Helping other receivers: a refresher with nothing of its own to do looks for events stored and not
+# applied yet, and takes the newest first (their own refresher works from the oldest). While it finds
+# some it looks again at once; each look that finds none doubles the wait before the next, from
+# HELP_POLL_SECONDS up to HELP_POLL_MAX_SECONDS (an idle receiver costs a few indexed reads a second,
+# and a burst is noticed within that). After a failed attempt it waits HELP_PAUSE_SECONDS.
 HELP_POLL_SECONDS = 0.05
+HELP_POLL_MAX_SECONDS = 0.2
 HELP_PAUSE_SECONDS = 30.0
 
 Clock = Callable[[], datetime]
@@ -532,8 +535,9 @@ class WebhookProcessor:
                         helped = self._help(connection)
                         if helped is None:
                             next_help = time.monotonic() + HELP_PAUSE_SECONDS
-                        # While there is work left, look again at once (our own events still first).
-                        help_wait = 0.0 if helped else HELP_POLL_SECONDS
+                        # Our own events still go first: `help_wait` is how long the queue is watched.
+                        idle_wait = min(max(2 * help_wait, HELP_POLL_SECONDS), HELP_POLL_MAX_SECONDS)
+                        help_wait = 0.0 if helped else idle_wait
                     continue
                 if item is None:
                     break
