@@ -69,6 +69,9 @@ CLOCK_REFRESH_SECONDS = 900.0
 # and a burst is noticed within that). After a failed attempt it waits HELP_PAUSE_SECONDS.
 HELP_POLL_SECONDS = 0.05
 HELP_POLL_MAX_SECONDS = 0.2
+# Events taken per look: the look is repeated at once while it finds some, and each ledger row read
+# costs CPU (the owner's refresher is working through the older ones meanwhile).
+HELP_BATCH_MAX_EVENTS = 100
 HELP_PAUSE_SECONDS = 30.0
 
 Clock = Callable[[], datetime]
@@ -555,7 +558,7 @@ class WebhookProcessor:
         or ours whose refresh failed), newest first. Returns how many it applied; None when it failed
         (logged)."""
         try:
-            pending = connection.run(lambda c: c.ledger.newest_pending(REFRESH_BATCH_MAX_EVENTS))
+            pending = connection.run(lambda c: c.ledger.newest_pending(HELP_BATCH_MAX_EVENTS))
         except Exception as error:
             log.warning("could not look for events other receivers left waiting: %s", error)
             return None
@@ -581,6 +584,8 @@ class WebhookProcessor:
         the first events of a big batch do not wait for the last. `own`: events this process stored
         (its counts and waiters follow them); else pending ones found in the ledger. Returns how many
         it marked applied; None when a group failed."""
+        if self._help_other_receivers:
+            batch = self._without_customers_done(connection, batch)
         waiting = list(batch)
         refreshed: set[str] = set()
         busy: set[str] = set()  # when helping: customers another refresh held, left to it
@@ -618,6 +623,22 @@ class WebhookProcessor:
                 with self._idle:
                     self.counts["helped"] += newly_applied
         return total
+
+    @staticmethod
+    def _without_customers_done(
+        connection: Connection, batch: list[tuple[str, set[str]]]
+    ) -> list[tuple[str, set[str]]]:
+        """The batch without the customers no longer dirty: with receivers helping each other, many are
+        done by the time a refresher comes to them (a mark is cleared only by a refresh that read
+        after the write that set it). One read here spares a transaction per group of them; an event
+        left with no customers is only marked applied."""
+        customers = sorted({customer for _, ids in batch for customer in ids})
+        try:
+            dirty = connection.run(lambda c: c.store.dirty_marks(customers))
+        except Exception as error:  # the groups' own transactions find out, one by one
+            log.warning("could not read which customers are still dirty: %s", error)
+            return batch
+        return [(event_id, {customer for customer in ids if customer in dirty}) for event_id, ids in batch]
 
     def _refresh_group(
         self,

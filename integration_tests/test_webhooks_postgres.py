@@ -201,32 +201,32 @@ def receiver_connections(store: Any) -> list[dict[str, Any]]:
     )
 
 
-class GatedIngestor(Ingestor):
-    """A receiver whose refreshes wait for `gate`: busy with other work, or stalled."""
-
-    def __init__(self, *args: Any, gate: threading.Event) -> None:
-        super().__init__(*args)
-        self.gate = gate
-
-    def refresh(self, customer_ids: Any, as_of: datetime, **options: bool) -> Any:
-        assert self.gate.wait(60), "the test never opened the gate"
-        return super().refresh(customer_ids, as_of, **options)
-
-
 def two_processors(
     pg_config: dict[str, Any], gate: threading.Event
 ) -> tuple[WebhookProcessor, WebhookProcessor]:
-    """Two receivers on one schema, as `--workers 2` runs them: the first one's refresher is held at
-    `gate`; both help the other, as on PostgreSQL."""
+    """Two receivers on one schema, as `--workers 2` runs them; both help the other, as on PostgreSQL.
+    The first one's refresher is held at `gate` (busy with other work, or stalled) before it reads
+    which customers are dirty, its first step."""
     parsed = parse_config(pg_config)
     opener = store_opener(parsed)
     clock = FakeClock(datetime.fromtimestamp(T0, UTC))
-    gated = WebhookProcessor(
-        opener, lambda store: GatedIngestor(store, parsed.health, gate=gate), clock, help_other_receivers=True
-    )
-    free = WebhookProcessor(
-        opener, lambda store: Ingestor(store, parsed.health), clock, help_other_receivers=True
-    )
+
+    def open_gated() -> Any:
+        store = opener()
+        dirty_marks = store.dirty_marks
+
+        def gated(customer_ids: Any) -> dict[str, int]:
+            assert gate.wait(60), "the test never opened the gate"
+            return dirty_marks(customer_ids)
+
+        store.dirty_marks = gated  # type: ignore[method-assign]
+        return store
+
+    def make_ingestor(store: Any) -> Ingestor:
+        return Ingestor(store, parsed.health)
+
+    gated = WebhookProcessor(open_gated, make_ingestor, clock, help_other_receivers=True)
+    free = WebhookProcessor(opener, make_ingestor, clock, help_other_receivers=True)
     return gated, free
 
 
