@@ -241,15 +241,14 @@ def main() -> None:
             process_cpu = {pid: tree_cpu_seconds(pid) for pid in processes}
             receiver_cpu, client_cpu = tree_cpu_seconds(server.pid), time.process_time()
             server_cpu = store_server_cpu_seconds(config)
+
+            def connected() -> None:
+                nonlocal started
+                split.update(connections_by_process(processes, int(urlsplit(url).port or 0)))
+                started = time.time()  # the burst starts now
+
             started = time.time()
-            timings = asyncio.run(
-                post_all(
-                    url,
-                    events,
-                    args.concurrency,
-                    lambda: split.update(connections_by_process(processes, int(urlsplit(url).port or 0))),
-                )
-            )
+            timings = asyncio.run(post_all(url, events, args.concurrency, connected))
             posted = time.time()
             wait_all_applied(config, len(events))
             process_cpu = {pid: tree_cpu_seconds(pid) - cpu for pid, cpu in process_cpu.items()}
