@@ -3,7 +3,9 @@
 Prints, each against the issue-13 target: events/s applied (stored and health refreshed), and per
 event the time from POST to its answer and from POST to updated health (the ledger's applied time),
 p50/p95/p99; then the CPU the receiver and this client used per event, so a figure bounded by the
-client sharing the machine's cores shows as such.
+client sharing the machine's cores shows as such; then, per receiver process, how many of the
+connections it accepted and the CPU it used (with `--workers 2`, the kernel may give one of them all
+the connections).
 
     python benchmarks/bench_webhooks.py --events 2000 --customers 200 --concurrency 8
     python benchmarks/bench_webhooks.py --postgres "$PERLY_TEST_POSTGRES_DSN" --workers 2
@@ -20,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -94,6 +97,40 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def receiver_processes(pid: int) -> list[int]:
+    """The processes that serve requests: uvicorn's worker processes, or `pid` itself with one."""
+    children = [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+    workers = [child for child in children if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
+    return workers or [pid]
+
+
+def connections_by_process(pids: list[int], port: int) -> dict[int, int]:
+    """How many established connections to `port` each process holds (Linux /proc): the kernel, not
+    the receiver, decides which worker process accepts a connection."""
+    established = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                established.add(f"socket:[{fields[9]}]")
+    counts = {}
+    for pid in pids:
+        fds = Path(f"/proc/{pid}/fd")
+        counts[pid] = sum(1 for fd in fds.iterdir() if _link(fd) in established)
+    return counts
+
+
+def _link(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # closed meanwhile
+        return ""
+
+
 def store_server_cpu_seconds(config: dict[str, Any]) -> float:
     """CPU of the PostgreSQL backends serving the receiver's connections (same machine); 0 for SQLite."""
     if config["store"]["store_type"] != "postgres":
@@ -110,7 +147,7 @@ def store_server_cpu_seconds(config: dict[str, Any]) -> float:
 
 
 async def post_all(
-    url: str, events: list[dict[str, Any]], concurrency: int
+    url: str, events: list[dict[str, Any]], concurrency: int, on_connected: Callable[[], None]
 ) -> dict[str, tuple[float, float]]:
     """event id -> (POST sent, answer received), wall clock seconds. A bare HTTP/1.1 client on
     keep-alive connections: httpx costs about 1.4 ms of CPU per request, more than the receiver's own
@@ -123,8 +160,7 @@ async def post_all(
     parts = urlsplit(url)
     host = (parts.hostname or "127.0.0.1").encode()
 
-    async def worker() -> None:
-        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while not queue.empty():
                 event_id, body = queue.get_nowait()
@@ -156,7 +192,10 @@ async def post_all(
         finally:
             writer.close()
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    connections = [await asyncio.open_connection(parts.hostname, parts.port) for _ in range(concurrency)]
+    await asyncio.sleep(0.05)  # accepted by then
+    on_connected()
+    await asyncio.gather(*(worker(reader, writer) for reader, writer in connections))
     return timings
 
 
@@ -197,12 +236,22 @@ def main() -> None:
         )
         try:
             events = burst(args.events, args.customers)
+            processes = receiver_processes(server.pid)
+            split: dict[int, int] = {}
+            process_cpu = {pid: tree_cpu_seconds(pid) for pid in processes}
             receiver_cpu, client_cpu = tree_cpu_seconds(server.pid), time.process_time()
             server_cpu = store_server_cpu_seconds(config)
+
+            def connected() -> None:
+                nonlocal started
+                split.update(connections_by_process(processes, int(urlsplit(url).port or 0)))
+                started = time.time()  # the burst starts now
+
             started = time.time()
-            timings = asyncio.run(post_all(url, events, args.concurrency))
+            timings = asyncio.run(post_all(url, events, args.concurrency, connected))
             posted = time.time()
             wait_all_applied(config, len(events))
+            process_cpu = {pid: tree_cpu_seconds(pid) - cpu for pid, cpu in process_cpu.items()}
             receiver_cpu = tree_cpu_seconds(server.pid) - receiver_cpu
             server_cpu = store_server_cpu_seconds(config) - server_cpu
             client_cpu = time.process_time() - client_cpu
@@ -247,6 +296,10 @@ def main() -> None:
         f"CPU per event: receiver {receiver_cpu / len(events) * 1000:.2f} ms (all its processes),"
         f" this client {client_cpu / len(events) * 1000:.2f} ms ({os.cpu_count()} cores)"
         + (f", PostgreSQL backends {server_cpu / len(events) * 1000:.2f} ms" if args.postgres else "")
+    )
+    print(
+        "receiver processes: "
+        + "; ".join(f"{split.get(pid, 0)} connections, {process_cpu[pid]:.2f} CPU s" for pid in processes)
     )
     if args.postgres:
         print(f"deadlocks in this database since the server started: {deadlocks}")

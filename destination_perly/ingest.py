@@ -70,6 +70,7 @@ def cyclic_gc_paused() -> Iterator[None]:
 class RefreshResult:
     refreshed: int = 0
     failed: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # `skip_busy`: held by another refresh, left as they are
 
 
 @dataclass
@@ -348,7 +349,11 @@ class Ingestor:
         return result
 
     def refresh(
-        self, customer_ids: Iterable[str], as_of: datetime, dirty_only: bool = False
+        self,
+        customer_ids: Iterable[str],
+        as_of: datetime,
+        dirty_only: bool = False,
+        skip_busy: bool = False,
     ) -> RefreshResult:
         """Recomputes and stores health, movements, plan changes and a snapshot when MRR changed.
 
@@ -358,7 +363,9 @@ class Ingestor:
         data: whoever saves last read last. A helper process, when used, reads inside that window.
 
         `dirty_only` skips the customers no longer marked dirty once they are held: a refresh that
-        read after their last write has saved them already (another receiver process, a sync)."""
+        read after their last write has saved them already (another receiver process, a sync).
+        `skip_busy` leaves out (in `busy`) the customers another transaction holds instead of waiting
+        for them: for a refresh that is only helping the one holding them."""
         ids = sorted(set(customer_ids))
         result = RefreshResult()
         helper = self._start_helper(len(ids))
@@ -369,7 +376,12 @@ class Ingestor:
             for start in range(0, len(ids), self.refresh_chunk):
                 chunk = ids[start : start + self.refresh_chunk]
                 with self.store.transaction(), cyclic_gc_paused():
-                    self.store.lock_customers(chunk)
+                    if skip_busy:
+                        held = self.store.try_lock_customers(chunk)
+                        result.busy.extend(sorted(set(chunk) - set(held)))
+                        chunk = held
+                    else:
+                        self.store.lock_customers(chunk)
                     done = helper is not None and self._refresh_chunk(
                         chunk, as_of, result, helper, dirty_only
                     )

@@ -8,6 +8,10 @@ Two threads, each with its own store connection:
   marks their events applied. Events stored but not yet applied are found again at start-up. Every
   `clock_refresh_seconds` it also recomputes the customers whose health changes with the clock alone
   (invoice aging, trial ends, failures leaving their window), so flags stay current between syncs.
+  With `help_other_receivers` (PostgreSQL: several receivers share the store), a refresher with
+  nothing of its own to do refreshes the events another receiver stored and left waiting: the
+  connections a burst comes over may all land on one process, and the other's core then does half
+  the work anyway.
 
 A connection the server dropped (a PostgreSQL restart or failover) is opened again by the next attempt,
 so the receiver recovers by itself; `probe` checks the writer's connection for `/healthz`.
@@ -58,6 +62,17 @@ WRITE_BATCH_MAX_EVENTS = 100
 REFRESH_CHUNK_CUSTOMERS = 20
 # How often the receiver recomputes the clock-sensitive customers (and any left dirty).
 CLOCK_REFRESH_SECONDS = 900.0
+# Helping other receivers: a refresher with nothing of its own to do looks for events stored and not
+# applied yet, and takes the newest first (their own refresher works from the oldest). While it finds
+# some it looks again at once; each look that finds none doubles the wait before the next, from
+# HELP_POLL_SECONDS up to HELP_POLL_MAX_SECONDS (an idle receiver costs a few indexed reads a second,
+# and a burst is noticed within that). After a failed attempt it waits HELP_PAUSE_SECONDS.
+HELP_POLL_SECONDS = 0.05
+HELP_POLL_MAX_SECONDS = 0.2
+# Events taken per look: the look is repeated at once while it finds some, and each ledger row read
+# costs CPU (the owner's refresher is working through the older ones meanwhile).
+HELP_BATCH_MAX_EVENTS = 100
+HELP_PAUSE_SECONDS = 30.0
 
 Clock = Callable[[], datetime]
 T = TypeVar("T")
@@ -80,7 +95,9 @@ class Ingestor(Protocol):
 
     def touched_by(self, records: Mapping[str, list[dict[str, Any]]]) -> set[str]: ...
 
-    def refresh(self, customer_ids: Iterable[str], as_of: datetime, dirty_only: bool = False) -> Any: ...
+    def refresh(
+        self, customer_ids: Iterable[str], as_of: datetime, dirty_only: bool = False, skip_busy: bool = False
+    ) -> Any: ...
 
     def refresh_pending(self, as_of: datetime) -> Any: ...
 
@@ -102,6 +119,12 @@ class EventLedger:
             f"CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (event_id TEXT PRIMARY KEY,"
             f" event_type TEXT NOT NULL, object_id TEXT, event_created {big} NOT NULL, customer_ids TEXT,"
             f" received_ms {big} NOT NULL, applied_ms {big})"
+        )
+        # The events waiting for their refresh, found without reading the whole ledger (any DDL is
+        # serialised like a table's).
+        self.store.create_table(
+            f"CREATE INDEX IF NOT EXISTS {LEDGER_TABLE}_pending ON {LEDGER_TABLE} (received_ms)"
+            " WHERE applied_ms IS NULL"
         )
 
     def claim(self, plans: list[EventPlan], customers: Mapping[str, set[str]], received_ms: int) -> set[str]:
@@ -129,27 +152,45 @@ class EventLedger:
         )
         return {str(row["event_id"]) for row in claimed}
 
-    def mark_applied(self, event_ids: list[str], applied_ms: int) -> None:
+    def mark_applied(self, event_ids: list[str], applied_ms: int) -> int:
+        """Returns how many were not marked already (by another receiver)."""
+        marked = 0
         with self.store.transaction():
             for start in range(0, len(event_ids), 500):
                 chunk = event_ids[start : start + 500]
                 marks = ", ".join("?" * len(chunk))
-                self.store.execute(
-                    f"UPDATE {LEDGER_TABLE} SET applied_ms = ?"
-                    f" WHERE event_id IN ({marks}) AND applied_ms IS NULL",
-                    (applied_ms, *chunk),
+                marked += len(
+                    self.store.query(
+                        f"UPDATE {LEDGER_TABLE} SET applied_ms = ?"
+                        f" WHERE event_id IN ({marks}) AND applied_ms IS NULL RETURNING event_id",
+                        (applied_ms, *chunk),
+                    )
                 )
+        return marked
 
     def pending(self) -> list[tuple[str, set[str]]]:
         """Events stored but whose health refresh never finished (a crash, or a refresh that failed)."""
         rows = self.store.query(
             f"SELECT event_id, customer_ids FROM {LEDGER_TABLE} WHERE applied_ms IS NULL ORDER BY received_ms"
         )
-        return [(str(r["event_id"]), set(orjson.loads(r["customer_ids"] or "[]"))) for r in rows]
+        return _event_customers(rows)
+
+    def newest_pending(self, limit: int) -> list[tuple[str, set[str]]]:
+        """Up to `limit` events stored and not applied yet, newest first."""
+        rows = self.store.query(
+            f"SELECT event_id, customer_ids FROM {LEDGER_TABLE} WHERE applied_ms IS NULL"
+            " ORDER BY received_ms DESC LIMIT ?",
+            (limit,),
+        )
+        return _event_customers(rows)
 
     def get(self, event_id: str) -> dict[str, Any] | None:
         rows = self.store.query(f"SELECT * FROM {LEDGER_TABLE} WHERE event_id = ?", (event_id,))
         return rows[0] if rows else None
+
+
+def _event_customers(rows: list[dict[str, Any]]) -> list[tuple[str, set[str]]]:
+    return [(str(r["event_id"]), set(orjson.loads(r["customer_ids"] or "[]"))) for r in rows]
 
 
 class Connection:
@@ -234,12 +275,16 @@ class WebhookProcessor:
         make_ingestor: Callable[[Store], Ingestor],
         clock: Clock = wall_clock,
         clock_refresh_seconds: float | None = CLOCK_REFRESH_SECONDS,
+        help_other_receivers: bool = False,
     ) -> None:
-        """`clock_refresh_seconds`: None never recomputes the clock-sensitive customers (the syncs do)."""
+        """`clock_refresh_seconds`: None never recomputes the clock-sensitive customers (the syncs do).
+        `help_other_receivers`: when idle, refresh the events other receivers on this store stored and
+        have not applied yet (for a store that several processes write at once: PostgreSQL)."""
         self._open_store = open_store
         self._make_ingestor = make_ingestor
         self._clock = clock
         self._clock_refresh_seconds = clock_refresh_seconds
+        self._help_other_receivers = help_other_receivers
         self._writes: queue.Queue[tuple[EventPlan | str, Future[Any]] | None] = queue.Queue()
         self._refreshes: queue.Queue[tuple[str, set[str]] | None] = queue.Queue()
         self._refreshes_taken = threading.Condition()
@@ -254,6 +299,7 @@ class WebhookProcessor:
             "refresh_failed": 0,
             "ignored": 0,
             "wrong_api_version": 0,  # ignored, and worth a look: the endpoint renders another version
+            "helped": 0,  # events another receiver stored (found pending in the ledger) this one applied
         }
         self._threads: list[threading.Thread] = []
         self._started = False
@@ -475,15 +521,26 @@ class WebhookProcessor:
         stopping = False
         interval = self._clock_refresh_seconds
         next_clock_refresh = time.monotonic() + (interval or 0.0)
+        next_help, help_wait = time.monotonic(), HELP_POLL_SECONDS
         last_refresh = 0.0
         try:
             while not stopping:
                 try:
                     wait = None if interval is None else max(0.0, next_clock_refresh - time.monotonic())
+                    if self._help_other_receivers:
+                        wait = help_wait if wait is None else min(wait, help_wait)
                     item = self._refreshes.get(timeout=wait)
                 except queue.Empty:
-                    self._refresh_clock_sensitive(connection)
-                    next_clock_refresh = time.monotonic() + (interval or 0.0)
+                    if interval is not None and time.monotonic() >= next_clock_refresh:
+                        self._refresh_clock_sensitive(connection)
+                        next_clock_refresh = time.monotonic() + interval
+                    elif self._help_other_receivers and time.monotonic() >= next_help:
+                        helped = self._help(connection)
+                        if helped is None:
+                            next_help = time.monotonic() + HELP_PAUSE_SECONDS
+                        # Our own events still go first: `help_wait` is how long the queue is watched.
+                        idle_wait = min(max(2 * help_wait, HELP_POLL_SECONDS), HELP_POLL_MAX_SECONDS)
+                        help_wait = 0.0 if helped else idle_wait
                     continue
                 if item is None:
                     break
@@ -495,6 +552,17 @@ class WebhookProcessor:
                 self._refresh_batch(connection, batch)
         finally:
             connection.close()
+
+    def _help(self, connection: Connection) -> int | None:
+        """Refreshes the events in the ledger not applied yet (another receiver's, behind under a burst;
+        or ours whose refresh failed), newest first. Returns how many it applied; None when it failed
+        (logged)."""
+        try:
+            pending = connection.run(lambda c: c.ledger.newest_pending(HELP_BATCH_MAX_EVENTS))
+        except Exception as error:
+            log.warning("could not look for events other receivers left waiting: %s", error)
+            return None
+        return self._refresh_batch(connection, pending, own=False) if pending else 0
 
     def _refresh_clock_sensitive(self, connection: Connection) -> None:
         try:
@@ -508,41 +576,92 @@ class WebhookProcessor:
             return
         log.info("recomputed %d clock-sensitive customers", result.refreshed)
 
-    def _refresh_batch(self, connection: Connection, batch: list[tuple[str, set[str]]]) -> None:
+    def _refresh_batch(
+        self, connection: Connection, batch: list[tuple[str, set[str]]], own: bool = True
+    ) -> int | None:
         """Refreshes the batch's customers a group at a time, in the order their events arrived, each
         group in one transaction with the applied marks of the events it completes: under a backlog,
-        the first events of a big batch do not wait for the last."""
+        the first events of a big batch do not wait for the last. `own`: events this process stored
+        (its counts and waiters follow them); else pending ones found in the ledger. Returns how many
+        it marked applied; None when a group failed."""
+        if self._help_other_receivers:
+            batch = self._without_customers_done(connection, batch)
         waiting = list(batch)
         refreshed: set[str] = set()
+        busy: set[str] = set()  # when helping: customers another refresh held, left to it
+        total = 0
         for group in _customer_groups(batch, REFRESH_CHUNK_CUSTOMERS):
             refreshed.update(group)
-            ready = [event_id for event_id, ids in waiting if ids <= refreshed]
+            ready = [(event_id, ids) for event_id, ids in waiting if ids <= refreshed]
             waiting = [(event_id, ids) for event_id, ids in waiting if not ids <= refreshed]
             try:
-                _retry(
+                applied, newly_applied, held_elsewhere = _retry(
                     f"refreshing health for {len(group)} customers",
                     REFRESH_ATTEMPTS,
                     functools.partial(
-                        connection.run, functools.partial(self._refresh_group, group=group, ready=ready)
+                        connection.run,
+                        functools.partial(
+                            self._refresh_group, group=group, ready=ready, busy=busy, helping=not own
+                        ),
                     ),
                 )
             except Exception as error:
                 # These events stay "stored, not applied" in the ledger: the next start (or sync)
                 # refreshes them.
-                failed = ready + [event_id for event_id, _ in waiting]
+                failed = [event_id for event_id, _ in ready + waiting]
                 log.error("health refresh failed for events %s: %s", ", ".join(failed[:5]), error)
+                if own:
+                    with self._idle:
+                        self.counts["refresh_failed"] += len(failed)
+                    self._done(failed, applied=False)
+                return None
+            busy.update(held_elsewhere)
+            total += len(applied)
+            if own:
+                self._done(applied, applied=True)
+            else:
                 with self._idle:
-                    self.counts["refresh_failed"] += len(failed)
-                self._done(failed, applied=False)
-                return
-            self._done(ready, applied=True)
+                    self.counts["helped"] += newly_applied
+        return total
 
-    def _refresh_group(self, connection: Connection, group: list[str], ready: list[str]) -> None:
+    @staticmethod
+    def _without_customers_done(
+        connection: Connection, batch: list[tuple[str, set[str]]]
+    ) -> list[tuple[str, set[str]]]:
+        """The batch without the customers no longer dirty: with receivers helping each other, many are
+        done by the time a refresher comes to them (a mark is cleared only by a refresh that read
+        after the write that set it). One read here spares a transaction per group of them; an event
+        left with no customers is only marked applied."""
+        customers = sorted({customer for _, ids in batch for customer in ids})
+        try:
+            dirty = connection.run(lambda c: c.store.dirty_marks(customers))
+        except Exception as error:  # the groups' own transactions find out, one by one
+            log.warning("could not read which customers are still dirty: %s", error)
+            return batch
+        return [(event_id, {customer for customer in ids if customer in dirty}) for event_id, ids in batch]
+
+    def _refresh_group(
+        self,
+        connection: Connection,
+        group: list[str],
+        ready: list[tuple[str, set[str]]],
+        busy: set[str],
+        helping: bool,
+    ) -> tuple[list[str], int, list[str]]:
+        """Refreshes the group and marks applied the `ready` events (those it completes) whose
+        customers were not `busy` in another refresh, in one transaction. Returns those events, how
+        many of them no other receiver had marked, and the group's customers another refresh held
+        (only when `helping`: then it does not wait)."""
+        held_elsewhere: list[str] = []
         with connection.store.transaction():
             if group:
                 # Another receiver process (or a sync) may have refreshed some since our writes.
-                connection.ingestor.refresh(group, self._clock(), dirty_only=True)
-            connection.ledger.mark_applied(ready, now_ms())
+                result = connection.ingestor.refresh(group, self._clock(), dirty_only=True, skip_busy=helping)
+                held_elsewhere = result.busy
+            left = busy.union(held_elsewhere)
+            applied = [event_id for event_id, ids in ready if not ids & left]
+            newly_applied = connection.ledger.mark_applied(applied, now_ms())
+        return applied, newly_applied, held_elsewhere
 
 
 def _customer_groups(batch: list[tuple[str, set[str]]], size: int) -> list[list[str]]:

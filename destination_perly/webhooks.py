@@ -257,7 +257,7 @@ def settings_from_config(
     clock: Clock | None = None,
 ) -> ReceiverSettings:
     """The same config JSON as the Airbyte destination: same store, plan tiers and risk policy."""
-    from destination_perly.config import open_store, parse_config
+    from destination_perly.config import PostgresSettings, open_store, parse_config
     from destination_perly.ingest import Ingestor, customer_ids_of
 
     config = parse_config(raw_config)
@@ -277,7 +277,14 @@ def settings_from_config(
     def make_ingestor(store: Any) -> Ingestor:
         return Ingestor(store, config.health, refresh_chunk=REFRESH_CHUNK_CUSTOMERS)
 
-    processor = WebhookProcessor(make_store, make_ingestor, clock)
+    # On PostgreSQL any number of receivers share the store (`--workers`, several hosts), and the
+    # connections a burst comes over may all go to one of them: the idle ones take their refreshes.
+    processor = WebhookProcessor(
+        make_store,
+        make_ingestor,
+        clock,
+        help_other_receivers=isinstance(config.store, PostgresSettings),
+    )
     return ReceiverSettings(
         SignatureVerifier(secrets, tolerance_seconds), processor, path, on_event_time=on_event_time
     )

@@ -1,5 +1,6 @@
 """Two receivers on one PostgreSQL schema (two instances in-process; `perly-webhooks --workers 2`):
-interleaved duplicate deliveries apply once, the newest version of an object wins."""
+interleaved duplicate deliveries apply once, the newest version of an object wins; an idle receiver
+refreshes what a busy one stored."""
 
 from __future__ import annotations
 
@@ -28,10 +29,13 @@ with warnings.catch_warnings():
 
 from destination_perly.config import open_store, parse_config
 from destination_perly.ingest import Ingestor, customer_ids_of
+from destination_perly.webhook_apply import EventLedger, WebhookProcessor
+from destination_perly.webhook_events import plan_event
 from destination_perly.webhooks import DEFAULT_PATH, create_app, settings_from_config
 from integration_tests.demo import start_receiver, stop_receiver
 from integration_tests.postgres import postgres_dsn, store_settings
 from unit_tests.webhooks.builders import SECRET, T0, customer, delivery, event, failed_charge, subscription
+from unit_tests.webhooks.conftest import FakeClock, store_opener
 
 pytestmark = pytest.mark.postgres
 
@@ -195,3 +199,117 @@ def receiver_connections(store: Any) -> list[dict[str, Any]]:
         "SELECT pid FROM pg_stat_activity WHERE application_name = ? AND pid <> pg_backend_pid()",
         ("destination-perly",),
     )
+
+
+def two_processors(
+    pg_config: dict[str, Any], gate: threading.Event
+) -> tuple[WebhookProcessor, WebhookProcessor]:
+    """Two receivers on one schema, as `--workers 2` runs them; both help the other, as on PostgreSQL.
+    The first one's refresher is held at `gate` (busy with other work, or stalled) before it reads
+    which customers are dirty, its first step."""
+    parsed = parse_config(pg_config)
+    opener = store_opener(parsed)
+    clock = FakeClock(datetime.fromtimestamp(T0, UTC))
+
+    def open_gated() -> Any:
+        store = opener()
+        dirty_marks = store.dirty_marks
+
+        def gated(customer_ids: Any) -> dict[str, int]:
+            assert gate.wait(60), "the test never opened the gate"
+            return dirty_marks(customer_ids)
+
+        store.dirty_marks = gated  # type: ignore[method-assign]
+        return store
+
+    def make_ingestor(store: Any) -> Ingestor:
+        return Ingestor(store, parsed.health)
+
+    gated = WebhookProcessor(open_gated, make_ingestor, clock, help_other_receivers=True)
+    free = WebhookProcessor(opener, make_ingestor, clock, help_other_receivers=True)
+    return gated, free
+
+
+def wait_for(condition: Any, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while not (met := condition()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return bool(met)
+
+
+def test_given_one_receiver_busy_when_it_stored_a_burst_then_the_other_refreshes_health(
+    pg_config: dict[str, Any],
+) -> None:
+    """The connections a burst comes over may all go to one `--workers` process: the other one's
+    refresher, idle, takes the refreshes of what the first stored, each event applied once."""
+    gate = threading.Event()
+    busy, idle = two_processors(pg_config, gate)
+    events = [e for n in range(CUSTOMERS) for e in history(n)]
+    store = open_store(parse_config(pg_config).store, customer_ids_of)
+    busy.start()
+    idle.start()
+    try:
+        outcomes = [busy.submit(plan_event(each)).result(30) for each in events]
+        assert {outcome.value for outcome in outcomes} == {"accepted"}
+
+        def unapplied() -> int:
+            return int(
+                store.query("SELECT COUNT(*) AS n FROM perly_webhook_events WHERE applied_ms IS NULL")[0]["n"]
+            )
+
+        assert wait_for(lambda: unapplied() == 0), "the idle receiver did not refresh the busy one's events"
+        assert idle.stats()["helped"] == len(events)
+        assert busy.stats()["applied"] == 0  # its refresher is still held
+        health = store.query("SELECT * FROM perly_customer_health ORDER BY customer_id")
+        assert len(health) == CUSTOMERS
+        assert all(row["flag_payment_failures"] == 1 for row in health)
+        assert store.query("SELECT customer_id FROM perly_dirty_customers") == []
+        movements = store.query("SELECT * FROM perly_mrr_movements ORDER BY customer_id, at, kind")
+
+        gate.set()  # the busy receiver comes to its own events: done already, nothing evaluated twice
+        assert busy.wait_idle(30)
+        assert busy.stats()["applied"] == len(events)
+        assert store.query("SELECT * FROM perly_customer_health ORDER BY customer_id") == health
+        assert store.query("SELECT * FROM perly_mrr_movements ORDER BY customer_id, at, kind") == movements
+    finally:
+        gate.set()
+        busy.stop()
+        idle.stop()
+        store.close()
+
+
+def test_given_a_customer_held_by_another_refresh_then_a_helping_receiver_leaves_it_and_takes_the_rest(
+    pg_config: dict[str, Any],
+) -> None:
+    """A helper does not wait for the customers another refresh holds (that one is doing them): their
+    events stay pending until they are free, the other customers' events are applied meanwhile."""
+    gate = threading.Event()
+    busy, idle = two_processors(pg_config, gate)
+    events = [e for n in range(3) for e in history(n)]
+    holder = open_store(parse_config(pg_config).store, customer_ids_of)
+    store = open_store(parse_config(pg_config).store, customer_ids_of)
+    busy.start()
+    idle.start()
+
+    def pending_customers() -> set[str]:
+        return {customer for _, customers in EventLedger(store).pending() for customer in customers}
+
+    try:
+        with holder.transaction():
+            holder.lock_customers(["cus_pg_1"])  # as a refresh of cus_pg_1 would
+            assert {busy.submit(plan_event(each)).result(30).value for each in events} == {"accepted"}
+            assert wait_for(lambda: pending_customers() == {"cus_pg_1"})
+            time.sleep(0.3)  # several more rounds of looking: still left to the holder
+            assert pending_customers() == {"cus_pg_1"}
+        assert wait_for(lambda: pending_customers() == set())
+        assert idle.stats()["helped"] == len(events)
+        health = store.query("SELECT customer_id, flag_payment_failures FROM perly_customer_health")
+        assert sorted(health, key=lambda row: row["customer_id"]) == [
+            {"customer_id": f"cus_pg_{n}", "flag_payment_failures": 1} for n in range(3)
+        ]
+    finally:
+        gate.set()
+        busy.stop()
+        idle.stop()
+        holder.close()
+        store.close()

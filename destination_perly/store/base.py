@@ -242,6 +242,11 @@ class Store(ABC):
         """Inside a transaction: one writer per customer at a time until it ends (PostgreSQL takes
         per-customer advisory locks; SQLite's `BEGIN IMMEDIATE` already holds the database)."""
 
+    def try_lock_customers(self, customer_ids: Sequence[str]) -> list[str]:
+        """`lock_customers` without waiting: the customers now held (those no other transaction held)."""
+        self.lock_customers(customer_ids)
+        return sorted(set(customer_ids))
+
     def reader_opener(self) -> Callable[[], Store] | None:
         """Opens another connection to the same store, for a helper process to read from after a fork
         (None when the backend offers none: that refresh then stays in one process)."""

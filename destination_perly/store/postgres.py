@@ -167,13 +167,27 @@ class PostgresStore(Store):
 
     def lock_customers(self, customer_ids: Sequence[str]) -> None:
         """Transaction-scoped advisory locks, taken in sorted order so two writers never deadlock."""
-        keys = sorted(f"perly:{self.schema}:{c}" for c in set(customer_ids))
+        keys = sorted(self._customer_locks(customer_ids))
         if keys:
             self._conn.execute(
                 "SELECT count(pg_advisory_xact_lock(hashtext(k)))"
                 " FROM (SELECT k FROM unnest(%s::text[]) AS k ORDER BY k) AS ordered",
                 (keys,),
             )
+
+    def try_lock_customers(self, customer_ids: Sequence[str]) -> list[str]:
+        locks = self._customer_locks(customer_ids)
+        if not locks:
+            return []
+        held = self._fetch(
+            "SELECT k FROM unnest(?::text[]) AS k WHERE pg_try_advisory_xact_lock(hashtext(k))",
+            (sorted(locks),),
+        )
+        return sorted(locks[str(row["k"])] for row in held)
+
+    def _customer_locks(self, customer_ids: Sequence[str]) -> dict[str, str]:
+        """Each customer's advisory lock key -> the customer id."""
+        return {f"perly:{self.schema}:{c}": c for c in set(customer_ids)}
 
     insertion_order = "seq"
     refreshes_in_parallel = True

@@ -214,10 +214,10 @@ class FailingIngestor(Ingestor):
             raise RuntimeError("disk full")  # after the object row: the transaction must undo it
         return touched
 
-    def refresh(self, customer_ids: Any, as_of: datetime, dirty_only: bool = False) -> Any:
+    def refresh(self, customer_ids: Any, as_of: datetime, **options: bool) -> Any:
         if self.fail_refresh:
             raise RuntimeError("engine crashed")
-        return super().refresh(customer_ids, as_of, dirty_only)
+        return super().refresh(customer_ids, as_of, **options)
 
 
 def _settings(tmp_path: Path, clock: FakeClock, **failures: bool) -> ReceiverSettings:

@@ -139,9 +139,9 @@ def test_given_a_backlog_batch_then_its_events_are_marked_applied_group_by_group
     marked: list[list[str]] = []
     mark_applied = EventLedger.mark_applied
 
-    def spy(self: EventLedger, event_ids: list[str], applied_ms: int) -> None:
+    def spy(self: EventLedger, event_ids: list[str], applied_ms: int) -> int:
         marked.append(list(event_ids))
-        mark_applied(self, event_ids, applied_ms)
+        return mark_applied(self, event_ids, applied_ms)
 
     monkeypatch.setattr(EventLedger, "mark_applied", spy)
     processor._refresh_batch(
