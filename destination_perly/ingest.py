@@ -369,7 +369,7 @@ class Ingestor:
         ids = sorted(set(customer_ids))
         result = RefreshResult()
         helper = self._start_helper(len(ids))
-        if helper is not None and self.store.refreshes_in_parallel:
+        if helper is not None and self.store.refreshes_in_parallel and not skip_busy:  # (it always waits)
             self._refresh_in_parallel(ids, as_of, result, helper, dirty_only)
             return result
         try:
