@@ -427,7 +427,9 @@ class Writer:
             covered = set(self.buffers)
         if not self.held:
             self.held_since = self.monotonic()
-        self.held.append(HeldState(message, covered))
+        # A flush still on its way holds records before this state (a full buffer sent just now):
+        # the state waits for that commit too.
+        self.held.append(HeldState(message, covered, committing=self.sent is not None))
 
     def _flush_held(self) -> None:
         for held in list(self.held):
