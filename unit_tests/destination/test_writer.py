@@ -619,12 +619,15 @@ def test_on_postgres_the_writer_reads_on_while_a_commit_is_on_its_way_and_echoes
     assert [e for e in events if e[0] == "echo"] == [("echo", str(n)) for n in range(1, 5)]
 
 
-@pytest.mark.postgres
-def test_on_postgres_a_commit_failing_on_its_way_raises_and_its_state_is_never_acknowledged(
-    postgres_factory: StoreFactory,
-) -> None:
-    import psycopg
+# When the store refuses the record cus_bad: as it is inserted, or only at its commit.
+REFUSED_AT = {
+    "insert": "TRIGGER refuse_bad BEFORE INSERT ON {table}",
+    "commit": "CONSTRAINT TRIGGER refuse_bad AFTER INSERT ON {table} DEFERRABLE INITIALLY DEFERRED",
+}
 
+
+def store_refusing_cus_bad(postgres_factory: StoreFactory, when: str) -> Store:
+    """A PostgreSQL store whose customers table refuses the record cus_bad ('disk full')."""
     store = postgres_factory.open()
     store.ensure_schema()
     table = store.ensure_stream_table("customers")
@@ -633,21 +636,38 @@ def test_on_postgres_a_commit_failing_on_its_way_raises_and_its_state_is_never_a
         " $$ BEGIN RAISE EXCEPTION 'disk full'; END $$"
     )
     store.execute(
-        f"CREATE TRIGGER refuse_bad BEFORE INSERT ON {table} FOR EACH ROW"
-        " WHEN (NEW.id = 'cus_bad') EXECUTE FUNCTION refuse_bad()"
+        f"CREATE {REFUSED_AT[when].format(table=table)}"
+        " FOR EACH ROW WHEN (NEW.id = 'cus_bad') EXECUTE FUNCTION refuse_bad()"
     )
-    messages = [record("customers", customer("cus_1")), stream_state("customers", 1)]
-    messages += [record("customers", customer("cus_bad")), stream_state("customers", 2)]
-    messages += [record("customers", customer("cus_3")), stream_state("customers", 3)]
+    return store
+
+
+def acknowledged_until_refused(writer: Writer, messages: list[AirbyteMessage]) -> list[int]:
+    """The states (their cursors) the writer echoed before the refusal of cus_bad stopped it."""
+    import psycopg
+
     acknowledged: list[int] = []
 
     def run() -> None:
-        for out in make_writer(store).write(ReadAhead(messages)):
+        for out in writer.write(ReadAhead(messages)):
             if out.type == Type.STATE:
                 acknowledged.append(out.state.stream.stream_state.updated)  # type: ignore[union-attr]
 
     with pytest.raises(psycopg.errors.RaiseException, match="disk full"):
         run()
+    return acknowledged
+
+
+@pytest.mark.postgres
+def test_on_postgres_a_commit_failing_on_its_way_raises_and_its_state_is_never_acknowledged(
+    postgres_factory: StoreFactory,
+) -> None:
+    store = store_refusing_cus_bad(postgres_factory, "insert")
+    messages = [record("customers", customer("cus_1")), stream_state("customers", 1)]
+    messages += [record("customers", customer("cus_bad")), stream_state("customers", 2)]
+    messages += [record("customers", customer("cus_3")), stream_state("customers", 3)]
+
+    acknowledged = acknowledged_until_refused(make_writer(store), messages)
 
     # State 1's flush is committed; whether it is echoed before the next flush's error comes back
     # depends on when the server answers (it is safe either way: unechoed, cus_1 is sent again).
@@ -655,37 +675,18 @@ def test_on_postgres_a_commit_failing_on_its_way_raises_and_its_state_is_never_a
     assert _committed_customers(postgres_factory.schema) == ["cus_1"]
 
 
+@pytest.mark.postgres
 def test_on_postgres_a_state_right_after_a_full_buffers_flush_waits_for_that_commit(
     postgres_factory: StoreFactory,
 ) -> None:
     """The buffer fills and is sent; the state that follows covers no buffered record, but it covers
-    the flush still on its way, whose commit fails (a check that runs at commit): that state is
-    never acknowledged."""
-    import psycopg
-
-    store = postgres_factory.open()
-    store.ensure_schema()
-    table = store.ensure_stream_table("customers")
-    store.execute(
-        "CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS"
-        " $$ BEGIN RAISE EXCEPTION 'disk full'; END $$"
-    )
-    store.execute(
-        f"CREATE CONSTRAINT TRIGGER refuse_bad AFTER INSERT ON {table} DEFERRABLE INITIALLY DEFERRED"
-        " FOR EACH ROW WHEN (NEW.id = 'cus_bad') EXECUTE FUNCTION refuse_bad()"
-    )
+    the flush still on its way, whose commit fails: that state is never acknowledged."""
+    store = store_refusing_cus_bad(postgres_factory, "commit")
     messages = [record("customers", customer("cus_1")), record("customers", customer("cus_bad"))]
     messages += [stream_state("customers", 1), record("customers", customer("cus_3"))]
-    acknowledged: list[int] = []
+    writer = make_writer(store, limits=WriterLimits(max_records_per_stream=2))  # full at cus_bad
 
-    def run() -> None:
-        writer = make_writer(store, limits=WriterLimits(max_records_per_stream=2))  # full at cus_bad
-        for out in writer.write(ReadAhead(messages)):
-            if out.type == Type.STATE:
-                acknowledged.append(out.state.stream.stream_state.updated)  # type: ignore[union-attr]
-
-    with pytest.raises(psycopg.errors.RaiseException, match="disk full"):
-        run()
+    acknowledged = acknowledged_until_refused(writer, messages)
 
     assert acknowledged == []
     assert _committed_customers(postgres_factory.schema) == []
