@@ -48,8 +48,14 @@ def print_spec_message(spec: Mapping[str, Any]) -> None:
     try:
         print(spec_message_line(spec), flush=True)
     except BrokenPipeError:
-        # Python flushes stdout again at exit, which would fail the same way.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        silence_closed_stdout()
+
+
+def silence_closed_stdout() -> None:
+    """After a BrokenPipeError on stdout (its reader stopped early, as `| head` does): what is printed
+    from now on is dropped. Python flushes stdout again at exit, which would otherwise fail the same
+    way and end the command with a traceback."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 class ConfigFileError(ValueError):

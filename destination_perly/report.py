@@ -34,6 +34,7 @@ from string import Template
 from typing import Any, Protocol
 from urllib.parse import quote
 
+import connector_spec
 from destination_perly.backtest import BacktestUnavailable, run_backtest
 from destination_perly.config import ConfigError, SqliteSettings, load_json_object, open_store, parse_config
 from destination_perly.health import HealthConfig
@@ -772,6 +773,14 @@ def _parse_time(text: str) -> datetime:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _report(argv)
+    except BrokenPipeError:  # the reader stopped early (`| head`); the HTML page is written already
+        connector_spec.silence_closed_stdout()
+        return 0
+
+
+def _report(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="perly-report",
         description=__doc__.splitlines()[0],
@@ -812,13 +821,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, StoreUnavailable) as exc:
         print(f"perly-report: {safe_text(exc)}", file=sys.stderr)
         return exc.exit_code if isinstance(exc, StoreUnavailable) else 2
+    if args.html:  # before printing: a reader that stops early (`| head`) must not lose the page
+        from destination_perly.private_files import write_private
+
+        write_private(Path(args.html), render_html(report).encode())  # names and emails: owner-only
     print(render_summary(report))
     print()
     print(render_at_risk(report, args.top or None))
     if args.html:
-        from destination_perly.private_files import write_private
-
-        write_private(Path(args.html), render_html(report).encode())  # names and emails: owner-only
         print(f"\nHTML report written to {args.html}")
     return 0
 

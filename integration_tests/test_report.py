@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import subprocess
 import sys
@@ -400,3 +401,19 @@ def test_no_store_when_cli_runs_then_it_says_so_and_fails(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert "run a sync first" in result.stderr
     assert not (tmp_path / "missing.db").exists()  # read-only: the report never creates a store
+
+
+def test_the_report_into_a_pipe_whose_reader_has_gone_ends_quietly_and_still_writes_the_page(
+    store: Path, tmp_path: Path
+) -> None:
+    """`perly-report ... | head -3`: the reader closes the pipe before the report is printed."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    page = tmp_path / "report.html"
+    command = [sys.executable, "-m", "destination_perly.report", "--db", str(store), "--html", str(page)]
+    try:
+        ended = subprocess.run(command, stdout=write_end, stderr=subprocess.PIPE, text=True, check=False)
+    finally:
+        os.close(write_end)
+    assert (ended.returncode, ended.stderr) == (0, "")
+    assert page.read_text(encoding="utf-8").rstrip().endswith("</html>")
