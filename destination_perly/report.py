@@ -774,7 +774,9 @@ def _parse_time(text: str) -> datetime:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        return _report(argv)
+        status = _report(argv)
+        sys.stdout.flush()  # a buffered stdout meets the closed pipe here, not in Python's exit
+        return status
     except BrokenPipeError:  # the reader stopped early (`| head`); the HTML page is written already
         connector_spec.silence_closed_stdout()
         return 0

@@ -403,16 +403,22 @@ def test_no_store_when_cli_runs_then_it_says_so_and_fails(tmp_path: Path) -> Non
     assert not (tmp_path / "missing.db").exists()  # read-only: the report never creates a store
 
 
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "PYTHONUNBUFFERED"])
 def test_the_report_into_a_pipe_whose_reader_has_gone_ends_quietly_and_still_writes_the_page(
-    store: Path, tmp_path: Path
+    store: Path, tmp_path: Path, unbuffered: bool
 ) -> None:
     """`perly-report ... | head -3`: the reader closes the pipe before the report is printed."""
     read_end, write_end = os.pipe()
     os.close(read_end)
     page = tmp_path / "report.html"
     command = [sys.executable, "-m", "destination_perly.report", "--db", str(store), "--html", str(page)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
     try:
-        ended = subprocess.run(command, stdout=write_end, stderr=subprocess.PIPE, text=True, check=False)
+        ended = subprocess.run(
+            command, stdout=write_end, stderr=subprocess.PIPE, text=True, check=False, env=env
+        )
     finally:
         os.close(write_end)
     assert (ended.returncode, ended.stderr) == (0, "")
