@@ -53,7 +53,7 @@ from airbyte_cdk.models import (  # type: ignore[attr-defined,unused-ignore]
 )
 
 from destination_perly.ingest import Ingestor
-from destination_perly.store.base import Row, table_for_stream
+from destination_perly.store.base import Row, holds_nul, table_for_stream, without_nul
 
 logger = logging.getLogger("airbyte")
 
@@ -100,7 +100,12 @@ def parse_input_lines(lines: Iterable[str | bytes]) -> Iterator[InputMessage]:
         if is_record:
             record = message.get("record")
             if isinstance(record, dict) and isinstance(record.get("stream"), str) and "data" in record:
-                yield RawRecord(record["stream"], record["data"], number)
+                data = record["data"]
+                if holds_nul(line):
+                    # Too deep to walk: left as it is, to be skipped as too deep to store.
+                    with suppress(RecursionError):
+                        data = without_nul(data)
+                yield RawRecord(record["stream"], data, number)
                 continue
         try:
             yield AirbyteMessageSerializer.load(message)
@@ -220,7 +225,10 @@ class RecordPreparer:
                 return _skipped_record(stream, data, line, f"`{key}` is beyond a 64-bit integer")
         if data["id"] is not record_id:  # an integer id, kept as text like Stripe's
             data = {**data, "id": record_id}
-        row, ids = self.prepare(stream, data, self.generation_ids[stream])
+        try:
+            row, ids = self.prepare(stream, data, self.generation_ids[stream])
+        except orjson.JSONEncodeError as exc:  # e.g. nested deeper than orjson writes (254 levels)
+            return _skipped_record(stream, data, line, f"it cannot be stored as JSON ({exc})")
         return PreparedRecord(stream, row, ids)
 
 

@@ -174,6 +174,28 @@ def _db_value(value: Any) -> Any:
     return value
 
 
+def holds_nul(text: str | bytes) -> bool:
+    """Whether JSON text may hold a NUL character (U+0000), which JSON writes escaped: a substring
+    search, cheap enough for every input line."""
+    if isinstance(text, bytes):
+        return b"\\u0000" in text
+    return "\\u0000" in text
+
+
+def without_nul(value: Any) -> Any:
+    """Parsed JSON with each NUL in its strings and keys replaced by U+FFFD, as both stores keep a
+    Stripe object: PostgreSQL's text cannot hold NUL (it refused the whole flush, and then the
+    customer's health at every sync), and SQLite keeps the same so the stores agree. Stripe's own ids
+    never hold it. Raises RecursionError for JSON nested beyond Python's recursion limit."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {without_nul(key): without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_nul(item) for item in value]
+    return value
+
+
 def _parsed(data: str, deleted: int) -> Record:
     obj: Record = orjson.loads(data)
     if deleted:
