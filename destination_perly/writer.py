@@ -53,7 +53,7 @@ from airbyte_cdk.models import (  # type: ignore[attr-defined,unused-ignore]
 )
 
 from destination_perly.ingest import Ingestor
-from destination_perly.store.base import Row, holds_nul, table_for_stream, without_nul
+from destination_perly.store.base import INT64_MAX, INT64_MIN, Row, holds_nul, table_for_stream, without_nul
 
 logger = logging.getLogger("airbyte")
 
@@ -193,7 +193,6 @@ class WriteStats:
 
 
 # The store's integer columns (SQLite INTEGER, PostgreSQL BIGINT) hold signed 64-bit values.
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 VERSION_FIELDS = ("updated", "created")
 
 

@@ -174,6 +174,36 @@ def _db_value(value: Any) -> Any:
     return value
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def beyond_int64(value: Any) -> bool:
+    """Whether an integer, or one of a dict's values, is beyond what both stores' integers hold."""
+    if isinstance(value, int):
+        return not INT64_MIN <= value <= INT64_MAX
+    if isinstance(value, dict):
+        return any(beyond_int64(item) for item in value.values())
+    return False
+
+
+# The fields of each saved row whose type holds integers (`int | None`, `dict[str, int]`).
+_INTEGER_FIELDS = {
+    model: tuple(f.name for f in dataclasses.fields(model) if "int" in str(f.type))
+    for model in (CustomerHealth, MrrMovement, MrrSnapshot)
+}
+
+
+def unstorable(evaluation: CustomerEvaluation) -> str | None:
+    """Why the store cannot hold this evaluation, else None. Only absurd input makes one (amounts near
+    2**62 minor units, summed or multiplied): saving it failed its whole chunk, at every sync."""
+    rows: list[Any] = [evaluation.health, *evaluation.movements, evaluation.snapshot]
+    for row in rows:
+        for name in _INTEGER_FIELDS[type(row)]:
+            if beyond_int64(getattr(row, name)):
+                return f"its {type(row).__name__} `{name}` is beyond a 64-bit integer"
+    return None
+
+
 def holds_nul(text: str | bytes) -> bool:
     """Whether JSON text may hold a NUL character (U+0000), which JSON writes escaped: a substring
     search, cheap enough for every input line."""

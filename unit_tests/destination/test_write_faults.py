@@ -26,6 +26,9 @@ from integration_tests.postgres_server import PostgresServer, free_port, postgre
 from unit_tests.destination.builders import AS_OF, customer
 from unit_tests.destination.messages import catalog, configured, record, stream_state
 from unit_tests.destination.test_writer import ids, states_of
+from unit_tests.webhooks.builders import customer as webhook_customer
+from unit_tests.webhooks.builders import price as webhook_price
+from unit_tests.webhooks.builders import subscription as webhook_subscription
 
 SECRET = "pg-Secret-42"
 
@@ -216,3 +219,33 @@ def test_given_a_record_nested_deeper_than_json_is_written_then_only_it_is_skipp
     ]
     assert [m.state.stream.stream_state.updated for m in states_of(output)] == [1]  # type: ignore[union-attr]
     assert ids(store, "customers") == ["cus_1"]
+
+
+def test_given_amounts_whose_mrr_is_beyond_64_bits_then_only_that_customer_fails_and_stays_pending(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A price of 2**62 minor units times 4 seats: saving its MRR failed the whole chunk's save, so
+    the sync, at every run."""
+    absurd = webhook_subscription("sub_big", "cus_big", quantity=4)
+    absurd["items"]["data"][0]["price"] = webhook_price(unit_amount=2**62)
+    lines = [
+        line(record("customers", webhook_customer("cus_big"))),
+        line(record("customers", webhook_customer("cus_ok"))),
+        line(record("subscriptions", absurd)),
+        line(record("subscriptions", webhook_subscription("sub_ok", "cus_ok"))),
+        line(stream_state("subscriptions", 1)),
+    ]
+    plans = plans_from_catalog(catalog(configured("customers"), configured("subscriptions")))
+    writer = Writer(Ingestor(store, HealthConfig()), plans, as_of=lambda: AS_OF)
+
+    output = list(writer.write(parse_input_lines(lines)))
+
+    assert [m.state.stream.stream_state.updated for m in states_of(output)] == [1]  # type: ignore[union-attr]
+    assert store.query("SELECT customer_id, mrr FROM perly_customer_health") == [
+        {"customer_id": "cus_ok", "mrr": 5000}
+    ]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "health evaluation failed for customer cus_big; it stays pending\n"
+        "its CustomerHealth `mrr` is beyond a 64-bit integer"
+    ]
+    assert writer.stats.refresh_failures == 1
