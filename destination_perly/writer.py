@@ -53,7 +53,7 @@ from airbyte_cdk.models import (  # type: ignore[attr-defined,unused-ignore]
 )
 
 from destination_perly.ingest import Ingestor
-from destination_perly.store.base import INT64_MAX, INT64_MIN, Row, holds_nul, table_for_stream, without_nul
+from destination_perly.store.base import Row, holds_nul, table_for_stream, version_beyond_int64, without_nul
 
 logger = logging.getLogger("airbyte")
 
@@ -192,10 +192,6 @@ class WriteStats:
     refresh_seconds: float = 0.0
 
 
-# The store's integer columns (SQLite INTEGER, PostgreSQL BIGINT) hold signed 64-bit values.
-VERSION_FIELDS = ("updated", "created")
-
-
 class RecordPreparer:
     """Checks a record and builds its row without touching the store, so it can run in the input
     reader process."""
@@ -214,14 +210,9 @@ class RecordPreparer:
         if not isinstance(data, dict) or not isinstance(record_id, str) or not record_id:
             shape = "not an object" if not isinstance(data, dict) else "no string id"
             return _skipped_record(stream, data, line, shape)
-        for key in VERSION_FIELDS:
-            value = data.get(key)
-            if (
-                isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and not INT64_MIN <= value <= INT64_MAX
-            ):
-                return _skipped_record(stream, data, line, f"`{key}` is beyond a 64-bit integer")
+        too_far = version_beyond_int64(data)
+        if too_far is not None:
+            return _skipped_record(stream, data, line, f"`{too_far}` is beyond a 64-bit integer")
         if data["id"] is not record_id:  # an integer id, kept as text like Stripe's
             data = {**data, "id": record_id}
         try:

@@ -174,7 +174,22 @@ def _db_value(value: Any) -> Any:
     return value
 
 
+# The stores' integer columns (SQLite INTEGER, PostgreSQL BIGINT) hold signed 64-bit values.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+VERSION_FIELDS = ("updated", "created")  # stored as integer columns of every stream's table
+
+
+def version_beyond_int64(record: Record) -> str | None:
+    """The first of the record's `updated` and `created` that is a number beyond a 64-bit integer."""
+    for key in VERSION_FIELDS:
+        value = record.get(key)
+        if (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and not INT64_MIN <= value <= INT64_MAX
+        ):
+            return key
+    return None
 
 
 def beyond_int64(value: Any) -> bool:
