@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 # (field, default) in the order of airbyte_cdk.models.ConnectorSpecification; None: left out when unset.
 _SPEC_FIELDS: tuple[tuple[str, Any], ...] = (
@@ -51,11 +51,11 @@ def print_spec_message(spec: Mapping[str, Any]) -> None:
         silence_closed_stdout()
 
 
-def silence_closed_stdout() -> None:
-    """After a BrokenPipeError on stdout (its reader stopped early, as `| head` does): what is printed
-    from now on is dropped. Python flushes stdout again at exit, which would otherwise fail the same
-    way and end the command with a traceback."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+def silence_closed_stdout(stream: TextIO | None = None) -> None:
+    """After a BrokenPipeError on stdout, or on `stream` (its reader stopped early, as `| head` does):
+    what is printed there from now on is dropped. Python flushes stdout again at exit, which would
+    otherwise fail the same way and end the command with a traceback."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), (stream or sys.stdout).fileno())
 
 
 class ConfigFileError(ValueError):

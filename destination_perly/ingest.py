@@ -30,7 +30,7 @@ from destination_perly.health.mrr import (
     with_stored_items,
 )
 from destination_perly.health.values import as_list
-from destination_perly.store.base import Record, Row, Store, make_row
+from destination_perly.store.base import Record, Row, Store, make_row, unstorable
 from stripe_vocabulary import customer_of
 
 logger = logging.getLogger("airbyte")
@@ -108,6 +108,10 @@ def evaluate_customers(
             evaluation = evaluate(bundle, config, as_of)
         except Exception:  # one customer's bad data must not stop the others
             outcomes.append(Outcome(customer_id, error=traceback.format_exc()))
+            continue
+        why = unstorable(evaluation)
+        if why is not None:
+            outcomes.append(Outcome(customer_id, error=why))
             continue
         last = bundle.snapshots[-1] if bundle.snapshots else None
         changed = last is None or last.mrr_by_currency != evaluation.snapshot.mrr_by_currency

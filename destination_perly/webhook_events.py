@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from destination_perly.store.base import version_beyond_int64
 from stripe_vocabulary import API_VERSION, EVENTS_STREAM, event_change, tombstone
 
 StripeObject = dict[str, Any]
@@ -54,6 +55,9 @@ def plan_event(event: Any) -> EventPlan:
         raise MalformedEvent("event without an integer created")
     if not isinstance(obj, dict) or not isinstance(obj.get("object"), str):
         raise MalformedEvent("event without data.object")
+    too_far = version_beyond_int64(obj)
+    if too_far is not None:  # no store could hold it: it would fail at every retry
+        raise MalformedEvent(f"data.object's `{too_far}` is beyond a 64-bit integer")
 
     object_type: str = obj["object"]
     object_id = obj.get("id")

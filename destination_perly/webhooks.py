@@ -36,6 +36,7 @@ from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from destination_perly.config import ConfigError, load_json_object, parse_config
+from destination_perly.store.base import holds_nul, without_nul
 from destination_perly.webhook_apply import (
     REFRESH_CHUNK_CUSTOMERS,
     Clock,
@@ -187,8 +188,9 @@ def create_app(settings: ReceiverSettings) -> Starlette:
             log.warning("rejected a webhook: %s", error)
             return _error(400, f"signature verification failed: {error}")
         try:
-            plan = plan_event(orjson.loads(body))
-        except (orjson.JSONDecodeError, MalformedEvent) as error:
+            event = orjson.loads(body)
+            plan = plan_event(without_nul(event) if holds_nul(body) else event)
+        except (orjson.JSONDecodeError, MalformedEvent, RecursionError) as error:
             log.warning("rejected a signed body that is not a Stripe event: %s", error)
             return _error(400, f"not a Stripe event: {error}")
         if plan.ignored:

@@ -53,7 +53,7 @@ from airbyte_cdk.models import (  # type: ignore[attr-defined,unused-ignore]
 )
 
 from destination_perly.ingest import Ingestor
-from destination_perly.store.base import Row, table_for_stream
+from destination_perly.store.base import Row, holds_nul, table_for_stream, version_beyond_int64, without_nul
 
 logger = logging.getLogger("airbyte")
 
@@ -100,7 +100,12 @@ def parse_input_lines(lines: Iterable[str | bytes]) -> Iterator[InputMessage]:
         if is_record:
             record = message.get("record")
             if isinstance(record, dict) and isinstance(record.get("stream"), str) and "data" in record:
-                yield RawRecord(record["stream"], record["data"], number)
+                data = record["data"]
+                if holds_nul(line):
+                    # Too deep to walk: left as it is, to be skipped as too deep to store.
+                    with suppress(RecursionError):
+                        data = without_nul(data)
+                yield RawRecord(record["stream"], data, number)
                 continue
         try:
             yield AirbyteMessageSerializer.load(message)
@@ -187,11 +192,6 @@ class WriteStats:
     refresh_seconds: float = 0.0
 
 
-# The store's integer columns (SQLite INTEGER, PostgreSQL BIGINT) hold signed 64-bit values.
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-VERSION_FIELDS = ("updated", "created")
-
-
 class RecordPreparer:
     """Checks a record and builds its row without touching the store, so it can run in the input
     reader process."""
@@ -210,17 +210,15 @@ class RecordPreparer:
         if not isinstance(data, dict) or not isinstance(record_id, str) or not record_id:
             shape = "not an object" if not isinstance(data, dict) else "no string id"
             return _skipped_record(stream, data, line, shape)
-        for key in VERSION_FIELDS:
-            value = data.get(key)
-            if (
-                isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and not INT64_MIN <= value <= INT64_MAX
-            ):
-                return _skipped_record(stream, data, line, f"`{key}` is beyond a 64-bit integer")
+        too_far = version_beyond_int64(data)
+        if too_far is not None:
+            return _skipped_record(stream, data, line, f"`{too_far}` is beyond a 64-bit integer")
         if data["id"] is not record_id:  # an integer id, kept as text like Stripe's
             data = {**data, "id": record_id}
-        row, ids = self.prepare(stream, data, self.generation_ids[stream])
+        try:
+            row, ids = self.prepare(stream, data, self.generation_ids[stream])
+        except orjson.JSONEncodeError as exc:  # e.g. nested deeper than orjson writes (254 levels)
+            return _skipped_record(stream, data, line, f"it cannot be stored as JSON ({exc})")
         return PreparedRecord(stream, row, ids)
 
 

@@ -5,6 +5,8 @@ and that the connectors' copies of the configs (they hold the key) do not outliv
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -341,3 +343,42 @@ def test_sync_command_is_skipped_while_another_sync_with_the_same_state_runs(
     assert f"another sync with the state {state} is still running; skipped" in capsys.readouterr().out
     assert not state.exists()
     assert cli.main(command) == 1  # once it has ended, a run goes ahead (and meets the stand-ins)
+
+
+@pytest.mark.emulator
+@pytest.mark.slow
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "PYTHONUNBUFFERED"])
+def test_sync_command_whose_output_reader_goes_away_mid_sync_still_completes_the_sync(
+    tmp_path: Path, unbuffered: bool
+) -> None:
+    """`perly sync ... 2>&1 | head -1`: the reader goes once the first line is out, while the sync
+    still runs. The progress lines printed after that used to fail the sync (the relay took the
+    closed pipe for a dead destination and stopped the source)."""
+    from integration_tests.stripe_emulator import Emulator
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    # Slow answers: the sync lasts a few seconds, long enough for progress lines after the first.
+    with Emulator(customers=40, seed=3, latency_ms=150) as emulator:
+        source = pipeline.write_json(tmp_path / "source.json", demo.emulator_source_config(emulator.url))
+        destination = pipeline.write_json(
+            tmp_path / "destination.json",
+            {
+                "store": {"store_type": "sqlite", "path": str(tmp_path / "perly.db")},
+                "as_of": demo.iso(emulator.now),
+            },
+        )
+        run = [sys.executable, "-c", "import sys; from perly_runner.cli import main; sys.exit(main())"]
+        run += ["sync", "--source-config", str(source), "--destination-config", str(destination)]
+        run += ["--state", str(tmp_path / "state.json")]
+        perly = subprocess.Popen(run, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        assert perly.stdout is not None
+        first_line = perly.stdout.readline()
+        perly.stdout.close()
+        code = perly.wait(timeout=120)
+
+    assert first_line.startswith(b"Sync (full)")
+    assert code == 0
+    saved = {s["stream"]["stream_descriptor"]["name"] for s in pipeline.load_state(tmp_path / "state.json")}
+    assert saved >= {"customers", "subscriptions", "invoices", "charges", "events"}

@@ -313,3 +313,21 @@ def test_given_a_customer_held_by_another_refresh_then_a_helping_receiver_leaves
         idle.stop()
         holder.close()
         store.close()
+
+
+def test_given_an_event_with_nul_characters_then_it_is_applied_with_u_fffd(pg_config: dict[str, Any]) -> None:
+    """PostgreSQL's text cannot hold NUL (U+0000): such an event was stored, but its customer's health
+    refresh failed at every attempt."""
+    named = customer("cus_nul", name="Acme\x00 Ltd", email="a\x00@x.io")
+    settings = settings_from_config(pg_config, [SECRET], clock=FakeClock(datetime.fromtimestamp(T0, UTC)))
+    with TestClient(create_app(settings)) as client:
+        response = client.post(DEFAULT_PATH, **delivery(event("customer.created", named, T0 - 100)))
+        assert settings.processor.wait_idle(20)
+
+    assert (response.status_code, response.json()["status"]) == (200, "accepted")
+    store = open_store(parse_config(pg_config).store)
+    try:
+        health = store.query("SELECT name, email FROM perly_customer_health WHERE customer_id = 'cus_nul'")
+    finally:
+        store.close()
+    assert health == [{"name": "Acme\ufffd Ltd", "email": "a\ufffd@x.io"}]

@@ -20,6 +20,7 @@ from perly_runner.pipeline import (
     print_notice,
     print_progress,
     run_sync,
+    show,
 )
 
 
@@ -35,7 +36,7 @@ def sync(source_config: Path, destination_config: Path, state_path: Path, top: i
     another sync with the same state runs."""
     with exclusive_run(state_path.with_name(state_path.name + ".lock")) as acquired:
         if not acquired:
-            print(f"perly sync: another sync with the state {state_path} is still running; skipped")
+            show(f"perly sync: another sync with the state {state_path} is still running; skipped")
             return 0
         return sync_and_report(source_config, destination_config, state_path, top, html)
 
@@ -56,21 +57,22 @@ def sync_and_report(
     destination = read_config(destination_config)
     catalog = configured_catalog(discover(source_config))
     mode = "incremental, from the saved state" if load_state(state_path) else "full"
-    print(f"Sync ({mode}): {', '.join(s['stream']['name'] for s in catalog['streams'])}")
+    show(f"Sync ({mode}): {', '.join(s['stream']['name'] for s in catalog['streams'])}")
     workdir = state_path.parent / "sync-run"  # the run's files (catalog, stderr) beside its state
     result = run_sync(workdir, source, destination, catalog, state_path, print_progress, notice=print_notice)
-    print(f"   {result.total:,} records in {result.seconds:.1f}s; state saved to {state_path}")
+    show(f"   {result.total:,} records in {result.seconds:.1f}s; state saved to {state_path}")
     try:
         with open_report_store(destination) as opened:
             report = read_report(opened.query)
     except StoreUnavailable as exc:
         print(f"report: {exc}", file=sys.stderr)
         return 1
-    print("\n" + render_summary(report) + "\n")
-    print(render_at_risk(report, top))
     if html:
         write_private(html, render_html(report).encode())  # names and emails: owner-only
-        print(f"\nHTML report: {html}")
+    show("\n" + render_summary(report) + "\n")
+    show(render_at_risk(report, top))
+    if html:
+        show(f"\nHTML report: {html}")
     return 0
 
 

@@ -19,7 +19,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from perly_runner.pipeline import DESTINATION_SCRIPT, SOURCE_SCRIPT, exclusive_run, executable, notice_text
+from perly_runner.pipeline import (
+    DESTINATION_SCRIPT,
+    SOURCE_SCRIPT,
+    exclusive_run,
+    executable,
+    notice_text,
+    show,
+)
 
 INSTALL_HINT = (
     "PyAirbyte is not installed in this Python ({python}): `perly schedule` needs the optional extra, "
@@ -54,7 +61,7 @@ def load_airbyte() -> ModuleType:
 
 
 def log(message: str) -> None:
-    print(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} perly schedule: {message}", flush=True)
+    show(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} perly schedule: {message}")
 
 
 def tell_notices(connector: Any, name: str) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ from destination_perly.ingest import Ingestor, customer_ids_of
 from destination_perly.webhook_apply import EventLedger, WebhookProcessor
 from destination_perly.webhook_signature import SignatureVerifier
 from destination_perly.webhooks import DEFAULT_PATH, ReceiverSettings, create_app
+from integration_tests.stripe_emulator import Emulator
+from unit_tests.destination.test_hostile_book import spoiled
 from unit_tests.webhooks.builders import (
     SECRET,
     T0,
@@ -23,6 +27,7 @@ from unit_tests.webhooks.builders import (
     delivery,
     event,
     failed_charge,
+    sign,
     subscription,
 )
 from unit_tests.webhooks.conftest import FakeClock, Receiver, sqlite_config, store_opener
@@ -179,10 +184,23 @@ def test_given_an_event_at_another_api_version_then_a_warning_and_healthz_counts
 
 def test_given_a_signed_body_that_is_not_an_event_then_400(receiver: Receiver) -> None:
     body = b'{"object": "list", "data": []}'
-    from unit_tests.webhooks.builders import sign
-
     response = receiver.client.post(DEFAULT_PATH, content=body, headers={"Stripe-Signature": sign(body)})
     assert response.status_code == 400
+
+
+def test_given_an_object_created_beyond_64_bits_then_400_and_the_next_events_are_applied(
+    receiver: Receiver,
+) -> None:
+    """No store can hold such a `created`: the event was taken, then failed to store at every retry
+    (503, for as long as Stripe retries)."""
+    absurd = event("customer.created", customer("cus_far", created=1e300), T0 - 100)  # type: ignore[arg-type]
+
+    response = receiver.post(delivery(absurd))
+
+    assert response.status_code == 400
+    assert "data.object's `created` is beyond a 64-bit integer" in response.text
+    assert post_all(receiver, event("customer.created", customer(), T0 - 50)) == ["accepted"]
+    assert receiver.rows("SELECT id FROM stripe_customers") == [{"id": "cus_A"}]
 
 
 def test_given_a_huge_body_then_413_before_anything_else(receiver: Receiver) -> None:
@@ -414,3 +432,26 @@ def test_given_a_webhook_naming_a_new_discount_then_its_discount_event_tells_it_
     health = receiver.health("cus_A")
     assert health["mrr"] == 3100  # 3600, then the new 500 off
     assert orjson.loads(health["limitations"]) == []
+
+
+@pytest.mark.slow
+def test_given_events_with_hostile_values_then_each_is_applied_or_refused_and_none_fails(
+    receiver: Receiver,
+) -> None:
+    """The emulator's events with a tenth of their fields hostile (see test_hostile_book.py): each
+    gets 200 or 400, never a 5xx that Stripe would retry for days, and the receiver stays healthy."""
+    emulator = Emulator(customers=30, seed=4)
+    rng = random.Random(4)
+    answers = Counter()
+    for each in emulator.objects("events")[-300:]:
+        body = orjson.dumps(spoiled(each, rng, share=0.1))
+        response = receiver.client.post(DEFAULT_PATH, content=body, headers={"Stripe-Signature": sign(body)})
+        answers[response.status_code] += 1
+
+    receiver.wait()
+    assert set(answers) == {200, 400}, answers
+    health = receiver.client.get("/healthz")
+    assert health.status_code == 200
+    stats = health.json()
+    assert (stats["write_failed"], stats["refresh_failed"]) == (0, 0)
+    assert stats["applied"] == stats["accepted"] > 0
