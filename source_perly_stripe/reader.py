@@ -59,8 +59,8 @@ LIST_OVERLAP = 600
 PAGE_SIZE = 100
 # The lists long wherever there are customers (an invoice and a charge a month each, at least) begin a
 # first read as windows cut at these ages, so that the first round trip (the probe and one page per
-# window) carries 7 requests instead of 5: about 9 fit in it at 90 requests/s (see `_begin_early`).
-EARLY_CUTS: dict[str, tuple[int, ...]] = {"invoices": (7 * DAY,), "charges": (7 * DAY,)}
+# window) carries 9 requests instead of 5, as many as fit in it at 90 requests/s (see `_begin_early`).
+EARLY_CUTS: dict[str, tuple[int, ...]] = {"invoices": (7 * DAY, 60 * DAY), "charges": (7 * DAY, 60 * DAY)}
 EVENTS_KEY = "__events__"
 
 # A message built when it is yielded (see `begin`).
@@ -469,6 +469,10 @@ class SyncReader:
         the probe answered (`early`, see `_begin_early`) ends at Stripe's clock then, or at its own top
         if that is older; without a top it was asked for without `created[lt]`."""
         low, end = window
+        # The oldest of the windows a stream begins with when cut blind (`_begin_early`) stands for the
+        # far past its newest would have handed on after its first page: it hands its own far past on
+        # from its second page only, so that the blind cuts add no more windows than they stand for.
+        cut_waits_a_page = early and open_ended and end is not None
         top = end or 0
         last_created = top - 1
         cursor: str | None = None
@@ -521,7 +525,9 @@ class SyncReader:
             last_created = int(data[-1]["created"])
             self._pages_read += 1  # shared by the windows; a lost increment is harmless
             in_flight = self._windows_in_flight
-            if in_flight < s.readers:
+            if cut_waits_a_page:
+                cut_waits_a_page = False
+            elif in_flight < s.readers:
                 density = seen / max(1, top - last_created)
                 keep_pages = s.pages_per_cut
                 # The end of the read: what is left is in windows being read (none is open-ended),

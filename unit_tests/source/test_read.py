@@ -25,7 +25,7 @@ from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from source_perly_stripe import source as source_module
 from source_perly_stripe.client import API_VERSION, StripeClient
-from source_perly_stripe.reader import EVENTS_OVERLAP, ReadSettings
+from source_perly_stripe.reader import EARLY_CUTS, EVENTS_OVERLAP, ReadSettings
 from source_perly_stripe.source import SourcePerlyStripe
 from source_perly_stripe.windows import DAY
 
@@ -321,11 +321,11 @@ def by_id(emitted: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {r["id"]: {k: v for k, v in r.items() if k != "updated"} for r in emitted}
 
 
-def invoices_and_charges_of_60_days() -> FakeStripe:
+def invoices_and_charges_of_120_days() -> FakeStripe:
     fake = FakeStripe()
     for i in range(300):  # on both sides of every cut below
-        fake.add("invoices", NOW - 60 * DAY + i * 17_000, customer="cus_1", lines={"data": []})
-        fake.add("charges", NOW - 60 * DAY + i * 17_000 + 1, customer="cus_1")
+        fake.add("invoices", NOW - 120 * DAY + i * 34_000, customer="cus_1", lines={"data": []})
+        fake.add("charges", NOW - 120 * DAY + i * 34_000 + 1, customer="cus_1")
     return fake
 
 
@@ -339,9 +339,9 @@ def test_given_windows_cut_by_the_machine_clock_then_the_first_sync_reads_what_a
     probe tells Stripe's. Whatever the skew, each object is read once, and what Stripe creates between
     the probe and the first pages is left to the next sync, as with one window. A cut after Stripe's
     now (the machine ahead) costs only the request of the empty window above it."""
-    plain_fake = invoices_and_charges_of_60_days()
+    plain_fake = invoices_and_charges_of_120_days()
     plain = sync(plain_fake, "invoices", "charges")
-    fake = invoices_and_charges_of_60_days()
+    fake = invoices_and_charges_of_120_days()
     created_meanwhile: list[str] = []
 
     def stripe_moves_on() -> None:
@@ -363,10 +363,13 @@ def test_given_windows_cut_by_the_machine_clock_then_the_first_sync_reads_what_a
         assert final["updated"] == NOW, "the cursor is Stripe's clock at the probe"
         assert "backfill" not in final
     assert sorted(r["id"] for r in records(second, "invoices")) == created_meanwhile
-    above_stripes_now = [
+    cuts_after_stripes_now = [
+        age for ages in EARLY_CUTS.values() for age in ages if NOW + skew - age > NOW + 1
+    ]
+    windows_after_stripes_now = [
         q for q in map(query_of, fake.requests) if "created[gte]" in q and int(q["created[gte]"][0]) > NOW + 1
     ]
-    assert len(above_stripes_now) == (2 if skew > 7 * DAY else 0), "one request per window above Stripe's now"
+    assert len(windows_after_stripes_now) == len(cuts_after_stripes_now), "one request each, nothing more"
 
 
 def test_given_a_stream_with_a_cursor_beside_a_new_one_then_only_the_new_one_begins_with_the_probe() -> None:
