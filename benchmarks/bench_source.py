@@ -7,6 +7,8 @@
 0. Start-up of the CLI (`spec`), then the first sync of the 4 core streams at 100 ms latency, the live
    limit and a 90 requests/s budget: requests against the minimum (full pages only), page fill, requests
    in each second, and end to end through the CLI (start-up included) against the budget's ceiling.
+   The emulator's clock starts at this machine's, as Stripe's and a real machine's agree (both on NTP
+   time); `--emulator-clock book` leaves it at its book's date, whatever the machine's clock says.
 4. The recommended key without events (rk_test_perly_billing, the 4 core streams), zero latency: the
    first sync, one simulated day, the reconciliation sync: its requests against the first sync's (the
    target is at most 25%), and whether its store equals a fresh full read (no change missed).
