@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,11 @@ import pytest
 from airbyte_cdk.models import ConfiguredAirbyteCatalogSerializer, Type
 
 from integration_tests.stripe_emulator import Emulator
+from source_perly_stripe import reader as reader_module
+from source_perly_stripe.client import StripeClient, client_from_config
 from source_perly_stripe.early import begin_read
 from source_perly_stripe.source import SourcePerlyStripe
+from source_perly_stripe.windows import DAY
 
 pytestmark = pytest.mark.emulator
 
@@ -139,3 +143,76 @@ def test_no_read_begins_early_for_another_verb_or_a_config_the_source_refuses(
     assert begin_read([]) is None
     (tmp_path / "config.json").write_text(json.dumps({"api_key": "pk_test_123", "base_url": emulator.url}))
     assert begin_read(argv) is None  # the CDK's run reports it, in words
+
+
+class RecordingClient:
+    """The client, keeping the query of every request."""
+
+    def __init__(self, inner: StripeClient) -> None:
+        self.inner = inner
+        self.queries: list[dict[str, Any]] = []
+
+    def get(self, path: str, params: Any = ()) -> dict[str, Any]:
+        self.queries.append(dict(params))
+        return self.inner.get(path, params)
+
+    def server_now(self) -> int:
+        return self.inner.server_now()
+
+
+def first_sync(
+    emulator: Emulator, skew: int
+) -> tuple[dict[tuple[str, str], Any], dict[str, Any], RecordingClient]:
+    """The 4 core streams read in process by a machine whose clock is `skew` seconds ahead of the
+    emulator's (behind: negative): records by stream and id, the last states, the client."""
+    shift = emulator.now + skew - time.time()
+    clients: list[RecordingClient] = []
+
+    def factory(config: Any) -> RecordingClient:
+        clients.append(
+            RecordingClient(client_from_config(config, pool_size=24, clock=lambda: time.time() + shift))
+        )
+        return clients[0]
+
+    config = {"api_key": "sk_test_perly_demo", "base_url": emulator.url, "max_requests_per_second": 1000}
+    catalog = ConfiguredAirbyteCatalogSerializer.load(catalog_json(CORE))
+    records: dict[tuple[str, str], Any] = {}
+    states: dict[str, Any] = {}
+    for message in SourcePerlyStripe(client_factory=factory).read(
+        logging.getLogger("test"), config, catalog, []
+    ):
+        if message.type == Type.RECORD:
+            key = (message.record.stream, message.record.data["id"])
+            assert key not in records, f"{key} read twice"
+            records[key] = message.record.data
+        elif message.type == Type.STATE:
+            state = dict(message.state.stream.stream_state.__dict__)
+            state.pop("full_read_requests", None)  # how many requests depends on timing
+            states[message.state.stream.stream_descriptor.name] = state
+    return records, states, clients[0]
+
+
+@pytest.mark.parametrize("skew_days", [70, 35, 0, -35])
+def test_a_first_sync_cut_by_the_machine_clock_reads_what_a_plain_read_does_whatever_the_skew(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch, skew_days: int
+) -> None:
+    """Invoices and charges begin as windows cut by the machine's clock before the probe tells
+    Stripe's (`EARLY_CUTS`). Ahead of Stripe's clock by more than a cut's age, the window above that
+    cut is empty (its one request is all it costs) and the one below ends at Stripe's clock; behind
+    it or agreeing, the windows split the list. The records and states are a plain read's."""
+    with monkeypatch.context() as plain_read:
+        plain_read.setattr(reader_module, "EARLY_CUTS", {})
+        plain_records, plain_states, _ = first_sync(emulator, 0)
+
+    records, states, client = first_sync(emulator, skew_days * DAY)
+
+    assert records == plain_records
+    assert states == plain_states
+    assert {state["updated"] for state in states.values()} == {emulator.now}
+    windows = [q for q in client.queries if "created[gte]" in q]
+    ages = [age for ages in reader_module.EARLY_CUTS.values() for age in ages]
+    cuts_after_now = sum(1 for age in ages if skew_days * DAY - age > 1)
+    # A window above Stripe's now costs its one request; a window below a cut after it asked only its
+    # first page up to the cut, the next ones up to Stripe's now.
+    assert len([q for q in windows if q["created[gte]"] > emulator.now]) == cuts_after_now
+    assert len([q for q in windows if q.get("created[lt]", 0) > emulator.now + 1]) == cuts_after_now

@@ -57,6 +57,10 @@ EVENTS_OVERLAP = 600
 # For the same reason, objects created since the last sync are listed from a little before its end.
 LIST_OVERLAP = 600
 PAGE_SIZE = 100
+# The lists long wherever there are customers (an invoice and a charge a month each, at least) begin a
+# first read as windows cut at these ages, so that the first round trip (the probe and one page per
+# window) carries 9 requests instead of 5, as many as fit in it at 90 requests/s (see `_begin_early`).
+EARLY_CUTS: dict[str, tuple[int, ...]] = {"invoices": (7 * DAY, 60 * DAY), "charges": (7 * DAY, 60 * DAY)}
 EVENTS_KEY = "__events__"
 
 # A message built when it is yielded (see `begin`).
@@ -397,9 +401,10 @@ class SyncReader:
         open_ended: bool = True,
         *,
         cut: bool = True,
+        early: bool = False,
     ) -> bool:
         """Read a window on the pool. A window cut from another (`cut`) takes a free reader, if one is
-        left: False when none is."""
+        left: False when none is. `early`: begun before the probe answered (`_begin_early`)."""
         with self._lock:
             if cut and self._windows_in_flight >= self._settings.readers:
                 return False
@@ -410,7 +415,7 @@ class SyncReader:
 
         def read() -> None:
             try:
-                self._read_window(key, path, base, window, expand, open_ended, token)
+                self._read_window(key, path, base, window, expand, open_ended, token, early)
             finally:
                 with self._lock:
                     self._windows_in_flight -= 1
@@ -456,12 +461,18 @@ class SyncReader:
         expand: StreamDef | None,
         open_ended: bool,
         token: object,
+        early: bool,
     ) -> None:
         """Page through one created window newest-first; when a reader is free, hand it part of the
         unread rest (see `plan_cut`). Reports [low, top) done once every record in it was queued.
-        `token` stands for the window in `_open_windows` while it is open-ended. A window without a
-        top was begun before the probe answered (`_begin_early`): its top is Stripe's clock then."""
+        `token` stands for the window in `_open_windows` while it is open-ended. A window begun before
+        the probe answered (`early`, see `_begin_early`) ends at Stripe's clock then, or at its own top
+        if that is older; without a top it was asked for without `created[lt]`."""
         low, end = window
+        # The oldest of the windows a stream begins with when cut blind (`_begin_early`) stands for the
+        # far past its newest would have handed on after its first page: it hands its own far past on
+        # from its second page only, so that the blind cuts add no more windows than they stand for.
+        cut_waits_a_page = early and open_ended and end is not None
         top = end or 0
         last_created = top - 1
         cursor: str | None = None
@@ -486,16 +497,21 @@ class SyncReader:
                 pages = _PageGuard(path)
                 continue
             data = pages.objects(page, cursor, need_created=True)
-            if end is None:
+            if early:
                 # The window ends where it would had it been asked for after the probe: what was
-                # created since is left to the next sync (it reads from before this one's cursor).
-                top = end = self._stripe_now() + 1
+                # created since is left to the next sync (it reads from before this one's cursor). A
+                # top cut by the machine's clock ahead of Stripe's is brought back to Stripe's: the
+                # window above it is then empty (`low >= end`).
+                early = False
+                stripe_top = self._stripe_now() + 1
+                top = end = stripe_top if end is None else min(end, stripe_top)
                 last_created = top - 1
                 in_window = [obj for obj in data if obj["created"] < end]
                 if data and not in_window and page.get("has_more") is True and low < end:
                     cursor, pages = None, _PageGuard(path)  # a whole page created since: start at the top
                     continue
                 data = in_window
+            assert end is not None  # only a window begun early is asked for without a top
             pages.check_range(data, low, end)
             if data:
                 # Everything of this window newer than the page's last second, once queued.
@@ -509,7 +525,9 @@ class SyncReader:
             last_created = int(data[-1]["created"])
             self._pages_read += 1  # shared by the windows; a lost increment is harmless
             in_flight = self._windows_in_flight
-            if in_flight < s.readers:
+            if cut_waits_a_page:
+                cut_waits_a_page = False
+            elif in_flight < s.readers:
                 density = seen / max(1, top - last_created)
                 keep_pages = s.pages_per_cut
                 # The end of the read: what is left is in windows being read (none is open-ended),
@@ -669,8 +687,9 @@ class SyncReader:
         self._began = True
         self._executor = ThreadPoolExecutor(max_workers=self._settings.workers, thread_name_prefix="stripe")
         self._sublists = ThreadPoolExecutor(max_workers=self._settings.workers, thread_name_prefix="sublists")
+        machine_now = int(self._client.server_now())  # no answer yet: the machine's clock
         probe = self._executor.submit(self._probe)  # first in the budget's queue: the others wait for it
-        self._begin_early()
+        self._begin_early(machine_now)
         try:
             now = probe.result()
             self._planned = list(self._plan(now))
@@ -683,18 +702,36 @@ class SyncReader:
         self._probed.set()
         self._start(now)
 
-    def _begin_early(self) -> None:
+    def _begin_early(self, machine_now: int) -> None:
         """The first page of each stream read in full from the start (no state: a first sync, or a
         full refresh) goes out with the probe instead of a round trip after it: such a stream's plan
         does not depend on what the probe tells, only its upper end (Stripe's clock) does, which its
-        window learns when the page is in (see `_read_window`)."""
+        window learns when the page is in (see `_read_window`).
+
+        The streams of `EARLY_CUTS` begin as several windows, cut by the machine's clock (the only one
+        known yet), so that the first round trip carries more of the budget. Each window's top is
+        brought back to Stripe's clock at the probe when that is older: a machine ahead of Stripe only
+        empties the windows above Stripe's now (a request each), and nothing is read twice."""
+        start = self._settings.start
         for stream, incremental in self._selected:
             if stream is EVENTS or (incremental and self._states.get(stream.name)):
                 continue
             self._runs[stream.name] = StreamRun(stream=stream, incremental=incremental)
             self._begun_early.add(stream.name)
-            window = (self._settings.start, None)
-            self._submit_window(stream.name, stream.path, stream.list_params, window, stream, cut=False)
+            cuts = sorted(machine_now - age for age in EARLY_CUTS.get(stream.name, ()))
+            lows = [start, *(cut for cut in cuts if cut > start)]
+            ends: list[int | None] = [*lows[1:], None]
+            for i, (low, end) in enumerate(zip(lows, ends, strict=True)):
+                self._submit_window(
+                    stream.name,
+                    stream.path,
+                    stream.list_params,
+                    (low, end),
+                    stream,
+                    open_ended=i == 0,  # how far back the oldest one reaches is unknown
+                    cut=False,
+                    early=True,
+                )
 
     def _stripe_now(self) -> int:
         """Stripe's clock at the probe, once it answered (workers of windows begun early wait here)."""

@@ -25,7 +25,7 @@ from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from source_perly_stripe import source as source_module
 from source_perly_stripe.client import API_VERSION, StripeClient
-from source_perly_stripe.reader import EVENTS_OVERLAP, ReadSettings
+from source_perly_stripe.reader import EARLY_CUTS, EVENTS_OVERLAP, ReadSettings
 from source_perly_stripe.source import SourcePerlyStripe
 from source_perly_stripe.windows import DAY
 
@@ -35,12 +35,13 @@ from .fake_stripe import FakeStripe
 NOW = DEFAULT_NOW
 
 
-def make_client(fake: FakeStripe, config: Any) -> StripeClient:
+def make_client(fake: FakeStripe, config: Any, skew: int = 0) -> StripeClient:
+    """`skew`: how far the machine's clock is ahead of Stripe's (negative: behind)."""
     return StripeClient(
         config["api_key"],
         max_requests_per_second=10_000,
         max_retries=2,
-        clock=lambda: fake.now,
+        clock=lambda: fake.now + skew,
         sleep=lambda _: None,
     )
 
@@ -222,9 +223,9 @@ def test_given_backfill_when_read_then_every_record_carries_server_time_and_stat
 
 
 class ProbeAnswersLate:
-    """The client, but the probe's answer is handed back only once a list page without an upper end (a
-    window begun with the probe) was asked, and that page goes to Stripe only once the probe took
-    Stripe's clock, after `meanwhile()` ran (what happens in Stripe between the two). (requests-mock
+    """The client, but the probe's answer is handed back only once a list page was asked (a window
+    begun with the probe), and the pages asked before the probe took Stripe's clock go to Stripe only
+    once it did, after `meanwhile()` ran (what happens in Stripe between the two). (requests-mock
     serves one request at a time, so the order is kept here, around the client.)"""
 
     def __init__(self, inner: StripeClient, meanwhile: Any = None) -> None:
@@ -232,14 +233,16 @@ class ProbeAnswersLate:
         self.meanwhile = meanwhile
         self.page_asked, self.clock_taken = threading.Event(), threading.Event()
         self.page_asked_before_the_probe_answered = False
+        self.probe_answered = False  # the clock read before it is the machine's
 
     def get(self, path: str, params: Any = ()) -> dict[str, Any]:
         query = dict(params)
         if path == "/v1/events" and query.get("limit") == 1:
             answer = self.inner.get(path, params)
             self.page_asked_before_the_probe_answered = self.page_asked.wait(timeout=5)
+            self.probe_answered = True
             return answer
-        if "created[gte]" in query and "created[lt]" not in query:
+        if "created[gte]" in query and not self.clock_taken.is_set():
             self.page_asked.set()
             self.clock_taken.wait(timeout=5)
             if self.meanwhile is not None:
@@ -249,7 +252,8 @@ class ProbeAnswersLate:
 
     def server_now(self) -> int:
         now = self.inner.server_now()
-        self.clock_taken.set()
+        if self.probe_answered:
+            self.clock_taken.set()
         return now
 
 
@@ -258,11 +262,12 @@ def sync_with_a_late_probe(
     meanwhile: Any = None,
     names: tuple[str, ...] = ("customers",),
     state: list[AirbyteStateMessage] | None = None,
+    skew: int = 0,
 ) -> tuple[EntrypointOutput, ProbeAnswersLate]:
     clients: list[ProbeAnswersLate] = []
 
     def factory(config: Any) -> ProbeAnswersLate:
-        clients.append(ProbeAnswersLate(make_client(fake, config), meanwhile))
+        clients.append(ProbeAnswersLate(make_client(fake, config, skew), meanwhile))
         return clients[-1]
 
     with fake.serving():
@@ -309,6 +314,62 @@ def test_given_objects_created_between_the_probe_and_the_first_page_then_none_is
     assert state_blob(first, "customers")["updated"] == NOW
     second_ids = {r["id"] for r in records(second, "customers")}
     assert second_ids == {c["id"] for c in created_meanwhile}, "the next sync gives what was created since"
+
+
+def by_id(emitted: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The records by id, without the source's `updated` (Stripe's clock when each page came)."""
+    return {r["id"]: {k: v for k, v in r.items() if k != "updated"} for r in emitted}
+
+
+def invoices_and_charges_of_120_days() -> FakeStripe:
+    fake = FakeStripe()
+    for i in range(300):  # on both sides of every cut below
+        fake.add("invoices", NOW - 120 * DAY + i * 34_000, customer="cus_1", lines={"data": []})
+        fake.add("charges", NOW - 120 * DAY + i * 34_000 + 1, customer="cus_1")
+    return fake
+
+
+@pytest.mark.parametrize(
+    "skew", [35 * DAY, 0, -35 * DAY], ids=["machine ahead", "agreeing", "machine behind"]
+)
+def test_given_windows_cut_by_the_machine_clock_then_the_first_sync_reads_what_a_plain_read_does(
+    skew: int,
+) -> None:
+    """Invoices and charges begin as windows cut by the machine's clock (`EARLY_CUTS`), before the
+    probe tells Stripe's. Whatever the skew, each object is read once, and what Stripe creates between
+    the probe and the first pages is left to the next sync, as with one window. A cut after Stripe's
+    now (the machine ahead) costs only the request of the empty window above it."""
+    plain_fake = invoices_and_charges_of_120_days()
+    plain = sync(plain_fake, "invoices", "charges")
+    fake = invoices_and_charges_of_120_days()
+    created_meanwhile: list[str] = []
+
+    def stripe_moves_on() -> None:
+        fake.now = NOW + 1
+        for i in range(120):  # more than a page: the whole first page of the newest window
+            new = fake.add("invoices", NOW + 1, object_id=f"in_meanwhile_{i:03d}", customer="cus_1")
+            created_meanwhile.append(new["id"])
+            fake.add_event("invoice.created", new, NOW + 1)
+
+    first, client = sync_with_a_late_probe(fake, stripe_moves_on, ("invoices", "charges"), skew=skew)
+    second = sync(fake, "invoices", "charges", state=final_states(first))
+
+    assert client.page_asked_before_the_probe_answered
+    for stream in ("invoices", "charges"):
+        emitted = Counter(r["id"] for r in records(first, stream))
+        assert max(emitted.values()) == 1, f"{stream}: an object read twice"
+        assert by_id(records(first, stream)) == by_id(records(plain, stream)), stream
+        final = state_blob(first, stream)
+        assert final["updated"] == NOW, "the cursor is Stripe's clock at the probe"
+        assert "backfill" not in final
+    assert sorted(r["id"] for r in records(second, "invoices")) == created_meanwhile
+    cuts_after_stripes_now = [
+        age for ages in EARLY_CUTS.values() for age in ages if NOW + skew - age > NOW + 1
+    ]
+    windows_after_stripes_now = [
+        q for q in map(query_of, fake.requests) if "created[gte]" in q and int(q["created[gte]"][0]) > NOW + 1
+    ]
+    assert len(windows_after_stripes_now) == len(cuts_after_stripes_now), "one request each, nothing more"
 
 
 def test_given_a_stream_with_a_cursor_beside_a_new_one_then_only_the_new_one_begins_with_the_probe() -> None:
