@@ -94,7 +94,9 @@ class Row(NamedTuple):
     created: int | None
     status: str | None
     type: str | None  # the object's own `type`: an event's (e.g. `invoice.paid`), a price's
-    data: str
+    # The raw object as orjson writes it (UTF-8 JSON), stored as text: never decoded to str on its way
+    # from the input reader to the store, only to be encoded again.
+    data: bytes
     generation_id: int | None
 
 
@@ -129,7 +131,7 @@ def make_row(stream: str, record: Record, customer_id: str | None, generation_id
         created=unix_seconds(record.get("created")),
         status=status if isinstance(status, str) else None,
         type=kind if isinstance(kind, str) else None,
-        data=orjson.dumps(record).decode(),
+        data=orjson.dumps(record),
         generation_id=generation_id,
     )
 
@@ -286,8 +288,9 @@ class Store(ABC):
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], key: str, update: str
     ) -> None:
         """INSERT INTO table (columns) each row, ON CONFLICT (key) DO UPDATE SET `update` (which may
-        name `excluded` and end with a WHERE). The rows' keys must be distinct."""
-        placeholders = ", ".join("?" * len(columns))
+        name `excluded` and end with a WHERE). The rows' keys must be distinct. A stream row's raw
+        object comes as UTF-8 bytes (`Row.data`): stored as text, which SQLite would keep a BLOB."""
+        placeholders = ", ".join("CAST(? AS TEXT)" if column == "data" else "?" for column in columns)
         self._executemany(
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"
             f" ON CONFLICT ({key}) DO UPDATE SET {update}",
