@@ -466,6 +466,13 @@ class PostgresStore(Store):
         with self._conn.cursor(row_factory=tuple_row) as cur:
             return cur.execute(self._convert(text), tuple(params)).fetchall()
 
+    # The raw objects' UTF-8 bytes, as bytea (with results in binary: as they are stored).
+    _raw_objects = "textsend(data)"
+
+    def _fetch_raw_objects(self, text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._conn.cursor(row_factory=tuple_row) as cur:
+            return cur.execute(self._convert(text), tuple(params), binary=True).fetchall()
+
     def _list_tables(self) -> set[str]:
         rows = self._fetch(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = ?", (self.schema,)
