@@ -131,7 +131,9 @@ def make_row(stream: str, record: Record, customer_id: str | None, generation_id
         created=unix_seconds(record.get("created")),
         status=status if isinstance(status, str) else None,
         type=kind if isinstance(kind, str) else None,
-        data=orjson.dumps(record),
+        # An exact copy: orjson's own bytes keep the whole buffer it wrote into (8 KB for a 400-byte
+        # object), and a row is kept until its flush (the input reader spent a fifth more CPU).
+        data=bytes(memoryview(orjson.dumps(record))),
         generation_id=generation_id,
     )
 
