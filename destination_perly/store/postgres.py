@@ -214,7 +214,10 @@ class PostgresStore(Store):
             self._conn: psycopg.Connection[dict[str, Any]] = psycopg.connect(
                 dsn or "", autocommit=True, row_factory=dict_row, **params
             )
-            self._conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            # Another process creating it at the same moment (`--workers 2` on a new schema) commits
+            # after IF NOT EXISTS has looked: this one then meets the unique name, which is as good.
+            with suppress(psycopg.errors.UniqueViolation):
+                self._conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
             self._conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
         except psycopg.Error as exc:
             self._remove_ca_file()

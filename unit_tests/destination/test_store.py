@@ -633,6 +633,45 @@ def test_given_a_row_counting_failed_payments_of_the_last_90_days_then_it_is_tim
 
 
 @pytest.mark.postgres
+def test_on_postgres_a_store_opened_while_another_process_creates_its_schema_opens(tmp_path: Path) -> None:
+    """`perly-webhooks --workers 2` on a new schema: both processes create it at once, and the one
+    whose CREATE SCHEMA IF NOT EXISTS looked before the other's committed must open all the same."""
+    import psycopg
+
+    from integration_tests.postgres import postgres_dsn
+
+    factory = StoreFactory("postgres", tmp_path)
+    outcome: list[object] = []
+    try:
+        dsn = postgres_dsn()
+        with psycopg.connect(dsn) as other, psycopg.connect(dsn, autocommit=True) as watch:
+            other.execute(f'CREATE SCHEMA "{factory.schema}"')  # not committed yet
+            opening = threading.Thread(target=lambda: outcome.append(_open_or_error(factory)))
+            opening.start()
+            deadline = time.monotonic() + 10
+            while not watch.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'destination-perly'"
+                " AND wait_event_type = 'Lock'"
+            ).fetchall():
+                assert time.monotonic() < deadline, "the second CREATE SCHEMA never waited for the first"
+                time.sleep(0.05)
+            other.commit()
+        opening.join(timeout=30)
+        [opened] = outcome
+        assert isinstance(opened, Store), opened
+        assert opened.query("SELECT current_schema() AS schema") == [{"schema": factory.schema}]
+    finally:
+        factory.cleanup()
+
+
+def _open_or_error(factory: StoreFactory) -> object:
+    try:
+        return factory.open()
+    except Exception as exc:  # the outcome is asserted by the test
+        return exc
+
+
+@pytest.mark.postgres
 def test_given_postgresql_then_raw_objects_are_compressed_with_lz4(tmp_path: Path) -> None:
     """pglz cost about half the server's CPU of a bulk load; lz4 several times less (test server: 15)."""
     factory = StoreFactory("postgres", tmp_path)
