@@ -94,8 +94,8 @@ class Row(NamedTuple):
     created: int | None
     status: str | None
     type: str | None  # the object's own `type`: an event's (e.g. `invoice.paid`), a price's
-    # The raw object as orjson writes it (UTF-8 JSON), stored as text: never decoded to str on its way
-    # from the input reader to the store, only to be encoded again.
+    # The raw object as orjson writes it (UTF-8 JSON), stored as text. Never decoded to a str between
+    # the input reader and the store: each decoding was undone by an encoding further on.
     data: bytes
     generation_id: int | None
 
