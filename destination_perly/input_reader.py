@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import fcntl
 import gc
+import io
 import multiprocessing
 import os
 import pickle
 import queue
+import struct
 import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from multiprocessing.connection import Connection
 from typing import Any
 
 from destination_perly.store.base import Row
@@ -38,6 +39,8 @@ BATCH_BYTES = 256 * 1024
 PIPE_BYTES = 1024 * 1024
 # Batches received and not yet written: about 8 MB at most.
 QUEUED_BATCHES = 32
+# A message's length, before the message (a pickle) in the pipe.
+FRAME_HEAD = struct.Struct("!Q")
 # How long the reader may take to exit after sending its last batch before it is killed.
 EXIT_TIMEOUT_SECONDS = 10.0
 
@@ -53,7 +56,30 @@ def can_read_in_helper() -> bool:
     return (os.cpu_count() or 1) > 1 and "fork" in multiprocessing.get_all_start_methods()
 
 
-def _reader_loop(conn: Connection, lines: Iterable[str | bytes], prepare: Prepare) -> None:
+def _send(fd: int, message: object) -> None:
+    """One message down the pipe: its pickle's length, then the pickle."""
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    for part in (FRAME_HEAD.pack(len(payload)), payload):
+        view = memoryview(part)
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def _read_exactly(pipe: io.FileIO, size: int) -> bytearray | None:
+    """`size` bytes read straight into one buffer (multiprocessing's Connection copied every batch
+    twice more on its way in); None when the pipe ends first."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    done = 0
+    while done < size:
+        read = pipe.readinto(view[done:])
+        if not read:
+            return None
+        done += read
+    return buffer
+
+
+def _reader_loop(fd: int, lines: Iterable[str | bytes], prepare: Prepare) -> None:
     """The reader process: lines -> batches of prepared records and other messages, then None."""
     batch: list[Any] = []
     size = 0
@@ -69,26 +95,30 @@ def _reader_loop(conn: Connection, lines: Iterable[str | bytes], prepare: Prepar
                     continue
             else:
                 batch.append(message)
-            conn.send(batch)
+            _send(fd, batch)
             batch, size = [], 0
-        conn.send(batch)
-        conn.send(None)  # the end of the input
+        _send(fd, batch)
+        _send(fd, None)  # the end of the input
     except BaseException:
         try:
-            conn.send(traceback.format_exc())
+            _send(fd, traceback.format_exc())
         except OSError:  # the writer has stopped listening
             pass
     finally:
-        conn.close()
+        os.close(fd)
 
 
-def _receive(conn: Connection, received: queue.Queue[bytes | None]) -> None:
+def _receive(pipe: io.FileIO, received: queue.Queue[bytearray | None]) -> None:
     """The main process's receiving thread (reads release the lock the writer's thread needs)."""
     try:
-        while True:
-            received.put(conn.recv_bytes())
-    except (EOFError, OSError):
-        received.put(None)
+        while (head := _read_exactly(pipe, FRAME_HEAD.size)) is not None:
+            message = _read_exactly(pipe, FRAME_HEAD.unpack(head)[0])
+            if message is None:  # the reader stopped part-way through a message
+                break
+            received.put(message)
+    except OSError:
+        pass
+    received.put(None)
 
 
 class HelperInput:
@@ -98,7 +128,7 @@ class HelperInput:
     def __init__(self, lines: Iterable[str | bytes], prepare: Prepare) -> None:
         self.lines = lines
         self.prepare = prepare
-        self._received: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUED_BATCHES)
+        self._received: queue.Queue[bytearray | None] = queue.Queue(maxsize=QUEUED_BATCHES)
         self._left = 0  # messages of the current batch not yet handed out
 
     def more_waiting(self) -> bool:
@@ -113,12 +143,13 @@ class HelperInput:
         sys.stdout.flush()
         sys.stderr.flush()
         context = multiprocessing.get_context("fork")
-        receiver, sender = context.Pipe(duplex=False)
+        reading, sending = os.pipe()
+        receiver = io.FileIO(reading, "r")
         try:
-            fcntl.fcntl(sender.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+            fcntl.fcntl(sending, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:  # a lower system limit: the default size works, only slower
             pass
-        process = context.Process(target=_reader_loop, args=(sender, self.lines, self.prepare), daemon=True)
+        process = context.Process(target=_reader_loop, args=(sending, self.lines, self.prepare), daemon=True)
         # multiprocessing closes sys.stdin in a new process, and `lines` is usually stdin itself.
         stdin, sys.stdin = sys.stdin, None
         # The child's collector must not walk (and so copy, page by page) the heap it shares with us.
@@ -128,7 +159,7 @@ class HelperInput:
         finally:
             gc.unfreeze()
             sys.stdin = stdin
-        sender.close()
+        os.close(sending)  # the reader's now: the pipe ends when the reader closes it or dies
         received = self._received
         receiving = threading.Thread(target=_receive, args=(receiver, received), daemon=True)
         receiving.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from operator import itemgetter
@@ -17,6 +18,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.adapt import Dumper
 from psycopg.rows import dict_row, tuple_row
 
 from destination_perly.health.model import CustomerBundle
@@ -32,6 +34,12 @@ from destination_perly.store.base import (
     table_for_stream,
 )
 
+# PostgreSQL's type ids of the columns' elements and arrays, and its binary array format's parts.
+TEXT_OID, TEXT_ARRAY_OID, BIGINT_OID, BIGINT_ARRAY_OID = 25, 1009, 20, 1016
+_HEAD = struct.Struct("!iiIii").pack
+_LENGTH = struct.Struct("!i").pack
+_BIGINT_ELEMENT = struct.Struct("!iq").pack
+_NULL_ELEMENT = _LENGTH(-1)
 CONNECT_TIMEOUT_S = 10
 # How long switching an older table to lz4 may wait for the table's lock (others queue behind it).
 LZ4_LOCK_WAIT_MS = 500
@@ -42,6 +50,78 @@ CLOCK_INDEX_WAIT_MS = 2000
 ANALYZE_STATISTICS_TARGET = 10
 
 log = logging.getLogger("perly.store")
+
+
+class EncodedArray:
+    """An array parameter already in PostgreSQL's binary format (`text_array`, `bigint_array`)."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+
+class TextArray(EncodedArray):
+    pass
+
+
+class BigintArray(EncodedArray):
+    pass
+
+
+class _TextArrayDumper(Dumper):
+    format = psycopg.pq.Format.BINARY
+    oid = TEXT_ARRAY_OID
+
+    def dump(self, obj: EncodedArray) -> bytes:
+        return obj.payload
+
+
+class _BigintArrayDumper(_TextArrayDumper):
+    oid = BIGINT_ARRAY_OID
+
+
+def _array_head(values: Sequence[Any], element_oid: int) -> bytes:
+    """One dimension, whether any element is NULL, the elements' type, their count, from index 1."""
+    return _HEAD(1, int(None in values), element_oid, len(values), 1)
+
+
+def text_array(values: Sequence[str | bytes | None]) -> TextArray:
+    """Each element's length and UTF-8 bytes (-1: NULL). Bytes are taken as they are: the raw objects
+    come as orjson's UTF-8 (`Row.data`), never decoded to str and encoded again."""
+    parts = [_array_head(values, TEXT_OID)]
+    for value in values:
+        if value is None:
+            parts.append(_NULL_ELEMENT)
+            continue
+        # (anything but str and bytes fails here: psycopg adapts the column instead)
+        encoded = value if isinstance(value, bytes) else value.encode()
+        parts.append(_LENGTH(len(encoded)))
+        parts.append(encoded)
+    return TextArray(b"".join(parts))
+
+
+def bigint_array(values: Sequence[int | None]) -> BigintArray:
+    parts = [_array_head(values, BIGINT_OID)]
+    parts.extend(_NULL_ELEMENT if value is None else _BIGINT_ELEMENT(8, value) for value in values)
+    return BigintArray(b"".join(parts))
+
+
+# The column types whose arrays `_execute_arrays` encodes itself (format_type's names).
+ARRAY_ENCODERS: dict[str, Callable[[Sequence[Any]], EncodedArray]] = {
+    "text": text_array,
+    "bigint": bigint_array,
+}
+
+
+def _array(column_type: str, values: Sequence[Any]) -> Any:
+    """A column's values as its array parameter: encoded here when it can be, else a list for psycopg
+    to adapt (and to report what it cannot, as before)."""
+    encode = ARRAY_ENCODERS.get(column_type)
+    if encode is not None:
+        with suppress(AttributeError, TypeError, UnicodeEncodeError, struct.error):
+            return encode(values)
+    return list(values)
 
 
 def _pg_sql(text: str) -> str:
@@ -134,7 +214,10 @@ class PostgresStore(Store):
             self._conn: psycopg.Connection[dict[str, Any]] = psycopg.connect(
                 dsn or "", autocommit=True, row_factory=dict_row, **params
             )
-            self._conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            # Another process creating it at the same moment (`--workers 2` on a new schema) commits
+            # after IF NOT EXISTS has looked: this one then meets the unique name, which is as good.
+            with suppress(psycopg.errors.UniqueViolation):
+                self._conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
             self._conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
         except psycopg.Error as exc:
             self._remove_ca_file()
@@ -142,6 +225,8 @@ class PostgresStore(Store):
             error = StoreUnreachable if is_unreachable(exc) else StoreError
             raise error(f"cannot connect to PostgreSQL: {scrub(str(exc).strip(), password)}") from None
         self._sql_cache: dict[str, str] = {}
+        self._conn.adapters.register_dumper(TextArray, _TextArrayDumper)
+        self._conn.adapters.register_dumper(BigintArray, _BigintArrayDumper)
 
     def _convert(self, text: str) -> str:
         converted = self._sql_cache.get(text)
@@ -320,7 +405,9 @@ class PostgresStore(Store):
     ) -> None:
         """`head`, the rows as one array per column of `table`, `tail`: the arrays sent in binary, one
         statement and round trip for the whole batch (a statement per row costs several times the
-        CPU on both sides; arrays sent as text cost more still, in escaping)."""
+        CPU on both sides; arrays sent as text cost more still, in escaping). Text and bigint arrays
+        are encoded here (`ARRAY_ENCODERS`: psycopg's own dumpers cost twice as much, in looking for
+        each column's type and walking the elements)."""
         if not rows:
             return
         known = self._column_types.get(table, {})
@@ -333,7 +420,9 @@ class PostgresStore(Store):
                 )
             )
         arrays = ", ".join(f"%b::{known[column]}[]" for column in columns)
-        self._conn.execute(_pg_sql(head) + arrays + _pg_sql(tail), [list(v) for v in zip(*rows, strict=True)])
+        columns_values = zip(*rows, strict=True)
+        values = [_array(known[name], column) for name, column in zip(columns, columns_values, strict=True)]
+        self._conn.execute(_pg_sql(head) + arrays + _pg_sql(tail), values)
 
     @functools.cached_property
     def _column_types(self) -> dict[str, dict[str, str]]:
@@ -379,6 +468,13 @@ class PostgresStore(Store):
     def _fetch_tuples(self, text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._conn.cursor(row_factory=tuple_row) as cur:
             return cur.execute(self._convert(text), tuple(params)).fetchall()
+
+    # The raw objects' UTF-8 bytes, as bytea (with results in binary: as they are stored).
+    _raw_objects = "textsend(data)"
+
+    def _fetch_raw_objects(self, text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._conn.cursor(row_factory=tuple_row) as cur:
+            return cur.execute(self._convert(text), tuple(params), binary=True).fetchall()
 
     def _list_tables(self) -> set[str]:
         rows = self._fetch(
