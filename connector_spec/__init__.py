@@ -43,12 +43,18 @@ def spec_message_line(spec: Mapping[str, Any]) -> str:
 
 
 def print_spec_message(spec: Mapping[str, Any]) -> None:
-    """Print the SPEC message of `spec`. A reader that stops early (`spec | head -c 80`) ends the
-    command quietly, as it would `cat`, instead of with a traceback."""
+    """Print the SPEC message of `spec` (`spec | head -c 80` ends quietly, as it would `cat`)."""
+    print_line(spec_message_line(spec))
+
+
+def print_line(text: str, stream: TextIO | None = None) -> None:
+    """Print a line on stdout (or `stream`), at once. Once its reader has gone (`| head`), this and
+    the rest are dropped and the command goes on, instead of failing with a traceback: a sync is not
+    cut short, nor its state lost, because nobody reads its progress."""
     try:
-        print(spec_message_line(spec), flush=True)
+        print(text, file=stream or sys.stdout, flush=True)
     except BrokenPipeError:
-        silence_closed_stdout()
+        silence_closed_stdout(stream)
 
 
 def silence_closed_stdout(stream: TextIO | None = None) -> None:

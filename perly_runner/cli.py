@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from connector_spec import print_line
 from destination_perly.config import ConfigError, load_json_object
 from destination_perly.private_files import write_private
 from perly_runner import schedule
@@ -20,7 +21,6 @@ from perly_runner.pipeline import (
     print_notice,
     print_progress,
     run_sync,
-    show,
 )
 
 
@@ -36,7 +36,7 @@ def sync(source_config: Path, destination_config: Path, state_path: Path, top: i
     another sync with the same state runs."""
     with exclusive_run(state_path.with_name(state_path.name + ".lock")) as acquired:
         if not acquired:
-            show(f"perly sync: another sync with the state {state_path} is still running; skipped")
+            print_line(f"perly sync: another sync with the state {state_path} is still running; skipped")
             return 0
         return sync_and_report(source_config, destination_config, state_path, top, html)
 
@@ -57,10 +57,10 @@ def sync_and_report(
     destination = read_config(destination_config)
     catalog = configured_catalog(discover(source_config))
     mode = "incremental, from the saved state" if load_state(state_path) else "full"
-    show(f"Sync ({mode}): {', '.join(s['stream']['name'] for s in catalog['streams'])}")
+    print_line(f"Sync ({mode}): {', '.join(s['stream']['name'] for s in catalog['streams'])}")
     workdir = state_path.parent / "sync-run"  # the run's files (catalog, stderr) beside its state
     result = run_sync(workdir, source, destination, catalog, state_path, print_progress, notice=print_notice)
-    show(f"   {result.total:,} records in {result.seconds:.1f}s; state saved to {state_path}")
+    print_line(f"   {result.total:,} records in {result.seconds:.1f}s; state saved to {state_path}")
     try:
         with open_report_store(destination) as opened:
             report = read_report(opened.query)
@@ -69,10 +69,10 @@ def sync_and_report(
         return 1
     if html:
         write_private(html, render_html(report).encode())  # names and emails: owner-only
-    show("\n" + render_summary(report) + "\n")
-    show(render_at_risk(report, top))
+    print_line("\n" + render_summary(report) + "\n")
+    print_line(render_at_risk(report, top))
     if html:
-        show(f"\nHTML report: {html}")
+        print_line(f"\nHTML report: {html}")
     return 0
 
 

@@ -21,11 +21,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import IO, Any
 
 import orjson
 
-from connector_spec import silence_closed_stdout
+from connector_spec import print_line
 from destination_perly.private_files import make_private_dirs, write_private
 
 SOURCE_SCRIPT = "source-perly-stripe"
@@ -352,25 +352,16 @@ def run_sync(
     return result
 
 
-def show(text: str, stream: TextIO | None = None) -> None:
-    """Print a line for the user on stdout (or `stream`). Once its reader has gone (`perly sync |
-    head`), the rest is dropped and the run goes on: a sync is not cut short, nor its state lost,
-    because nobody reads its progress (the relay would otherwise take the error for a dead
-    destination)."""
-    try:
-        print(text, file=stream or sys.stdout, flush=True)
-    except BrokenPipeError:
-        silence_closed_stdout(stream)
-
-
 def print_notice(text: str) -> None:
-    show(text, sys.stderr)
+    print_line(text, sys.stderr)
 
 
 def print_progress(result: SyncResult, elapsed: float) -> None:
+    # Called from the relay, which takes a BrokenPipeError for a dead destination: print_line drops a
+    # closed stdout's output instead.
     if not result.total:
-        show(f"  {elapsed:6.1f}s  waiting for the first records")
+        print_line(f"  {elapsed:6.1f}s  waiting for the first records")
         return
     streams = ", ".join(f"{name} {n:,}" for name, n in sorted(result.records.items()))
     rate = result.total / elapsed if elapsed > 0 else 0.0
-    show(f"  {elapsed:6.1f}s  {result.total:>8,} records ({rate:,.0f}/s)  {streams}")
+    print_line(f"  {elapsed:6.1f}s  {result.total:>8,} records ({rate:,.0f}/s)  {streams}")

@@ -19,13 +19,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from connector_spec import print_line
 from perly_runner.pipeline import (
     DESTINATION_SCRIPT,
     SOURCE_SCRIPT,
     exclusive_run,
     executable,
     notice_text,
-    show,
 )
 
 INSTALL_HINT = (
@@ -61,7 +61,7 @@ def load_airbyte() -> ModuleType:
 
 
 def log(message: str) -> None:
-    show(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} perly schedule: {message}")
+    print_line(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} perly schedule: {message}")
 
 
 def tell_notices(connector: Any, name: str) -> None:
