@@ -150,7 +150,7 @@ async def _read_body(request: Request, limit: int, timeout: float) -> bytes | No
     """The raw body (the signature covers its exact bytes), or None when it is over `limit`. Raises
     BodyTooSlow when it does not arrive whole within `timeout` seconds."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isdecimal() and int(declared) > limit:
         return None
     chunks, size = [], 0
     try:

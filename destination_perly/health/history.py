@@ -176,7 +176,7 @@ def _prices_from_lines(invoices: list[StripeObject], known: Mapping[str, Any]) -
                 or not isinstance(price_id, str)
                 or start is None
                 or end is None
-                or not unit.isdigit()
+                or not unit.isdecimal()
                 or not isinstance(quantity, int)
                 or amount != int(unit) * quantity
             ):

@@ -51,7 +51,7 @@ def to_time(value: Any) -> datetime | None:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, str):
-        if not value.strip().lstrip("-").isdigit():
+        if not value.strip().lstrip("-").isdecimal():  # (isdigit takes "²", which int() refuses)
             return None
         value = int(value)
     if isinstance(value, int | float):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from destination_perly.health.values import to_time
 from unit_tests.health.builders import (
     bundle,
     charge,
@@ -123,6 +124,7 @@ def all_paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]
 
 @settings(max_examples=200, deadline=None)
 @given(pick=st.integers(min_value=0, max_value=10**6), value=json_values)
+@example(pick=364, value="²")  # a subscription's `start_date`: "²".isdigit(), yet int("²") fails
 def test_given_any_nested_field_replaced_by_any_json_when_evaluating_then_nothing_crashes(
     pick: int, value: Any
 ) -> None:
@@ -186,3 +188,8 @@ def test_given_discount_as_bare_id_in_an_event_when_building_history_then_it_is_
         1000,
         2000,
     )
+
+
+def test_given_digit_like_text_that_is_not_a_number_then_it_is_no_time() -> None:
+    assert to_time("²") is None
+    assert to_time(" 1700000000") == to_time(1700000000)
