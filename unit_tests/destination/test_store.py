@@ -171,6 +171,18 @@ def test_given_many_customers_then_each_bundle_holds_its_own_live_objects(
     assert store.load_bundle("cus_2").invoices == bundles["cus_2"].invoices
 
 
+def test_given_text_beyond_ascii_then_a_bundle_holds_it_as_written(store: Store) -> None:
+    # Bundles are read as the stored UTF-8 bytes (not decoded to str first): every character survives.
+    names = {"cus_1": "Zoë Ångström", "cus_2": "株式会社 Perly", "cus_3": 'emoji 🚀, quote " and \\'}
+    store.upsert_records("customers", [{**customer(c), "name": name} for c, name in names.items()])
+    store.upsert_records("invoices", [{**invoice("in_1", "cus_2"), "description": "Größe ½ 🚀"}])
+
+    bundles = store.load_bundles(list(names))
+
+    assert {c: (bundles[c].customer or {}).get("name") for c in names} == names
+    assert [i["description"] for i in bundles["cus_2"].invoices] == ["Größe ½ 🚀"]
+
+
 def test_given_charges_and_events_then_a_bundle_holds_the_failed_charges_and_customer_events_only(
     store: Store,
 ) -> None:
