@@ -7,7 +7,7 @@ import multiprocessing
 import threading
 import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from destination_perly.health.model import (
     MrrSnapshot,
     PlanChange,
 )
-from destination_perly.store.base import Store, table_for_stream
+from destination_perly.store.base import Store, iso, table_for_stream
 from destination_perly.store.sqlite import SqliteStore
 from unit_tests.destination.builders import (
     AS_OF,
@@ -169,6 +169,16 @@ def test_given_many_customers_then_each_bundle_holds_its_own_live_objects(
     assert bundles["cus_unknown"].customer is None
     assert set(bundles["cus_1"].coupons) == {"co_1"}
     assert store.load_bundle("cus_2").invoices == bundles["cus_2"].invoices
+
+
+def test_a_saved_time_is_utc_to_the_second_whatever_its_zone_or_year() -> None:
+    assert iso(datetime(2026, 3, 4, 5, 6, 7, 890, tzinfo=UTC)) == "2026-03-04T05:06:07Z"
+    assert iso(datetime(2026, 3, 4, 1, 6, 7, tzinfo=timezone(timedelta(hours=-4)))) == "2026-03-04T05:06:07Z"
+    assert iso(datetime.fromisoformat("2026-03-04T05:06:07+00:00")) == "2026-03-04T05:06:07Z"
+    # Years before 1000 (absurd Stripe times) are written as they always were: not zero-padded.
+    assert iso(datetime(999, 12, 31, 23, 59, 59, tzinfo=UTC)) == "999-12-31T23:59:59Z"
+    assert iso(datetime(1000, 1, 1, tzinfo=UTC)) == "1000-01-01T00:00:00Z"
+    assert iso(None) is None
 
 
 def test_given_text_beyond_ascii_then_a_bundle_holds_it_as_written(store: Store) -> None:
