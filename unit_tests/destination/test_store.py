@@ -425,6 +425,69 @@ def test_given_stream_tables_made_before_the_clock_indexes_when_the_store_opens_
     assert reopened.dirty_customers() == {"cus_open", "cus_trial"}
 
 
+def bundle_indexes(store: Store) -> dict[str, str]:
+    """The valid bundle indexes the store has and their definitions, whichever the backend."""
+    if isinstance(store, SqliteStore):
+        sql = "SELECT name, sql AS definition FROM sqlite_master WHERE name LIKE '%bundle_idx'"
+    else:
+        sql = (
+            "SELECT c.relname AS name, pg_get_indexdef(c.oid) AS definition FROM pg_index i"
+            " JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = current_schema() AND c.relname LIKE '%bundle_idx' AND i.indisvalid"
+        )
+    return {str(row["name"]): str(row["definition"]) for row in store.query(sql)}
+
+
+def test_given_stream_tables_made_before_the_bundle_indexes_when_the_store_opens_then_they_get_them(
+    store_factory: StoreFactory,
+) -> None:
+    older = store_factory.open()
+    older.ensure_schema()
+    older.upsert_records("charges", [{"id": "ch_1", "customer": "cus_1", "status": "failed", "updated": T0}])
+    older.upsert_records(
+        "events", [{"id": "evt_1", "type": "customer.updated", "created": T0, "updated": T0}]
+    )
+    assert set(bundle_indexes(older)) == {"stripe_charges_bundle_idx", "stripe_events_bundle_idx"}
+    for stream in ("charges", "events"):
+        older.execute(f"DROP INDEX {table_for_stream(stream)}_bundle_idx")
+    assert bundle_indexes(older) == {}
+
+    reopened = store_factory.open()
+    reopened.ensure_schema()
+    reopened.ensure_schema()  # a second start finds them and leaves them be
+
+    found = bundle_indexes(reopened)
+    assert set(found) == {"stripe_charges_bundle_idx", "stripe_events_bundle_idx"}
+    assert "'failed'" in found["stripe_charges_bundle_idx"]
+    assert "'customer.%'" in found["stripe_events_bundle_idx"]  # the LIKE pattern kept whole
+
+
+def test_a_bundle_reads_the_failed_charges_and_customer_events_through_their_partial_indexes(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "perly.db")
+    store.ensure_schema()
+    for stream in ("subscriptions", "invoices", "charges", "events", "customers"):
+        store.ensure_stream_table(stream)
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+
+    store.load_bundles(["cus_1", "cus_2"])
+
+    store._conn.set_trace_callback(None)
+    plans = {
+        table: " ".join(str(row[3]) for row in store._conn.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall())
+        for sql in statements
+        for table in ("stripe_charges", "stripe_events")
+        if f"FROM {table} " in sql
+    }
+    assert plans == {
+        "stripe_charges": "SEARCH stripe_charges USING INDEX stripe_charges_bundle_idx (customer_id=?)",
+        "stripe_events": "SEARCH stripe_events USING INDEX stripe_events_bundle_idx (customer_id=?)",
+    }
+    store.close()
+
+
 def test_given_the_dirty_ledger_then_marks_survive_until_cleared(store_factory: StoreFactory) -> None:
     first = store_factory.open()
     first.ensure_schema()
