@@ -280,7 +280,30 @@ def without_nul(value: Any) -> Any:
     return value
 
 
-def _parsed(data: str, deleted: int) -> Record:
+@dataclasses.dataclass
+class StoredBundle:
+    """A customer's bundle as read from the store, its raw objects still JSON: `parsed` makes it the
+    engine's CustomerBundle. A refresh parses each customer's objects just before the engine reads
+    them; parsed a chunk at a time, they had left the CPU's caches by the time the engine got to them
+    (about 6% more CPU for parsing and evaluating the 2,000-customer book)."""
+
+    bundle: CustomerBundle  # its snapshots and history already read; no customer or lists yet
+    customer: tuple[str | bytes, int] | None = None  # (raw object, deleted)
+    # Each list stream's raw objects, in order.
+    raw: dict[str, list[str | bytes]] = dataclasses.field(default_factory=dict)
+
+    def parsed(self) -> CustomerBundle:
+        """The bundle with its raw objects parsed (once: the raw ones are let go)."""
+        if self.customer is not None:
+            self.bundle.customer = _parsed(*self.customer)
+            self.customer = None
+        for stream, objects in self.raw.items():
+            getattr(self.bundle, stream).extend([orjson.loads(data) for data in objects])
+        self.raw = {}
+        return self.bundle
+
+
+def _parsed(data: str | bytes, deleted: int) -> Record:
     obj: Record = orjson.loads(data)
     if deleted:
         obj["deleted"] = True
@@ -739,21 +762,30 @@ class Store(ABC):
     def load_bundles(
         self, customer_ids: Iterable[str], lookups: dict[str, dict[str, Record]] | None = None
     ) -> dict[str, CustomerBundle]:
-        """Bundles for many customers: one query per table per chunk of customers (never per customer),
-        rows as tuples, each raw object parsed once."""
+        """Bundles for many customers, parsed (see `load_stored_bundles`)."""
+        return {c: stored.parsed() for c, stored in self.load_stored_bundles(customer_ids, lookups).items()}
+
+    def load_stored_bundles(
+        self, customer_ids: Iterable[str], lookups: dict[str, dict[str, Record]] | None = None
+    ) -> dict[str, StoredBundle]:
+        """Bundles for many customers, their raw objects not parsed yet: one query per table per chunk
+        of customers (never per customer), rows as tuples."""
         ids = sorted(set(customer_ids))
         lookups = lookups if lookups is not None else self.load_lookups()
         bundles = {
-            c: CustomerBundle(
-                customer_id=c,
-                customer=None,
-                subscriptions=[],
-                invoices=[],
-                charges=[],
-                events=[],
-                coupons=lookups["coupons"],
-                prices=lookups["prices"],
-                products=lookups["products"],
+            c: StoredBundle(
+                CustomerBundle(
+                    customer_id=c,
+                    customer=None,
+                    subscriptions=[],
+                    invoices=[],
+                    charges=[],
+                    events=[],
+                    coupons=lookups["coupons"],
+                    prices=lookups["prices"],
+                    products=lookups["products"],
+                ),
+                raw={stream: [] for stream in CUSTOMER_LIST_STREAMS},
             )
             for c in ids
         }
@@ -767,7 +799,7 @@ class Store(ABC):
             if has_customers:
                 sql = f"SELECT id, deleted, {self._raw_objects} FROM {customers} WHERE id IN ({marks})"
                 for row_id, deleted, data in self._fetch_raw_objects(sql, chunk):
-                    bundles[str(row_id)].customer = _parsed(data, deleted)
+                    bundles[str(row_id)].customer = (data, deleted)
             for stream, table in list_tables:
                 # Sorted here, not in SQL: a database sort would copy every raw object through a sorter.
                 sql = (
@@ -776,21 +808,21 @@ class Store(ABC):
                 )
                 rows = self._fetch_raw_objects(sql, chunk)
                 rows.sort(key=_by_created_then_id)
-                lists = {c: getattr(bundles[c], stream) for c in chunk}
+                lists = {c: bundles[c].raw[stream] for c in chunk}
                 for _created, _id, customer_id, data in rows:
-                    lists[customer_id].append(orjson.loads(data))
+                    lists[customer_id].append(data)
             sql = (
                 f"SELECT customer_id, at, mrr_by_currency, cause FROM {SNAPSHOTS_TABLE}"
                 f" WHERE customer_id IN ({marks}) ORDER BY at, {self.insertion_order}"
             )
             for customer_id, at, mrr, cause in self._fetch_tuples(sql, chunk):
-                bundles[str(customer_id)].snapshots.append(
+                bundles[str(customer_id)].bundle.snapshots.append(
                     MrrSnapshot(
                         at=parse_iso(str(at)), mrr_by_currency=orjson.loads(mrr), cause=str(cause or "")
                     )
                 )
             for customer_id, history in self._stored_histories(chunk).items():
-                bundles[customer_id].history = history
+                bundles[customer_id].bundle.history = history
         return bundles
 
     def _stored_histories(self, customer_ids: Sequence[str]) -> dict[str, StoredHistory]:

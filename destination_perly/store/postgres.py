@@ -21,7 +21,6 @@ from psycopg import sql
 from psycopg.adapt import Dumper
 from psycopg.rows import dict_row, tuple_row
 
-from destination_perly.health.model import CustomerBundle
 from destination_perly.private_files import private_temp_file
 from destination_perly.store.base import (
     BUNDLE_ROWS,
@@ -29,6 +28,7 @@ from destination_perly.store.base import (
     CustomerIdsOf,
     Record,
     Store,
+    StoredBundle,
     StoreError,
     StoreUnreachable,
     partial_index_ddls,
@@ -454,9 +454,9 @@ class PostgresStore(Store):
                 if known < 0 or rows > known / 10:
                     self._execute(f"ANALYZE {table}")
 
-    def load_bundles(
+    def load_stored_bundles(
         self, customer_ids: Iterable[str], lookups: dict[str, dict[str, Record]] | None = None
-    ) -> dict[str, CustomerBundle]:
+    ) -> dict[str, StoredBundle]:
         """Every read here is by customer (or id) through an index; the planner is told so (for the
         rest of the transaction), since it cannot tell from statistics it may not have: the history
         tables fill up during a first sync's refresh, never analyzed, and at 10x the book it read
@@ -464,7 +464,7 @@ class PostgresStore(Store):
         CPU, while another connection's inserts kept landing in them)."""
         with self.transaction():
             self._execute("SET LOCAL enable_seqscan = off")
-            return super().load_bundles(customer_ids, lookups)
+            return super().load_stored_bundles(customer_ids, lookups)
 
     def _fetch(self, text: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return self._conn.execute(self._convert(text), tuple(params)).fetchall()
