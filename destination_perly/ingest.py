@@ -103,7 +103,8 @@ def evaluate_customers(
     stored = store.load_stored_bundles(customer_ids, store.load_lookups())
     outcomes: list[Outcome] = []
     for customer_id in customer_ids:
-        bundle = stored[customer_id].parsed()  # just before evaluating it (see StoredBundle)
+        # Parsed just before it is evaluated, let go (at the next one) right after (see StoredBundle).
+        bundle = stored[customer_id].parsed()
         try:
             evaluation = evaluate(bundle, config, as_of)
         except Exception:  # one customer's bad data must not stop the others
