@@ -9,11 +9,12 @@ from __future__ import annotations
 import email.utils
 import http.cookiejar
 import logging
+import math
 import random
 import re
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -174,13 +175,22 @@ def _redact(text: str, key: str) -> str:
 
 
 class TokenBucket:
-    """Spaces requests at most `rate` per second across threads (a burst of one: smooth pacing).
+    """At most `rate` requests (rounded up) in any one second across threads, spaced 1/rate apart.
 
-    Each caller reserves the next free slot under the lock, then sleeps outside it until its slot, so
-    N requests take at least (N - 1) / rate seconds whatever the number of threads.
+    A slot left unused while no request waited (the first round trip, answers on their way) may be
+    taken later: up to `burst` requests go at once (a tenth of a second's worth: 9 at 90/s; 1, no
+    catching up, below 15/s). Each slot is still at least one second after the one `ceil(rate)` slots
+    before it, so no second holds more than the budget. Each caller reserves its slot under the lock,
+    then sleeps outside it until its slot.
     """
 
-    def __init__(self, rate: float, clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None],
+        burst: int | None = None,
+    ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.rate = rate
@@ -188,14 +198,20 @@ class TokenBucket:
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._next_slot = float("-inf")
+        # How far ahead of the even spacing a slot may be taken: `burst` requests at once.
+        self._credit = (max(1, round(rate / 10)) if burst is None else max(1, burst)) - 1
+        self._due = float("-inf")  # the next slot on the even spacing
+        self._recent: deque[float] = deque(maxlen=math.ceil(rate))  # the last slots, oldest first
 
     def acquire(self) -> float:
         """Blocks until this caller may send; returns the seconds waited."""
         with self._lock:
             now = self._clock()
-            slot = max(now, self._next_slot)
-            self._next_slot = slot + self._interval
+            slot = max(now, self._due - self._credit * self._interval)
+            if len(self._recent) == self._recent.maxlen:
+                slot = max(slot, self._recent[0] + 1.0)
+            self._recent.append(slot)
+            self._due = max(self._due, slot) + self._interval
         wait = slot - now
         if wait > 0:
             self._sleep(wait)
@@ -203,8 +219,8 @@ class TokenBucket:
 
     def pause_until(self, when: float) -> None:
         """Holds every caller back until `when` (after a 429 tells us the server needs a break)."""
-        with self._lock:
-            self._next_slot = max(self._next_slot, when)
+        with self._lock:  # and evenly spaced from then on: no burst right after a 429
+            self._due = max(self._due, when + self._credit * self._interval)
 
 
 class ConcurrencyLimit:
