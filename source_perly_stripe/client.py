@@ -178,19 +178,13 @@ class TokenBucket:
     """At most `rate` requests (rounded up) in any one second across threads, spaced 1/rate apart.
 
     A slot left unused while no request waited (the first round trip, answers on their way) may be
-    taken later: up to `burst` requests go at once (a tenth of a second's worth: 9 at 90/s; 1, no
-    catching up, below 15/s). Each slot is still at least one second after the one `ceil(rate)` slots
+    taken later: up to a tenth of a second's worth go at once (9 at 90/s; below 15/s one, no catching
+    up). Each slot is still at least one second after the one `ceil(rate)` slots
     before it, so no second holds more than the budget. Each caller reserves its slot under the lock,
     then sleeps outside it until its slot.
     """
 
-    def __init__(
-        self,
-        rate: float,
-        clock: Callable[[], float],
-        sleep: Callable[[float], None],
-        burst: int | None = None,
-    ) -> None:
+    def __init__(self, rate: float, clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.rate = rate
@@ -198,8 +192,8 @@ class TokenBucket:
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
-        # How far ahead of the even spacing a slot may be taken: `burst` requests at once.
-        self._credit = (max(1, round(rate / 10)) if burst is None else max(1, burst)) - 1
+        # How many slots ahead of the even spacing one may be taken: a tenth of a second's worth go at once.
+        self._credit = max(1, round(rate / 10)) - 1
         self._due = float("-inf")  # the next slot on the even spacing
         self._recent: deque[float] = deque(maxlen=math.ceil(rate))  # the last slots, oldest first
 
