@@ -195,21 +195,31 @@ class TokenBucket:
         # How many slots ahead of the even spacing one may be taken: a tenth of a second's worth go at once.
         self._credit = max(1, round(rate / 10)) - 1
         self._due = float("-inf")  # the next slot on the even spacing
-        self._recent: deque[float] = deque(maxlen=math.ceil(rate))  # the last slots, oldest first
+        self._most = math.ceil(rate)  # requests in any one second
+        self._recent: deque[float] = deque(maxlen=self._most)  # the last slots, oldest first
+        self._sent: deque[float] = deque(maxlen=self._most)  # when the last requests went
 
     def acquire(self) -> float:
         """Blocks until this caller may send; returns the seconds waited."""
-        with self._lock:
-            now = self._clock()
-            slot = max(now, self._due - self._credit * self._interval)
-            if len(self._recent) == self._recent.maxlen:
-                slot = max(slot, self._recent[0] + 1.0)
-            self._recent.append(slot)
-            self._due = max(self._due, slot) + self._interval
-        wait = slot - now
-        if wait > 0:
-            self._sleep(wait)
-        return max(wait, 0.0)
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = self._clock()
+                slot = max(now, self._due - self._credit * self._interval)
+                if len(self._recent) == self._most:
+                    slot = max(slot, self._recent[0] + 1.0)
+                self._recent.append(slot)
+                self._due = max(self._due, slot) + self._interval
+            if slot > now:
+                self._sleep(slot - now)
+                waited += slot - now
+            # A caller that woke late (a loaded machine) would send in the second of later slots: it
+            # sends only if the second before it holds fewer than the budget, else takes a new slot.
+            with self._lock:
+                now = self._clock()
+                if len(self._sent) < self._most or now >= self._sent[0] + 1.0:
+                    self._sent.append(now)
+                    return waited
 
     def pause_until(self, when: float) -> None:
         """Holds every caller back until `when` (after a 429 tells us the server needs a break)."""
