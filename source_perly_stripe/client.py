@@ -179,9 +179,9 @@ class TokenBucket:
 
     A slot left unused while no request waited (the first round trip, answers on their way) may be
     taken later: up to a tenth of a second's worth go at once (9 at 90/s; below 15/s one, no catching
-    up). Each slot is still at least one second after the one `ceil(rate)` slots
-    before it, so no second holds more than the budget. Each caller reserves its slot under the lock,
-    then sleeps outside it until its slot.
+    up). Each slot is still at least one second after the one `ceil(rate)` slots before it, so no
+    second holds more than the budget. Each caller reserves its slot under the lock, sleeps outside
+    it until its slot, and sends once the second before it holds fewer than the budget.
     """
 
     def __init__(self, rate: float, clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
@@ -201,25 +201,27 @@ class TokenBucket:
 
     def acquire(self) -> float:
         """Blocks until this caller may send; returns the seconds waited."""
-        waited = 0.0
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._due - self._credit * self._interval)
+            if len(self._recent) == self._most:
+                slot = max(slot, self._recent[0] + 1.0)
+            self._recent.append(slot)
+            self._due = max(self._due, slot) + self._interval
+        waited = max(slot - now, 0.0)
+        if waited > 0:
+            self._sleep(waited)
         while True:
-            with self._lock:
-                now = self._clock()
-                slot = max(now, self._due - self._credit * self._interval)
-                if len(self._recent) == self._most:
-                    slot = max(slot, self._recent[0] + 1.0)
-                self._recent.append(slot)
-                self._due = max(self._due, slot) + self._interval
-            if slot > now:
-                self._sleep(slot - now)
-                waited += slot - now
             # A caller that woke late (a loaded machine) would send in the second of later slots: it
-            # sends only if the second before it holds fewer than the budget, else takes a new slot.
+            # waits until the second before it holds fewer than the budget (a few ms when on time).
             with self._lock:
                 now = self._clock()
-                if len(self._sent) < self._most or now >= self._sent[0] + 1.0:
+                free_at = self._sent[0] + 1.0 if len(self._sent) == self._most else now
+                if now >= free_at:
                     self._sent.append(now)
                     return waited
+            self._sleep(free_at - now)
+            waited += free_at - now
 
     def pause_until(self, when: float) -> None:
         """Holds every caller back until `when` (after a 429 tells us the server needs a break)."""
