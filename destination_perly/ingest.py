@@ -100,10 +100,11 @@ def evaluate_customers(
     store: Store, customer_ids: Sequence[str], as_of: datetime, evaluate: Evaluate, config: HealthConfig
 ) -> list[Outcome]:
     """Loads and evaluates these customers (no writes: the caller saves)."""
-    bundles = store.load_bundles(customer_ids, store.load_lookups())
+    stored = store.load_stored_bundles(customer_ids, store.load_lookups())
     outcomes: list[Outcome] = []
     for customer_id in customer_ids:
-        bundle = bundles[customer_id]
+        # Parsed just before it is evaluated, let go (at the next one) right after (see StoredBundle).
+        bundle = stored[customer_id].parsed()
         try:
             evaluation = evaluate(bundle, config, as_of)
         except Exception:  # one customer's bad data must not stop the others

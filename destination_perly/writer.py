@@ -23,13 +23,15 @@
   `RecordPreparer` turns a record into its row; both may run in a helper process
   (`input_reader`), the writer then receiving `PreparedRecord`s.
 - Bad input never stops a sync and never reaches the store: a line that is not an Airbyte message is
-  skipped with a warning; a record that cannot be stored as it is (no id, not valid UTF-8, a
-  timestamp beyond 64 bits, a stream the catalog does not configure) is skipped, counted and logged
-  as an error naming its stream, id and line, so it can be looked into and synced again.
+  skipped with a warning; a record that cannot be stored as it is (no id, not valid UTF-8, NaN or a
+  lone surrogate, a timestamp beyond 64 bits, a stream the catalog does not configure) is skipped,
+  counted and logged as an error naming its stream, id and line, so it can be looked into and
+  synced again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -122,23 +124,25 @@ def _not_a_message(number: int) -> Skipped:
 
 
 def _unreadable(line: str | bytes, number: int) -> Skipped:
-    """A line orjson cannot parse: not JSON, or a message with bytes that are not UTF-8 (then it is
-    read leniently to name the record it held)."""
-    if not isinstance(line, bytes):
-        return _not_a_message(number)
+    """A line orjson cannot parse: not JSON, or a message orjson refuses to store as it is. Such a
+    message is read leniently to name the record it held: bytes that are not UTF-8 are replaced, and
+    Python's own parser takes what orjson refuses (a lone UTF-16 surrogate escape, NaN, Infinity, a
+    number beyond a double), which other sources' serializers can write."""
+    text = line
+    why = "values JSON cannot carry (a lone UTF-16 surrogate, NaN or a number out of range)"
+    if isinstance(line, bytes):
+        try:
+            text = line.decode()
+        except UnicodeDecodeError:
+            text, why = line.decode(errors="replace"), "bytes that are not valid UTF-8"
     try:
-        line.decode()
-        return _not_a_message(number)
-    except UnicodeDecodeError:
-        pass
-    try:
-        message = orjson.loads(line.decode(errors="replace"))
-    except orjson.JSONDecodeError:
+        message = json.loads(text)
+    except (ValueError, RecursionError):
         return _not_a_message(number)
     record = message.get("record") if isinstance(message, dict) and message.get("type") == "RECORD" else None
     if not isinstance(record, dict):
         return _not_a_message(number)
-    return _skipped_record(record.get("stream"), record.get("data"), number, "bytes that are not valid UTF-8")
+    return _skipped_record(record.get("stream"), record.get("data"), number, why)
 
 
 def _skipped_record(stream: object, data: object, line: int, why: str) -> Skipped:

@@ -68,6 +68,31 @@ def test_read_requests_stripe_before_the_cdk_is_imported(emulator: Emulator, tmp
     assert output.split() == ["True", "False"]  # the probe and first pages made, no CDK imported
 
 
+def test_no_garbage_collection_runs_while_the_cdk_is_imported_and_it_runs_again_for_the_read(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Its full passes would walk the import's objects and the pages read meanwhile, again and again."""
+    program = (
+        "import gc, sys\n"
+        "seen = []\n"
+        "class Watch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'airbyte_cdk':\n"
+        "            seen.append(gc.isenabled())\n"
+        "sys.meta_path.insert(0, Watch())\n"
+        "from source_perly_stripe.run import run\n"
+        "sys.argv = ['source-perly-stripe', *sys.argv[1:]]\n"
+        "run()\n"
+        "print(seen, gc.isenabled(), file=sys.stderr)\n"
+    )
+    argv = write_inputs(tmp_path, emulator, ("customers",))
+    done = subprocess.run(
+        [sys.executable, "-c", program, *argv], check=True, capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.stderr.splitlines()[-1] == "[False] True"
+    assert '"type":"RECORD"' in done.stdout
+
+
 def test_the_cli_read_begun_early_emits_the_sync_the_cdk_path_emits(
     emulator: Emulator, tmp_path: Path
 ) -> None:

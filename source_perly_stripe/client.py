@@ -9,11 +9,12 @@ from __future__ import annotations
 import email.utils
 import http.cookiejar
 import logging
+import math
 import random
 import re
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -174,10 +175,13 @@ def _redact(text: str, key: str) -> str:
 
 
 class TokenBucket:
-    """Spaces requests at most `rate` per second across threads (a burst of one: smooth pacing).
+    """At most `rate` requests (rounded up) in any one second across threads, spaced 1/rate apart.
 
-    Each caller reserves the next free slot under the lock, then sleeps outside it until its slot, so
-    N requests take at least (N - 1) / rate seconds whatever the number of threads.
+    A slot left unused while no request waited (the first round trip, answers on their way) may be
+    taken later: up to a tenth of a second's worth go at once (9 at 90/s; below 15/s one, no catching
+    up). Each slot is still at least one second after the one `ceil(rate)` slots before it, so no
+    second holds more than the budget. Each caller reserves its slot under the lock, sleeps outside
+    it until its slot, and sends once the second before it holds fewer than the budget.
     """
 
     def __init__(self, rate: float, clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
@@ -188,23 +192,41 @@ class TokenBucket:
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._next_slot = float("-inf")
+        # How many slots ahead of the even spacing one may be taken: a tenth of a second's worth go at once.
+        self._credit = max(1, round(rate / 10)) - 1
+        self._due = float("-inf")  # the next slot on the even spacing
+        self._most = math.ceil(rate)  # requests in any one second
+        self._recent: deque[float] = deque(maxlen=self._most)  # the last slots, oldest first
+        self._sent: deque[float] = deque(maxlen=self._most)  # when the last requests went
 
     def acquire(self) -> float:
         """Blocks until this caller may send; returns the seconds waited."""
         with self._lock:
             now = self._clock()
-            slot = max(now, self._next_slot)
-            self._next_slot = slot + self._interval
-        wait = slot - now
-        if wait > 0:
-            self._sleep(wait)
-        return max(wait, 0.0)
+            slot = max(now, self._due - self._credit * self._interval)
+            if len(self._recent) == self._most:
+                slot = max(slot, self._recent[0] + 1.0)
+            self._recent.append(slot)
+            self._due = max(self._due, slot) + self._interval
+        waited = max(slot - now, 0.0)
+        if waited > 0:
+            self._sleep(waited)
+        while True:
+            # A caller that woke late (a loaded machine) would send in the second of later slots: it
+            # waits until the second before it holds fewer than the budget (a few ms when on time).
+            with self._lock:
+                now = self._clock()
+                free_at = self._sent[0] + 1.0 if len(self._sent) == self._most else now
+                if now >= free_at:
+                    self._sent.append(now)
+                    return waited
+            self._sleep(free_at - now)
+            waited += free_at - now
 
     def pause_until(self, when: float) -> None:
         """Holds every caller back until `when` (after a 429 tells us the server needs a break)."""
-        with self._lock:
-            self._next_slot = max(self._next_slot, when)
+        with self._lock:  # and evenly spaced from then on: no burst right after a 429
+            self._due = max(self._due, when + self._credit * self._interval)
 
 
 class ConcurrencyLimit:

@@ -62,6 +62,12 @@ PAGE_SIZE = 100
 # window) carries 9 requests instead of 5, as many as fit in it at 90 requests/s (see `_begin_early`).
 EARLY_CUTS: dict[str, tuple[int, ...]] = {"invoices": (7 * DAY, 60 * DAY), "charges": (7 * DAY, 60 * DAY)}
 EVENTS_KEY = "__events__"
+# Messages (mostly pages, up to 2 MB each in memory) waiting for the generator thread. Before `read`
+# consumes them, while the CDK is imported after `begin` (see early.py), more may wait: the import
+# takes 1-2 s, in which the budget lets 90-180 pages in, and a full queue stops every request until
+# it ends (through the CLI at 5,000 customers, 34-49 requests sent in the second after the first).
+QUEUED_WHILE_READ = 64
+QUEUED_BEFORE_READ = 192
 
 # A message built when it is yielded (see `begin`).
 Deferred = Callable[[], "ab.AirbyteMessage"]
@@ -166,9 +172,8 @@ class SyncReader:
         self._states = states
         self._settings = settings
         self._now_ms = now_ms
-        # Pages waiting for the generator thread (bounded: memory). When `begin` runs before the CDK
-        # is imported, this holds the pages read meanwhile: about as many as the import lets in.
-        self._out: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=64)
+        # Pages waiting for the generator thread (bounded: memory; see `QUEUED_BEFORE_READ`).
+        self._out: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=QUEUED_BEFORE_READ)
         self._began = False
         # Stripe's clock at the probe (`_probe`): the upper end of every backfill. Windows begun
         # before the probe answers wait for it (`_stripe_now`).
@@ -193,6 +198,10 @@ class SyncReader:
         self._pages_read = 0
         self._end_cuts = 0  # cuts into smaller pieces at the end of the read
         self._open_windows: set[object] = set()  # windows being read whose far past is unknown
+        self._reading_alone: set[object] = set()  # those of them that keep their far past for now
+        # Records per second of each stream read by windows, as its latest page measured it (None: no
+        # page yet). See `_keeps_far_past`.
+        self._densities: dict[str, float | None] = {}
         # See `_plan_unlisted_customers`: the customers that subscriptions, invoices and charges name
         # and the customers list did not give (Stripe lists only live customers: these were deleted,
         # maybe before any event we can read). Each is fetched once before customers completes.
@@ -409,6 +418,9 @@ class SyncReader:
             if cut and self._windows_in_flight >= self._settings.readers:
                 return False
             self._windows_in_flight += 1  # counted from now: a queued window will have a reader
+            run = self._runs.get(key)
+            if run is not None and run.mode == "backfill":
+                self._densities.setdefault(key, None)
             token = object()
             if open_ended:
                 self._open_windows.add(token)
@@ -420,6 +432,7 @@ class SyncReader:
                 with self._lock:
                     self._windows_in_flight -= 1
                     self._open_windows.discard(token)
+                    self._reading_alone.discard(token)
 
         self._submit(key, read)
         return True
@@ -513,13 +526,19 @@ class SyncReader:
                 data = in_window
             assert end is not None  # only a window begun early is asked for without a top
             pages.check_range(data, low, end)
+            more = bool(data) and page.get("has_more") is True
+            if key in self._densities and (data or self._densities[key] is None):
+                # What this window measured, down to its page's last record (not to `low`: the far past
+                # of an account is empty before its first object).
+                bottom = int(data[-1]["created"]) if data else low
+                self._densities[key] = (seen + len(data)) / max(1, top - bottom)
             if data:
                 # Everything of this window newer than the page's last second, once queued.
                 send = self._page_sender(key, expand, data, (int(data[-1]["created"]) + 1, top))
                 if held is not None:
                     held()
                 held = send
-            if not data or page.get("has_more") is not True:
+            if not more:
                 break
             seen += len(data)
             last_created = int(data[-1]["created"])
@@ -530,23 +549,31 @@ class SyncReader:
             elif in_flight < s.readers:
                 density = seen / max(1, top - last_created)
                 keep_pages = s.pages_per_cut
-                # The end of the read: what is left is in windows being read (none is open-ended),
-                # too few to use the budget. Smaller pieces let them finish together.
+                # The last windows: too few to use the budget, and no far past left unknown but in
+                # windows reading alone (`_keeps_far_past`).
+                with self._lock:
+                    open_elsewhere = bool(self._open_windows - self._reading_alone - {token})
+                last_ones = in_flight <= s.readers // 2 and not open_elsewhere
+                keeps = open_ended and not last_ones and self._keeps_far_past(key)  # None: not yet known
+                with self._lock:
+                    (self._reading_alone.add if keeps else self._reading_alone.discard)(token)
+                # The end of the read: what is left is in windows being read (none is open-ended).
+                # Smaller pieces let them finish together.
                 ending = (
-                    in_flight <= s.readers // 2
-                    and not self._open_windows
-                    and self._end_cuts < self._pages_read // s.pages_per_end_cut
+                    last_ones and not open_ended and self._end_cuts < self._pages_read // s.pages_per_end_cut
                 )
                 if ending:
                     keep_pages = s.pages_per_cut // 4
-                cut = plan_cut(
-                    low,
-                    last_created,
-                    density,
-                    open_ended=open_ended,
-                    keep_pages=keep_pages,
-                    page_size=PAGE_SIZE,
-                )
+                cut = None
+                if keeps is False:
+                    cut = plan_cut(
+                        low,
+                        last_created,
+                        density,
+                        open_ended=open_ended,
+                        keep_pages=keep_pages,
+                        page_size=PAGE_SIZE,
+                    )
                 if cut is not None and self._submit_window(key, path, base, (low, cut), expand, open_ended):
                     with self._lock:
                         self._open_windows.discard(token)  # the piece handed on is the open-ended one
@@ -556,6 +583,23 @@ class SyncReader:
         if held is not None:
             held()
         self._out.put(("window_done", key, (low, top)))
+
+    def _keeps_far_past(self, key: str) -> bool | None:
+        """Whether an open-ended window of this stream reads on alone instead of handing its far past
+        to a free reader: when the stream is so small a part of the read (by the densities its windows
+        measured; every stream read by windows had a page) that one window reads the rest of it before
+        the others end. A far past handed on costs a partial page more, or a whole empty one where the
+        account is younger than the cut (at 1,000 customers: customers and subscriptions, 2 of the 8
+        pages over the minimum). None until every stream had a page: it waits a page. Among the last windows
+        of a read it is handed on all the same (the caller's check): a stream denser in its past than
+        its newest pages showed does not read on alone once the others are done."""
+        densities = dict(self._densities)
+        if key not in densities:
+            return False
+        if any(density is None for density in densities.values()):
+            return None
+        total = sum(density or 0.0 for density in densities.values())
+        return (densities[key] or 0.0) * self._settings.readers < total
 
     def _page_sender(
         self, key: str, expand: StreamDef | None, data: list[dict[str, Any]], covered: Interval
@@ -747,6 +791,8 @@ class SyncReader:
             self.begin()
         except StripeError as error:
             raise _as_traced(error) from error
+        with self._out.mutex:  # workers waiting to queue a page re-check the bound when one is taken
+            self._out.maxsize = QUEUED_WHILE_READ
         try:
             for message in self._planned:
                 yield message()

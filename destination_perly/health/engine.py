@@ -143,15 +143,16 @@ def evaluate_customer(bundle: CustomerBundle, config: HealthConfig, as_of: datet
         bundle.history,
     )
     window_start = as_of - timedelta(days=policy.mrr_contraction_window_days)
+    mrr_at_window_start = history.mrr_by_currency_at(window_start)
     facts = payment_facts(invoices, charges, policy, as_of)
     past_due_by_currency = {c: a for c, a in sorted(facts.past_due_amount_by_currency.items()) if c and a > 0}
     currency = (
-        _main_currency(mrr_by_currency, history.mrr_by_currency_at(window_start), past_due_by_currency)
+        _main_currency(mrr_by_currency, mrr_at_window_start, past_due_by_currency)
         or currency_of(as_dict(customer).get("currency"))
         or next((c for sub in subscriptions if (c := currency_of(sub.get("currency")))), None)
     )
     mrr = mrr_by_currency.get(currency or "", 0)
-    mrr_30d_ago = history.mrr_by_currency_at(window_start).get(currency or "", 0)
+    mrr_30d_ago = mrr_at_window_start.get(currency or "", 0)
 
     # Plan: the largest counting item (ties broken by price id); a trialing item when nothing counts.
     plan_item: ItemAmount | None = None

@@ -422,8 +422,7 @@ def _invoice_versions(
             if kind == "1-period"
             else [i for i in items if not {ref_id(i["price"]), ref_id(i.get("id"))} & removed] + billed
         )
-        signature = _signature(items)
-        if at < cutoff and signature != last_signature:
+        if at < cutoff and (signature := _signature(items)) != last_signature:
             versions.append(Version(at, _billed_state(base, items), cause))
             last_signature = signature
         last_cause = cause

@@ -29,10 +29,15 @@ from destination_perly.health.values import (
     to_time,
 )
 
+# Fraction arithmetic is slow Python code (a gcd per operation): the common no-op operations (a
+# monthly price, no inclusive tax, one unit) are skipped by testing for these objects.
+ZERO = Fraction(0)
+ONE = Fraction(1)
+
 MONTHS_PER_INTERVAL: dict[str, Fraction] = {
     "day": Fraction(12, 365),
     "week": Fraction(12, 52),
-    "month": Fraction(1),
+    "month": ONE,
     "year": Fraction(12),
 }
 
@@ -87,7 +92,7 @@ def months_in_period(recurring: StripeObject) -> Fraction | None:
         count = 1
     if per_interval is None or not isinstance(count, int) or isinstance(count, bool) or count <= 0:
         return None
-    return per_interval * count
+    return per_interval if count == 1 else per_interval * count
 
 
 def resolve_price(item: StripeObject, catalog: Catalog) -> StripeObject | None:
@@ -183,17 +188,19 @@ def period_amount(price: StripeObject, quantity: int, catalog: Catalog | None = 
     unit = exact(price.get("unit_amount_decimal"))
     if unit is None:
         unit = exact(price.get("unit_amount"))
-    return None if unit is None else unit * quantity
+    if unit is None:
+        return None
+    return unit if quantity == 1 else unit * quantity
 
 
 def tax_divisor(item: StripeObject, subscription: StripeObject, price: StripeObject) -> Fraction:
     """1 + the inclusive tax rate to back out of a tax-inclusive price (1 when nothing to back out)."""
     if price.get("tax_behavior") == "exclusive":
-        return Fraction(1)
+        return ONE
     rates = as_list(item.get("tax_rates")) or as_list(subscription.get("default_tax_rates"))
     inclusive = [as_dict(rate) for rate in rates if as_dict(rate).get("inclusive") is True]
     if not inclusive:
-        return Fraction(1)
+        return ONE
     total = sum((exact(rate.get("percentage")) or Fraction(0) for rate in inclusive), Fraction(0))
     return 1 + total / 100
 
@@ -246,11 +253,20 @@ def item_amount(
         nickname=price.get("nickname") if isinstance(price.get("nickname"), str) else None,
         quantity=quantity,
         months=months,
-        gross=max(amount, Fraction(0)) / months,
-        unit_monthly=max(unit, Fraction(0)) / months,
+        gross=_divided(_not_negative(amount), months),
+        unit_monthly=_divided(_not_negative(unit), months),
         tax_divisor=tax_divisor(item, subscription, price),
         discounts=tuple(discount for discount in as_list(item.get("discounts"))),
     )
+
+
+def _divided(amount: Fraction, divisor: Fraction) -> Fraction:
+    return amount if divisor is ONE else amount / divisor
+
+
+def _not_negative(amount: Fraction) -> Fraction:
+    # max(amount, ZERO) without Fraction's comparison (an ABC check first); a denominator is positive.
+    return amount if amount.numerator >= 0 else ZERO
 
 
 def coupon_of(discount: Any, catalog: Catalog) -> StripeObject | None:
@@ -468,12 +484,15 @@ def subscription_amount(
             " out of MRR (the next sync tells)"
         )
     net = sum(
-        (max(amount, Fraction(0)) / item.tax_divisor for amount, item in zip(amounts, items, strict=True)),
-        Fraction(0),
+        (
+            _divided(_not_negative(amount), item.tax_divisor)
+            for amount, item in zip(amounts, items, strict=True)
+        ),
+        ZERO,
     )
     return SubscriptionAmount(
         currency=currency,
-        mrr=round_half_up(max(net, Fraction(0))),
+        mrr=round_half_up(_not_negative(net)),
         items=tuple(items),
         problems=tuple(problems),
         limitations=tuple(limitations),

@@ -21,16 +21,17 @@ from psycopg import sql
 from psycopg.adapt import Dumper
 from psycopg.rows import dict_row, tuple_row
 
-from destination_perly.health.model import CustomerBundle
 from destination_perly.private_files import private_temp_file
 from destination_perly.store.base import (
+    BUNDLE_ROWS,
     TIME_SENSITIVE_ROWS,
     CustomerIdsOf,
     Record,
     Store,
+    StoredBundle,
     StoreError,
     StoreUnreachable,
-    clock_index_ddl,
+    partial_index_ddls,
     table_for_stream,
 )
 
@@ -332,34 +333,37 @@ class PostgresStore(Store):
         for the whole build (see _build_missing_clock_indexes)."""
 
     def _build_missing_clock_indexes(self) -> None:
-        """Builds the clock indexes missing from older stream tables CONCURRENTLY: writers (a live
-        webhook receiver) go on meanwhile. The build waits at most CLOCK_INDEX_WAIT_MS for each
+        """Builds the clock (and bundle) indexes missing from older stream tables CONCURRENTLY: writers
+        (a live webhook receiver) go on meanwhile. The build waits at most CLOCK_INDEX_WAIT_MS for each
         transaction already writing the table; giving up, or being interrupted, leaves an invalid index,
         dropped and built again at the next start. One process builds at a time (an advisory lock
         tried, not waited for: another process starting meanwhile leaves it to the first)."""
-        live = {table_for_stream(stream): stream for stream in TIME_SENSITIVE_ROWS}
+        live = {table_for_stream(stream): stream for stream in {*TIME_SENSITIVE_ROWS, *BUNDLE_ROWS}}
         valid = dict(
             self._fetch_tuples(
                 "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
                 " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ? AND c.relname LIKE ?",
-                (self.schema, "%\\_clock\\_idx"),
+                (self.schema, "%\\_idx"),
             )
         )
         missing = [
-            table for table in sorted(self.present_tables(live)) if not valid.get(f"{table}_clock_idx")
+            (table, index, ddl)
+            for table in sorted(self.present_tables(live))
+            for index, ddl in partial_index_ddls(table, live[table], concurrently=True).items()
+            if not valid.get(index)
         ]
         lock = f"perly:{self.schema}:clock_indexes"
         if not missing or not self._fetch_tuples("SELECT pg_try_advisory_lock(hashtext(?))", (lock,))[0][0]:
             return
         try:
             self._execute(f"SET lock_timeout = {CLOCK_INDEX_WAIT_MS}")
-            for table in missing:
+            for table, index, ddl in missing:
                 try:
-                    if f"{table}_clock_idx" in valid:  # invalid: left by an interrupted build
-                        self._execute(f"DROP INDEX CONCURRENTLY IF EXISTS {table}_clock_idx")
-                    self._execute(clock_index_ddl(table, live[table], concurrently=True))
+                    if index in valid:  # invalid: left by an interrupted build
+                        self._execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index}")
+                    self._execute(ddl)
                 except psycopg.errors.LockNotAvailable:
-                    log.info("%s is busy: its clock index is left for the next start", table)
+                    log.info("%s is busy: its index %s is left for the next start", table, index)
         finally:
             self._execute("RESET lock_timeout")
             self._execute("SELECT pg_advisory_unlock(hashtext(?))", (lock,))
@@ -450,9 +454,9 @@ class PostgresStore(Store):
                 if known < 0 or rows > known / 10:
                     self._execute(f"ANALYZE {table}")
 
-    def load_bundles(
+    def load_stored_bundles(
         self, customer_ids: Iterable[str], lookups: dict[str, dict[str, Record]] | None = None
-    ) -> dict[str, CustomerBundle]:
+    ) -> dict[str, StoredBundle]:
         """Every read here is by customer (or id) through an index; the planner is told so (for the
         rest of the transaction), since it cannot tell from statistics it may not have: the history
         tables fill up during a first sync's refresh, never analyzed, and at 10x the book it read
@@ -460,7 +464,7 @@ class PostgresStore(Store):
         CPU, while another connection's inserts kept landing in them)."""
         with self.transaction():
             self._execute("SET LOCAL enable_seqscan = off")
-            return super().load_bundles(customer_ids, lookups)
+            return super().load_stored_bundles(customer_ids, lookups)
 
     def _fetch(self, text: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return self._conn.execute(self._convert(text), tuple(params)).fetchall()

@@ -120,7 +120,7 @@ def test_given_a_webhook_write_during_a_sync_refresh_then_the_saved_health_refle
             webhook_done.set()
 
     thread = threading.Thread(target=deliver_webhook)
-    original_load = sync_store.load_bundles
+    original_load = sync_store.load_stored_bundles
 
     def load_then_let_the_webhook_in(*args: Any, **kwargs: Any) -> Any:
         bundles = original_load(*args, **kwargs)
@@ -128,7 +128,7 @@ def test_given_a_webhook_write_during_a_sync_refresh_then_the_saved_health_refle
             thread.start()
         return bundles
 
-    sync_store.load_bundles = load_then_let_the_webhook_in  # type: ignore[method-assign]
+    sync_store.load_stored_bundles = load_then_let_the_webhook_in  # type: ignore[method-assign]
     sync.refresh(["cus_1"], AS_OF)
     thread.join(timeout=30)
     assert not errors

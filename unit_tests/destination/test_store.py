@@ -7,7 +7,7 @@ import multiprocessing
 import threading
 import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from destination_perly.health.model import (
     MrrSnapshot,
     PlanChange,
 )
-from destination_perly.store.base import Store, table_for_stream
+from destination_perly.store.base import Store, iso, table_for_stream
 from destination_perly.store.sqlite import SqliteStore
 from unit_tests.destination.builders import (
     AS_OF,
@@ -169,6 +169,32 @@ def test_given_many_customers_then_each_bundle_holds_its_own_live_objects(
     assert bundles["cus_unknown"].customer is None
     assert set(bundles["cus_1"].coupons) == {"co_1"}
     assert store.load_bundle("cus_2").invoices == bundles["cus_2"].invoices
+    # What a refresh reads: the same bundles, each parsed when asked (the same again if asked again).
+    stored = store.load_stored_bundles(["cus_1", "cus_2", "cus_3", "cus_unknown"])
+    assert {c: s.parsed() for c, s in stored.items()} == bundles
+    assert {c: s.parsed() for c, s in stored.items()} == bundles
+
+
+def test_a_saved_time_is_utc_to_the_second_whatever_its_zone_or_year() -> None:
+    assert iso(datetime(2026, 3, 4, 5, 6, 7, 890, tzinfo=UTC)) == "2026-03-04T05:06:07Z"
+    assert iso(datetime(2026, 3, 4, 1, 6, 7, tzinfo=timezone(timedelta(hours=-4)))) == "2026-03-04T05:06:07Z"
+    assert iso(datetime.fromisoformat("2026-03-04T05:06:07+00:00")) == "2026-03-04T05:06:07Z"
+    # Years before 1000 (absurd Stripe times) are written as they always were: not zero-padded.
+    assert iso(datetime(999, 12, 31, 23, 59, 59, tzinfo=UTC)) == "999-12-31T23:59:59Z"
+    assert iso(datetime(1000, 1, 1, tzinfo=UTC)) == "1000-01-01T00:00:00Z"
+    assert iso(None) is None
+
+
+def test_given_text_beyond_ascii_then_a_bundle_holds_it_as_written(store: Store) -> None:
+    # Bundles are read as the stored UTF-8 bytes (not decoded to str first): every character survives.
+    names = {"cus_1": "Zoë Ångström", "cus_2": "株式会社 Perly", "cus_3": 'emoji 🚀, quote " and \\'}
+    store.upsert_records("customers", [{**customer(c), "name": name} for c, name in names.items()])
+    store.upsert_records("invoices", [{**invoice("in_1", "cus_2"), "description": "Größe ½ 🚀"}])
+
+    bundles = store.load_bundles(list(names))
+
+    assert {c: (bundles[c].customer or {}).get("name") for c in names} == names
+    assert [i["description"] for i in bundles["cus_2"].invoices] == ["Größe ½ 🚀"]
 
 
 def test_given_charges_and_events_then_a_bundle_holds_the_failed_charges_and_customer_events_only(
@@ -401,6 +427,69 @@ def test_given_stream_tables_made_before_the_clock_indexes_when_the_store_opens_
     assert clock_indexes(reopened) == {"stripe_invoices_clock_idx", "stripe_subscriptions_clock_idx"}
     reopened.mark_time_sensitive(AS_OF)
     assert reopened.dirty_customers() == {"cus_open", "cus_trial"}
+
+
+def bundle_indexes(store: Store) -> dict[str, str]:
+    """The valid bundle indexes the store has and their definitions, whichever the backend."""
+    if isinstance(store, SqliteStore):
+        sql = "SELECT name, sql AS definition FROM sqlite_master WHERE name LIKE '%bundle_idx'"
+    else:
+        sql = (
+            "SELECT c.relname AS name, pg_get_indexdef(c.oid) AS definition FROM pg_index i"
+            " JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = current_schema() AND c.relname LIKE '%bundle_idx' AND i.indisvalid"
+        )
+    return {str(row["name"]): str(row["definition"]) for row in store.query(sql)}
+
+
+def test_given_stream_tables_made_before_the_bundle_indexes_when_the_store_opens_then_they_get_them(
+    store_factory: StoreFactory,
+) -> None:
+    older = store_factory.open()
+    older.ensure_schema()
+    older.upsert_records("charges", [{"id": "ch_1", "customer": "cus_1", "status": "failed", "updated": T0}])
+    older.upsert_records(
+        "events", [{"id": "evt_1", "type": "customer.updated", "created": T0, "updated": T0}]
+    )
+    assert set(bundle_indexes(older)) == {"stripe_charges_bundle_idx", "stripe_events_bundle_idx"}
+    for stream in ("charges", "events"):
+        older.execute(f"DROP INDEX {table_for_stream(stream)}_bundle_idx")
+    assert bundle_indexes(older) == {}
+
+    reopened = store_factory.open()
+    reopened.ensure_schema()
+    reopened.ensure_schema()  # a second start finds them and leaves them be
+
+    found = bundle_indexes(reopened)
+    assert set(found) == {"stripe_charges_bundle_idx", "stripe_events_bundle_idx"}
+    assert "'failed'" in found["stripe_charges_bundle_idx"]
+    assert "'customer.%'" in found["stripe_events_bundle_idx"]  # the LIKE pattern kept whole
+
+
+def test_a_bundle_reads_the_failed_charges_and_customer_events_through_their_partial_indexes(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "perly.db")
+    store.ensure_schema()
+    for stream in ("subscriptions", "invoices", "charges", "events", "customers"):
+        store.ensure_stream_table(stream)
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+
+    store.load_bundles(["cus_1", "cus_2"])
+
+    store._conn.set_trace_callback(None)
+    plans = {
+        table: " ".join(str(row[3]) for row in store._conn.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall())
+        for sql in statements
+        for table in ("stripe_charges", "stripe_events")
+        if f"FROM {table} " in sql
+    }
+    assert plans == {
+        "stripe_charges": "SEARCH stripe_charges USING INDEX stripe_charges_bundle_idx (customer_id=?)",
+        "stripe_events": "SEARCH stripe_events USING INDEX stripe_events_bundle_idx (customer_id=?)",
+    }
+    store.close()
 
 
 def test_given_the_dirty_ledger_then_marks_survive_until_cleared(store_factory: StoreFactory) -> None:

@@ -824,6 +824,11 @@ BAD_INPUT = [
     as_lines([record("customers", customer("cus_5"))])[0],
     as_lines([stream_state("customers", 2)])[0],
     as_lines([record("customers_stage", customer("cus_6"))])[0],
+    # What Python's json module writes for a lone surrogate and for NaN; orjson reads neither.
+    as_lines([record("customers", customer("cus_7", name="Jos"))])[0].replace(b"Jos", b"Jos\\ud800"),
+    as_lines([record("customers", customer("cus_8", created=1))])[0].replace(
+        b'"created":1', b'"created":NaN'
+    ),
 ]
 BAD_INPUT_LOGS = [
     ("WARN", "ignoring line 2 of the input: not an Airbyte message"),
@@ -849,6 +854,14 @@ BAD_INPUT_LOGS = [
         "skipped record 'cus_6' of stream 'customers_stage' at line 12 of the input: "
         "the configured catalog has no such stream",
     ),
+    *(
+        (
+            "ERROR",
+            f"skipped record '{customer_id}' of stream 'customers' at line {line} of the input: "
+            "values JSON cannot carry (a lone UTF-16 surrogate, NaN or a number out of range)",
+        )
+        for customer_id, line in (("cus_7", 13), ("cus_8", 14))
+    ),
 ]
 
 
@@ -868,9 +881,9 @@ def test_given_hostile_lines_then_each_is_skipped_and_named_and_the_rest_is_stor
 
     logs = [(m.log.level.value, m.log.message) for m in output if m.type == Type.LOG]  # type: ignore[union-attr]
     assert logs[:-1] == BAD_INPUT_LOGS
-    assert "5 records skipped" in logs[-1][1]
+    assert "7 records skipped" in logs[-1][1]
     assert [m.state.stream.stream_state.updated for m in states_of(output)] == [1, 2]  # type: ignore[union-attr]
     assert ids(store, "customers") == ["cus_1", "cus_5"]
-    assert writer.stats.malformed == 5
+    assert writer.stats.malformed == 7
     assert not any("sk_live_x" in message for _, message in logs)
     store.close()

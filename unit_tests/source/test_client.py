@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 
 import pytest
 import requests
 import requests_mock as rm
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from source_perly_stripe.client import (
     API_VERSION,
@@ -516,7 +519,81 @@ def test_given_many_threads_then_each_gets_its_own_slot() -> None:
     for thread in threads:
         thread.join()
 
-    assert sorted(waits) == pytest.approx([i / 50.0 for i in range(40)])
+    # Five at once (a tenth of a second's worth), then one every 1/50 s.
+    assert sorted(waits) == pytest.approx([0.0] * 4 + [i / 50.0 for i in range(36)])
+
+
+def sends(bucket: TokenBucket, clock: FakeClock, arrivals: list[float]) -> list[float]:
+    """When each request goes, for requests asking at these times one after another (the bucket's
+    sleeps move the clock; a request asks when it arrives or when the one before went, if later)."""
+    sent = []
+    for arrival in arrivals:
+        clock.now = max(clock.now, arrival)
+        bucket.acquire()
+        sent.append(clock.now)
+    return sent
+
+
+def test_given_slots_left_unused_while_answers_come_then_they_are_taken_later_within_the_budget() -> None:
+    """The first round trip: 9 requests at once, then none until their answers come 0.2 s later. The
+    slots of that wait are taken then, so the first second sends 90, as the budget allows (evenly
+    spaced from the first request: 82), and no second ever holds more."""
+    clock = FakeClock(start=0.0)
+    bucket = TokenBucket(rate=90.0, clock=clock, sleep=clock.sleep)
+
+    slots = sends(bucket, clock, [0.0] * 9 + [0.2] * 300)
+
+    assert sum(1 for slot in slots if slot < 1.0) == 90
+    assert all(later - earlier >= 1.0 - 1e-9 for earlier, later in zip(slots, slots[90:], strict=False))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rate=st.sampled_from([100.0, 90.0, 22.5, 10.0, 2.5]),
+    gaps=st.lists(st.floats(min_value=0.0, max_value=0.3), min_size=1, max_size=300),
+)
+def test_given_any_arrivals_then_no_second_holds_more_requests_than_the_budget(
+    rate: float, gaps: list[float]
+) -> None:
+    clock = FakeClock(start=0.0)
+    bucket = TokenBucket(rate=rate, clock=clock, sleep=clock.sleep)
+    arrivals = [sum(gaps[: i + 1]) for i in range(len(gaps))]
+
+    slots = sends(bucket, clock, arrivals)
+
+    most = math.ceil(rate)  # in any one second [t, t + 1)
+    assert all(later - earlier >= 1.0 - 1e-9 for earlier, later in zip(slots, slots[most:], strict=False))
+    assert all(slot >= arrival for slot, arrival in zip(slots, arrivals, strict=True))
+
+
+def test_given_a_caller_that_wakes_late_then_it_does_not_send_into_a_second_already_full() -> None:
+    """A loaded machine wakes a caller well after its slot: sending then would add it to the second
+    of later slots, one more than the budget there. It takes a new slot instead."""
+    clock = FakeClock(start=0.0)
+    woke_late: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        if not woke_late and clock.now >= 0.4:
+            woke_late.append(clock.now)
+            seconds += 0.6
+        clock.sleep(seconds)
+
+    bucket = TokenBucket(rate=90.0, clock=clock, sleep=sleep)
+
+    sent = sends(bucket, clock, [0.0] * 400)
+
+    assert woke_late
+    assert all(later - earlier >= 1.0 - 1e-9 for earlier, later in zip(sent, sent[90:], strict=False))
+
+
+def test_given_a_pause_after_a_429_then_the_requests_after_it_are_evenly_spaced() -> None:
+    clock = FakeClock(start=0.0)
+    bucket = TokenBucket(rate=90.0, clock=clock, sleep=clock.sleep)
+    bucket.pause_until(5.0)
+
+    slots = sends(bucket, clock, [1.0, 1.0, 1.0])
+
+    assert slots == pytest.approx([5.0, 5.0 + 1 / 90, 5.0 + 2 / 90])
 
 
 def test_given_threads_sharing_a_client_then_counts_add_up(requests_mock: rm.Mocker) -> None:

@@ -66,13 +66,16 @@ def test_given_too_few_pages_left_for_two_pieces_when_plan_cut_then_no_cut() -> 
 def test_given_open_ended_window_when_plan_cut_then_keeps_pages_next_to_the_page_and_hands_on_the_past() -> (
     None
 ):
-    # 0.1 records/s: a page per 1,000 s, so the window keeps 12,000 s next to its last page.
+    # 0.1 records/s: a page per 1,000 s, so the window keeps 11,750 s next to its last page: 11 full
+    # pages and one three quarters full, planned (an estimate a little short does not spill a page).
     cut = plan_cut(0, 1_000_000, 0.1, open_ended=True, keep_pages=12, page_size=100)
 
-    assert cut == 988_000
+    assert cut == 988_250
 
 
 def test_given_bounded_window_when_plan_cut_then_halves_of_at_least_half_the_pages() -> None:
-    # Its density is measured: the halves of 6 pages each are worth a reader at the end of a read.
-    assert plan_cut(988_000, 1_000_000, 0.1, open_ended=False, keep_pages=12, page_size=100) == 994_000
+    # Its density is measured: the halves of 6 pages each are worth a reader at the end of a read. The
+    # window keeps 5 full pages and one three quarters full; the piece handed on starts at the cut.
+    assert plan_cut(988_000, 1_000_000, 0.1, open_ended=False, keep_pages=12, page_size=100) == 994_250
+    assert plan_cut(986_500, 1_000_000, 0.1, open_ended=False, keep_pages=12, page_size=100) == 994_250
     assert plan_cut(989_000, 1_000_000, 0.1, open_ended=False, keep_pages=12, page_size=100) is None
