@@ -6,9 +6,8 @@
   state, that stream's buffer; for a GLOBAL or legacy state, every buffer. A failed commit raises
   before the echo, so uncommitted data is never acknowledged. On a store whose commits rewrite the
   pages they touch (SQLite), while the input keeps coming (`wait_for_more`, the reader process), a
-  state waits for the next commit (at most `max_state_delay_s`, and when no input is waiting, only
-  until `min_commit_interval_s` after the last commit): one commit then covers several states. On a
-  store that pipelines statements
+  state waits for the next commit (at most `max_state_delay_s`): one commit then covers several
+  states. On a store that pipelines statements
   (PostgreSQL), a flush is sent without waiting for the server: the writer reads on while the server
   commits it, confirms the commit before the next flush (or at once when no more input is waiting)
   and only then echoes the states it covers.
@@ -184,9 +183,6 @@ class WriterLimits:
     # The longest a state waits for its commit while more input keeps arriving (the buffer limits
     # above bound how much it covers).
     max_state_delay_s: float = 1.0
-    # A state that finds no input waiting is committed at once only when the last commit is at least
-    # this old; until then it waits for what follows, to share the next commit (SQLite).
-    min_commit_interval_s: float = 0.1
 
 
 @dataclass
@@ -294,7 +290,6 @@ class Writer:
         # commit rewrites every index page it touched).
         self.held: list[HeldState] = []
         self.held_since = 0.0
-        self.flushed_at = monotonic()  # when the last flush was committed (or sent)
         self.written: Counter[str] = Counter()  # rows committed per stream since the last refresh
         self.preparer = RecordPreparer(ingestor, self.plans)
         # The batch holding the last flush while its commit is on its way (`Store.flushes_pipelined`).
@@ -322,14 +317,9 @@ class Writer:
         line = 0  # one message per input line, so a message's position is its line
         while True:
             if combine and self.held and not wait_for_more(0):
-                # Nothing to read yet: held states wait for what follows, to share its commit, but only
-                # until a commit is due (the reader a moment behind after each commit cost a commit
-                # per state; a slow source still has its states committed at once).
-                due = min(
-                    self.held_since + self.limits.max_state_delay_s,
-                    self.flushed_at + self.limits.min_commit_interval_s,
-                )
-                if not wait_for_more(due - self.monotonic()):
+                # Held states wait for what follows, to share its commit, while it keeps coming within
+                # their delay: a reader a moment behind costs a commit per state otherwise.
+                if not wait_for_more(self.limits.max_state_delay_s - (self.monotonic() - self.held_since)):
                     self._flush_held()
                     yield from self._release_states()
             try:
@@ -415,7 +405,6 @@ class Writer:
             self.sent = ExitStack()
             self.sent.enter_context(self.store.batched())  # left open: the commit is only sent
         self.ingestor.upsert_rows({stream: buffer.rows}, buffer.touched, stage=plan.staged)
-        self.flushed_at = self.monotonic()
         self.total_bytes -= buffer.bytes
         del self.buffers[stream]
         self.stats.flushes += 1

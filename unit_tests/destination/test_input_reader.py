@@ -75,11 +75,9 @@ def committed_at_each_state(writer: Writer, lines: Iterator[bytes], store: Sqlit
     ]
 
 
-def test_given_the_next_page_a_moment_after_a_state_and_a_commit_not_yet_due_then_both_states_share_it(
-    tmp_path: Path,
-) -> None:
+def test_given_the_next_page_a_moment_after_a_state_then_both_states_share_one_commit(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "perly.db")
-    writer = make_writer(store, limits=WriterLimits(max_state_delay_s=30.0, min_commit_interval_s=30.0))
+    writer = make_writer(store, limits=WriterLimits(max_state_delay_s=30.0))
 
     committed = committed_at_each_state(writer, customers_with_a_pause(0.3), store)
 
@@ -89,19 +87,11 @@ def test_given_the_next_page_a_moment_after_a_state_and_a_commit_not_yet_due_the
     assert writer.stats.flushes == 1
 
 
-@pytest.mark.parametrize(
-    "limits",
-    [
-        WriterLimits(max_state_delay_s=0.05, min_commit_interval_s=30.0),
-        WriterLimits(max_state_delay_s=30.0, min_commit_interval_s=0.05),
-    ],
-    ids=["the state's delay over", "a commit due"],
-)
-def test_given_no_input_until_a_commit_is_due_then_the_state_is_committed_and_echoed_meanwhile(
-    tmp_path: Path, limits: WriterLimits
+def test_given_no_input_within_the_state_delay_then_the_state_is_committed_and_echoed_meanwhile(
+    tmp_path: Path,
 ) -> None:
     store = SqliteStore(tmp_path / "perly.db")
-    writer = make_writer(store, limits=limits)
+    writer = make_writer(store, limits=WriterLimits(max_state_delay_s=0.05))
 
     committed = committed_at_each_state(writer, customers_with_a_pause(2.0), store)
 
