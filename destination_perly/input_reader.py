@@ -123,27 +123,16 @@ def _receive(pipe: io.FileIO, received: queue.Queue[bytearray | None]) -> None:
 
 class HelperInput:
     """The messages `parse_input_lines` would give, records already prepared, read by a forked
-    process; `wait_for_more` tells whether the next message arrives within a time."""
+    process; `more_waiting` tells whether the next message has already arrived."""
 
     def __init__(self, lines: Iterable[str | bytes], prepare: Prepare) -> None:
         self.lines = lines
         self.prepare = prepare
         self._received: queue.Queue[bytearray | None] = queue.Queue(maxsize=QUEUED_BATCHES)
         self._left = 0  # messages of the current batch not yet handed out
-        self._early: list[bytearray | None] = []  # a batch `wait_for_more` took from the queue
 
-    def wait_for_more(self, timeout: float) -> bool:
-        """Whether the next message (or the end of the input) is here, or arrives within `timeout`
-        seconds (0: only whether it is here already)."""
-        if self._left > 0 or self._early or not self._received.empty():
-            return True
-        if timeout <= 0:
-            return False
-        try:
-            self._early.append(self._received.get(timeout=timeout))
-        except queue.Empty:
-            return False
-        return True
+    def more_waiting(self) -> bool:
+        return self._left > 0 or not self._received.empty()
 
     def __iter__(self) -> Iterator[InputMessage]:
         return self._messages()
@@ -177,7 +166,7 @@ class HelperInput:
         finished = False
         try:
             while True:
-                raw = self._early.pop() if self._early else received.get()
+                raw = received.get()
                 if raw is None:
                     process.join(timeout=EXIT_TIMEOUT_SECONDS)
                     raise InputReaderError(

@@ -5,9 +5,9 @@
 - A STATE message is echoed unchanged once the records it covers are committed: for a per-stream
   state, that stream's buffer; for a GLOBAL or legacy state, every buffer. A failed commit raises
   before the echo, so uncommitted data is never acknowledged. On a store whose commits rewrite the
-  pages they touch (SQLite), while the input keeps coming (`wait_for_more`, the reader process), a
-  state waits for the next commit (at most `max_state_delay_s`): one commit then covers several
-  states. On a store that pipelines statements
+  pages they touch (SQLite), while the input says the next messages have already arrived
+  (`more_waiting`, the reader process), a state waits for the next commit (at most
+  `max_state_delay_s`): one commit then covers several states. On a store that pipelines statements
   (PostgreSQL), a flush is sent without waiting for the server: the writer reads on while the server
   commits it, confirms the commit before the next flush (or at once when no more input is waiting)
   and only then echoes the states it covers.
@@ -310,18 +310,12 @@ class Writer:
         for plan in self.plans.values():
             if plan.staged:
                 self.store.begin_stage(plan.name, plan.generation_id)
-        wait_for_more: Callable[[float], bool] = getattr(messages, "wait_for_more", None) or (lambda _: False)
+        more_waiting: Callable[[], bool] = getattr(messages, "more_waiting", None) or (lambda: False)
         # A state may wait for the input that follows only where fewer commits cost less (the store).
         combine = self.store.commits_rewrite_pages
         iterator = iter(messages)
         line = 0  # one message per input line, so a message's position is its line
         while True:
-            if combine and self.held and not wait_for_more(0):
-                # Held states wait for what follows, to share its commit, while it keeps coming within
-                # their delay: a reader a moment behind costs a commit per state otherwise.
-                if not wait_for_more(self.limits.max_state_delay_s - (self.monotonic() - self.held_since)):
-                    self._flush_held()
-                    yield from self._release_states()
             try:
                 message = next(iterator)
             except StopIteration:
@@ -346,9 +340,9 @@ class Writer:
             elif message.type == Type.STATE and message.state is not None:
                 self._note_state_streams(message)
                 self._hold_state(message)
-                if combine and self.monotonic() - self.held_since < self.limits.max_state_delay_s:
-                    continue  # committed with what follows (see the top of the loop)
-                waiting = wait_for_more(0)
+                waiting = more_waiting()
+                if combine and waiting and self.monotonic() - self.held_since < self.limits.max_state_delay_s:
+                    continue  # the next messages are here already: commit them with these records
                 self._flush_held()
                 if not waiting:  # nothing to read meanwhile: echo the state as soon as it is committed
                     self._wait_for_commit()

@@ -6,7 +6,6 @@ import multiprocessing
 import os
 import sqlite3
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from destination_perly import destination as destination_module
 from destination_perly.destination import DestinationPerly
 from destination_perly.input_reader import BATCH_ITEMS, InputReaderError, read_in_helper
 from destination_perly.store.sqlite import SqliteStore
-from destination_perly.writer import Writer, WriterLimits
 from unit_tests.destination.builders import AS_OF, customer
 from unit_tests.destination.messages import catalog, configured, record, stream_state
 from unit_tests.destination.test_writer import ids, make_writer, states_of
@@ -55,48 +53,6 @@ def test_given_many_records_then_batches_arrive_whole_and_in_order(tmp_path: Pat
     assert [m.state.stream.stream_state.updated for m in states_of(output)] == [count]  # type: ignore[union-attr]
     assert ids(store, "customers") == [f"cus_{n:05}" for n in range(count)]
     assert no_reader_left()
-
-
-def customers_with_a_pause(pause_s: float) -> Iterator[bytes]:
-    """Two customers with a state after each, the second `pause_s` after the first state (a source
-    reading its next page)."""
-    yield line(record("customers", customer("cus_1")))
-    yield line(stream_state("customers", 1))
-    time.sleep(pause_s)
-    yield line(record("customers", customer("cus_2")))
-    yield line(stream_state("customers", 2))
-
-
-def committed_at_each_state(writer: Writer, lines: Iterator[bytes], store: SqliteStore) -> list[list[str]]:
-    return [
-        ids(store, "customers")
-        for out in writer.write(read_in_helper(lines, writer.preparer))
-        if out.type == Type.STATE
-    ]
-
-
-def test_given_the_next_page_a_moment_after_a_state_then_both_states_share_one_commit(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "perly.db")
-    writer = make_writer(store, limits=WriterLimits(max_state_delay_s=30.0))
-
-    committed = committed_at_each_state(writer, customers_with_a_pause(0.3), store)
-
-    # The reader a moment behind no longer costs a commit per state (SQLite rewrites the index
-    # pages each commit touches); each state is still echoed only once its records are committed.
-    assert committed == [["cus_1", "cus_2"], ["cus_1", "cus_2"]]
-    assert writer.stats.flushes == 1
-
-
-def test_given_no_input_within_the_state_delay_then_the_state_is_committed_and_echoed_meanwhile(
-    tmp_path: Path,
-) -> None:
-    store = SqliteStore(tmp_path / "perly.db")
-    writer = make_writer(store, limits=WriterLimits(max_state_delay_s=0.05))
-
-    committed = committed_at_each_state(writer, customers_with_a_pause(2.0), store)
-
-    assert committed == [["cus_1"], ["cus_1", "cus_2"]]  # the first state did not wait for cus_2
-    assert writer.stats.flushes == 2
 
 
 def test_given_stdin_itself_then_the_reader_process_reads_it(

@@ -146,7 +146,7 @@ def test_given_states_then_they_are_echoed_unchanged_and_in_order(store: SqliteS
 
 class ReadAhead:
     """Input whose next messages have always arrived already, as when a source streams faster than
-    the writer commits (`HelperInput.wait_for_more` tells it from its queue)."""
+    the writer commits (`HelperInput.more_waiting` tells it from its queue)."""
 
     def __init__(self, messages: list[AirbyteMessage]) -> None:
         self.messages = messages
@@ -154,7 +154,7 @@ class ReadAhead:
     def __iter__(self) -> Iterator[AirbyteMessage]:
         return iter(self.messages)
 
-    def wait_for_more(self, timeout: float) -> bool:
+    def more_waiting(self) -> bool:
         return True
 
 
