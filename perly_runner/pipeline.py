@@ -224,8 +224,11 @@ def run_sync(
 
     Only STATE messages the destination echoes (so committed) are saved to `state_path`; the next
     run reads from that state. The connectors' copies of the configs (mode 0600) are removed when
-    they exit. `stop_after_records` kills both connectors once that many records have
-    been relayed: the crash the kill-mid-sync test needs. `notice` is given each warning or error
+    they exit. `stop_after_records` crashes the sync part way, as the kill-mid-sync test needs:
+    once that many records have been relayed, the next state waits until the destination has
+    acknowledged one (so the re-run has committed progress to resume from, however fast the source),
+    then a quarter as many records more are relayed, not yet committed, and both connectors are
+    killed. `notice` is given each warning or error
     either connector logs, as `source: ...` or `destination: ...`.
     """
     workdir.mkdir(parents=True, exist_ok=True)
@@ -263,6 +266,7 @@ def run_sync(
             source_errors: list[str] = []
             destination_errors: list[str] = []
             killed = threading.Event()
+            checkpoint_sent, checkpointed = threading.Event(), threading.Event()
 
             def tell(connector: str, message: dict[str, Any]) -> None:
                 log = message.get("log") if message.get("type") == "LOG" else None
@@ -289,10 +293,15 @@ def run_sync(
                         if kind in ("RECORD", "STATE", "TRACE"):
                             dst_in.write(line)  # LOG lines are the source's own; the destination ignores them
                         if stop_after_records is not None and result.total >= stop_after_records:
-                            killed.set()
-                            source.kill()
-                            destination.kill()
-                            return
+                            if kind == "STATE" and not checkpoint_sent.is_set():
+                                dst_in.flush()
+                                checkpoint_sent.set()
+                                checkpointed.wait(timeout=60)
+                            if checkpointed.is_set() and result.total >= stop_after_records * 5 // 4:
+                                killed.set()
+                                source.kill()
+                                destination.kill()
+                                return
                         now = time.monotonic()
                         if progress and now - last >= progress_every_s:
                             progress(result, now - started)
@@ -318,6 +327,8 @@ def run_sync(
                 if message.get("type") == "STATE":
                     ledger.acknowledge(message["state"])
                     result.states_acknowledged += 1
+                    if checkpoint_sent.is_set():
+                        checkpointed.set()
                 elif message.get("type") in ("TRACE", "LOG"):
                     destination_errors.append(line.decode(errors="replace"))
                     del destination_errors[:-20]
