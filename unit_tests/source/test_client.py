@@ -568,7 +568,7 @@ def test_given_any_arrivals_then_no_second_holds_more_requests_than_the_budget(
 
 def test_given_a_caller_that_wakes_late_then_it_does_not_send_into_a_second_already_full() -> None:
     """A loaded machine wakes a caller well after its slot: sending then would add it to the second
-    of later slots, one more than the budget there. It takes a new slot instead."""
+    of later slots, one more than the budget there. It waits until that second has room."""
     clock = FakeClock(start=0.0)
     woke_late: list[float] = []
 
