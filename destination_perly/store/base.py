@@ -83,6 +83,10 @@ def bundle_index_ddl(table: str, stream: str, concurrently: bool = False) -> str
     return f"CREATE INDEX {how}IF NOT EXISTS {table}_bundle_idx ON {table} (customer_id) WHERE {rows}"
 
 
+# The streams whose tables have partial indexes (clock, bundle or both).
+PARTIAL_INDEXED_STREAMS = tuple(sorted({*TIME_SENSITIVE_ROWS, *BUNDLE_ROWS}))
+
+
 def partial_index_ddls(table: str, stream: str, concurrently: bool = False) -> dict[str, str]:
     """The partial indexes `stream`'s table `table` has (its clock and bundle indexes), by name."""
     found: dict[str, str] = {}
@@ -534,15 +538,15 @@ class Store(ABC):
             for table in sorted(self._list_tables()):
                 if table.startswith("stripe_") and "type" not in self._list_columns(table):
                     self._add_type_column(table)
-            self._add_missing_clock_indexes()
+            self._add_missing_partial_indexes()
         self._tables = None
 
-    def _add_missing_clock_indexes(self) -> None:
+    def _add_missing_partial_indexes(self) -> None:
         """Stream tables created before the clock (or bundle) indexes get them, in `ensure_schema`'s
         transaction: without, `mark_time_sensitive` reads every row at each sync. On SQLite a one-time
         build of 0.2-2.4 s at 10x the book (writers wait for it)."""
         present = self._list_tables()
-        for stream in sorted({*TIME_SENSITIVE_ROWS, *BUNDLE_ROWS}):
+        for stream in PARTIAL_INDEXED_STREAMS:
             if (table := table_for_stream(stream)) in present:
                 for ddl in partial_index_ddls(table, stream).values():
                     self._execute(ddl)

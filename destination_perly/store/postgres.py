@@ -23,8 +23,7 @@ from psycopg.rows import dict_row, tuple_row
 
 from destination_perly.private_files import private_temp_file
 from destination_perly.store.base import (
-    BUNDLE_ROWS,
-    TIME_SENSITIVE_ROWS,
+    PARTIAL_INDEXED_STREAMS,
     CustomerIdsOf,
     Record,
     Store,
@@ -44,9 +43,9 @@ _NULL_ELEMENT = _LENGTH(-1)
 CONNECT_TIMEOUT_S = 10
 # How long switching an older table to lz4 may wait for the table's lock (others queue behind it).
 LZ4_LOCK_WAIT_MS = 500
-# How long building a missing clock index may wait for each transaction already writing the table
+# How long building a missing partial index may wait for each transaction already writing the table
 # (the build never blocks them; our own start waits).
-CLOCK_INDEX_WAIT_MS = 2000
+PARTIAL_INDEX_WAIT_MS = 2000
 # The statistics target of the writer's own ANALYZE before a refresh (see analyze_grown).
 ANALYZE_STATISTICS_TARGET = 10
 
@@ -325,20 +324,20 @@ class PostgresStore(Store):
 
     def ensure_schema(self) -> None:
         super().ensure_schema()
-        self._build_missing_clock_indexes()
+        self._build_missing_partial_indexes()
         self._lz4_for_new_rows()
 
-    def _add_missing_clock_indexes(self) -> None:
+    def _add_missing_partial_indexes(self) -> None:
         """Not in `ensure_schema`'s transaction: a plain CREATE INDEX there would hold up every writer
-        for the whole build (see _build_missing_clock_indexes)."""
+        for the whole build (see _build_missing_partial_indexes)."""
 
-    def _build_missing_clock_indexes(self) -> None:
+    def _build_missing_partial_indexes(self) -> None:
         """Builds the clock (and bundle) indexes missing from older stream tables CONCURRENTLY: writers
-        (a live webhook receiver) go on meanwhile. The build waits at most CLOCK_INDEX_WAIT_MS for each
+        (a live webhook receiver) go on meanwhile. The build waits at most PARTIAL_INDEX_WAIT_MS for each
         transaction already writing the table; giving up, or being interrupted, leaves an invalid index,
         dropped and built again at the next start. One process builds at a time (an advisory lock
         tried, not waited for: another process starting meanwhile leaves it to the first)."""
-        live = {table_for_stream(stream): stream for stream in {*TIME_SENSITIVE_ROWS, *BUNDLE_ROWS}}
+        live = {table_for_stream(stream): stream for stream in PARTIAL_INDEXED_STREAMS}
         valid = dict(
             self._fetch_tuples(
                 "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
@@ -352,11 +351,11 @@ class PostgresStore(Store):
             for index, ddl in partial_index_ddls(table, live[table], concurrently=True).items()
             if not valid.get(index)
         ]
-        lock = f"perly:{self.schema}:clock_indexes"
+        lock = f"perly:{self.schema}:clock_indexes"  # (the name older versions take, too)
         if not missing or not self._fetch_tuples("SELECT pg_try_advisory_lock(hashtext(?))", (lock,))[0][0]:
             return
         try:
-            self._execute(f"SET lock_timeout = {CLOCK_INDEX_WAIT_MS}")
+            self._execute(f"SET lock_timeout = {PARTIAL_INDEX_WAIT_MS}")
             for table, index, ddl in missing:
                 try:
                     if index in valid:  # invalid: left by an interrupted build
